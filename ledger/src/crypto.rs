@@ -1,0 +1,193 @@
+//! Canonical JSON (RFC 8785), BLAKE3 digests and Ed25519 signatures.
+//!
+//! Every hash in the ledger is written `blake3:<64 hex>`; every signature is over the 32 raw
+//! digest bytes, so any Ed25519 implementation can check a span from its `curr_hash` alone.
+
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde_json::Value;
+
+/// The `prev_hash` of the first span of every tenant chain.
+pub const GENESIS_HASH: &str =
+    "blake3:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// RFC 8785 canonical form of a JSON value.
+pub fn canonical(value: &Value) -> String {
+    // Serialising an in-memory `Value` cannot fail: its keys are strings and its numbers finite.
+    serde_json_canonicalizer::to_string(value).unwrap_or_default()
+}
+
+/// `blake3:<hex>` of some bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("blake3:{}", blake3::hash(bytes).to_hex())
+}
+
+/// The raw 32 bytes behind a `blake3:<hex>` string.
+pub fn digest_bytes(hash: &str) -> Result<[u8; 32], String> {
+    let hex_part = hash
+        .strip_prefix("blake3:")
+        .ok_or_else(|| format!("hash `{hash}` does not start with `blake3:`"))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out).map_err(|e| format!("hash `{hash}`: {e}"))?;
+    Ok(out)
+}
+
+/// Fresh random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // The OS random source failing leaves no safe way to make keys or salts: stop loudly.
+    if let Err(e) = getrandom::fill(&mut buf) {
+        panic!("operating system random source failed: {e}");
+    }
+    buf
+}
+
+/// The node's Ed25519 key. Its `Debug` never shows the secret half.
+#[derive(Clone)]
+pub struct NodeKey {
+    signing: SigningKey,
+    public: String,
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeKey {
+    pub fn generate() -> Self {
+        Self::from_seed(random_bytes::<32>())
+    }
+
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(&seed);
+        let public = format!("ed25519:{}", hex::encode(signing.verifying_key().to_bytes()));
+        Self { signing, public }
+    }
+
+    /// `ed25519:<hex>` of the verifying key.
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// Hex signature over the raw bytes of a `blake3:` hash.
+    pub fn sign_hash(&self, hash: &str) -> String {
+        let bytes = digest_bytes(hash).unwrap_or_default();
+        hex::encode(self.signing.sign(&bytes).to_bytes())
+    }
+
+    /// Loads the key file, or creates it (mode 0600) when absent. Returns whether it was created.
+    pub fn load_or_create(path: &Path) -> std::io::Result<(Self, bool)> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok((Self::from_file_text(path, &text)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                write_private(path, &hex::encode(key.signing.to_bytes()))?;
+                Ok((key, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        Self::from_file_text(path, &text)
+    }
+
+    fn from_file_text(path: &Path, text: &str) -> std::io::Result<Self> {
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut seed).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("node key {} is not 64 hex characters: {e}", path.display()),
+            )
+        })?;
+        Ok(Self::from_seed(seed))
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+/// Parses `ed25519:<hex>`.
+pub fn parse_public_key(key: &str) -> Result<VerifyingKey, String> {
+    let hex_part = key
+        .strip_prefix("ed25519:")
+        .ok_or_else(|| format!("public key `{key}` does not start with `ed25519:`"))?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut bytes).map_err(|e| format!("public key: {e}"))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("public key: {e}"))
+}
+
+/// Checks a hex Ed25519 signature over the raw bytes of a `blake3:` hash.
+pub fn verify_hash_signature(public_key: &str, hash: &str, signature: &str) -> Result<(), String> {
+    let key = parse_public_key(public_key)?;
+    let message = digest_bytes(hash)?;
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(signature, &mut sig)
+        .map_err(|e| format!("signature is not 128 hex characters: {e}"))?;
+    key.verify_strict(&message, &Signature::from_bytes(&sig))
+        .map_err(|_| "Ed25519 signature does not match".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_form_sorts_keys_and_normalises_numbers() {
+        let v = json!({"b": 1.0, "a": [true, null, "é"], "c": {"z": 1, "y": 2}});
+        assert_eq!(canonical(&v), r#"{"a":[true,null,"é"],"b":1,"c":{"y":2,"z":1}}"#);
+    }
+
+    #[test]
+    fn a_signature_verifies_only_for_its_hash_and_key() {
+        let key = NodeKey::generate();
+        let h = digest(b"span");
+        let sig = key.sign_hash(&h);
+        assert!(verify_hash_signature(key.public_key(), &h, &sig).is_ok());
+        assert!(verify_hash_signature(key.public_key(), &digest(b"other"), &sig).is_err());
+        let other = NodeKey::generate();
+        assert!(verify_hash_signature(other.public_key(), &h, &sig).is_err());
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reloads_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let (a, created) = NodeKey::load_or_create(&path).unwrap();
+        assert!(created);
+        let (b, created) = NodeKey::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(a.public_key(), b.public_key());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The LogLine ledger: spans, their canonical hashing and signing, per-tenant chains, and the
+//! stores that keep them (PostgreSQL with row level security, or an embedded SQLite file).
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod error;
+pub mod plan;
+pub mod query;
+pub mod span;
+pub mod store;
+pub mod verify;
+
+pub use error::{AppendError, InputError, StoreError};
+pub use query::{Filter, Order, Page};
+pub use span::{Appended, Draft, Principal, StoredSpan, Visibility};
+pub use store::Store;

@@ -1,0 +1,215 @@
+//! The `Store` trait and its two implementations: PostgreSQL (multi-tenant, RLS) and an
+//! embedded SQLite file (the zero-setup default). One conformance suite runs against both.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::crypto::NodeKey;
+use crate::error::{AppendError, StoreError};
+use crate::query::{Filter, Page};
+use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
+use crate::verify::AuditRow;
+
+/// Results of one append call: one per draft, in order.
+pub type AppendResults = Vec<Result<Appended, AppendError>>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"postgres"` or `"sqlite"`.
+    fn backend(&self) -> &'static str;
+
+    /// The key that signs what this node appends.
+    fn node_key(&self) -> &NodeKey;
+
+    /// Appends several principals' batches in one transaction (group commit): each batch is
+    /// placed in its principal's tenant chain with that principal's rights. A draft that
+    /// cannot be placed gets its own error; the others are still written.
+    async fn append_many(
+        &self,
+        batches: Vec<(Principal, Vec<Draft>)>,
+    ) -> Result<Vec<AppendResults>, StoreError>;
+
+    /// The latest version of a span, or a given `seq`, if the principal may see it.
+    async fn get(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        seq: Option<i64>,
+    ) -> Result<Option<StoredSpan>, StoreError>;
+
+    /// Every version of a span the principal may see, oldest first.
+    async fn versions(&self, principal: &Principal, id: Uuid) -> Result<Vec<StoredSpan>, StoreError>;
+
+    async fn query(&self, principal: &Principal, filter: &Filter) -> Result<Page, StoreError>;
+
+    /// Appends a `redaction` span and withholds every version's body, in one transaction.
+    async fn redact(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Appended, StoreError>;
+
+    /// Tenants that have a chain (administrative: not filtered by visibility).
+    async fn tenants(&self) -> Result<Vec<String>, StoreError>;
+
+    /// A tenant's spans in chain order from `from_pos` (administrative: the auditor sees all).
+    async fn audit_page(
+        &self,
+        tenant: &str,
+        from_pos: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+}
+
+/// Opens the store named by `database_url`, or the embedded file under `data_dir`.
+pub async fn open(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    key: NodeKey,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(postgres::PgStore::connect(url, key).await?))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            Ok(Arc::new(sqlite::SqliteStore::open_url(url, key).await?))
+        }
+        Some(other) => Err(StoreError::Config(format!(
+            "unsupported database URL `{other}`: use postgres://… or sqlite:…"
+        ))),
+        None => {
+            std::fs::create_dir_all(data_dir)?;
+            Ok(Arc::new(
+                sqlite::SqliteStore::open_file(&data_dir.join("ledger.sqlite3"), key).await?,
+            ))
+        }
+    }
+}
+
+/// Appends one principal's drafts.
+pub async fn append(
+    store: &dyn Store,
+    principal: &Principal,
+    drafts: Vec<Draft>,
+) -> Result<AppendResults, StoreError> {
+    let mut out = store.append_many(vec![(principal.clone(), drafts)]).await?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// The manifest's well-known id (a valid UUID, unlike the seed's ids).
+pub const MANIFEST_ID: Uuid = Uuid::from_u128(0x0000_0000_0000_7000_8000_6d61_6e69_6673);
+/// The tenant that holds node-level spans such as the manifest.
+pub const SYSTEM_TENANT: &str = "system";
+/// The principal the node acts as for its own spans.
+pub fn system_principal() -> Principal {
+    Principal::new("node", SYSTEM_TENANT)
+}
+
+/// The latest manifest, if `init` has run.
+pub async fn manifest(store: &dyn Store) -> Result<Option<Value>, StoreError> {
+    match store.get(&system_principal(), MANIFEST_ID, None).await? {
+        None => Ok(None),
+        Some(s) => s.to_view().map(Some).map_err(StoreError::Corrupt),
+    }
+}
+
+/// Public keys the manifest trusts to sign spans (the node key is always among them).
+pub async fn trusted_keys(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    let mut keys = vec![store.node_key().public_key().to_string()];
+    if let Some(m) = manifest(store).await?
+        && let Some(list) = m.pointer("/content/trusted_keys").and_then(Value::as_array)
+    {
+        keys.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// Writes the first manifest when there is none, so a fresh ledger is self-describing.
+/// Returns the manifest's view and whether it was created now.
+pub async fn ensure_manifest(store: &dyn Store) -> Result<(Value, bool), StoreError> {
+    if let Some(m) = manifest(store).await? {
+        return Ok((m, false));
+    }
+    let principal = system_principal();
+    let node = store.node_key().public_key().to_string();
+    let draft = Draft::from_value(
+        json!({
+            "id": MANIFEST_ID,
+            "seq": 0,
+            "entity_type": "manifest",
+            "visibility": "public",
+            "idempotency_key": "manifest:genesis",
+            "when": format_time(Utc::now()),
+            "who": principal.user_id,
+            "did": "initialised the ledger",
+            "this": "manifest",
+            "confirmed_by": "node key",
+            "if_ok": "boot the allow-listed kernels",
+            "if_doubt": "boot nothing and record a boot_event",
+            "if_not": "refuse to start",
+            "status": "active",
+            "name": "manifest",
+            "content": {
+                "trusted_keys": [node],
+                "kernels": [],
+                "allowed_boot_ids": [],
+                "throttle": {"per_tenant_daily_exec_limit": 1000},
+                "policy": {"slow_ms": 2000},
+                "features": {}
+            }
+        }),
+        &principal,
+        &[],
+        Utc::now(),
+    )?;
+    let result = append(store, &principal, vec![draft]).await?;
+    match result.into_iter().next() {
+        Some(Ok(_)) | None => {}
+        Some(Err(e)) => return Err(e.into()),
+    }
+    let m = manifest(store)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("manifest vanished after append".into()))?;
+    Ok((m, true))
+}
+
+/// The redaction span itself: a complete LogLine naming who withheld what and why.
+/// It is as visible as the span it withholds: redacting reveals nothing to new readers.
+pub(crate) fn redaction_draft(
+    principal: &Principal,
+    target: Uuid,
+    visibility: Visibility,
+    reason: &str,
+) -> Result<Draft, StoreError> {
+    Ok(Draft::from_value(
+        json!({
+            "entity_type": "redaction",
+            "related_to": [target],
+            "visibility": visibility.as_str(),
+            "when": format_time(Utc::now()),
+            "who": principal.user_id,
+            "did": "redacted",
+            "this": format!("span {target}"),
+            "confirmed_by": principal.user_id,
+            "if_ok": "withhold the content of every version",
+            "if_doubt": "keep withholding",
+            "if_not": "keep withholding",
+            "status": "applied",
+            "content": {"target": target, "reason": reason}
+        }),
+        principal,
+        &[],
+        Utc::now(),
+    )?)
+}

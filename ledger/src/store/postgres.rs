@@ -1,0 +1,490 @@
+//! The PostgreSQL store: every transaction runs as the non-superuser role `logline_app` with the
+//! principal set locally, so row level security decides what each caller reads and writes.
+//! A tenant's chain is extended under a row lock on its chain head, which keeps `chain_pos`
+//! gapless and idempotency race-free across any number of processes.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+use uuid::Uuid;
+
+use super::{AppendResults, Store, redaction_draft};
+use crate::crypto::{GENESIS_HASH, NodeKey};
+use crate::error::StoreError;
+use crate::plan::{self, ChainHead, IdHead, Known, Plan};
+use crate::query::{Filter, Order, Page, Row as PageRow};
+use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility};
+use crate::verify::AuditRow;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/postgres");
+
+pub struct PgStore {
+    pool: PgPool,
+    key: NodeKey,
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+impl PgStore {
+    pub async fn connect(url: &str, key: NodeKey) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, key })
+    }
+
+    /// The pool (owner role), for tests that must act behind the application's back.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Starts a transaction acting as `principal` under row level security.
+    async fn begin_as(&self, principal: &Principal) -> Result<Tx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        act_as(&mut tx, principal).await?;
+        Ok(tx)
+    }
+
+    async fn append_in(&self, tx: &mut Tx, principal: &Principal, drafts: &[Draft]) -> Result<AppendResults, StoreError> {
+        act_as(tx, principal).await?;
+        let tenant = principal.tenant_id.as_str();
+        // Creating-or-touching the head row locks it until commit: the tenant's chain is ours.
+        let r = sqlx::query(
+            "INSERT INTO ledger.chain_heads (tenant_id, next_pos, last_hash) VALUES ($1, 0, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id \
+             RETURNING next_pos, last_hash",
+        )
+        .bind(tenant)
+        .bind(GENESIS_HASH)
+        .fetch_one(&mut **tx)
+        .await?;
+        let head = ChainHead {
+            next_pos: r.get(0),
+            last_hash: r.get(1),
+        };
+
+        let keys: Vec<String> = drafts.iter().filter_map(|d| d.idempotency_key.clone()).collect();
+        let mut prior = HashMap::new();
+        if !keys.is_empty() {
+            let rows = sqlx::query(
+                "SELECT key, id, seq, chain_pos, curr_hash, status FROM ledger.idempotency \
+                 WHERE tenant_id = $1 AND key = ANY($2)",
+            )
+            .bind(tenant)
+            .bind(&keys)
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in rows {
+                prior.insert(
+                    r.get::<String, _>(0),
+                    Appended {
+                        id: r.get(1),
+                        seq: r.get(2),
+                        chain_pos: r.get(3),
+                        curr_hash: r.get(4),
+                        status: r.get(5),
+                        duplicate: true,
+                    },
+                );
+            }
+        }
+
+        let ids: Vec<Uuid> = drafts.iter().filter_map(|d| d.id).collect();
+        let mut id_heads = HashMap::new();
+        let mut foreign = HashSet::new();
+        if !ids.is_empty() {
+            let rows = sqlx::query(
+                "SELECT id, latest_seq, owner_id, visibility FROM ledger.id_heads WHERE id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in rows {
+                id_heads.insert(
+                    r.get::<Uuid, _>(0),
+                    IdHead {
+                        latest_seq: r.get(1),
+                        owner_id: r.get(2),
+                        visibility: parse_visibility(&r.get::<String, _>(3))?,
+                    },
+                );
+            }
+            // Ids we cannot see are new, or another tenant's: claiming them tells which, without
+            // revealing anything about the other tenant.
+            let unseen: Vec<Uuid> = ids.iter().copied().filter(|i| !id_heads.contains_key(i)).collect::<HashSet<_>>().into_iter().collect();
+            if !unseen.is_empty() {
+                let claimed: HashSet<Uuid> = sqlx::query_scalar(
+                    "INSERT INTO ledger.id_heads (id, tenant_id, latest_seq, owner_id, visibility) \
+                     SELECT u, $2, -1, $3, 'private' FROM UNNEST($1::uuid[]) AS u \
+                     ON CONFLICT (id) DO NOTHING RETURNING id",
+                )
+                .bind(&unseen)
+                .bind(tenant)
+                .bind(&principal.user_id)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .collect();
+                foreign.extend(unseen.into_iter().filter(|i| !claimed.contains(i)));
+            }
+        }
+
+        let plan = plan::plan(
+            principal,
+            drafts,
+            Known {
+                head,
+                prior,
+                id_heads,
+                foreign,
+            },
+            &self.key,
+            Utc::now(),
+        );
+        persist(tx, tenant, &plan).await?;
+        Ok(plan.results)
+    }
+}
+
+async fn act_as(tx: &mut Tx, principal: &Principal) -> Result<(), StoreError> {
+    sqlx::query(
+        "SELECT set_config('role', 'logline_app', true), set_config('app.user_id', $1, true), \
+         set_config('app.tenant_id', $2, true)",
+    )
+    .bind(&principal.user_id)
+    .bind(&principal.tenant_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn persist(tx: &mut Tx, tenant: &str, plan: &Plan) -> Result<(), StoreError> {
+    if plan.sealed.is_empty() {
+        return Ok(());
+    }
+    let s = &plan.sealed;
+    let col = |f: &dyn Fn(&crate::span::Sealed) -> String| s.iter().map(f).collect::<Vec<String>>();
+    let opt = |f: &dyn Fn(&crate::span::Sealed) -> Option<String>| s.iter().map(f).collect::<Vec<Option<String>>>();
+    let pos: Vec<i64> = s.iter().map(|x| x.chain_pos).collect();
+    let ids: Vec<Uuid> = s.iter().map(|x| x.id).collect();
+    let seqs: Vec<i64> = s.iter().map(|x| x.seq).collect();
+    let at: Vec<DateTime<Utc>> = s.iter().map(|x| x.at).collect();
+    let recorded: Vec<DateTime<Utc>> = s.iter().map(|x| x.recorded_at).collect();
+    let parents: Vec<Option<Uuid>> = s.iter().map(|x| x.parent_id).collect();
+    let tenants = col(&|x| x.tenant_id.clone());
+    let owners = col(&|x| x.owner_id.clone());
+    let vis = col(&|x| x.visibility.as_str().to_string());
+    sqlx::query(
+        "INSERT INTO ledger.spans (tenant_id, chain_pos, id, seq, entity_type, owner_id, visibility, at, \
+         recorded_at, status, parent_id, related_to, trace_id, idempotency_key, envelope, curr_hash, signature) \
+         SELECT t, p, i, q, e, o, v, a, r, st, pa, rel::jsonb, tr, ik, env, h, sg FROM UNNEST(\
+         $1::text[], $2::bigint[], $3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
+         $8::timestamptz[], $9::timestamptz[], $10::text[], $11::uuid[], $12::text[], $13::text[], \
+         $14::text[], $15::text[], $16::text[], $17::text[]) \
+         AS u(t, p, i, q, e, o, v, a, r, st, pa, rel, tr, ik, env, h, sg)",
+    )
+    .bind(&tenants)
+    .bind(&pos)
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(col(&|x| x.entity_type.clone()))
+    .bind(&owners)
+    .bind(&vis)
+    .bind(&at)
+    .bind(&recorded)
+    .bind(col(&|x| x.status.clone()))
+    .bind(&parents)
+    .bind(col(&|x| serde_json::to_string(&x.related_to).unwrap_or_else(|_| "[]".into())))
+    .bind(opt(&|x| x.trace_id.clone()))
+    .bind(opt(&|x| x.idempotency_key.clone()))
+    .bind(col(&|x| x.envelope.clone()))
+    .bind(col(&|x| x.curr_hash.clone()))
+    .bind(col(&|x| x.signature.clone()))
+    .execute(&mut **tx)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO ledger.span_bodies (id, seq, tenant_id, owner_id, visibility, who, did, this, body) \
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[])",
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&tenants)
+    .bind(&owners)
+    .bind(&vis)
+    .bind(opt(&|x| x.who.clone()))
+    .bind(opt(&|x| x.did.clone()))
+    .bind(opt(&|x| x.this.clone()))
+    .bind(col(&|x| x.body.clone()))
+    .execute(&mut **tx)
+    .await?;
+
+    let keyed: Vec<&crate::span::Sealed> = s.iter().filter(|x| x.idempotency_key.is_some()).collect();
+    if !keyed.is_empty() {
+        sqlx::query(
+            "INSERT INTO ledger.idempotency (tenant_id, key, id, seq, chain_pos, curr_hash, status) \
+             SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::bigint[], $5::bigint[], $6::text[], $7::text[])",
+        )
+        .bind(tenant)
+        .bind(keyed.iter().map(|x| x.idempotency_key.clone().unwrap_or_default()).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|x| x.seq).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|x| x.chain_pos).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|x| x.curr_hash.clone()).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|x| x.status.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    let heads: Vec<(&Uuid, &IdHead)> = plan.id_heads.iter().collect();
+    sqlx::query(
+        "INSERT INTO ledger.id_heads (id, tenant_id, latest_seq, owner_id, visibility) \
+         SELECT i, $2, q, o, v FROM UNNEST($1::uuid[], $3::bigint[], $4::text[], $5::text[]) AS u(i, q, o, v) \
+         ON CONFLICT (id) DO UPDATE SET latest_seq = EXCLUDED.latest_seq, owner_id = EXCLUDED.owner_id, \
+         visibility = EXCLUDED.visibility",
+    )
+    .bind(heads.iter().map(|(i, _)| **i).collect::<Vec<_>>())
+    .bind(tenant)
+    .bind(heads.iter().map(|(_, h)| h.latest_seq).collect::<Vec<_>>())
+    .bind(heads.iter().map(|(_, h)| h.owner_id.clone()).collect::<Vec<_>>())
+    .bind(heads.iter().map(|(_, h)| h.visibility.as_str().to_string()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+
+    sqlx::query("UPDATE ledger.chain_heads SET next_pos = $2, last_hash = $3 WHERE tenant_id = $1")
+        .bind(tenant)
+        .bind(plan.head.next_pos)
+        .bind(&plan.head.last_hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn parse_visibility(s: &str) -> Result<Visibility, StoreError> {
+    Visibility::parse(s).ok_or_else(|| StoreError::Corrupt(format!("visibility `{s}`")))
+}
+
+// RLS already limits rows to what the principal may see; the store adds no predicate of its own.
+const SELECT_SPAN: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id \
+     FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
+     LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE true";
+
+fn to_row(r: &PgRow) -> PageRow {
+    PageRow {
+        ingest_id: r.get(0),
+        span: StoredSpan {
+            envelope: r.get(1),
+            body: r.get(2),
+            curr_hash: r.get(3),
+            signature: r.get(4),
+            redacted_by: r.get(5),
+        },
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn node_key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    #[tracing::instrument(skip_all, fields(backend = "postgres", batches = batches.len()))]
+    async fn append_many(&self, batches: Vec<(Principal, Vec<Draft>)>) -> Result<Vec<AppendResults>, StoreError> {
+        // Lock tenant chains in one global order so concurrent group commits cannot deadlock.
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        order.sort_by(|a, b| batches[*a].0.tenant_id.cmp(&batches[*b].0.tenant_id));
+        let mut tx = self.pool.begin().await?;
+        let mut out: Vec<AppendResults> = vec![Vec::new(); batches.len()];
+        for i in order {
+            let (principal, drafts) = &batches[i];
+            out[i] = self.append_in(&mut tx, principal, drafts).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get(&self, principal: &Principal, id: Uuid, seq: Option<i64>) -> Result<Option<StoredSpan>, StoreError> {
+        let mut tx = self.begin_as(principal).await?;
+        let mut qb = QueryBuilder::<Postgres>::new(SELECT_SPAN);
+        qb.push(" AND s.id = ").push_bind(id);
+        if let Some(seq) = seq {
+            qb.push(" AND s.seq = ").push_bind(seq);
+        }
+        qb.push(" ORDER BY s.seq DESC LIMIT 1");
+        let row = qb.build().fetch_optional(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(row.map(|r| to_row(&r).span))
+    }
+
+    async fn versions(&self, principal: &Principal, id: Uuid) -> Result<Vec<StoredSpan>, StoreError> {
+        let mut tx = self.begin_as(principal).await?;
+        let mut qb = QueryBuilder::<Postgres>::new(SELECT_SPAN);
+        qb.push(" AND s.id = ").push_bind(id).push(" ORDER BY s.seq ASC");
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows.iter().map(|r| to_row(r).span).collect())
+    }
+
+    async fn query(&self, principal: &Principal, f: &Filter) -> Result<Page, StoreError> {
+        let mut tx = self.begin_as(principal).await?;
+        let mut qb = QueryBuilder::<Postgres>::new(SELECT_SPAN);
+        if let Some(v) = f.id {
+            qb.push(" AND s.id = ").push_bind(v);
+        }
+        if let Some(v) = &f.entity_type {
+            qb.push(" AND s.entity_type = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.status {
+            qb.push(" AND s.status = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.tenant_id {
+            qb.push(" AND s.tenant_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.owner_id {
+            qb.push(" AND s.owner_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.trace_id {
+            qb.push(" AND s.trace_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.who {
+            qb.push(" AND b.who = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.did {
+            qb.push(" AND b.did = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.this {
+            qb.push(" AND b.this = ").push_bind(v.clone());
+        }
+        if let Some(v) = f.since {
+            qb.push(" AND s.at >= ").push_bind(v);
+        }
+        if let Some(v) = f.until {
+            qb.push(" AND s.at < ").push_bind(v);
+        }
+        if let Some(v) = f.related_to {
+            qb.push(" AND s.related_to @> jsonb_build_array(")
+                .push_bind(v.to_string())
+                .push("::text)");
+        }
+        if let Some(after) = f.after {
+            match f.order {
+                Order::Asc => qb.push(" AND s.ingest_id > ").push_bind(after),
+                Order::Desc => qb.push(" AND s.ingest_id < ").push_bind(after),
+            };
+        }
+        let limit = f.effective_limit();
+        qb.push(match f.order {
+            Order::Asc => " ORDER BY s.ingest_id ASC LIMIT ",
+            Order::Desc => " ORDER BY s.ingest_id DESC LIMIT ",
+        })
+        .push_bind(limit + 1);
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut rows: Vec<PageRow> = rows.iter().map(to_row).collect();
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = if more { rows.last().map(|r| r.ingest_id) } else { None };
+        Ok(Page { rows, next_cursor })
+    }
+
+    #[tracing::instrument(skip_all, fields(backend = "postgres", %id))]
+    async fn redact(&self, principal: &Principal, id: Uuid, reason: &str) -> Result<Appended, StoreError> {
+        let mut tx = self.begin_as(principal).await?;
+        let row = sqlx::query(
+            "SELECT s.owner_id, s.visibility, EXISTS (SELECT 1 FROM ledger.redactions r WHERE r.target_id = s.id) \
+             FROM ledger.spans s WHERE s.id = $1 ORDER BY s.seq DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+        let owner: String = row.get(0);
+        let visibility = parse_visibility(&row.get::<String, _>(1))?;
+        if row.get::<bool, _>(2) {
+            return Err(StoreError::AlreadyRedacted(id));
+        }
+        if owner != principal.user_id {
+            return Err(StoreError::NotOwner(id));
+        }
+        let draft = redaction_draft(principal, id, visibility, reason)?;
+        let appended = self
+            .append_in(&mut tx, principal, &[draft])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("redaction produced no result".into()))??;
+        sqlx::query(
+            "INSERT INTO ledger.redactions (target_id, tenant_id, visibility, redaction_id, at) VALUES ($1, $2, $3, $4, now())",
+        )
+        .bind(id)
+        .bind(&principal.tenant_id)
+        .bind(visibility.as_str())
+        .bind(appended.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM ledger.span_bodies WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
+            .execute(&mut *tx)
+            .await?;
+        let out = sqlx::query_scalar("SELECT tenant_id FROM ledger.chain_heads ORDER BY tenant_id")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn audit_page(&self, tenant: &str, from_pos: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT s.chain_pos, s.id, s.seq, s.entity_type, s.owner_id, s.visibility, s.envelope, b.body, \
+             EXISTS (SELECT 1 FROM ledger.redactions r WHERE r.target_id = s.id), s.curr_hash, s.signature \
+             FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
+             WHERE s.tenant_id = $1 AND s.chain_pos >= $2 ORDER BY s.chain_pos LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(from_pos)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                chain_pos: r.get(0),
+                id: r.get(1),
+                seq: r.get(2),
+                entity_type: r.get(3),
+                owner_id: r.get(4),
+                visibility: r.get(5),
+                envelope: r.get(6),
+                body: r.get(7),
+                redacted: r.get(8),
+                curr_hash: r.get(9),
+                signature: r.get(10),
+            })
+            .collect())
+    }
+}

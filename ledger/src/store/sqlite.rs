@@ -1,0 +1,499 @@
+//! The embedded store: one SQLite file, created on first use. Writers serialise on
+//! `BEGIN IMMEDIATE` (also across processes); readers get the visibility predicate in SQL.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::{AppendResults, Store, redaction_draft};
+use crate::crypto::{GENESIS_HASH, NodeKey};
+use crate::error::StoreError;
+use crate::plan::{self, ChainHead, IdHead, Known, Plan};
+use crate::query::{Filter, Order, Page, Row as PageRow};
+use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
+use crate::verify::AuditRow;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/sqlite");
+
+/// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
+const INSERT_CHUNK: usize = 500;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    key: NodeKey,
+}
+
+impl SqliteStore {
+    pub async fn open_file(path: &Path, key: NodeKey) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new().filename(path);
+        Self::open_with(opts, key).await
+    }
+
+    pub async fn open_url(url: &str, key: NodeKey) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?;
+        Self::open_with(opts, key).await
+    }
+
+    async fn open_with(opts: SqliteConnectOptions, key: NodeKey) -> Result<Self, StoreError> {
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged span survives power loss, not only a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, key })
+    }
+
+    /// The pool, for tests that must act behind the application's back.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn append_in(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        principal: &Principal,
+        drafts: &[Draft],
+    ) -> Result<AppendResults, StoreError> {
+        let tenant = principal.tenant_id.as_str();
+        let head = sqlx::query("SELECT next_pos, last_hash FROM chain_heads WHERE tenant_id = ?")
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| ChainHead {
+                next_pos: r.get(0),
+                last_hash: r.get(1),
+            })
+            .unwrap_or(ChainHead {
+                next_pos: 0,
+                last_hash: GENESIS_HASH.to_string(),
+            });
+
+        let keys: Vec<&str> = drafts
+            .iter()
+            .filter_map(|d| d.idempotency_key.as_deref())
+            .collect();
+        let mut prior = HashMap::new();
+        for chunk in keys.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT key, id, seq, chain_pos, curr_hash, status FROM idempotency WHERE tenant_id = ",
+            );
+            qb.push_bind(tenant).push(" AND key IN (");
+            let mut sep = qb.separated(", ");
+            for k in chunk {
+                sep.push_bind(*k);
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut **tx).await? {
+                let id: String = r.get(1);
+                prior.insert(
+                    r.get::<String, _>(0),
+                    Appended {
+                        id: parse_uuid(&id)?,
+                        seq: r.get(2),
+                        chain_pos: r.get(3),
+                        curr_hash: r.get(4),
+                        status: r.get(5),
+                        duplicate: true,
+                    },
+                );
+            }
+        }
+
+        let ids: Vec<String> = drafts
+            .iter()
+            .filter_map(|d| d.id.map(|u| u.to_string()))
+            .collect();
+        let mut id_heads = HashMap::new();
+        let mut foreign = HashSet::new();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT id, tenant_id, latest_seq, owner_id, visibility FROM id_heads WHERE id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.as_str());
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut **tx).await? {
+                let id = parse_uuid(&r.get::<String, _>(0))?;
+                if r.get::<String, _>(1) != tenant {
+                    foreign.insert(id);
+                    continue;
+                }
+                id_heads.insert(
+                    id,
+                    IdHead {
+                        latest_seq: r.get(2),
+                        owner_id: r.get(3),
+                        visibility: parse_visibility(&r.get::<String, _>(4))?,
+                    },
+                );
+            }
+        }
+
+        let plan = plan::plan(
+            principal,
+            drafts,
+            Known {
+                head,
+                prior,
+                id_heads,
+                foreign,
+            },
+            &self.key,
+            Utc::now(),
+        );
+        self.persist(tx, tenant, &plan).await?;
+        Ok(plan.results)
+    }
+
+    async fn persist(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        tenant: &str,
+        plan: &Plan,
+    ) -> Result<(), StoreError> {
+        if plan.sealed.is_empty() {
+            return Ok(());
+        }
+        for chunk in plan.sealed.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO spans (tenant_id, chain_pos, id, seq, entity_type, owner_id, visibility, at, \
+                 recorded_at, status, parent_id, related_to, trace_id, idempotency_key, envelope, curr_hash, signature) ",
+            );
+            qb.push_values(chunk, |mut b, s| {
+                b.push_bind(s.tenant_id.clone())
+                    .push_bind(s.chain_pos)
+                    .push_bind(s.id.to_string())
+                    .push_bind(s.seq)
+                    .push_bind(s.entity_type.clone())
+                    .push_bind(s.owner_id.clone())
+                    .push_bind(s.visibility.as_str())
+                    .push_bind(format_time(s.at))
+                    .push_bind(format_time(s.recorded_at))
+                    .push_bind(s.status.clone())
+                    .push_bind(s.parent_id.map(|p| p.to_string()))
+                    .push_bind(serde_json::to_string(&s.related_to).unwrap_or_else(|_| "[]".into()))
+                    .push_bind(s.trace_id.clone())
+                    .push_bind(s.idempotency_key.clone())
+                    .push_bind(s.envelope.clone())
+                    .push_bind(s.curr_hash.clone())
+                    .push_bind(s.signature.clone());
+            });
+            qb.build().execute(&mut **tx).await?;
+
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO span_bodies (id, seq, tenant_id, who, did, this, body) ",
+            );
+            qb.push_values(chunk, |mut b, s| {
+                b.push_bind(s.id.to_string())
+                    .push_bind(s.seq)
+                    .push_bind(s.tenant_id.clone())
+                    .push_bind(s.who.clone())
+                    .push_bind(s.did.clone())
+                    .push_bind(s.this.clone())
+                    .push_bind(s.body.clone());
+            });
+            qb.build().execute(&mut **tx).await?;
+
+            let keyed: Vec<_> = chunk
+                .iter()
+                .filter(|s| s.idempotency_key.is_some())
+                .collect();
+            if !keyed.is_empty() {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO idempotency (tenant_id, key, id, seq, chain_pos, curr_hash, status) ",
+                );
+                qb.push_values(keyed, |mut b, s| {
+                    b.push_bind(s.tenant_id.clone())
+                        .push_bind(s.idempotency_key.clone())
+                        .push_bind(s.id.to_string())
+                        .push_bind(s.seq)
+                        .push_bind(s.chain_pos)
+                        .push_bind(s.curr_hash.clone())
+                        .push_bind(s.status.clone());
+                });
+                qb.build().execute(&mut **tx).await?;
+            }
+        }
+        let heads: Vec<_> = plan.id_heads.iter().collect();
+        for chunk in heads.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO id_heads (id, tenant_id, latest_seq, owner_id, visibility) ",
+            );
+            qb.push_values(chunk, |mut b, (id, h)| {
+                b.push_bind(id.to_string())
+                    .push_bind(tenant.to_string())
+                    .push_bind(h.latest_seq)
+                    .push_bind(h.owner_id.clone())
+                    .push_bind(h.visibility.as_str());
+            });
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET latest_seq = excluded.latest_seq, \
+                 owner_id = excluded.owner_id, visibility = excluded.visibility",
+            );
+            qb.build().execute(&mut **tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO chain_heads (tenant_id, next_pos, last_hash) VALUES (?, ?, ?) \
+             ON CONFLICT (tenant_id) DO UPDATE SET next_pos = excluded.next_pos, last_hash = excluded.last_hash",
+        )
+        .bind(tenant)
+        .bind(plan.head.next_pos)
+        .bind(&plan.head.last_hash)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("id `{s}`: {e}")))
+}
+
+fn parse_visibility(s: &str) -> Result<Visibility, StoreError> {
+    Visibility::parse(s).ok_or_else(|| StoreError::Corrupt(format!("visibility `{s}`")))
+}
+
+const SELECT_SPAN: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id \
+     FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
+     LEFT JOIN redactions r ON r.target_id = s.id WHERE ";
+
+fn push_visible(qb: &mut QueryBuilder<Sqlite>, p: &Principal) {
+    qb.push("(s.visibility = 'public' OR (s.tenant_id = ")
+        .push_bind(p.tenant_id.clone())
+        .push(" AND (s.visibility = 'tenant' OR s.owner_id = ")
+        .push_bind(p.user_id.clone())
+        .push(")))");
+}
+
+fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<PageRow, StoreError> {
+    let redacted_by: Option<String> = r.get(5);
+    Ok(PageRow {
+        ingest_id: r.get(0),
+        span: StoredSpan {
+            envelope: r.get(1),
+            body: r.get(2),
+            curr_hash: r.get(3),
+            signature: r.get(4),
+            redacted_by: redacted_by.as_deref().map(parse_uuid).transpose()?,
+        },
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn node_key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    #[tracing::instrument(skip_all, fields(backend = "sqlite", batches = batches.len()))]
+    async fn append_many(
+        &self,
+        batches: Vec<(Principal, Vec<Draft>)>,
+    ) -> Result<Vec<AppendResults>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::with_capacity(batches.len());
+        for (principal, drafts) in &batches {
+            out.push(self.append_in(&mut tx, principal, drafts).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        seq: Option<i64>,
+    ) -> Result<Option<StoredSpan>, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
+        push_visible(&mut qb, principal);
+        qb.push(" AND s.id = ").push_bind(id.to_string());
+        if let Some(seq) = seq {
+            qb.push(" AND s.seq = ").push_bind(seq);
+        }
+        qb.push(" ORDER BY s.seq DESC LIMIT 1");
+        match qb.build().fetch_optional(&self.pool).await? {
+            None => Ok(None),
+            Some(r) => Ok(Some(to_row(&r)?.span)),
+        }
+    }
+
+    async fn versions(&self, principal: &Principal, id: Uuid) -> Result<Vec<StoredSpan>, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
+        push_visible(&mut qb, principal);
+        qb.push(" AND s.id = ").push_bind(id.to_string());
+        qb.push(" ORDER BY s.seq ASC");
+        qb.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| to_row(r).map(|r| r.span))
+            .collect()
+    }
+
+    async fn query(&self, principal: &Principal, f: &Filter) -> Result<Page, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
+        push_visible(&mut qb, principal);
+        if let Some(v) = f.id {
+            qb.push(" AND s.id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = &f.entity_type {
+            qb.push(" AND s.entity_type = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.status {
+            qb.push(" AND s.status = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.tenant_id {
+            qb.push(" AND s.tenant_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.owner_id {
+            qb.push(" AND s.owner_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.trace_id {
+            qb.push(" AND s.trace_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.who {
+            qb.push(" AND b.who = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.did {
+            qb.push(" AND b.did = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.this {
+            qb.push(" AND b.this = ").push_bind(v.clone());
+        }
+        if let Some(v) = f.since {
+            qb.push(" AND s.at >= ").push_bind(format_time(v));
+        }
+        if let Some(v) = f.until {
+            qb.push(" AND s.at < ").push_bind(format_time(v));
+        }
+        if let Some(v) = f.related_to {
+            qb.push(" AND EXISTS (SELECT 1 FROM json_each(s.related_to) j WHERE j.value = ")
+                .push_bind(v.to_string())
+                .push(")");
+        }
+        if let Some(after) = f.after {
+            match f.order {
+                Order::Asc => qb.push(" AND s.ingest_id > ").push_bind(after),
+                Order::Desc => qb.push(" AND s.ingest_id < ").push_bind(after),
+            };
+        }
+        let limit = f.effective_limit();
+        qb.push(match f.order {
+            Order::Asc => " ORDER BY s.ingest_id ASC LIMIT ",
+            Order::Desc => " ORDER BY s.ingest_id DESC LIMIT ",
+        })
+        .push_bind(limit + 1);
+        let mut rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(to_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = if more { rows.last().map(|r| r.ingest_id) } else { None };
+        Ok(Page { rows, next_cursor })
+    }
+
+    #[tracing::instrument(skip_all, fields(backend = "sqlite", %id))]
+    async fn redact(&self, principal: &Principal, id: Uuid, reason: &str) -> Result<Appended, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT s.owner_id, s.visibility, (SELECT 1 FROM redactions r WHERE r.target_id = s.id) FROM spans s WHERE ",
+        );
+        push_visible(&mut qb, principal);
+        qb.push(" AND s.id = ")
+            .push_bind(id.to_string())
+            .push(" ORDER BY s.seq DESC LIMIT 1");
+        let row = qb
+            .build()
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        let owner: String = row.get(0);
+        let visibility = parse_visibility(&row.get::<String, _>(1))?;
+        if row.get::<Option<i64>, _>(2).is_some() {
+            return Err(StoreError::AlreadyRedacted(id));
+        }
+        if owner != principal.user_id {
+            return Err(StoreError::NotOwner(id));
+        }
+        let draft = redaction_draft(principal, id, visibility, reason)?;
+        let appended = self
+            .append_in(&mut tx, principal, &[draft])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("redaction produced no result".into()))??;
+        sqlx::query("INSERT INTO redactions (target_id, tenant_id, redaction_id, at) VALUES (?, ?, ?, ?)")
+            .bind(id.to_string())
+            .bind(&principal.tenant_id)
+            .bind(appended.id.to_string())
+            .bind(format_time(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM span_bodies WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT tenant_id FROM chain_heads ORDER BY tenant_id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn audit_page(&self, tenant: &str, from_pos: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.chain_pos, s.id, s.seq, s.entity_type, s.owner_id, s.visibility, s.envelope, b.body, \
+             (SELECT 1 FROM redactions r WHERE r.target_id = s.id), s.curr_hash, s.signature \
+             FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
+             WHERE s.tenant_id = ? AND s.chain_pos >= ? ORDER BY s.chain_pos LIMIT ?",
+        )
+        .bind(tenant)
+        .bind(from_pos)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    chain_pos: r.get(0),
+                    id: parse_uuid(&r.get::<String, _>(1))?,
+                    seq: r.get(2),
+                    entity_type: r.get(3),
+                    owner_id: r.get(4),
+                    visibility: r.get(5),
+                    envelope: r.get(6),
+                    body: r.get(7),
+                    redacted: r.get::<Option<i64>, _>(8).is_some(),
+                    curr_hash: r.get(9),
+                    signature: r.get(10),
+                })
+            })
+            .collect()
+    }
+}
