@@ -1,1 +1,562 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `logline` command line. Every command opens the store chosen by `--database-url` /
+//! `LOGLINE_DATABASE_URL` (PostgreSQL) or the embedded SQLite file under `--data-dir`, and acts
+//! as the principal given by `--as` / `--tenant`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ledger::crypto::NodeKey;
+use ledger::store::{self, Store};
+use ledger::verify::{TenantReport, verify_tenant};
+use ledger::{Draft, Filter, Order, Principal};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::bench;
+
+#[derive(Parser, Debug)]
+#[command(name = "logline", version, about = "A governed, append-only ledger of signed spans")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Directory of the embedded ledger and the node key.
+    #[arg(long, env = "LOGLINE_DATA_DIR", default_value = ".logline", global = true)]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://…); without it the embedded SQLite file is used.
+    #[arg(long, env = "LOGLINE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// The user to act as.
+    #[arg(long = "as", env = "LOGLINE_USER", default_value = "local", global = true)]
+    pub user: String,
+    /// The tenant to act in.
+    #[arg(long, env = "LOGLINE_TENANT", default_value = "local", global = true)]
+    pub tenant: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the data directory, the node key and the signed manifest span.
+    Init,
+    /// Append spans: one JSON object per line from stdin or --file.
+    Add {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = AddFormat::Text)]
+        format: AddFormat,
+    },
+    /// List spans the caller may see.
+    Query(QueryArgs),
+    /// Show one span (latest version unless --seq), or all its versions.
+    Get {
+        id: Uuid,
+        #[arg(long)]
+        seq: Option<i64>,
+        #[arg(long)]
+        versions: bool,
+    },
+    /// Verify every chain (or one tenant's): exit 0, or name the first broken link.
+    Verify {
+        #[arg(long = "only-tenant")]
+        only_tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t = AddFormat::Text)]
+        format: AddFormat,
+    },
+    /// Export what the caller may see as NDJSON with a signed trailer.
+    Export {
+        /// File to write, or `-` for stdout.
+        #[arg(long)]
+        out: String,
+    },
+    /// Withhold a span's content from now on, recording who and why.
+    Redact {
+        id: Uuid,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Measure ingest or verify throughput and latency; prints JSON.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum AddFormat {
+    Text,
+    Ndjson,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum QueryFormat {
+    Table,
+    Json,
+    Ndjson,
+}
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    #[arg(long)]
+    entity_type: Option<String>,
+    #[arg(long)]
+    who: Option<String>,
+    #[arg(long)]
+    did: Option<String>,
+    #[arg(long)]
+    this: Option<String>,
+    #[arg(long)]
+    status: Option<String>,
+    /// Spans with `at` on or after this date (YYYY-MM-DD) or instant (RFC 3339).
+    #[arg(long, value_parser = parse_instant)]
+    since: Option<DateTime<Utc>>,
+    /// Spans with `at` before this date or instant.
+    #[arg(long, value_parser = parse_instant)]
+    until: Option<DateTime<Utc>>,
+    #[arg(long)]
+    related_to: Option<Uuid>,
+    #[arg(long)]
+    trace_id: Option<String>,
+    /// Only spans of this tenant (public spans of other tenants are visible otherwise).
+    #[arg(long = "of-tenant")]
+    of_tenant: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    #[arg(long)]
+    desc: bool,
+    #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+    format: QueryFormat,
+}
+
+/// Accepts `2026-11-01` (midnight UTC) or a full RFC 3339 instant.
+pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("`{s}` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the node key (creating it on first use) and the store.
+pub async fn open(global: &Global) -> Result<Arc<dyn Store>> {
+    let key_path = global.data_dir.join("node.key");
+    let (key, _) = NodeKey::load_or_create(&key_path)
+        .with_context(|| format!("cannot read or create the node key at {}", key_path.display()))?;
+    let store = store::open(global.database_url.as_deref(), &global.data_dir, key)
+        .await
+        .context("cannot open the ledger store")?;
+    store::ensure_manifest(store.as_ref())
+        .await
+        .context("cannot write the manifest")?;
+    Ok(store)
+}
+
+fn principal(global: &Global) -> Principal {
+    Principal::new(global.user.clone(), global.tenant.clone())
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init => init(g).await,
+        Command::Add { file, format } => add(g, file, format).await,
+        Command::Query(args) => query(g, args).await,
+        Command::Get { id, seq, versions } => get(g, id, seq, versions).await,
+        Command::Verify { only_tenant, format } => verify(g, only_tenant, format).await,
+        Command::Export { out } => export(g, &out).await,
+        Command::Redact { id, reason } => redact(g, id, &reason).await,
+        Command::Bench { what } => bench::run(g, what).await,
+    }
+}
+
+async fn init(g: &Global) -> Result<ExitCode> {
+    let store = open(g).await?;
+    let (manifest, _) = store::ensure_manifest(store.as_ref()).await?;
+    println!("store:       {}", describe_store(g));
+    println!("node key:    {} (file {}, mode 0600)", store.node_key().public_key(), g.data_dir.join("node.key").display());
+    println!(
+        "manifest:    {} seq {} {}",
+        store::MANIFEST_ID,
+        manifest["seq"],
+        manifest["curr_hash"].as_str().unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_store(g: &Global) -> String {
+    match &g.database_url {
+        Some(url) => format!("postgres ({})", redact_url(url)),
+        None => format!("embedded sqlite ({})", g.data_dir.join("ledger.sqlite3").display()),
+    }
+}
+
+/// Hides a password in a database URL before printing it.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Lines per append transaction when reading NDJSON.
+const ADD_BATCH: usize = 1000;
+
+async fn add(g: &Global, file: Option<PathBuf>, format: AddFormat) -> Result<ExitCode> {
+    let mut input = String::new();
+    match &file {
+        Some(path) => {
+            input = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => {
+            std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
+        }
+    }
+    let store = open(g).await?;
+    let trusted = store::trusted_keys(store.as_ref()).await?;
+    let p = principal(g);
+    let lines = split_input(&input);
+    let total = lines.len();
+    let bar = progress(total as u64, "appending");
+    let mut failed = 0usize;
+    let mut out = std::io::stdout().lock();
+    for chunk in lines.chunks(ADD_BATCH) {
+        let now = Utc::now();
+        let mut drafts = Vec::new();
+        let mut slots: Vec<(usize, Result<usize, String>)> = Vec::new();
+        for (line_no, text) in chunk {
+            match Draft::parse_line(text, &p, &trusted, now) {
+                Ok(d) => {
+                    slots.push((*line_no, Ok(drafts.len())));
+                    drafts.push(d);
+                }
+                Err(e) => slots.push((*line_no, Err(e.to_string()))),
+            }
+        }
+        let results = store::append(store.as_ref(), &p, drafts).await?;
+        for (line_no, slot) in slots {
+            let result = match slot {
+                Ok(i) => match results.get(i) {
+                    Some(Ok(a)) => Ok(a.clone()),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("no result from the store".to_string()),
+                },
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                failed += 1;
+            }
+            write_add_result(&mut out, format, line_no, &result)?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if total == 0 {
+        eprintln!("no spans on input: give one JSON object per line");
+        return Ok(ExitCode::FAILURE);
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {total} lines failed; the other {} were stored", total - failed);
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Numbered non-blank lines. A single pretty-printed object (several lines that only parse
+/// together) counts as one span on line 1.
+fn split_input(input: &str) -> Vec<(usize, &str)> {
+    let lines: Vec<(usize, &str)> = input
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty())
+        .collect();
+    if lines.len() > 1
+        && serde_json::from_str::<Value>(lines[0].1).is_err()
+        && matches!(serde_json::from_str::<Value>(input), Ok(Value::Object(_)))
+    {
+        return vec![(lines[0].0, input.trim())];
+    }
+    lines
+}
+
+fn write_add_result(
+    out: &mut impl Write,
+    format: AddFormat,
+    line: usize,
+    result: &Result<ledger::Appended, String>,
+) -> Result<()> {
+    match (format, result) {
+        (AddFormat::Text, Ok(a)) => writeln!(
+            out,
+            "line {line}: ok {} seq {} chain_pos {} {}{}{}",
+            a.id,
+            a.seq,
+            a.chain_pos,
+            a.curr_hash,
+            if a.status == "ghost" { " (ghost)" } else { "" },
+            if a.duplicate { " (duplicate: original returned)" } else { "" }
+        )?,
+        (AddFormat::Text, Err(e)) => writeln!(out, "line {line}: error: {e}")?,
+        (_, Ok(a)) => writeln!(
+            out,
+            "{}",
+            json!({"line": line, "ok": true, "id": a.id, "seq": a.seq, "chain_pos": a.chain_pos,
+                   "curr_hash": a.curr_hash, "status": a.status, "duplicate": a.duplicate})
+        )?,
+        (_, Err(e)) => writeln!(out, "{}", json!({"line": line, "ok": false, "error": e}))?,
+    }
+    Ok(())
+}
+
+pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({per_sec}, eta {eta})") {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+async fn query(g: &Global, a: QueryArgs) -> Result<ExitCode> {
+    let store = open(g).await?;
+    let filter = Filter {
+        entity_type: a.entity_type,
+        who: a.who,
+        did: a.did,
+        this: a.this,
+        status: a.status,
+        tenant_id: a.of_tenant,
+        since: a.since,
+        until: a.until,
+        related_to: a.related_to,
+        trace_id: a.trace_id,
+        order: if a.desc { Order::Desc } else { Order::Asc },
+        limit: Some(a.limit),
+        ..Filter::default()
+    };
+    let page = store.query(&principal(g), &filter).await?;
+    let views: Vec<Value> = page
+        .rows
+        .iter()
+        .map(|r| r.span.to_view().map_err(|e| anyhow!(e)))
+        .collect::<Result<_>>()?;
+    let mut out = std::io::stdout().lock();
+    match a.format {
+        QueryFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?,
+        QueryFormat::Ndjson => {
+            for v in &views {
+                writeln!(out, "{v}")?;
+            }
+        }
+        QueryFormat::Table => {
+            let mut table = comfy_table::Table::new();
+            table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+            table.set_header(["at", "entity_type", "who", "did", "this", "status", "id", "seq"]);
+            for v in &views {
+                let s = |k: &str| match &v[k] {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let who = if v["redacted"] == json!(true) { "(redacted)".to_string() } else { s("who") };
+                table.add_row([s("at"), s("entity_type"), who, s("did"), s("this"), s("status"), s("id"), s("seq")]);
+            }
+            writeln!(out, "{table}")?;
+            if page.next_cursor.is_some() {
+                writeln!(out, "(more spans match: raise --limit or narrow the filter)")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get(g: &Global, id: Uuid, seq: Option<i64>, versions: bool) -> Result<ExitCode> {
+    let store = open(g).await?;
+    let p = principal(g);
+    let value = if versions {
+        let all = store.versions(&p, id).await?;
+        if all.is_empty() {
+            bail!("span {id} not found (or not visible to {} in tenant {})", p.user_id, p.tenant_id);
+        }
+        Value::Array(all.iter().map(|s| s.to_view().map_err(|e| anyhow!(e))).collect::<Result<_>>()?)
+    } else {
+        match store.get(&p, id, seq).await? {
+            Some(s) => s.to_view().map_err(|e| anyhow!(e))?,
+            None => bail!(
+                "span {id}{} not found (or not visible to {} in tenant {})",
+                seq.map(|s| format!(" seq {s}")).unwrap_or_default(),
+                p.user_id,
+                p.tenant_id
+            ),
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies chains: the auditor's view, so it needs the database itself (not a principal).
+pub async fn verify_all(store: &dyn Store, only: Option<String>) -> Result<Vec<TenantReport>> {
+    let trusted = store::trusted_keys(store).await?;
+    let tenants = match only {
+        Some(t) => vec![t],
+        None => store.tenants().await?,
+    };
+    let mut reports = Vec::new();
+    for t in tenants {
+        reports.push(verify_tenant(store, &t, &trusted).await?);
+    }
+    Ok(reports)
+}
+
+async fn verify(g: &Global, only: Option<String>, format: AddFormat) -> Result<ExitCode> {
+    let store = open(g).await?;
+    let reports = verify_all(store.as_ref(), only).await?;
+    let ok = reports.iter().all(|r| r.ok);
+    if format == AddFormat::Text {
+        for r in &reports {
+            match &r.first_break {
+                None => println!("tenant {}: ok, {} spans", r.tenant_id, r.spans),
+                Some(b) => println!(
+                    "tenant {}: BROKEN at chain_pos {} (span {}): {}",
+                    r.tenant_id,
+                    b.chain_pos,
+                    b.span_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    b.reason
+                ),
+            }
+        }
+    } else {
+        println!("{}", json!({"ok": ok, "tenants": reports}));
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn export(g: &Global, out: &str) -> Result<ExitCode> {
+    let store = open(g).await?;
+    let p = principal(g);
+    let mut writer: Box<dyn Write> = if out == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(out).with_context(|| format!("cannot create {out}"))?,
+        ))
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut count = 0u64;
+    let mut filter = Filter {
+        limit: Some(ledger::query::MAX_LIMIT),
+        ..Filter::default()
+    };
+    loop {
+        let page = store.query(&p, &filter).await?;
+        for row in &page.rows {
+            let line = row.span.to_view().map_err(|e| anyhow!(e))?.to_string();
+            hasher.update(line.as_bytes());
+            hasher.update(b"\n");
+            writeln!(writer, "{line}")?;
+            count += 1;
+        }
+        match page.next_cursor {
+            Some(c) => filter.after = Some(c),
+            None => break,
+        }
+    }
+    // The trailer lets a recipient check that nothing was added, dropped or changed.
+    let digest = format!("blake3:{}", hasher.finalize().to_hex());
+    let key = store.node_key();
+    let trailer = json!({"trailer": {
+        "count": count,
+        "digest": digest,
+        "exported_by": p.user_id,
+        "tenant_id": p.tenant_id,
+        "exported_at": ledger::span::format_time(Utc::now()),
+        "public_key": key.public_key(),
+        "signature": key.sign_hash(&digest),
+    }});
+    writeln!(writer, "{trailer}")?;
+    writer.flush()?;
+    if out != "-" {
+        eprintln!("exported {count} spans to {out} ({digest})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn redact(g: &Global, id: Uuid, reason: &str) -> Result<ExitCode> {
+    let store = open(g).await?;
+    let a = store.redact(&principal(g), id, reason).await?;
+    println!("redacted {id}: redaction span {} chain_pos {} {}", a.id, a.chain_pos, a.curr_hash);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_instants_parse_to_utc() {
+        assert_eq!(parse_instant("2026-11-01").unwrap().to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        assert_eq!(
+            parse_instant("2026-11-01T12:00:00+01:00").unwrap().to_rfc3339(),
+            "2026-11-01T11:00:00+00:00"
+        );
+        assert!(parse_instant("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_pretty_printed_object_is_one_span() {
+        let input = "{\n  \"who\": \"ana\"\n}\n";
+        assert_eq!(split_input(input).len(), 1);
+        let ndjson = "{\"a\":1}\n\n{\"b\":2}\n";
+        assert_eq!(split_input(ndjson), vec![(1, "{\"a\":1}"), (3, "{\"b\":2}")]);
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_printed_urls() {
+        assert_eq!(redact_url("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

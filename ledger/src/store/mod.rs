@@ -1,6 +1,7 @@
 //! The `Store` trait and its two implementations: PostgreSQL (multi-tenant, RLS) and an
 //! embedded SQLite file (the zero-setup default). One conformance suite runs against both.
 
+pub mod group;
 pub mod postgres;
 pub mod sqlite;
 

@@ -1,0 +1,169 @@
+//! `logline bench`: ingest and verify throughput with latency percentiles, printed as JSON
+//! lines (one per store × mode × writer count). The embedded store always runs (in a temporary
+//! directory); PostgreSQL runs when a database URL is given, in a fresh tenant of that database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use chrono::Utc;
+use clap::Subcommand;
+use ledger::crypto::NodeKey;
+use ledger::store::group::GroupCommit;
+use ledger::store::{self, Store};
+use ledger::verify::verify_tenant;
+use ledger::{Draft, Principal};
+use serde_json::{Value, json};
+
+use crate::cli::{Global, progress};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Append signed, chained spans with 1 and 8 concurrent writers.
+    Ingest {
+        /// Spans per run (a run also stops after --max-seconds).
+        #[arg(long, default_value_t = 20_000)]
+        spans: usize,
+        /// Concurrent writer counts to try.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        writers: Vec<usize>,
+        /// Spans per request in batch mode.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 15.0)]
+        max_seconds: f64,
+    },
+    /// Verify a chain of this many spans.
+    Verify {
+        #[arg(long, default_value_t = 100_000)]
+        spans: usize,
+    },
+}
+
+pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCode> {
+    let tmp = tempfile::tempdir()?;
+    let mut stores: Vec<Arc<dyn Store>> =
+        vec![store::open(None, tmp.path(), NodeKey::generate()).await?];
+    if let Some(url) = &g.database_url {
+        stores.push(store::open(Some(url), tmp.path(), NodeKey::generate()).await?);
+    }
+    for s in &stores {
+        store::ensure_manifest(s.as_ref()).await?;
+    }
+    match what {
+        BenchCommand::Ingest {
+            spans,
+            writers,
+            batch,
+            max_seconds,
+        } => {
+            for s in &stores {
+                for &w in &writers {
+                    for (mode, per_call) in [("single", 1usize), ("batch", batch.max(1))] {
+                        let r = ingest(s.clone(), w.max(1), per_call, spans, Duration::from_secs_f64(max_seconds)).await?;
+                        println!("{}", json!({"bench": "ingest", "store": s.backend(), "mode": mode, "writers": w, "spans_per_request": per_call}).as_object().map(|o| merge(o.clone(), r)).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        BenchCommand::Verify { spans } => {
+            for s in &stores {
+                let tenant = format!("bench-{}", uuid::Uuid::now_v7());
+                let p = Principal::new("bench", &tenant);
+                let gc = GroupCommit::start(s.clone());
+                let bar = progress(spans as u64, &format!("seeding {}", s.backend()));
+                let mut left = spans;
+                while left > 0 {
+                    let n = left.min(1000);
+                    gc.append(&p, drafts(&p, n)).await?;
+                    left -= n;
+                    bar.inc(n as u64);
+                }
+                bar.finish_and_clear();
+                let trusted = store::trusted_keys(s.as_ref()).await?;
+                let start = Instant::now();
+                let report = verify_tenant(s.as_ref(), &tenant, &trusted).await?;
+                let secs = start.elapsed().as_secs_f64();
+                println!(
+                    "{}",
+                    json!({"bench": "verify", "store": s.backend(), "spans": report.spans, "ok": report.ok,
+                           "seconds": round(secs), "spans_per_sec": round(report.spans as f64 / secs)})
+                );
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn merge(mut a: serde_json::Map<String, Value>, b: Value) -> Value {
+    if let Value::Object(b) = b {
+        a.extend(b);
+    }
+    Value::Object(a)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn drafts(p: &Principal, n: usize) -> Vec<Draft> {
+    let now = Utc::now();
+    (0..n)
+        .filter_map(|i| {
+            Draft::from_value(
+                json!({"who": p.user_id, "did": "confirmed delivery", "this": format!("delivery {i}"),
+                       "when": "2026-11-20T10:00:00Z", "confirmed_by": "courier", "if_ok": "send receipt",
+                       "if_doubt": "ask the courier", "if_not": "open an incident", "status": "valid",
+                       "entity_type": "delivery", "visibility": "tenant", "content": {"parcel": i, "weight_g": 1200}}),
+                p,
+                &[],
+                now,
+            )
+            .ok()
+        })
+        .collect()
+}
+
+async fn ingest(store: Arc<dyn Store>, writers: usize, per_call: usize, total: usize, max: Duration) -> Result<Value> {
+    let tenant = format!("bench-{}", uuid::Uuid::now_v7());
+    let gc = GroupCommit::start(store);
+    let per_writer = total.div_ceil(writers);
+    let bar = progress((per_writer * writers) as u64, "ingest");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let gc = gc.clone();
+        let p = Principal::new(format!("writer-{w}"), &tenant);
+        let bar = bar.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut done = 0usize;
+            while done < per_writer && start.elapsed() < max {
+                let n = per_call.min(per_writer - done);
+                let batch = drafts(&p, n);
+                let t = Instant::now();
+                let results = gc.append(&p, batch).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                    anyhow::bail!("append failed: {e}");
+                }
+                done += n;
+                bar.inc(n as u64);
+            }
+            Ok::<_, anyhow::Error>((done, lat))
+        }));
+    }
+    let mut spans = 0usize;
+    let mut lat = Vec::new();
+    for t in tasks {
+        let (n, l) = t.await??;
+        spans += n;
+        lat.extend(l);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+    Ok(json!({"spans": spans, "seconds": round(secs), "spans_per_sec": round(spans as f64 / secs),
+              "request_p50_ms": round(pct(0.5)), "request_p99_ms": round(pct(0.99))}))
+}
