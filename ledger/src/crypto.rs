@@ -65,7 +65,10 @@ impl NodeKey {
 
     pub fn from_seed(seed: [u8; 32]) -> Self {
         let signing = SigningKey::from_bytes(&seed);
-        let public = format!("ed25519:{}", hex::encode(signing.verifying_key().to_bytes()));
+        let public = format!(
+            "ed25519:{}",
+            hex::encode(signing.verifying_key().to_bytes())
+        );
         Self { signing, public }
     }
 
@@ -160,7 +163,10 @@ mod tests {
     #[test]
     fn canonical_form_sorts_keys_and_normalises_numbers() {
         let v = json!({"b": 1.0, "a": [true, null, "é"], "c": {"z": 1, "y": 2}});
-        assert_eq!(canonical(&v), r#"{"a":[true,null,"é"],"b":1,"c":{"y":2,"z":1}}"#);
+        assert_eq!(
+            canonical(&v),
+            r#"{"a":[true,null,"é"],"b":1,"c":{"y":2,"z":1}}"#
+        );
     }
 
     #[test]

@@ -250,7 +250,8 @@ impl Draft {
                 if !trusted.is_trusted(&public_key) {
                     return Err(InputError::UntrustedKey(public_key));
                 }
-                let digest = crypto::digest(crypto::canonical(&Value::Object(obj.clone())).as_bytes());
+                let digest =
+                    crypto::digest(crypto::canonical(&Value::Object(obj.clone())).as_bytes());
                 crypto::verify_hash_signature(&public_key, &digest, &signature)
                     .map_err(InputError::BadSignature)?;
                 Some(ClientSignature {
@@ -266,7 +267,8 @@ impl Draft {
             _ => return Err(wrong("public_key", "an `ed25519:<hex>` string")),
         };
 
-        let tenant_id = opt_string(&obj, "tenant_id")?.unwrap_or_else(|| principal.tenant_id.clone());
+        let tenant_id =
+            opt_string(&obj, "tenant_id")?.unwrap_or_else(|| principal.tenant_id.clone());
         if tenant_id != principal.tenant_id {
             return Err(InputError::ForeignTenant {
                 caller: principal.tenant_id.clone(),
@@ -628,7 +630,8 @@ mod tests {
     fn wrong_types_and_foreign_tenants_are_rejected_precisely() {
         let e = Draft::from_value(json!({"who": 3}), &p(), NO_KEYS, Utc::now()).unwrap_err();
         assert_eq!(e.to_string(), "field `who` must be a string");
-        let e = Draft::from_value(json!({"tenant_id": "other"}), &p(), NO_KEYS, Utc::now()).unwrap_err();
+        let e = Draft::from_value(json!({"tenant_id": "other"}), &p(), NO_KEYS, Utc::now())
+            .unwrap_err();
         assert!(matches!(e, InputError::ForeignTenant { .. }));
         let e = Draft::from_value(json!([1]), &p(), NO_KEYS, Utc::now()).unwrap_err();
         assert_eq!(e.to_string(), "a span must be a JSON object, got an array");
@@ -640,7 +643,13 @@ mod tests {
     fn oversized_spans_are_rejected_with_the_limit() {
         let big = "x".repeat(MAX_SPAN_BYTES);
         let e = Draft::from_value(json!({"content": big}), &p(), NO_KEYS, Utc::now()).unwrap_err();
-        assert!(matches!(e, InputError::TooLarge { limit: MAX_SPAN_BYTES, .. }));
+        assert!(matches!(
+            e,
+            InputError::TooLarge {
+                limit: MAX_SPAN_BYTES,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -71,10 +71,22 @@ pub async fn verify_tenant(
                 ));
             }
             if let Err(reason) = check {
-                return Ok(broken(tenant, expected_pos, row.chain_pos, Some(row.id), reason));
+                return Ok(broken(
+                    tenant,
+                    expected_pos,
+                    row.chain_pos,
+                    Some(row.id),
+                    reason,
+                ));
             }
             if let Err(reason) = link(row, &prev_hash) {
-                return Ok(broken(tenant, expected_pos, row.chain_pos, Some(row.id), reason));
+                return Ok(broken(
+                    tenant,
+                    expected_pos,
+                    row.chain_pos,
+                    Some(row.id),
+                    reason,
+                ));
             }
             prev_hash = row.curr_hash.clone();
             expected_pos += 1;
@@ -116,8 +128,14 @@ fn link(row: &AuditRow, prev_hash: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_rows_parallel(rows: &[AuditRow], tenant: &str, trusted: &[String]) -> Vec<Result<(), String>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+fn check_rows_parallel(
+    rows: &[AuditRow],
+    tenant: &str,
+    trusted: &[String],
+) -> Vec<Result<(), String>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
     if rows.len() < 256 || threads == 1 {
         return rows.iter().map(|r| check_row(r, tenant, trusted)).collect();
     }
@@ -125,7 +143,13 @@ fn check_rows_parallel(rows: &[AuditRow], tenant: &str, trusted: &[String]) -> V
     std::thread::scope(|s| {
         let handles: Vec<_> = rows
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|r| check_row(r, tenant, trusted)).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|r| check_row(r, tenant, trusted))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -170,7 +194,9 @@ fn check_row(row: &AuditRow, tenant: &str, trusted: &[String]) -> Result<(), Str
         .and_then(Value::as_str)
         .ok_or("envelope has no public_key")?;
     if !trusted.is_trusted(public_key) {
-        return Err(format!("signed by {public_key}, which the manifest does not trust"));
+        return Err(format!(
+            "signed by {public_key}, which the manifest does not trust"
+        ));
     }
     crypto::verify_hash_signature(public_key, &row.curr_hash, &row.signature)
         .map_err(|e| format!("signature: {e}"))?;

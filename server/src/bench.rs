@@ -60,7 +60,14 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
             for s in &stores {
                 for &w in &writers {
                     for (mode, per_call) in [("single", 1usize), ("batch", batch.max(1))] {
-                        let r = ingest(s.clone(), w.max(1), per_call, spans, Duration::from_secs_f64(max_seconds)).await?;
+                        let r = ingest(
+                            s.clone(),
+                            w.max(1),
+                            per_call,
+                            spans,
+                            Duration::from_secs_f64(max_seconds),
+                        )
+                        .await?;
                         println!("{}", json!({"bench": "ingest", "store": s.backend(), "mode": mode, "writers": w, "spans_per_request": per_call}).as_object().map(|o| merge(o.clone(), r)).unwrap_or_default());
                     }
                 }
@@ -124,7 +131,13 @@ fn drafts(p: &Principal, n: usize) -> Vec<Draft> {
         .collect()
 }
 
-async fn ingest(store: Arc<dyn Store>, writers: usize, per_call: usize, total: usize, max: Duration) -> Result<Value> {
+async fn ingest(
+    store: Arc<dyn Store>,
+    writers: usize,
+    per_call: usize,
+    total: usize,
+    max: Duration,
+) -> Result<Value> {
     let tenant = format!("bench-{}", uuid::Uuid::now_v7());
     let gc = GroupCommit::start(store);
     let per_writer = total.div_ceil(writers);
@@ -163,7 +176,13 @@ async fn ingest(store: Arc<dyn Store>, writers: usize, per_call: usize, total: u
     let secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     lat.sort_by(f64::total_cmp);
-    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
-    Ok(json!({"spans": spans, "seconds": round(secs), "spans_per_sec": round(spans as f64 / secs),
-              "request_p50_ms": round(pct(0.5)), "request_p99_ms": round(pct(0.99))}))
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(
+        json!({"spans": spans, "seconds": round(secs), "spans_per_sec": round(spans as f64 / secs),
+              "request_p50_ms": round(pct(0.5)), "request_p99_ms": round(pct(0.99))}),
+    )
 }

@@ -20,7 +20,11 @@ use uuid::Uuid;
 use crate::bench;
 
 #[derive(Parser, Debug)]
-#[command(name = "logline", version, about = "A governed, append-only ledger of signed spans")]
+#[command(
+    name = "logline",
+    version,
+    about = "A governed, append-only ledger of signed spans"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -31,13 +35,23 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// Directory of the embedded ledger and the node key.
-    #[arg(long, env = "LOGLINE_DATA_DIR", default_value = ".logline", global = true)]
+    #[arg(
+        long,
+        env = "LOGLINE_DATA_DIR",
+        default_value = ".logline",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// PostgreSQL URL (postgres://…); without it the embedded SQLite file is used.
     #[arg(long, env = "LOGLINE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// The user to act as.
-    #[arg(long = "as", env = "LOGLINE_USER", default_value = "local", global = true)]
+    #[arg(
+        long = "as",
+        env = "LOGLINE_USER",
+        default_value = "local",
+        global = true
+    )]
     pub user: String,
     /// The tenant to act in.
     #[arg(long, env = "LOGLINE_TENANT", default_value = "local", global = true)]
@@ -178,8 +192,12 @@ pub fn main() -> ExitCode {
 /// Opens the node key (creating it on first use) and the store.
 pub async fn open(global: &Global) -> Result<Arc<dyn Store>> {
     let key_path = global.data_dir.join("node.key");
-    let (key, _) = NodeKey::load_or_create(&key_path)
-        .with_context(|| format!("cannot read or create the node key at {}", key_path.display()))?;
+    let (key, _) = NodeKey::load_or_create(&key_path).with_context(|| {
+        format!(
+            "cannot read or create the node key at {}",
+            key_path.display()
+        )
+    })?;
     let store = store::open(global.database_url.as_deref(), &global.data_dir, key)
         .await
         .context("cannot open the ledger store")?;
@@ -200,7 +218,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Add { file, format } => add(g, file, format).await,
         Command::Query(args) => query(g, args).await,
         Command::Get { id, seq, versions } => get(g, id, seq, versions).await,
-        Command::Verify { only_tenant, format } => verify(g, only_tenant, format).await,
+        Command::Verify {
+            only_tenant,
+            format,
+        } => verify(g, only_tenant, format).await,
         Command::Export { out } => export(g, &out).await,
         Command::Redact { id, reason } => redact(g, id, &reason).await,
         Command::Bench { what } => bench::run(g, what).await,
@@ -211,7 +232,11 @@ async fn init(g: &Global) -> Result<ExitCode> {
     let store = open(g).await?;
     let (manifest, _) = store::ensure_manifest(store.as_ref()).await?;
     println!("store:       {}", describe_store(g));
-    println!("node key:    {} (file {}, mode 0600)", store.node_key().public_key(), g.data_dir.join("node.key").display());
+    println!(
+        "node key:    {} (file {}, mode 0600)",
+        store.node_key().public_key(),
+        g.data_dir.join("node.key").display()
+    );
     println!(
         "manifest:    {} seq {} {}",
         store::MANIFEST_ID,
@@ -224,7 +249,10 @@ async fn init(g: &Global) -> Result<ExitCode> {
 fn describe_store(g: &Global) -> String {
     match &g.database_url {
         Some(url) => format!("postgres ({})", redact_url(url)),
-        None => format!("embedded sqlite ({})", g.data_dir.join("ledger.sqlite3").display()),
+        None => format!(
+            "embedded sqlite ({})",
+            g.data_dir.join("ledger.sqlite3").display()
+        ),
     }
 }
 
@@ -249,10 +277,13 @@ async fn add(g: &Global, file: Option<PathBuf>, format: AddFormat) -> Result<Exi
     let mut input = String::new();
     match &file {
         Some(path) => {
-            input = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+            input = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
         }
         None => {
-            std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("cannot read stdin")?;
         }
     }
     let store = open(g).await?;
@@ -299,7 +330,10 @@ async fn add(g: &Global, file: Option<PathBuf>, format: AddFormat) -> Result<Exi
         return Ok(ExitCode::FAILURE);
     }
     if failed > 0 {
-        eprintln!("{failed} of {total} lines failed; the other {} were stored", total - failed);
+        eprintln!(
+            "{failed} of {total} lines failed; the other {} were stored",
+            total - failed
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -338,7 +372,11 @@ fn write_add_result(
             a.chain_pos,
             a.curr_hash,
             if a.status == "ghost" { " (ghost)" } else { "" },
-            if a.duplicate { " (duplicate: original returned)" } else { "" }
+            if a.duplicate {
+                " (duplicate: original returned)"
+            } else {
+                ""
+            }
         )?,
         (AddFormat::Text, Err(e)) => writeln!(out, "line {line}: error: {e}")?,
         (_, Ok(a)) => writeln!(
@@ -353,8 +391,13 @@ fn write_add_result(
 }
 
 pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({per_sec}, eta {eta})") {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
+    {
         bar.set_style(style);
     }
     bar.set_message(what.to_string());
@@ -395,19 +438,44 @@ async fn query(g: &Global, a: QueryArgs) -> Result<ExitCode> {
         QueryFormat::Table => {
             let mut table = comfy_table::Table::new();
             table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-            table.set_header(["at", "entity_type", "who", "did", "this", "status", "id", "seq"]);
+            table.set_header([
+                "at",
+                "entity_type",
+                "who",
+                "did",
+                "this",
+                "status",
+                "id",
+                "seq",
+            ]);
             for v in &views {
                 let s = |k: &str| match &v[k] {
                     Value::Null => String::new(),
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                let who = if v["redacted"] == json!(true) { "(redacted)".to_string() } else { s("who") };
-                table.add_row([s("at"), s("entity_type"), who, s("did"), s("this"), s("status"), s("id"), s("seq")]);
+                let who = if v["redacted"] == json!(true) {
+                    "(redacted)".to_string()
+                } else {
+                    s("who")
+                };
+                table.add_row([
+                    s("at"),
+                    s("entity_type"),
+                    who,
+                    s("did"),
+                    s("this"),
+                    s("status"),
+                    s("id"),
+                    s("seq"),
+                ]);
             }
             writeln!(out, "{table}")?;
             if page.next_cursor.is_some() {
-                writeln!(out, "(more spans match: raise --limit or narrow the filter)")?;
+                writeln!(
+                    out,
+                    "(more spans match: raise --limit or narrow the filter)"
+                )?;
             }
         }
     }
@@ -420,9 +488,17 @@ async fn get(g: &Global, id: Uuid, seq: Option<i64>, versions: bool) -> Result<E
     let value = if versions {
         let all = store.versions(&p, id).await?;
         if all.is_empty() {
-            bail!("span {id} not found (or not visible to {} in tenant {})", p.user_id, p.tenant_id);
+            bail!(
+                "span {id} not found (or not visible to {} in tenant {})",
+                p.user_id,
+                p.tenant_id
+            );
         }
-        Value::Array(all.iter().map(|s| s.to_view().map_err(|e| anyhow!(e))).collect::<Result<_>>()?)
+        Value::Array(
+            all.iter()
+                .map(|s| s.to_view().map_err(|e| anyhow!(e)))
+                .collect::<Result<_>>()?,
+        )
     } else {
         match store.get(&p, id, seq).await? {
             Some(s) => s.to_view().map_err(|e| anyhow!(e))?,
@@ -464,7 +540,9 @@ async fn verify(g: &Global, only: Option<String>, format: AddFormat) -> Result<E
                     "tenant {}: BROKEN at chain_pos {} (span {}): {}",
                     r.tenant_id,
                     b.chain_pos,
-                    b.span_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    b.span_id
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     b.reason
                 ),
             }
@@ -472,7 +550,11 @@ async fn verify(g: &Global, only: Option<String>, format: AddFormat) -> Result<E
     } else {
         println!("{}", json!({"ok": ok, "tenants": reports}));
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn export(g: &Global, out: &str) -> Result<ExitCode> {
@@ -528,7 +610,10 @@ async fn export(g: &Global, out: &str) -> Result<ExitCode> {
 async fn redact(g: &Global, id: Uuid, reason: &str) -> Result<ExitCode> {
     let store = open(g).await?;
     let a = store.redact(&principal(g), id, reason).await?;
-    println!("redacted {id}: redaction span {} chain_pos {} {}", a.id, a.chain_pos, a.curr_hash);
+    println!(
+        "redacted {id}: redaction span {} chain_pos {} {}",
+        a.id, a.chain_pos, a.curr_hash
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -538,9 +623,14 @@ mod tests {
 
     #[test]
     fn dates_and_instants_parse_to_utc() {
-        assert_eq!(parse_instant("2026-11-01").unwrap().to_rfc3339(), "2026-11-01T00:00:00+00:00");
         assert_eq!(
-            parse_instant("2026-11-01T12:00:00+01:00").unwrap().to_rfc3339(),
+            parse_instant("2026-11-01").unwrap().to_rfc3339(),
+            "2026-11-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_instant("2026-11-01T12:00:00+01:00")
+                .unwrap()
+                .to_rfc3339(),
             "2026-11-01T11:00:00+00:00"
         );
         assert!(parse_instant("yesterday").is_err());
@@ -551,12 +641,18 @@ mod tests {
         let input = "{\n  \"who\": \"ana\"\n}\n";
         assert_eq!(split_input(input).len(), 1);
         let ndjson = "{\"a\":1}\n\n{\"b\":2}\n";
-        assert_eq!(split_input(ndjson), vec![(1, "{\"a\":1}"), (3, "{\"b\":2}")]);
+        assert_eq!(
+            split_input(ndjson),
+            vec![(1, "{\"a\":1}"), (3, "{\"b\":2}")]
+        );
     }
 
     #[test]
     fn passwords_are_hidden_in_printed_urls() {
-        assert_eq!(redact_url("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -34,7 +34,11 @@ impl GroupCommit {
     }
 
     /// Appends one principal's drafts; resolves once they are committed.
-    pub async fn append(&self, principal: &Principal, drafts: Vec<Draft>) -> Result<AppendResults, StoreError> {
+    pub async fn append(
+        &self,
+        principal: &Principal,
+        drafts: Vec<Draft>,
+    ) -> Result<AppendResults, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {

@@ -47,7 +47,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<StoredSpan>, StoreError>;
 
     /// Every version of a span the principal may see, oldest first.
-    async fn versions(&self, principal: &Principal, id: Uuid) -> Result<Vec<StoredSpan>, StoreError>;
+    async fn versions(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<Vec<StoredSpan>, StoreError>;
 
     async fn query(&self, principal: &Principal, filter: &Filter) -> Result<Page, StoreError>;
 

@@ -52,7 +52,12 @@ impl PgStore {
         Ok(tx)
     }
 
-    async fn append_in(&self, tx: &mut Tx, principal: &Principal, drafts: &[Draft]) -> Result<AppendResults, StoreError> {
+    async fn append_in(
+        &self,
+        tx: &mut Tx,
+        principal: &Principal,
+        drafts: &[Draft],
+    ) -> Result<AppendResults, StoreError> {
         act_as(tx, principal).await?;
         let tenant = principal.tenant_id.as_str();
         // Creating-or-touching the head row locks it until commit: the tenant's chain is ours.
@@ -70,7 +75,10 @@ impl PgStore {
             last_hash: r.get(1),
         };
 
-        let keys: Vec<String> = drafts.iter().filter_map(|d| d.idempotency_key.clone()).collect();
+        let keys: Vec<String> = drafts
+            .iter()
+            .filter_map(|d| d.idempotency_key.clone())
+            .collect();
         let mut prior = HashMap::new();
         if !keys.is_empty() {
             let rows = sqlx::query(
@@ -118,7 +126,13 @@ impl PgStore {
             }
             // Ids we cannot see are new, or another tenant's: claiming them tells which, without
             // revealing anything about the other tenant.
-            let unseen: Vec<Uuid> = ids.iter().copied().filter(|i| !id_heads.contains_key(i)).collect::<HashSet<_>>().into_iter().collect();
+            let unseen: Vec<Uuid> = ids
+                .iter()
+                .copied()
+                .filter(|i| !id_heads.contains_key(i))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
             if !unseen.is_empty() {
                 let claimed: HashSet<Uuid> = sqlx::query_scalar(
                     "INSERT INTO ledger.id_heads (id, tenant_id, latest_seq, owner_id, visibility) \
@@ -171,7 +185,9 @@ async fn persist(tx: &mut Tx, tenant: &str, plan: &Plan) -> Result<(), StoreErro
     }
     let s = &plan.sealed;
     let col = |f: &dyn Fn(&crate::span::Sealed) -> String| s.iter().map(f).collect::<Vec<String>>();
-    let opt = |f: &dyn Fn(&crate::span::Sealed) -> Option<String>| s.iter().map(f).collect::<Vec<Option<String>>>();
+    let opt = |f: &dyn Fn(&crate::span::Sealed) -> Option<String>| {
+        s.iter().map(f).collect::<Vec<Option<String>>>()
+    };
     let pos: Vec<i64> = s.iter().map(|x| x.chain_pos).collect();
     let ids: Vec<Uuid> = s.iter().map(|x| x.id).collect();
     let seqs: Vec<i64> = s.iter().map(|x| x.seq).collect();
@@ -227,7 +243,8 @@ async fn persist(tx: &mut Tx, tenant: &str, plan: &Plan) -> Result<(), StoreErro
     .execute(&mut **tx)
     .await?;
 
-    let keyed: Vec<&crate::span::Sealed> = s.iter().filter(|x| x.idempotency_key.is_some()).collect();
+    let keyed: Vec<&crate::span::Sealed> =
+        s.iter().filter(|x| x.idempotency_key.is_some()).collect();
     if !keyed.is_empty() {
         sqlx::query(
             "INSERT INTO ledger.idempotency (tenant_id, key, id, seq, chain_pos, curr_hash, status) \
@@ -301,7 +318,10 @@ impl Store for PgStore {
     }
 
     #[tracing::instrument(skip_all, fields(backend = "postgres", batches = batches.len()))]
-    async fn append_many(&self, batches: Vec<(Principal, Vec<Draft>)>) -> Result<Vec<AppendResults>, StoreError> {
+    async fn append_many(
+        &self,
+        batches: Vec<(Principal, Vec<Draft>)>,
+    ) -> Result<Vec<AppendResults>, StoreError> {
         // Lock tenant chains in one global order so concurrent group commits cannot deadlock.
         let mut order: Vec<usize> = (0..batches.len()).collect();
         order.sort_by(|a, b| batches[*a].0.tenant_id.cmp(&batches[*b].0.tenant_id));
@@ -315,7 +335,12 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn get(&self, principal: &Principal, id: Uuid, seq: Option<i64>) -> Result<Option<StoredSpan>, StoreError> {
+    async fn get(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        seq: Option<i64>,
+    ) -> Result<Option<StoredSpan>, StoreError> {
         let mut tx = self.begin_as(principal).await?;
         let mut qb = QueryBuilder::<Postgres>::new(SELECT_SPAN);
         qb.push(" AND s.id = ").push_bind(id);
@@ -328,10 +353,16 @@ impl Store for PgStore {
         Ok(row.map(|r| to_row(&r).span))
     }
 
-    async fn versions(&self, principal: &Principal, id: Uuid) -> Result<Vec<StoredSpan>, StoreError> {
+    async fn versions(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<Vec<StoredSpan>, StoreError> {
         let mut tx = self.begin_as(principal).await?;
         let mut qb = QueryBuilder::<Postgres>::new(SELECT_SPAN);
-        qb.push(" AND s.id = ").push_bind(id).push(" ORDER BY s.seq ASC");
+        qb.push(" AND s.id = ")
+            .push_bind(id)
+            .push(" ORDER BY s.seq ASC");
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(rows.iter().map(|r| to_row(r).span).collect())
@@ -395,12 +426,21 @@ impl Store for PgStore {
         let mut rows: Vec<PageRow> = rows.iter().map(to_row).collect();
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|r| r.ingest_id) } else { None };
+        let next_cursor = if more {
+            rows.last().map(|r| r.ingest_id)
+        } else {
+            None
+        };
         Ok(Page { rows, next_cursor })
     }
 
     #[tracing::instrument(skip_all, fields(backend = "postgres", %id))]
-    async fn redact(&self, principal: &Principal, id: Uuid, reason: &str) -> Result<Appended, StoreError> {
+    async fn redact(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Appended, StoreError> {
         let mut tx = self.begin_as(principal).await?;
         let row = sqlx::query(
             "SELECT s.owner_id, s.visibility, EXISTS (SELECT 1 FROM ledger.redactions r WHERE r.target_id = s.id) \
@@ -453,7 +493,12 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn audit_page(&self, tenant: &str, from_pos: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+    async fn audit_page(
+        &self,
+        tenant: &str,
+        from_pos: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
             .execute(&mut *tx)

@@ -337,7 +337,11 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn versions(&self, principal: &Principal, id: Uuid) -> Result<Vec<StoredSpan>, StoreError> {
+    async fn versions(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<Vec<StoredSpan>, StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
         push_visible(&mut qb, principal);
         qb.push(" AND s.id = ").push_bind(id.to_string());
@@ -412,12 +416,21 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|r| r.ingest_id) } else { None };
+        let next_cursor = if more {
+            rows.last().map(|r| r.ingest_id)
+        } else {
+            None
+        };
         Ok(Page { rows, next_cursor })
     }
 
     #[tracing::instrument(skip_all, fields(backend = "sqlite", %id))]
-    async fn redact(&self, principal: &Principal, id: Uuid, reason: &str) -> Result<Appended, StoreError> {
+    async fn redact(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Appended, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut qb = QueryBuilder::<Sqlite>::new(
             "SELECT s.owner_id, s.visibility, (SELECT 1 FROM redactions r WHERE r.target_id = s.id) FROM spans s WHERE ",
@@ -445,13 +458,15 @@ impl Store for SqliteStore {
             .await?
             .pop()
             .ok_or_else(|| StoreError::Corrupt("redaction produced no result".into()))??;
-        sqlx::query("INSERT INTO redactions (target_id, tenant_id, redaction_id, at) VALUES (?, ?, ?, ?)")
-            .bind(id.to_string())
-            .bind(&principal.tenant_id)
-            .bind(appended.id.to_string())
-            .bind(format_time(Utc::now()))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO redactions (target_id, tenant_id, redaction_id, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(&principal.tenant_id)
+        .bind(appended.id.to_string())
+        .bind(format_time(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM span_bodies WHERE id = ?")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -461,12 +476,19 @@ impl Store for SqliteStore {
     }
 
     async fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT tenant_id FROM chain_heads ORDER BY tenant_id")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM chain_heads ORDER BY tenant_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
-    async fn audit_page(&self, tenant: &str, from_pos: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+    async fn audit_page(
+        &self,
+        tenant: &str,
+        from_pos: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT s.chain_pos, s.id, s.seq, s.entity_type, s.owner_id, s.visibility, s.envelope, b.body, \
              (SELECT 1 FROM redactions r WHERE r.target_id = s.id), s.curr_hash, s.signature \

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite. Brings up PostgreSQL 16 with pgvector (scripts/pg.sh) unless
+# LOGLINE_TEST_DATABASE_URL already names a server, runs every test of the workspace against
+# it and the embedded store, and stops what it started. Extra arguments go to cargo-nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test.sh: cargo-nextest is missing; installing it from crates.io" >&2
+  cargo install --locked cargo-nextest >&2
+fi
+
+if [ -z "${LOGLINE_TEST_DATABASE_URL:-}" ]; then
+  if ! url=$(scripts/pg.sh start); then
+    echo "test.sh: error: could not start PostgreSQL with pgvector (see above); the PostgreSQL tests cannot run" >&2
+    exit 1
+  fi
+  export LOGLINE_TEST_DATABASE_URL="$url"
+  trap 'scripts/pg.sh stop || true' EXIT
+  echo "test.sh: PostgreSQL with pgvector at $url" >&2
+else
+  echo "test.sh: using LOGLINE_TEST_DATABASE_URL=$LOGLINE_TEST_DATABASE_URL" >&2
+fi
+
+cargo nextest run --workspace --no-fail-fast "$@"
