@@ -24,7 +24,10 @@ pub fn with_db(url: &str, db: &str) -> String {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
     };
-    let cut = base.rfind('/').filter(|i| *i > base.find("://").map_or(0, |s| s + 2)).unwrap_or(base.len());
+    let cut = base
+        .rfind('/')
+        .filter(|i| *i > base.find("://").map_or(0, |s| s + 2))
+        .unwrap_or(base.len());
     let mut out = format!("{}/{}", &base[..cut], db);
     if let Some(q) = query {
         out.push('?');
@@ -61,16 +64,30 @@ pub async fn fresh_database() -> String {
         .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {admin}: {e}"));
     let tpl = template_name();
     // One process builds the template; the others wait on the advisory lock.
-    sqlx::query("SELECT pg_advisory_lock(727274)").execute(&mut conn).await.unwrap();
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&tpl)
-        .fetch_one(&mut conn)
+    sqlx::query("SELECT pg_advisory_lock(727274)")
+        .execute(&mut conn)
         .await
         .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&tpl)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     if !exists {
         let building = format!("{tpl}_building");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{building}\"")).execute(&mut conn).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE \"{building}\"")).execute(&mut conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{building}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{building}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
         let store = ledger::store::postgres::PgStore::connect(
             &with_db(&admin, &building),
             ledger::crypto::NodeKey::generate(),
@@ -79,16 +96,23 @@ pub async fn fresh_database() -> String {
         .unwrap_or_else(|e| panic!("migrating the template database failed: {e}"));
         store.pool().close().await;
         drop(store);
-        sqlx::query(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{tpl}\""))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    sqlx::query("SELECT pg_advisory_unlock(727274)").execute(&mut conn).await.unwrap();
-    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{tpl}\""))
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{tpl}\""
+        )))
         .execute(&mut conn)
         .await
-        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        .unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(727274)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{name}\" TEMPLATE \"{tpl}\""
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
     with_db(&admin, &name)
 }
