@@ -1235,33 +1235,41 @@ async fn the_database_itself_refuses_updates_and_deletes_of_spans(backend: Backe
 
 // 11. concurrency -------------------------------------------------------------------------
 
+/// The idempotency key of line `i` of a big writer: every tenth line is one of the shared keys.
+fn big_writer_key(p: usize, i: usize) -> String {
+    if i % 10 == 0 {
+        format!("shared-{}", i / 10)
+    } else {
+        format!("big{p}-{i}")
+    }
+}
+
 #[tokio::test]
 async fn concurrent_add_processes_on_postgres_keep_one_gapless_chain_and_one_span_per_key()
 -> Result<()> {
-    const PROCESSES: usize = 4;
-    const PER_PROCESS: usize = 260;
-    const SHARED: usize = 25;
+    // Big writers: one `add` each of 300 lines (one transaction each), started together.
+    const BIG: usize = 4;
+    const PER_BIG: usize = 300;
+    // Small writers run at the same time: many short transactions that interleave with the
+    // others, each starting with a shared key.
+    const SMALL: usize = 4;
+    const CALLS: usize = 10;
+    const PER_CALL: usize = 10;
     let l = Ledger::new(Backend::Postgres).await;
     l.init();
 
-    let mut files = Vec::new();
-    for p in 0..PROCESSES {
-        let spans: Vec<Value> = (0..PER_PROCESS)
+    let mut big_children = Vec::new();
+    for p in 0..BIG {
+        let spans: Vec<Value> = (0..PER_BIG)
             .map(|i| {
-                // Every process sends the shared keys, interleaved with its own spans.
-                let key = if i % 10 == 0 && i / 10 < SHARED {
-                    format!("shared-{}", i / 10)
-                } else {
-                    format!("p{p}-{i}")
-                };
-                span(json!({"did": format!("process {p} span {i}"), "idempotency_key": key}))
+                span(json!({"did": format!("big {p} span {i}"), "idempotency_key": big_writer_key(p, i)}))
             })
             .collect();
-        let path = l.data_dir().join(format!("p{p}.ndjson"));
+        let path = l.data_dir().join(format!("big{p}.ndjson"));
         std::fs::write(&path, lines_of(&spans))?;
-        files.push(path);
+        big_children.push(path);
     }
-    let children: Vec<Child> = files
+    let big_children: Vec<Child> = big_children
         .iter()
         .map(|f| {
             l.spawn_as(
@@ -1272,34 +1280,62 @@ async fn concurrent_add_processes_on_postgres_keep_one_gapless_chain_and_one_spa
             )
         })
         .collect();
-    let runs: Vec<Run> = children.into_iter().map(finish).collect();
+    // (key, result) of every line the small writers sent.
+    let small: Vec<Vec<(String, Value)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..SMALL)
+            .map(|w| {
+                let l = &l;
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for c in 0..CALLS {
+                        let keys: Vec<String> = (0..PER_CALL)
+                            .map(|i| {
+                                if i == 0 {
+                                    format!("shared-{c}")
+                                } else {
+                                    format!("small{w}-{c}-{i}")
+                                }
+                            })
+                            .collect();
+                        let spans: Vec<Value> = keys
+                            .iter()
+                            .map(|k| {
+                                span(json!({"did": format!("small {w}"), "idempotency_key": k}))
+                            })
+                            .collect();
+                        let results = l.add_ok(&spans);
+                        out.extend(keys.into_iter().zip(results));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let big: Vec<Run> = big_children.into_iter().map(finish).collect();
 
     let mut by_key: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for (p, run) in runs.iter().enumerate() {
+    for (p, run) in big.iter().enumerate() {
         run.ok();
         let results = run.ndjson();
         ensure!(
-            results.len() == PER_PROCESS,
-            "process {p}: {} results",
+            results.len() == PER_BIG,
+            "writer {p}: {} results",
             results.len()
         );
-        for (i, res) in results.iter().enumerate() {
-            ensure!(
-                res["ok"] == json!(true),
-                "process {p} line {}: {res}",
-                i + 1
-            );
-            if i % 10 == 0 && i / 10 < SHARED {
-                by_key
-                    .entry(format!("shared-{}", i / 10))
-                    .or_default()
-                    .push(res.clone());
-            }
+        for (i, res) in results.into_iter().enumerate() {
+            ensure!(res["ok"] == json!(true), "writer {p} line {}: {res}", i + 1);
+            by_key.entry(big_writer_key(p, i)).or_default().push(res);
         }
     }
-    ensure!(by_key.len() == SHARED);
+    for (key, res) in small.into_iter().flatten() {
+        by_key.entry(key).or_default().push(res);
+    }
+    let unique = by_key.len();
+    ensure!(
+        unique == BIG * (PER_BIG - PER_BIG / 10) + PER_BIG / 10 + SMALL * CALLS * (PER_CALL - 1)
+    );
     for (key, results) in &by_key {
-        ensure!(results.len() == PROCESSES);
         let distinct = ids(results);
         ensure!(
             distinct.len() == 1,
@@ -1312,11 +1348,12 @@ async fn concurrent_add_processes_on_postgres_keep_one_gapless_chain_and_one_spa
             .count();
         ensure!(
             originals == 1,
-            "{key}: {originals} processes claim to have written it"
+            "{key}: {originals} writers claim to have written it"
         );
     }
+    // Shared keys really were sent by several writers.
+    ensure!(by_key["shared-0"].len() == BIG + SMALL);
 
-    let unique = PROCESSES * (PER_PROCESS - SHARED) + SHARED;
     let (ok, report) = l.verify_json();
     ensure!(ok, "verify after concurrent appends: {report}");
     ensure!(
@@ -1324,23 +1361,29 @@ async fn concurrent_add_processes_on_postgres_keep_one_gapless_chain_and_one_spa
         "{report}"
     );
 
-    let stored = l.query_as(USER, TENANT, &["--of-tenant", TENANT]);
+    // Every span, through export (which pages past query's limit of 1000).
+    let export = l.run(&["export", "--out", "-"], "");
+    let public = ledger::crypto::NodeKey::load(&l.key_path())?
+        .public_key()
+        .to_string();
+    let (all, _) = check_export(export.ok(), &public)?;
+    let stored: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["tenant_id"] == json!(TENANT))
+        .collect();
     ensure!(
         stored.len() == unique,
-        "query finds {} of {unique}",
+        "export has {} of {unique}",
         stored.len()
     );
-    let positions: Vec<i64> = {
-        let mut p: Vec<i64> = stored
-            .iter()
-            .map(|s| s["chain_pos"].as_i64().unwrap())
-            .collect();
-        p.sort_unstable();
-        p
-    };
+    let mut positions: Vec<i64> = stored
+        .iter()
+        .map(|s| s["chain_pos"].as_i64().unwrap())
+        .collect();
+    positions.sort_unstable();
     ensure!(
         positions == (0..unique as i64).collect::<Vec<_>>(),
-        "chain positions are not exactly 0..{unique}"
+        "chain positions are not exactly 0..{unique} (gap or duplicate)"
     );
     let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &stored {
@@ -1348,7 +1391,27 @@ async fn concurrent_add_processes_on_postgres_keep_one_gapless_chain_and_one_spa
             .entry(s["idempotency_key"].as_str().unwrap())
             .or_default() += 1;
     }
-    ensure!(per_key.len() == unique && per_key.values().all(|n| *n == 1));
+    ensure!(
+        per_key.len() == unique && per_key.values().all(|n| *n == 1),
+        "a key has two spans"
+    );
+    for (key, results) in &by_key {
+        let span = stored
+            .iter()
+            .find(|s| s["idempotency_key"] == json!(key))
+            .unwrap();
+        ensure!(
+            span["id"] == results[0]["id"],
+            "{key}: stored id differs from the reported one"
+        );
+    }
+    // query agrees for the shared keys: one span each.
+    let shared = l.query_as(
+        USER,
+        TENANT,
+        &["--of-tenant", TENANT, "--did", "big 0 span 0"],
+    );
+    ensure!(shared.len() <= 1, "{shared:?}");
     Ok(())
 }
 
