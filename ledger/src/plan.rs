@@ -74,7 +74,7 @@ pub fn plan(
                 continue;
             }
         };
-        let s = draft.seal(
+        let s = draft.hash(
             Placement {
                 id,
                 seq,
@@ -82,7 +82,7 @@ pub fn plan(
                 prev_hash: &known.head.last_hash,
                 recorded_at: now,
             },
-            key,
+            key.public_key(),
         );
         let appended = Appended {
             id,
@@ -109,6 +109,7 @@ pub fn plan(
         sealed.push(s);
         results.push(Ok(appended));
     }
+    sign_all(&mut sealed, key);
     Plan {
         sealed,
         results,
@@ -148,4 +149,28 @@ fn place(principal: &Principal, draft: &Draft, known: &Known) -> Result<(Uuid, i
             }
         }
     }
+}
+
+/// Below this many spans, signing on the calling thread beats starting helpers.
+const PARALLEL_SIGN_MIN: usize = 64;
+
+/// Signs every hashed span, spreading the work over the machine's cores.
+fn sign_all(sealed: &mut [Sealed], key: &NodeKey) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if sealed.len() < PARALLEL_SIGN_MIN || threads == 1 {
+        for s in sealed.iter_mut() {
+            s.signature = key.sign_hash(&s.curr_hash);
+        }
+        return;
+    }
+    let chunk = sealed.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for part in sealed.chunks_mut(chunk) {
+            scope.spawn(move || {
+                for s in part {
+                    s.signature = key.sign_hash(&s.curr_hash);
+                }
+            });
+        }
+    });
 }

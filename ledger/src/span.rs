@@ -235,7 +235,7 @@ impl Draft {
             Value::Object(o) => o,
             other => return Err(InputError::NotObject(type_name(&other))),
         };
-        let size = crypto::canonical(&Value::Object(obj.clone())).len();
+        let size = serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len());
         if size > MAX_SPAN_BYTES {
             return Err(InputError::TooLarge {
                 size,
@@ -454,6 +454,14 @@ pub struct Placement<'a> {
 impl Draft {
     /// Hashes and signs the draft at its place in the chain.
     pub fn seal(&self, place: Placement<'_>, key: &NodeKey) -> Sealed {
+        let mut sealed = self.hash(place, key.public_key());
+        sealed.signature = key.sign_hash(&sealed.curr_hash);
+        sealed
+    }
+
+    /// Hashes the draft at its place in the chain, leaving `signature` empty: hashing must follow
+    /// chain order, but signatures are independent and can be made in parallel afterwards.
+    pub fn hash(&self, place: Placement<'_>, public_key: &str) -> Sealed {
         let mut body = self.body.clone();
         body.insert(
             "salt".to_string(),
@@ -498,10 +506,9 @@ impl Draft {
             env.insert("client_signature".into(), json!(c.signature));
             env.insert("client_public_key".into(), json!(c.public_key));
         }
-        env.insert("public_key".into(), json!(key.public_key()));
+        env.insert("public_key".into(), json!(public_key));
         let envelope = crypto::canonical(&Value::Object(env));
         let curr_hash = crypto::digest(envelope.as_bytes());
-        let signature = key.sign_hash(&curr_hash);
         let text = |f: &str| self.body.get(f).and_then(Value::as_str).map(str::to_string);
         Sealed {
             id: place.id,
@@ -524,7 +531,7 @@ impl Draft {
             did: text("did"),
             this: text("this"),
             curr_hash,
-            signature,
+            signature: String::new(),
         }
     }
 }
