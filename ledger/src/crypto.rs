@@ -157,16 +157,26 @@ impl NodeKey {
     }
 
     /// Loads the key file, or creates it (mode 0600) when absent. Returns whether it was created.
+    /// Safe when several processes start at once: the key is written to a private temporary
+    /// file and linked into place, so a reader never sees a half-written key and exactly one
+    /// creator wins.
     pub fn load_or_create(path: &Path) -> std::io::Result<(Self, bool)> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok((Self::from_file_text(path, &text)?, false)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = Self::generate();
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                write_private(path, &hex::encode(key.signing.to_bytes()))?;
-                Ok((key, true))
+            Ok(text) => return Ok((Self::from_file_text(path, &text)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let key = Self::generate();
+        let tmp = dir.join(format!(".node.key.{}", hex::encode(random_bytes::<8>())));
+        write_private(&tmp, &hex::encode(key.signing.to_bytes()))?;
+        let linked = std::fs::hard_link(&tmp, path);
+        std::fs::remove_file(&tmp)?;
+        match linked {
+            Ok(()) => Ok((key, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((Self::load(path)?, false))
             }
             Err(e) => Err(e),
         }
@@ -291,6 +301,33 @@ mod tests {
         assert!(verify_hash_signature(key.public_key(), &digest(b"other"), &sig).is_err());
         let other = NodeKey::generate();
         assert!(verify_hash_signature(other.public_key(), &h, &sig).is_err());
+    }
+
+    #[test]
+    fn racing_creators_all_end_up_with_the_one_key_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        NodeKey::load_or_create(&path)
+                            .unwrap()
+                            .0
+                            .public_key()
+                            .to_string()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = NodeKey::load(&path).unwrap();
+        assert!(keys.iter().all(|k| k == on_disk.public_key()));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
     }
 
     #[test]

@@ -32,8 +32,18 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub async fn open_file(path: &Path, key: NodeKey) -> Result<Self, StoreError> {
+        // Processes opening a fresh file at the same moment must not both apply the migrations:
+        // hold an exclusive lock on a sidecar file while migrating.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.with_extension("sqlite3.lock"))?;
+        lock.lock()?;
         let opts = SqliteConnectOptions::new().filename(path);
-        Self::open_with(opts, key).await
+        let store = Self::open_with(opts, key).await;
+        lock.unlock()?;
+        store
     }
 
     pub async fn open_url(url: &str, key: NodeKey) -> Result<Self, StoreError> {
@@ -47,7 +57,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: an acknowledged span survives power loss, not only a process crash.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(Duration::from_secs(30))
+            // Deleted content (redacted bodies) is overwritten with zeros, not left in free pages.
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
@@ -472,6 +484,15 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // The write-ahead log still holds the old pages: fold it into the (zeroed) database
+        // file and truncate it, so the erased content leaves the disk now. Readers holding old
+        // snapshots can make this partial; the next checkpoint finishes it.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "checkpoint after redaction failed");
+        }
         Ok(appended)
     }
 
