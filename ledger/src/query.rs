@@ -2,6 +2,7 @@
 //! Every field is a typed value that the stores bind as a parameter; nothing here is SQL.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::span::StoredSpan;
@@ -43,6 +44,37 @@ impl Filter {
     pub fn effective_limit(&self) -> i64 {
         self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
     }
+
+    /// The same predicate the stores run in SQL, applied to a span's view (for live streams,
+    /// which filter spans already fetched). Visibility is not part of it: check that first.
+    pub fn matches(&self, view: &Value) -> bool {
+        let text = |k: &str, want: &Option<String>| match want {
+            None => true,
+            Some(w) => view.get(k).and_then(Value::as_str) == Some(w.as_str()),
+        };
+        let at = view
+            .get("at")
+            .and_then(Value::as_str)
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.to_utc());
+        self.id.is_none_or(|id| {
+            view.get("id").and_then(Value::as_str) == Some(id.to_string().as_str())
+        }) && text("entity_type", &self.entity_type)
+            && text("who", &self.who)
+            && text("did", &self.did)
+            && text("this", &self.this)
+            && text("status", &self.status)
+            && text("tenant_id", &self.tenant_id)
+            && text("owner_id", &self.owner_id)
+            && text("trace_id", &self.trace_id)
+            && self.since.is_none_or(|s| at.is_some_and(|a| a >= s))
+            && self.until.is_none_or(|u| at.is_some_and(|a| a < u))
+            && self.related_to.is_none_or(|r| {
+                view.get("related_to")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(r.to_string().as_str())))
+            })
+    }
 }
 
 /// One span of a page, with its position in the store's ingest order (the cursor unit).
@@ -57,4 +89,14 @@ pub struct Page {
     pub rows: Vec<Row>,
     /// Present when more spans may follow; pass it back as `Filter::after`.
     pub next_cursor: Option<i64>,
+}
+
+/// A newly stored span as the live-stream hub reads it (administrative: unfiltered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TailRow {
+    pub ingest_id: i64,
+    pub tenant_id: String,
+    pub owner_id: String,
+    pub visibility: String,
+    pub span: StoredSpan,
 }

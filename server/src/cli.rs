@@ -13,11 +13,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ledger::crypto::NodeKey;
 use ledger::store::{self, Store};
 use ledger::verify::{TenantReport, verify_tenant};
-use ledger::{Draft, Filter, Order, Principal};
+use ledger::{Filter, Order, Principal};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::bench;
+use crate::{auth, bench, ingest};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,10 +98,42 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Serve the HTTP API (loopback only unless token auth is configured).
+    Serve {
+        #[arg(long, env = "LOGLINE_BIND", default_value = "127.0.0.1:8787")]
+        bind: std::net::SocketAddr,
+        /// Largest request body in bytes (413 beyond).
+        #[arg(long, env = "LOGLINE_BODY_LIMIT", default_value_t = 16 * 1024 * 1024)]
+        body_limit: usize,
+        /// Requests per second per tenant (429 with Retry-After beyond; bursts of twice that).
+        #[arg(long, env = "LOGLINE_RATE_LIMIT", default_value_t = 2000)]
+        rate_limit: u32,
+    },
+    /// Access tokens for the HTTP API (needs LOGLINE_JWT_SECRET).
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
     /// Measure ingest or verify throughput and latency; prints JSON.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print a signed token; the token is the last line of output.
+    Issue {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime: 30m, 1h, 7d, or seconds.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
 }
 
@@ -207,6 +239,29 @@ pub async fn open(global: &Global) -> Result<Arc<dyn Store>> {
     Ok(store)
 }
 
+/// Token auth when `LOGLINE_JWT_SECRET` or `LOGLINE_JWT_PUBLIC_KEY` is set; otherwise the
+/// single local user given by `--as`/`--tenant`.
+fn auth_from_env(g: &Global) -> Result<auth::Auth> {
+    let secret = std::env::var("LOGLINE_JWT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let public = std::env::var("LOGLINE_JWT_PUBLIC_KEY")
+        .ok()
+        .filter(|s| !s.is_empty());
+    if secret.is_none() && public.is_none() {
+        return Ok(auth::Auth::Local(principal(g)));
+    }
+    let eddsa = public
+        .map(|k| {
+            ledger::crypto::parse_public_key(&k).map_err(|e| anyhow!("LOGLINE_JWT_PUBLIC_KEY: {e}"))
+        })
+        .transpose()?;
+    Ok(auth::Auth::Jwt {
+        hs256: secret.map(auth::Secret::new),
+        eddsa,
+    })
+}
+
 fn principal(global: &Global) -> Principal {
     Principal::new(global.user.clone(), global.tenant.clone())
 }
@@ -225,6 +280,57 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export { out } => export(g, &out).await,
         Command::Redact { id, reason } => redact(g, id, &reason).await,
         Command::Bench { what } => bench::run(g, what).await,
+        Command::Serve {
+            bind,
+            body_limit,
+            rate_limit,
+        } => {
+            let store = open(g).await?;
+            let limits = crate::serve::Limits {
+                body_bytes: body_limit,
+                tenant_rps: rate_limit,
+            };
+            crate::serve::run(store, auth_from_env(g)?, bind, limits).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            what:
+                TokenCommand::Issue {
+                    user,
+                    tenant,
+                    roles,
+                    ttl,
+                },
+        } => {
+            let secret = std::env::var("LOGLINE_JWT_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| anyhow!("LOGLINE_JWT_SECRET is not set: tokens are signed with it (set the same value for `logline serve`)"))?;
+            let ttl = auth::parse_ttl(&ttl).map_err(|e| anyhow!(e))?;
+            let now = Utc::now().timestamp();
+            let claims = auth::Claims {
+                sub: user,
+                tenant,
+                roles,
+                exp: now + ttl,
+                iat: now,
+            };
+            eprintln!(
+                "token for {} in tenant {} (roles: {}), expires {}",
+                claims.sub,
+                claims.tenant,
+                if claims.roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    claims.roles.join(", ")
+                },
+                DateTime::from_timestamp(claims.exp, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            );
+            println!("{}", auth::issue(&auth::Secret::new(secret), &claims));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -295,28 +401,9 @@ async fn add(g: &Global, file: Option<PathBuf>, format: AddFormat) -> Result<Exi
     let mut failed = 0usize;
     let mut out = std::io::stdout().lock();
     for chunk in lines.chunks(ADD_BATCH) {
-        let now = Utc::now();
-        let mut drafts = Vec::new();
-        let mut slots: Vec<(usize, Result<usize, String>)> = Vec::new();
-        for (line_no, text) in chunk {
-            match Draft::parse_line(text, &p, &trusted, now) {
-                Ok(d) => {
-                    slots.push((*line_no, Ok(drafts.len())));
-                    drafts.push(d);
-                }
-                Err(e) => slots.push((*line_no, Err(e.to_string()))),
-            }
-        }
+        let (drafts, slots) = ingest::parse_lines(chunk, &p, &trusted, None);
         let results = store::append(store.as_ref(), &p, drafts).await?;
-        for (line_no, slot) in slots {
-            let result = match slot {
-                Ok(i) => match results.get(i) {
-                    Some(Ok(a)) => Ok(a.clone()),
-                    Some(Err(e)) => Err(e.to_string()),
-                    None => Err("no result from the store".to_string()),
-                },
-                Err(e) => Err(e),
-            };
+        for (line_no, result) in ingest::join(slots, &results) {
             if result.is_err() {
                 failed += 1;
             }
@@ -342,12 +429,7 @@ async fn add(g: &Global, file: Option<PathBuf>, format: AddFormat) -> Result<Exi
 /// Numbered non-blank lines. A single pretty-printed object (several lines that only parse
 /// together) counts as one span on line 1.
 fn split_input(input: &str) -> Vec<(usize, &str)> {
-    let lines: Vec<(usize, &str)> = input
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
+    let lines = ingest::ndjson_lines(input);
     if lines.len() > 1
         && serde_json::from_str::<Value>(lines[0].1).is_err()
         && matches!(serde_json::from_str::<Value>(input), Ok(Value::Object(_)))
@@ -379,13 +461,7 @@ fn write_add_result(
             }
         )?,
         (AddFormat::Text, Err(e)) => writeln!(out, "line {line}: error: {e}")?,
-        (_, Ok(a)) => writeln!(
-            out,
-            "{}",
-            json!({"line": line, "ok": true, "id": a.id, "seq": a.seq, "chain_pos": a.chain_pos,
-                   "curr_hash": a.curr_hash, "status": a.status, "duplicate": a.duplicate})
-        )?,
-        (_, Err(e)) => writeln!(out, "{}", json!({"line": line, "ok": false, "error": e}))?,
+        (_, r) => writeln!(out, "{}", ingest::result_json(line, r))?,
     }
     Ok(())
 }

@@ -1,5 +1,13 @@
-//! The `logline` program: CLI commands now; the HTTP API, chat and web UI serving follow.
+//! The `logline` program: the CLI, and `logline serve`, the HTTP API over the ledger.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod error;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod serve;

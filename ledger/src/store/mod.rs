@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::crypto::NodeKey;
 use crate::error::{AppendError, StoreError};
-use crate::query::{Filter, Page};
+use crate::query::{Filter, Page, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
 use crate::verify::AuditRow;
 
@@ -62,6 +62,16 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         reason: &str,
     ) -> Result<Appended, StoreError>;
+
+    /// Spans stored after `after` in ingest order, across tenants (administrative: the live
+    /// stream hub reads them once and filters per subscriber).
+    async fn tail(&self, after: i64, limit: i64) -> Result<Vec<TailRow>, StoreError>;
+
+    /// Wakes `wake` whenever another process may have appended (PostgreSQL `LISTEN`); the
+    /// embedded store has no other writers worth waking for, so the default does nothing.
+    fn watch_appends(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        let _ = wake;
+    }
 
     /// Tenants that have a chain (administrative: not filtered by visibility).
     async fn tenants(&self) -> Result<Vec<String>, StoreError>;

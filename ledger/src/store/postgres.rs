@@ -16,7 +16,7 @@ use super::{AppendResults, Store, redaction_draft};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
-use crate::query::{Filter, Order, Page, Row as PageRow};
+use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility};
 use crate::verify::AuditRow;
 
@@ -479,6 +479,61 @@ impl Store for PgStore {
             .await?;
         tx.commit().await?;
         Ok(appended)
+    }
+
+    fn watch_appends(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(mut l) => match l.listen("logline_spans").await {
+                        Ok(()) => {
+                            while l.recv().await.is_ok() {
+                                wake.notify_one();
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "LISTEN logline_spans failed"),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "append listener cannot connect; polling only")
+                    }
+                }
+                // Notifications may have been missed while disconnected: wake once to re-read.
+                wake.notify_one();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    async fn tail(&self, after: i64, limit: i64) -> Result<Vec<TailRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
+             s.tenant_id, s.owner_id, s.visibility \
+             FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
+             LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE s.ingest_id > $1 ORDER BY s.ingest_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let row = to_row(r);
+                TailRow {
+                    ingest_id: row.ingest_id,
+                    tenant_id: r.get(6),
+                    owner_id: r.get(7),
+                    visibility: r.get(8),
+                    span: row.span,
+                }
+            })
+            .collect())
     }
 
     async fn tenants(&self) -> Result<Vec<String>, StoreError> {

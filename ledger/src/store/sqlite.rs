@@ -16,7 +16,7 @@ use super::{AppendResults, Store, redaction_draft};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
-use crate::query::{Filter, Order, Page, Row as PageRow};
+use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
 use crate::verify::AuditRow;
 
@@ -494,6 +494,31 @@ impl Store for SqliteStore {
             tracing::warn!(error = %e, "checkpoint after redaction failed");
         }
         Ok(appended)
+    }
+
+    async fn tail(&self, after: i64, limit: i64) -> Result<Vec<TailRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
+             s.tenant_id, s.owner_id, s.visibility \
+             FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
+             LEFT JOIN redactions r ON r.target_id = s.id WHERE s.ingest_id > ? ORDER BY s.ingest_id LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let row = to_row(r)?;
+                Ok(TailRow {
+                    ingest_id: row.ingest_id,
+                    tenant_id: r.get(6),
+                    owner_id: r.get(7),
+                    visibility: r.get(8),
+                    span: row.span,
+                })
+            })
+            .collect()
     }
 
     async fn tenants(&self) -> Result<Vec<String>, StoreError> {
