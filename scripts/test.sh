@@ -23,3 +23,9 @@ else
 fi
 
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# API contract test (scripts/schemathesis.sh): serves a fresh embedded ledger on a free loopback
+# port and checks every operation of GET /api/openapi.json against the running server with
+# schemathesis (no 5xx; status codes, content types, headers and bodies as documented). Fails
+# the suite on any finding, or if schemathesis cannot be installed.
+scripts/schemathesis.sh

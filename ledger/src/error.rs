@@ -28,6 +28,8 @@ pub enum InputError {
     BadSignature(String),
     #[error("`signature` and `public_key` must be given together")]
     HalfSigned,
+    #[error("text at `{0}` contains a NUL character (U+0000), which the ledger cannot store")]
+    NulCharacter(String),
 }
 
 /// Why one well-formed span could not be appended (decided inside the writing transaction).

@@ -5,7 +5,7 @@
 //! salt, so deleting a body on redaction leaves every hash in the chain checkable while the
 //! withheld content cannot be guessed back from its digest.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -199,9 +199,47 @@ fn opt_time(obj: &Map<String, Value>, field: &str) -> Result<Option<DateTime<Utc
     match opt_string(obj, field).map_err(|_| wrong(field, "an RFC 3339 timestamp string"))? {
         None => Ok(None),
         Some(s) => DateTime::parse_from_rfc3339(&s)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| wrong(field, "an RFC 3339 timestamp string")),
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+            // Both stores and RFC 3339 itself stop at four-digit years.
+            .filter(|t| (0..=9999).contains(&t.year()))
+            .map(Some)
+            .ok_or_else(|| wrong(field, "an RFC 3339 timestamp string (years 0000-9999 UTC)")),
     }
+}
+
+/// Finds the first string (key or value) holding U+0000, which PostgreSQL text cannot store;
+/// refusing it up front keeps both stores accepting exactly the same spans.
+fn find_nul(value: &Value, path: &mut String) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path.clone()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = find_nul(v, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(map) => find_nul_in(map, path),
+        _ => None,
+    }
+}
+
+fn find_nul_in(map: &Map<String, Value>, path: &mut String) -> Option<String> {
+    map.iter().find_map(|(k, v)| {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(k);
+        let found = if k.contains('\0') {
+            Some(path.clone())
+        } else {
+            find_nul(v, path)
+        };
+        path.truncate(len);
+        found
+    })
 }
 
 impl Draft {
@@ -235,6 +273,9 @@ impl Draft {
             Value::Object(o) => o,
             other => return Err(InputError::NotObject(type_name(&other))),
         };
+        if let Some(at) = find_nul_in(&obj, &mut String::new()) {
+            return Err(InputError::NulCharacter(at));
+        }
         let size = serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len());
         if size > MAX_SPAN_BYTES {
             return Err(InputError::TooLarge {
@@ -644,6 +685,40 @@ mod tests {
         assert_eq!(e.to_string(), "a span must be a JSON object, got an array");
         let e = Draft::parse_line("{nope", &p(), NO_KEYS, Utc::now()).unwrap_err();
         assert!(matches!(e, InputError::NotJson(_)));
+    }
+
+    #[test]
+    fn nul_characters_and_out_of_range_years_are_refused_by_name() {
+        let e = Draft::from_value(
+            json!({"who": "ana", "details": {"note": ["ok", "a\0b"]}}),
+            &p(),
+            NO_KEYS,
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "text at `details.note[1]` contains a NUL character (U+0000), which the ledger cannot store"
+        );
+        let e = Draft::from_value(
+            json!({"when": "+10000-01-01T00:00:00Z"}),
+            &p(),
+            NO_KEYS,
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("field `when` must be an RFC 3339"),
+            "{e}"
+        );
+        let ok = Draft::from_value(
+            json!({"when": "9999-12-31T23:59:59Z"}),
+            &p(),
+            NO_KEYS,
+            Utc::now(),
+        );
+        assert!(ok.is_ok());
     }
 
     #[test]

@@ -33,6 +33,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 15.0)]
         max_seconds: f64,
     },
+    /// The HTTP API: single-span POSTs over many connections, NDJSON batches, SSE fan-out.
+    Http {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Single-span requests in all.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// NDJSON batches of 1000 spans.
+        #[arg(long, default_value_t = 40)]
+        batches: usize,
+        /// SSE subscribers (0 skips the stream bench).
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Spans appended while the subscribers listen.
+        #[arg(long, default_value_t = 100)]
+        events: usize,
+    },
     /// Verify a chain of this many spans.
     Verify {
         #[arg(long, default_value_t = 100_000)]
@@ -70,6 +87,28 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
                         .await?;
                         println!("{}", json!({"bench": "ingest", "store": s.backend(), "mode": mode, "writers": w, "spans_per_request": per_call}).as_object().map(|o| merge(o.clone(), r)).unwrap_or_default());
                     }
+                }
+            }
+        }
+        BenchCommand::Http {
+            connections,
+            requests,
+            batches,
+            subscribers,
+            events,
+        } => {
+            for s in &stores {
+                for line in crate::bench_http::run(
+                    s.clone(),
+                    connections,
+                    requests,
+                    batches,
+                    subscribers,
+                    events,
+                )
+                .await?
+                {
+                    println!("{line}");
                 }
             }
         }

@@ -8,6 +8,32 @@ use serde_json::json;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The body of every error response: an RFC 9457 problem document, sent as
+/// `application/problem+json`. (Built by `problem()`; this type describes it in the OpenAPI
+/// document.)
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "/problems/not-found", "title": "Not Found", "status": 404,
+    "detail": "span 0190f0b4-8c4e-7d2a-9f3e-2b1c0d9e8f7a not found or not visible to you"}))]
+pub struct Problem {
+    /// The problem type, a relative URI: `/problems/<slug>` (`bad-request`, `unauthorized`,
+    /// `forbidden`, `not-found`, `method-not-allowed`, `conflict`, `invalid-span`,
+    /// `payload-too-large`, `unsupported-media-type`, `rate-limited`, `unavailable`, `internal`).
+    #[serde(rename = "type")]
+    #[schema(format = "uri-reference")]
+    pub problem_type: String,
+    /// The reason phrase of the status code.
+    pub title: String,
+    /// The HTTP status code, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong, for a person to read.
+    pub detail: String,
+    /// For a refused line of an NDJSON body: its 1-based line number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub line: Option<u64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -132,6 +158,10 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut resp = problem(status, self.slug(), &detail, extra);
+        if matches!(self, Self::Unauthorized(_)) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Self::RateLimited { retry_after, .. } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {

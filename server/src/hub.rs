@@ -77,6 +77,13 @@ async fn run(store: Arc<dyn Store>, hub: Hub, mut newest: i64) {
         0
     };
     let mut published: BTreeSet<i64> = BTreeSet::new();
+    // Spans already committed when the hub starts are history, not news: remember the ones
+    // inside the re-read window so the first pass does not publish them.
+    if window > 0
+        && let Ok(rows) = store.tail((newest - window).max(0), window).await
+    {
+        published.extend(rows.iter().map(|r| r.ingest_id).filter(|i| *i <= newest));
+    }
     loop {
         tokio::select! {
             _ = hub.wake.notified() => {}

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_http;
 pub mod cli;
 pub mod error;
 pub mod hub;

@@ -1,5 +1,223 @@
-//! The OpenAPI document of the HTTP API.
+//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers' `#[utoipa::path]`
+//! annotations and the response types in `routes/` and `error.rs`. Served at
+//! `GET /api/openapi.json`.
 
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::Problem;
+use crate::routes::{spans, system, timeline};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "LogLine",
+        description = "HTTP API over LogLine's governed, append-only ledger: append spans, read \
+                       them and their versions, query and stream the timeline, verify the hash \
+                       chain. Every error is an `application/problem+json` document (RFC 9457).\n\n\
+                       With a JWT secret or public key configured, every `/api` route except this \
+                       document needs `Authorization: Bearer <jwt>`; without one the server binds \
+                       only to loopback and every request acts as its local user.",
+    ),
+    paths(
+        spans::post_spans,
+        spans::get_span,
+        spans::get_versions,
+        timeline::timeline,
+        timeline::stream,
+        system::verify,
+        system::manifest,
+        system::healthz,
+        system::readyz,
+        system::metrics,
+        system::openapi,
+    ),
+    components(schemas(
+        Problem,
+        spans::SpanDraft,
+        spans::NdjsonSpans,
+        spans::Visibility,
+        spans::Span,
+        spans::AppendResult,
+        spans::Versions,
+        timeline::TimelinePage,
+        system::VerifyReport,
+        system::ChainBreak,
+        system::Health,
+        system::Ready,
+    )),
+    modifiers(&BearerJwt),
+    tags(
+        (name = "spans", description = "Appending and reading spans."),
+        (name = "timeline", description = "Querying and streaming the timeline."),
+        (name = "system", description = "Health, metrics, the manifest, chain verification."),
+    ),
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme the `/api` operations name.
+struct BearerJwt;
+
+impl Modify for BearerJwt {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "HS256 or EdDSA JWT with claims `sub` (user), `tenant`, `roles` and `exp` \
+                 (`logline token issue` makes one). Not needed when the server runs without \
+                 authentication on loopback.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The document as JSON.
 pub fn document() -> serde_json::Value {
-    serde_json::json!({"openapi": "3.1.0", "info": {"title": "LogLine", "version": env!("CARGO_PKG_VERSION")}, "paths": {}})
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialize the OpenAPI document");
+        serde_json::json!({"openapi": "3.1.0",
+            "info": {"title": "LogLine", "version": env!("CARGO_PKG_VERSION")}, "paths": {}})
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::http::StatusCode;
+    use serde_json::{Value, json};
+
+    use super::document;
+
+    fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        &doc["components"]["schemas"][name]
+    }
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    fn strings(v: &Value) -> BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_route_is_documented_and_api_routes_name_the_bearer_scheme() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = &doc["paths"];
+        let documented: BTreeSet<String> = keys(paths);
+        let routes = [
+            "/api/spans",
+            "/api/spans/{id}",
+            "/api/spans/{id}/versions",
+            "/api/timeline",
+            "/api/timeline/stream",
+            "/api/verify",
+            "/api/openapi.json",
+            "/manifest/{name}",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ];
+        assert_eq!(documented, routes.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        for (path, item) in paths.as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let secured = op.get("security").is_some();
+                let needs_caller = path.starts_with("/api/") && path != "/api/openapi.json";
+                assert_eq!(secured, needs_caller, "{method} {path}");
+                if needs_caller {
+                    assert_eq!(op["security"], json!([{"bearer": []}, {}]), "{path}");
+                    assert!(op["responses"].get("401").is_some(), "{path}: no 401");
+                    assert!(op["responses"].get("429").is_some(), "{path}: no 429");
+                }
+                for (status, resp) in op["responses"].as_object().unwrap() {
+                    if status.starts_with('4') && !(path == "/api/verify" && status == "409") {
+                        assert_eq!(
+                            resp["content"]["application/problem+json"]["schema"]["$ref"],
+                            "#/components/schemas/Problem",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
+        let timeline: BTreeSet<String> = paths["/api/timeline"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        for p in [
+            "entity_type",
+            "who",
+            "did",
+            "this",
+            "status",
+            "tenant",
+            "owner",
+            "since",
+            "until",
+            "related_to",
+            "trace_id",
+            "limit",
+            "cursor",
+            "order",
+        ] {
+            assert!(timeline.contains(p), "timeline lacks `{p}`");
+        }
+    }
+
+    #[tokio::test]
+    async fn problem_documents_match_their_schema() {
+        let doc = document();
+        let problem = schema(&doc, "Problem");
+        let resp = crate::error::ApiError::Unprocessable {
+            detail: "bad".into(),
+            line: Some(3),
+        };
+        let resp = axum::response::IntoResponse::into_response(resp);
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(keys(&body), keys(&problem["properties"]));
+        assert!(strings(&problem["required"]).is_subset(&keys(&body)));
+    }
+
+    #[test]
+    fn the_verify_report_schema_matches_the_ledger_report() {
+        let doc = document();
+        let report = serde_json::to_value(ledger::verify::TenantReport {
+            tenant_id: "t".into(),
+            spans: 2,
+            ok: false,
+            first_break: Some(ledger::verify::Break {
+                chain_pos: 1,
+                span_id: None,
+                reason: "r".into(),
+            }),
+        })
+        .unwrap();
+        let s = schema(&doc, "VerifyReport");
+        assert_eq!(keys(&report), keys(&s["properties"]));
+        assert_eq!(keys(&report), strings(&s["required"]));
+        let b = schema(&doc, "ChainBreak");
+        assert_eq!(keys(&report["first_break"]), keys(&b["properties"]));
+        assert_eq!(keys(&report["first_break"]), strings(&b["required"]));
+    }
 }

@@ -67,6 +67,22 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        if jobs.len() == 1 {
+            let job = jobs.remove(0);
+            let result = store
+                .append_many(vec![(job.principal, job.drafts)])
+                .await
+                .map(|mut r| r.pop().unwrap_or_default())
+                .map_err(|e| e.to_string());
+            let _ = job.reply.send(result);
+            continue;
+        }
+        // Kept so that, when the shared transaction fails, each job can be retried alone and
+        // one bad batch does not fail its neighbours.
+        let retry: Vec<(Principal, Vec<Draft>)> = jobs
+            .iter()
+            .map(|j| (j.principal.clone(), j.drafts.clone()))
+            .collect();
         // Merge jobs of the same principal into one batch: fewer statements per commit.
         let mut batches: Vec<(Principal, Vec<Draft>)> = Vec::new();
         let mut slots: Vec<(usize, usize, usize, Reply)> = Vec::new();
@@ -95,10 +111,14 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "group commit failed");
-                let msg = e.to_string();
-                for (_, _, _, reply) in slots {
-                    let _ = reply.send(Err(msg.clone()));
+                tracing::warn!(error = %e, jobs = slots.len(), "group commit failed; retrying each job alone");
+                for ((principal, drafts), (_, _, _, reply)) in retry.into_iter().zip(slots) {
+                    let result = store
+                        .append_many(vec![(principal, drafts)])
+                        .await
+                        .map(|mut r| r.pop().unwrap_or_default())
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(result);
                 }
             }
         }

@@ -10,12 +10,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ledger::store;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::ingest;
 use crate::serve::{AppState, location};
 
@@ -26,11 +27,201 @@ pub fn router() -> Router<AppState> {
         .route("/api/spans/{id}/versions", get(get_versions))
 }
 
+/// A span as submitted: one JSON object, at most 256 KiB. Every field is optional: a span
+/// missing any of the nine LogLine fields (`who`, `did`, `this`, `when`, `confirmed_by`,
+/// `if_ok`, `if_doubt`, `if_not`, `status`) is kept as a ghost. Fields not listed here are kept
+/// too. Server fields (`chain_pos`, `prev_hash`, `curr_hash`, ...) may be sent back, e.g. when
+/// re-importing an export, but are recomputed.
+#[derive(ToSchema)]
+#[schema(example = json!({"who": "ana", "did": "confirmed delivery",
+    "this": "delivery 312", "when": "2026-11-20T10:00:00Z", "confirmed_by": "joao",
+    "if_ok": "send receipt", "if_doubt": "ask", "if_not": "open incident", "status": "valid"}))]
+pub struct SpanDraft {
+    /// With `seq`, a new version of this span; new spans get a fresh id.
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub id: Option<Uuid>,
+    /// The version: 0 for a new span, the next number for an amendment (needs `id`).
+    #[schema(minimum = 0)]
+    pub seq: Option<i64>,
+    /// Default `logline`.
+    #[schema(min_length = 1)]
+    pub entity_type: Option<String>,
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub parent_id: Option<Uuid>,
+    /// Ids (UUIDs) of related spans.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub related_to: Option<Vec<Uuid>>,
+    /// The caller's tenant (the default); any other is refused with 403.
+    pub tenant_id: Option<String>,
+    /// The caller (the default); any other is refused with 403.
+    pub owner_id: Option<String>,
+    /// Default `private`.
+    pub visibility: Option<Visibility>,
+    /// When it happened (default: now). `when` is read if `at` is absent.
+    #[schema(format = DateTime)]
+    pub at: Option<String>,
+    #[schema(format = DateTime)]
+    pub when: Option<String>,
+    pub who: Option<String>,
+    pub did: Option<String>,
+    pub this: Option<String>,
+    pub confirmed_by: Option<String>,
+    pub if_ok: Option<String>,
+    pub if_doubt: Option<String>,
+    pub if_not: Option<String>,
+    pub status: Option<String>,
+    pub trace_id: Option<String>,
+    /// Retrying with the same key returns the first span instead of appending another.
+    pub idempotency_key: Option<String>,
+    #[schema(minimum = 0)]
+    pub duration_ms: Option<u64>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub code: Option<String>,
+    pub language: Option<String>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub content: Option<Value>,
+    pub metadata: Option<Value>,
+    /// A client signature (hex) over the canonical span without `signature` and `public_key`;
+    /// needs `public_key`, which the manifest must trust.
+    pub signature: Option<String>,
+    /// `ed25519:<hex>`.
+    pub public_key: Option<String>,
+}
+
+/// Who may read a span: its owner, its tenant, or everyone.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum Visibility {
+    Private,
+    Tenant,
+    Public,
+}
+
+/// An NDJSON body: one span (a JSON object, as in `SpanDraft`) per line. Blank lines are
+/// skipped; at least one line must have content.
+#[derive(ToSchema)]
+#[schema(
+    pattern = "\\S",
+    example = "{\"who\":\"ana\",\"did\":\"baked\",\"this\":\"bread\"}\n{\"who\":\"joao\",\"did\":\"sold\",\"this\":\"bread\"}\n"
+)]
+pub struct NdjsonSpans(pub String);
+
+/// A stored span as readers see it: its envelope fields, its content fields (unless redacted:
+/// then `content` is `{"redacted": true}` and `redacted` is true) and its seal (`curr_hash`,
+/// `signature`). Fields beyond those listed here are content the writer sent.
+#[derive(ToSchema)]
+pub struct Span {
+    #[schema(value_type = String, format = "uuid")]
+    pub id: Uuid,
+    /// Version of the span: 0 for the first, then one more per amendment.
+    #[schema(minimum = 0)]
+    pub seq: i64,
+    pub tenant_id: String,
+    /// Position in the tenant's hash chain.
+    #[schema(minimum = 0)]
+    pub chain_pos: i64,
+    pub prev_hash: String,
+    pub entity_type: String,
+    pub owner_id: String,
+    pub visibility: Visibility,
+    /// When it happened (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// When the ledger recorded it (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    pub recorded_at: String,
+    /// `ghost` when LogLine fields are missing, else the declared status.
+    pub status: String,
+    #[schema(value_type = Vec<String>)]
+    pub related_to: Vec<Uuid>,
+    pub body_digest: String,
+    /// The ledger node key that signed the span.
+    pub public_key: String,
+    /// BLAKE3 of the canonical envelope.
+    pub curr_hash: String,
+    /// The node's Ed25519 signature over `curr_hash`.
+    pub signature: String,
+}
+
+/// What an append did: where the span landed in its chain, or which earlier span with the same
+/// idempotency key was returned instead (`duplicate`).
+#[derive(Serialize, ToSchema)]
+pub struct AppendResult {
+    #[schema(value_type = String, format = "uuid")]
+    pub id: Uuid,
+    #[schema(minimum = 0)]
+    pub seq: i64,
+    #[schema(minimum = 0)]
+    pub chain_pos: i64,
+    pub curr_hash: String,
+    /// `ghost` when LogLine fields are missing, else the declared status.
+    pub status: String,
+    pub duplicate: bool,
+}
+
+/// Every stored version of a span, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct Versions {
+    #[schema(value_type = String, format = "uuid")]
+    pub id: Uuid,
+    #[schema(value_type = Vec<Span>)]
+    pub versions: Vec<Value>,
+}
+
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id)
         .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a span id (a UUID)")))
 }
 
+/// Append spans
+///
+/// Send one span as `application/json`, or many as `application/x-ndjson` (one JSON object per
+/// line; `application/ndjson` and `application/jsonl` are accepted too). A JSON span answers
+/// `201` with the append result, or `200` if an earlier span with the same idempotency key was
+/// returned instead. An NDJSON body answers `200` with one result per non-blank input line, in
+/// order: `{"line", "ok": true, "id", "seq", "chain_pos", "curr_hash", "status", "duplicate"}`
+/// or `{"line", "ok": false, "error"}`; lines that fail do not stop the others.
+#[utoipa::path(
+    post,
+    path = "/api/spans",
+    tag = "spans",
+    security(("bearer" = []), ()),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+         description = "Makes retries safe: a span (or, with NDJSON, `<key>:<line number>` per \
+                        line) keeps this key unless it carries its own `idempotency_key`. \
+                        Visible ASCII."),
+    ),
+    request_body(
+        description = "One span (JSON object) or an NDJSON stream of spans.",
+        content(
+            (SpanDraft = "application/json"),
+            (NdjsonSpans = "application/x-ndjson"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "The span was appended.", body = AppendResult,
+         headers(("Location" = String, description = "`/api/spans/{id}`"))),
+        (status = 200, description = "JSON: an earlier span with the same idempotency key (`duplicate`: true). NDJSON: one result per line.",
+         headers(("Location" = String, description = "JSON only: `/api/spans/{id}`")),
+         content(
+            (AppendResult = "application/json"),
+            (String = "application/x-ndjson"),
+         )),
+        (status = 400, description = "The body is not UTF-8, or the Idempotency-Key is not visible ASCII.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The span names another tenant or owner than the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The span conflicts with the ledger (e.g. its id and seq are taken).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The span is over 256 KiB, or the body over the server's limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor NDJSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The span is not a JSON object or has a field of the wrong type; or an NDJSON body has no spans.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(user = %caller.principal.user_id, tenant = %caller.principal.tenant_id))]
 async fn post_spans(
     State(st): State<AppState>,
@@ -124,8 +315,14 @@ async fn post_spans(
                 st.metrics.spans_appended.fetch_add(1, Ordering::Relaxed);
                 StatusCode::CREATED
             };
-            let body = json!({"id": result.id, "seq": result.seq, "chain_pos": result.chain_pos,
-                              "curr_hash": result.curr_hash, "status": result.status, "duplicate": result.duplicate});
+            let body = AppendResult {
+                id: result.id,
+                seq: result.seq,
+                chain_pos: result.chain_pos,
+                curr_hash: result.curr_hash,
+                status: result.status,
+                duplicate: result.duplicate,
+            };
             Ok((
                 status,
                 [(header::LOCATION, location(result.id))],
@@ -144,6 +341,27 @@ struct SeqParam {
     seq: Option<String>,
 }
 
+/// Read a span
+///
+/// The latest version the caller may see, or the version `seq`.
+#[utoipa::path(
+    get,
+    path = "/api/spans/{id}",
+    tag = "spans",
+    security(("bearer" = []), ()),
+    params(
+        ("id" = String, Path, format = "uuid", description = "The span id."),
+        ("seq" = Option<i64>, Query, minimum = 0, description = "A version of the span; the latest by default."),
+    ),
+    responses(
+        (status = 200, description = "The span.", body = Span),
+        (status = 400, description = "`id` is not a UUID or `seq` not a non-negative integer.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such span, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn get_span(
     State(st): State<AppState>,
     caller: Caller,
@@ -170,6 +388,24 @@ async fn get_span(
     Ok(axum::Json(view).into_response())
 }
 
+/// List a span's versions
+///
+/// Every version of the span the caller may see, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/spans/{id}/versions",
+    tag = "spans",
+    security(("bearer" = []), ()),
+    params(("id" = String, Path, format = "uuid", description = "The span id.")),
+    responses(
+        (status = 200, description = "The versions.", body = Versions),
+        (status = 400, description = "`id` is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such span, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn get_versions(
     State(st): State<AppState>,
     caller: Caller,
@@ -189,5 +425,9 @@ async fn get_versions(
                 .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(json!({"id": id, "versions": views})).into_response())
+    Ok(axum::Json(Versions {
+        id,
+        versions: views,
+    })
+    .into_response())
 }

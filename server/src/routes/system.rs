@@ -6,10 +6,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ledger::store;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
+use crate::routes::spans::Span;
 use crate::serve::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -22,10 +24,68 @@ pub fn router() -> Router<AppState> {
         .route("/api/openapi.json", get(openapi))
 }
 
-async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+/// The process is up.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(pattern = "^ok$", example = "ok")]
+    pub status: &'static str,
 }
 
+/// The store answers.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    #[schema(pattern = "^ready$", example = "ready")]
+    pub status: &'static str,
+    /// The store backend (`sqlite` or `postgres`).
+    pub store: &'static str,
+}
+
+/// The chain status of one tenant: positions and hashes only, no content.
+#[derive(ToSchema)]
+pub struct VerifyReport {
+    pub tenant_id: String,
+    /// Spans checked (up to the first break).
+    #[schema(minimum = 0)]
+    pub spans: i64,
+    /// True when every hash, link and signature checks out.
+    pub ok: bool,
+    /// The first broken link, or null.
+    #[schema(required = true)]
+    pub first_break: Option<ChainBreak>,
+}
+
+/// Where and why a chain breaks.
+#[derive(ToSchema)]
+pub struct ChainBreak {
+    #[schema(minimum = 0)]
+    pub chain_pos: i64,
+    /// The span at the break, when there is one.
+    #[schema(value_type = Option<String>, format = "uuid", required = true)]
+    pub span_id: Option<uuid::Uuid>,
+    pub reason: String,
+}
+
+/// Liveness
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    responses((status = 200, description = "The server is running.", body = Health)),
+)]
+async fn healthz() -> Response {
+    axum::Json(Health { status: "ok" }).into_response()
+}
+
+/// Readiness
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "system",
+    responses(
+        (status = 200, description = "The store answers.", body = Ready),
+        (status = 503, description = "The store does not answer.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
     store::manifest(st.store.as_ref()).await.map_err(|e| {
         ApiError::Unavailable(format!(
@@ -33,9 +93,20 @@ async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
             st.store.backend()
         ))
     })?;
-    Ok(axum::Json(json!({"status": "ready", "store": st.store.backend()})).into_response())
+    Ok(axum::Json(Ready {
+        status: "ready",
+        store: st.store.backend(),
+    })
+    .into_response())
 }
 
+/// Prometheus metrics
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain")),
+)]
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut resp = st.metrics.render().into_response();
     resp.headers_mut().insert(
@@ -45,7 +116,21 @@ async fn metrics(State(st): State<AppState>) -> Response {
     resp
 }
 
-/// The manifest is public; `current` and its own name both find it.
+/// The ledger manifest
+///
+/// Public: the manifest span, whose `content` holds the trusted keys, the allowed kernels and
+/// the policy. `current` and the manifest's own `name` both find it.
+#[utoipa::path(
+    get,
+    path = "/manifest/{name}",
+    tag = "system",
+    params(("name" = String, Path, description = "`current`, or the manifest's name.", example = "current")),
+    responses(
+        (status = 200, description = "The manifest.", body = Span),
+        (status = 400, description = "The path is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No manifest by that name.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn manifest(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -59,7 +144,23 @@ async fn manifest(
     Ok(axum::Json(m).into_response())
 }
 
-/// The chain status of the caller's tenant (positions and hashes only: no content).
+/// Verify the caller's chain
+///
+/// Recomputes every hash, link and signature of the caller's tenant chain (positions and hashes
+/// only: no content).
+#[utoipa::path(
+    get,
+    path = "/api/verify",
+    tag = "system",
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "The chain is intact.", body = VerifyReport),
+        (status = 409, description = "The chain is broken: the report names the first break.", body = VerifyReport),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn verify(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let trusted = store::trusted_keys(st.store.as_ref()).await?;
     let report =
@@ -73,6 +174,13 @@ async fn verify(State(st): State<AppState>, caller: Caller) -> Result<Response, 
     Ok((status, axum::Json(report)).into_response())
 }
 
+/// This document
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object, content_type = "application/json")),
+)]
 async fn openapi() -> Response {
     axum::Json(crate::openapi::document()).into_response()
 }

@@ -17,15 +17,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use futures::Stream;
 use ledger::query::MAX_LIMIT;
 use ledger::{Filter, Order, Principal, Store};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::cli::parse_instant;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::hub::HubEvent;
 use crate::metrics::ClientGuard;
+use crate::routes::spans::Span;
 use crate::serve::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -57,9 +60,95 @@ fn decode_cursor(c: &str, order: Order) -> Result<i64, ApiError> {
     }
 }
 
+/// The filters shared by the timeline and its stream (parsed by [`parse_filter`]; this type
+/// only describes them). Empty text filters are ignored; text filters must not contain NUL
+/// (U+0000).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilterParams {
+    /// Only this span id.
+    #[param(value_type = Option<String>, format = "uuid")]
+    pub id: Option<Uuid>,
+    /// Only spans of this entity type (e.g. `logline`).
+    pub entity_type: Option<String>,
+    /// Exact `who`.
+    pub who: Option<String>,
+    /// Exact `did`.
+    pub did: Option<String>,
+    /// Exact `this`.
+    pub this: Option<String>,
+    /// Exact status (e.g. `valid`, `ghost`).
+    pub status: Option<String>,
+    /// Only spans of this tenant.
+    pub tenant: Option<String>,
+    /// Only spans owned by this user.
+    pub owner: Option<String>,
+    /// Spans with `at` at or after this instant (RFC 3339) or date (`YYYY-MM-DD`, midnight UTC).
+    #[param(format = DateTime)]
+    pub since: Option<String>,
+    /// Spans with `at` before this instant (RFC 3339) or date (`YYYY-MM-DD`, midnight UTC).
+    #[param(format = DateTime)]
+    pub until: Option<String>,
+    /// Spans that list this span id in `related_to`.
+    #[param(value_type = Option<String>, format = "uuid")]
+    pub related_to: Option<Uuid>,
+    /// Only spans of this trace.
+    pub trace_id: Option<String>,
+}
+
+/// Sort order of the timeline (by ingest order).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum SortOrder {
+    Asc,
+    Desc,
+}
+
+/// Paging of `GET /api/timeline`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Spans per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page, with the same `order`.
+    #[param(min_length = 1)]
+    pub cursor: Option<String>,
+    /// `asc` (oldest first, the default) or `desc`.
+    #[param(inline)]
+    pub order: Option<SortOrder>,
+}
+
+/// Resuming `GET /api/timeline/stream` (the `Last-Event-ID` header wins over the query).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Resume after this event id: spans recorded since are sent first.
+    pub last_event_id: Option<i64>,
+    /// The bearer token, for clients that cannot set headers (browsers' `EventSource`).
+    pub access_token: Option<String>,
+}
+
+/// One page of the timeline.
+#[derive(Serialize, ToSchema)]
+pub struct TimelinePage {
+    #[schema(value_type = Vec<Span>)]
+    pub spans: Vec<Value>,
+    /// Pass as `cursor` (with the same `order`) for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
 /// Parses the shared filter parameters; unknown parameters are ignored.
 pub fn parse_filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
-    let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    // No stored text can hold U+0000 on PostgreSQL, which fails the whole query on one: refuse
+    // it here, the same on every store.
+    let text = |k: &str| match q.get(k).filter(|v| !v.is_empty()) {
+        Some(v) if v.contains('\0') => Err(ApiError::BadRequest(format!(
+            "{k}: NUL characters (U+0000) are not allowed"
+        ))),
+        v => Ok(v.cloned()),
+    };
     let time = |k: &str| {
         q.get(k)
             .map(|v| parse_instant(v).map_err(|e| ApiError::BadRequest(format!("{k}: {e}"))))
@@ -99,23 +188,40 @@ pub fn parse_filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
         .transpose()?;
     Ok(Filter {
         id: uuid("id")?,
-        entity_type: text("entity_type"),
-        who: text("who"),
-        did: text("did"),
-        this: text("this"),
-        status: text("status"),
-        tenant_id: text("tenant"),
-        owner_id: text("owner"),
+        entity_type: text("entity_type")?,
+        who: text("who")?,
+        did: text("did")?,
+        this: text("this")?,
+        status: text("status")?,
+        tenant_id: text("tenant")?,
+        owner_id: text("owner")?,
         since: time("since")?,
         until: time("until")?,
         related_to: uuid("related_to")?,
-        trace_id: text("trace_id"),
+        trace_id: text("trace_id")?,
         after,
         order,
         limit,
     })
 }
 
+/// Query the timeline
+///
+/// Spans the caller may see, filtered, in ingest order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/timeline",
+    tag = "timeline",
+    security(("bearer" = []), ()),
+    params(FilterParams, PageParams),
+    responses(
+        (status = 200, description = "A page of spans.", body = TimelinePage),
+        (status = 400, description = "A filter, `limit`, `order` or `cursor` is malformed (text filters must not contain NUL).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn timeline(
     State(st): State<AppState>,
     caller: Caller,
@@ -133,7 +239,11 @@ async fn timeline(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let next = page.next_cursor.map(|c| encode_cursor(filter.order, c));
-    Ok(axum::Json(json!({"spans": spans, "next_cursor": next})).into_response())
+    Ok(axum::Json(TimelinePage {
+        spans,
+        next_cursor: next,
+    })
+    .into_response())
 }
 
 fn span_event(ingest_id: i64, view: &serde_json::Value) -> Event {
@@ -178,6 +288,29 @@ async fn backfill(
     }
 }
 
+/// Stream new spans
+///
+/// Server-Sent Events: one `span` event per new span the caller may see and the filters match
+/// (`id`: its event id, `data`: the span as JSON); a `shutdown` event when the server stops;
+/// `heartbeat` comments every 15 s. Reconnect with `Last-Event-ID` to get what was missed.
+#[utoipa::path(
+    get,
+    path = "/api/timeline/stream",
+    tag = "timeline",
+    security(("bearer" = []), ()),
+    params(
+        FilterParams,
+        StreamParams,
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "Resume after this event id."),
+    ),
+    responses(
+        (status = 200, description = "An endless event stream.", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A filter or the event id is malformed (text filters must not contain NUL).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn stream(
     State(st): State<AppState>,
     caller: Caller,
@@ -241,6 +374,7 @@ async fn stream(
                     }
                     Err(RecvError::Closed) => return,
                 },
+                () = tx.closed() => return,
                 _ = shutdown.changed() => {
                     let _ = tx.send(Ok(Event::default().event("shutdown").data("{\"reason\":\"server shutting down; reconnect with Last-Event-ID\"}"))).await;
                     return;

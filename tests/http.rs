@@ -1,0 +1,1840 @@
+//! End-to-end tests of `logline serve`: every test starts the real binary on 127.0.0.1 (port 0,
+//! read back from its `logline listening on …` line) and talks to it over real HTTP, against
+//! the embedded SQLite store (a temporary data dir) and against PostgreSQL (a fresh database
+//! from `support/pg.rs` plus a temporary data dir for the node key). The server process is
+//! killed when its `Server` guard drops.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::pin::Pin;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::{Stream, StreamExt};
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_logline");
+/// The HS256 secret of servers started with auth.
+const SECRET: &str = "http-tests-shared-secret-7f3a";
+/// The manifest's well-known id.
+const MANIFEST_ID: &str = "00000000-0000-7000-8000-6d616e696673";
+const PROBLEM_JSON: &str = "application/problem+json";
+/// How long a server may take to print its listening line.
+const STARTUP: Duration = Duration::from_secs(30);
+/// How long to wait for an expected stream event.
+const EVENT_WAIT: Duration = Duration::from_secs(3);
+/// How long a stream must stay silent to count as "nothing more came".
+const QUIET: Duration = Duration::from_millis(800);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One ledger under test: a data dir (the embedded store and the node key) and, for
+/// PostgreSQL, the URL of a fresh database of its own. It can be served more than once.
+struct Ledger {
+    dir: tempfile::TempDir,
+    url: Option<String>,
+    backend: Backend,
+}
+
+/// How to start a server.
+#[derive(Clone, Debug)]
+struct Opts {
+    /// Set LOGLINE_JWT_SECRET (bearer tokens required).
+    auth: bool,
+    bind: String,
+    body_limit: Option<usize>,
+    rate_limit: Option<u32>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            auth: false,
+            bind: "127.0.0.1:0".into(),
+            body_limit: None,
+            rate_limit: None,
+        }
+    }
+}
+
+impl Opts {
+    fn auth() -> Self {
+        Self {
+            auth: true,
+            ..Self::default()
+        }
+    }
+}
+
+impl Ledger {
+    async fn new(backend: Backend) -> Self {
+        let url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(pg::fresh_database().await),
+        };
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            url,
+            backend,
+        }
+    }
+
+    fn store_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// The binary with a clean `LOGLINE_*` environment, this ledger's store and `args`.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("LOGLINE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--data-dir").arg(self.dir.path());
+        if let Some(url) = &self.url {
+            cmd.arg("--database-url").arg(url);
+        }
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts `logline serve` and waits for its listening line.
+    async fn serve(&self, opts: Opts) -> Result<Server> {
+        let mut args = vec!["serve".to_string(), "--bind".into(), opts.bind.clone()];
+        if let Some(n) = opts.body_limit {
+            args.extend(["--body-limit".into(), n.to_string()]);
+        }
+        if let Some(n) = opts.rate_limit {
+            args.extend(["--rate-limit".into(), n.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = self.command(&args);
+        if opts.auth {
+            cmd.env("LOGLINE_JWT_SECRET", SECRET);
+        }
+        let spawned = Spawned::start(cmd)?;
+        // A server that never says it listens is killed when `spawned` drops.
+        let (addr, spawned) = tokio::task::spawn_blocking(move || {
+            spawned.wait_listening(STARTUP).map(|a| (a, spawned))
+        })
+        .await??;
+        let port: u16 = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in the listening address `{addr}`"))?;
+        Ok(Server {
+            proc: spawned,
+            addr,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
+        })
+    }
+
+    /// `logline token issue` with the test secret; the token is the last line of stdout.
+    fn token(&self, user: &str, tenant: &str, ttl: &str) -> String {
+        self.token_signed_with(SECRET, user, tenant, ttl)
+    }
+
+    fn token_signed_with(&self, secret: &str, user: &str, tenant: &str, ttl: &str) -> String {
+        let out = self
+            .command(&[
+                "token", "issue", "--user", user, "--tenant", tenant, "--role", "member", "--ttl",
+                ttl,
+            ])
+            .env("LOGLINE_JWT_SECRET", secret)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "token issue failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = stdout.lines().last().unwrap_or("").trim().to_string();
+        assert_eq!(
+            token.split('.').count(),
+            3,
+            "the last stdout line of `token issue` is not a JWT: {stdout:?}"
+        );
+        token
+    }
+}
+
+/// A running binary whose stdout lines arrive on a channel and whose stderr is collected.
+struct Spawned {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Spawned {
+    fn start(mut cmd: Command) -> Result<Self> {
+        let mut child = cmd.spawn().context("cannot start logline")?;
+        let stdout = child.stdout.take().unwrap();
+        let mut err_pipe = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Nobody may listen any more; keep draining so the child never blocks.
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            stderr,
+        })
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The address of the `logline listening on http://ADDR` line.
+    fn wait_listening(&self, within: Duration) -> Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix("logline listening on http://") {
+                        return Ok(addr.to_string());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "no listening line within {within:?}; stderr:\n{}",
+                        self.stderr()
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Give the stderr reader a moment to collect the last message.
+                    std::thread::sleep(Duration::from_millis(100));
+                    bail!(
+                        "logline serve exited before listening; stderr:\n{}",
+                        self.stderr()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit on its own.
+    async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `logline serve`; killed on drop.
+struct Server {
+    proc: Spawned,
+    /// The address as printed.
+    addr: String,
+    base: String,
+    client: reqwest::Client,
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn content_type(&self) -> &str {
+        self.header("content-type").unwrap_or("")
+    }
+
+    /// Asserts the status and returns the JSON body.
+    fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self.json()
+    }
+
+    /// Asserts an RFC 9457 problem document with this status; returns it.
+    fn problem(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert!(
+            self.content_type().starts_with(PROBLEM_JSON),
+            "a {status} is not application/problem+json but `{}`: {}",
+            self.content_type(),
+            self.text
+        );
+        let p = self.json();
+        for field in ["type", "title", "detail"] {
+            assert!(
+                p[field].as_str().is_some_and(|s| !s.is_empty()),
+                "problem without a `{field}`: {p}"
+            );
+        }
+        assert_eq!(p["status"], json!(status), "problem status field: {p}");
+        p
+    }
+
+    /// The NDJSON body's lines.
+    fn ndjson(&self) -> Vec<Value> {
+        self.text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+async fn read(rb: RequestBuilder) -> Result<Resp> {
+    let resp = rb
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .context("request failed")?;
+    Ok(Resp {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        text: resp.text().await?,
+    })
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let rb = self.client.request(method, self.url(path));
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    async fn get(&self, token: Option<&str>, path: &str) -> Result<Resp> {
+        read(self.request(Method::GET, path, token)).await
+    }
+
+    /// `POST /api/spans` with one JSON span.
+    async fn post(&self, token: Option<&str>, span: &Value) -> Result<Resp> {
+        read(
+            self.request(Method::POST, "/api/spans", token)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(span.to_string()),
+        )
+        .await
+    }
+
+    async fn post_with_key(&self, token: Option<&str>, span: &Value, key: &str) -> Result<Resp> {
+        read(
+            self.request(Method::POST, "/api/spans", token)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", key)
+                .body(span.to_string()),
+        )
+        .await
+    }
+
+    async fn post_raw(
+        &self,
+        token: Option<&str>,
+        content_type: &str,
+        body: String,
+    ) -> Result<Resp> {
+        read(
+            self.request(Method::POST, "/api/spans", token)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// Posts a span that must be created; returns its id.
+    async fn create(&self, token: Option<&str>, span: &Value) -> Result<String> {
+        let r = self.post(token, span).await?;
+        ensure!(r.status == StatusCode::CREATED, "not created: {r:?}");
+        Ok(r.json()["id"].as_str().context("no id")?.to_string())
+    }
+
+    /// `POST /api/spans` as NDJSON: every line must be accepted; returns the ids in order.
+    async fn create_many(&self, token: Option<&str>, spans: &[Value]) -> Result<Vec<String>> {
+        let r = self
+            .post_raw(token, "application/x-ndjson", lines_of(spans))
+            .await?;
+        ensure!(r.status == StatusCode::OK, "NDJSON refused: {r:?}");
+        let results = r.ndjson();
+        ensure!(
+            results.len() == spans.len(),
+            "one result per line: {results:?}"
+        );
+        results
+            .iter()
+            .map(|res| {
+                ensure!(res["ok"] == json!(true), "line refused: {res}");
+                Ok(res["id"].as_str().context("no id")?.to_string())
+            })
+            .collect()
+    }
+
+    /// `GET /api/timeline?…`, which must succeed: (span ids, next_cursor).
+    async fn timeline(
+        &self,
+        token: Option<&str>,
+        query: &str,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let r = self.get(token, &format!("/api/timeline?{query}")).await?;
+        ensure!(r.status == StatusCode::OK, "timeline?{query} failed: {r:?}");
+        let page = r.json();
+        let ids = page["spans"]
+            .as_array()
+            .with_context(|| format!("no spans array: {page}"))?
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        let next = match &page["next_cursor"] {
+            Value::Null => None,
+            Value::String(c) => Some(c.clone()),
+            other => bail!("next_cursor is neither null nor a string: {other}"),
+        };
+        Ok((ids, next))
+    }
+
+    /// Opens `GET /api/timeline/stream?{query}`, which must answer 200 with an event stream.
+    async fn stream(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Events> {
+        let mut rb = self.request(Method::GET, &format!("/api/timeline/stream?{query}"), token);
+        if let Some(id) = last_event_id {
+            rb = rb.header("Last-Event-ID", id);
+        }
+        let resp = rb.send().await.context("stream request failed")?;
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if status != StatusCode::OK {
+            bail!(
+                "stream answered {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        ensure!(
+            ct.starts_with("text/event-stream"),
+            "stream content type `{ct}`"
+        );
+        Ok(Events {
+            body: Box::pin(resp.bytes_stream().map(|r| r.map(|b| b.to_vec()))),
+            buf: Vec::new(),
+            ended: false,
+        })
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        let r = self.get(None, "/metrics").await?;
+        ensure!(r.status == StatusCode::OK, "/metrics: {r:?}");
+        ensure!(
+            r.content_type().starts_with("text/plain"),
+            "/metrics content type {}",
+            r.content_type()
+        );
+        Ok(r.text)
+    }
+
+    /// Waits out the stream hub's first pass over the store (one 250 ms tick), so that streams
+    /// opened next carry only new spans on PostgreSQL too. Tests of other stream behaviour
+    /// call this; `a_fresh_stream_sends_only_spans_appended_after_it_opened` deliberately
+    /// does not, and fails while the hub replays its start-up window to early subscribers.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -TERM failed");
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Clone, Debug)]
+struct Event {
+    id: Option<String>,
+    event: String,
+    data: String,
+}
+
+impl Event {
+    /// The id of the span an `event: span` carries.
+    fn span_id(&self) -> String {
+        assert_eq!(self.event, "span", "not a span event: {self:?}");
+        let v: Value = serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("span event data is not JSON ({e}): {}", self.data));
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// The SSE `id:` as a number (the ingest id).
+    fn event_id(&self) -> i64 {
+        self.id
+            .as_deref()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("event without a numeric id: {self:?}"))
+    }
+}
+
+/// A minimal SSE reader over a response body.
+struct Events {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Vec<u8>>> + Send>>,
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl Events {
+    /// The next event (comments such as heartbeats are skipped), or None when nothing arrives
+    /// within `within` or the stream ended.
+    async fn next(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(ev) = self.parse_one() {
+                if let Some(ev) = ev {
+                    return Some(ev);
+                }
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return None,
+                Ok(None | Some(Err(_))) => self.ended = true,
+                Ok(Some(Ok(chunk))) => {
+                    self.buf.extend(chunk.iter().filter(|b| **b != b'\r'));
+                }
+            }
+        }
+    }
+
+    /// Takes one complete block off the buffer: Some(Some(event)), Some(None) for a block
+    /// without data (a comment), None when no complete block is buffered.
+    fn parse_one(&mut self) -> Option<Option<Event>> {
+        let end = self.buf.windows(2).position(|w| w == b"\n\n")?;
+        let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+        let text = String::from_utf8_lossy(&block);
+        let mut ev = Event {
+            id: None,
+            event: "message".into(),
+            data: String::new(),
+        };
+        let mut has_data = false;
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => ev.id = Some(value.to_string()),
+                "event" => ev.event = value.to_string(),
+                "data" => {
+                    if has_data {
+                        ev.data.push('\n');
+                    }
+                    ev.data.push_str(value);
+                    has_data = true;
+                }
+                _ => {}
+            }
+        }
+        Some(has_data.then_some(ev))
+    }
+
+    /// Exactly `n` events, each within EVENT_WAIT of the previous one.
+    async fn take(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.next(EVENT_WAIT).await {
+                Some(ev) => out.push(ev),
+                None => panic!(
+                    "expected {n} events, got {} before silence or the end: {out:?}",
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Asserts that nothing more arrives for a while.
+    async fn assert_quiet(&mut self, what: &str) {
+        if let Some(ev) = self.next(QUIET).await {
+            panic!("{what}: an unexpected event arrived: {ev:?}");
+        }
+    }
+}
+
+fn lines_of(spans: &[Value]) -> String {
+    spans.iter().map(|s| format!("{s}\n")).collect()
+}
+
+/// A complete span (all nine fields), with `extra` merged over it.
+fn span(extra: Value) -> Value {
+    let mut v = json!({
+        "who": "ana", "did": "confirmed delivery", "this": "delivery 312",
+        "when": "2026-11-20T10:00:00Z", "confirmed_by": "joao", "if_ok": "send receipt",
+        "if_doubt": "ask", "if_not": "open incident", "status": "valid"
+    });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+fn set(ids: &[String]) -> BTreeSet<String> {
+    ids.iter().cloned().collect()
+}
+
+fn span_ids(events: &[Event]) -> Vec<String> {
+    events.iter().map(Event::span_id).collect()
+}
+
+/// The value of one Prometheus sample line (`name{labels} value`), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Runs a behaviour as one test per store: `name::sqlite` and `name::postgres`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> anyhow::Result<()> {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+both_stores!(
+    ingest_answers_201_for_a_span_per_line_results_for_ndjson_and_refuses_bad_input_precisely,
+    the_same_idempotency_key_returns_the_original_span_with_200_and_duplicate_true,
+    every_error_is_a_problem_document_with_type_title_status_and_detail,
+    with_a_jwt_secret_requests_need_a_valid_unexpired_token_and_may_write_only_their_tenant,
+    a_401_names_the_bearer_scheme_in_www_authenticate,
+    other_tenants_never_see_private_or_tenant_spans_on_any_read_path_or_the_stream,
+    timeline_pages_by_cursor_without_gaps_or_duplicates_in_both_orders_and_filters,
+    a_stream_resumed_with_last_event_id_sends_exactly_the_missed_spans_then_live_ones,
+    a_fresh_stream_sends_only_spans_appended_after_it_opened,
+    sigterm_sends_streams_a_shutdown_event_finishes_in_flight_requests_and_exits_0,
+    a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_other_tenants_do_not,
+    an_unauthenticated_server_refuses_a_non_loopback_address_and_an_authenticated_one_binds_it,
+    readyz_metrics_manifest_and_verify_report_the_served_ledger,
+    a_closed_stream_stops_counting_as_a_stream_client,
+);
+
+// 1. ingest -------------------------------------------------------------------------------
+
+async fn ingest_answers_201_for_a_span_per_line_results_for_ndjson_and_refuses_bad_input_precisely(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::default()).await?;
+
+    // One JSON span: 201, Location, id; GET at the Location returns it with its hash.
+    let r = s.post(None, &span(json!({"did": "baked bread"}))).await?;
+    let created = r.expect(201);
+    let id = created["id"].as_str().context("no id")?.to_string();
+    ensure!(Uuid::parse_str(&id).is_ok(), "id is not a UUID: {created}");
+    let loc = r
+        .header("location")
+        .context("201 without Location")?
+        .to_string();
+    ensure!(
+        loc == format!("/api/spans/{id}"),
+        "Location `{loc}` for {id}"
+    );
+    ensure!(created["seq"] == json!(0), "{created}");
+    ensure!(created["duplicate"] == json!(false), "{created}");
+    ensure!(created["status"] == json!("valid"), "{created}");
+    ensure!(created["chain_pos"].as_i64().is_some(), "{created}");
+    let hash = created["curr_hash"].as_str().unwrap_or("");
+    ensure!(hash.starts_with("blake3:") && hash.len() == 71, "{created}");
+    let got = s.get(None, &loc).await?.expect(200);
+    ensure!(got["id"] == json!(id), "{got}");
+    ensure!(
+        got["curr_hash"] == created["curr_hash"],
+        "GET {got} vs POST {created}"
+    );
+    ensure!(got["did"] == json!("baked bread"), "{got}");
+    ensure!(
+        got["tenant_id"] == json!("local") && got["owner_id"] == json!("local"),
+        "{got}"
+    );
+
+    // A span missing fields is stored as a ghost, not refused.
+    let ghost = s
+        .post(None, &json!({"did": "only a verb"}))
+        .await?
+        .expect(201);
+    ensure!(ghost["status"] == json!("ghost"), "{ghost}");
+
+    // NDJSON: one result per non-blank line, numbered as in the body; good lines stored.
+    let body = format!(
+        "{}\n\n{}\nthis line is not json\n{}\n",
+        span(json!({"did": "line one"})),
+        json!({"did": 42}),
+        span(json!({"did": "line five"})),
+    );
+    let r = s.post_raw(None, "application/x-ndjson", body).await?;
+    ensure!(r.status == StatusCode::OK, "{r:?}");
+    ensure!(
+        r.content_type().starts_with("application/x-ndjson"),
+        "content type {}",
+        r.content_type()
+    );
+    let results = r.ndjson();
+    let lines: Vec<i64> = results
+        .iter()
+        .map(|x| x["line"].as_i64().unwrap_or(-1))
+        .collect();
+    ensure!(lines == [1, 3, 4, 5], "line numbers {lines:?}: {results:?}");
+    let oks: Vec<bool> = results.iter().map(|x| x["ok"] == json!(true)).collect();
+    ensure!(oks == [true, false, false, true], "{results:?}");
+    ensure!(
+        results[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`did`")),
+        "line 3's error does not name the field: {}",
+        results[1]
+    );
+    ensure!(
+        results[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("json")),
+        "line 4's error does not say it is not JSON: {}",
+        results[2]
+    );
+    for (res, did) in [(&results[0], "line one"), (&results[3], "line five")] {
+        let id = res["id"].as_str().context("no id")?;
+        let got = s.get(None, &format!("/api/spans/{id}")).await?.expect(200);
+        ensure!(
+            got["did"] == json!(did) && got["curr_hash"] == res["curr_hash"],
+            "{got}"
+        );
+    }
+    let (all, _) = s.timeline(None, "tenant=local&limit=1000").await?;
+    ensure!(
+        all.len() == 4,
+        "bread, ghost and two NDJSON lines, nothing else: {all:?}"
+    );
+
+    // A wrong field type: 422 naming the field.
+    for (bad, field) in [
+        (span(json!({"did": 42})), "did"),
+        (span(json!({"seq": "first"})), "seq"),
+        (span(json!({"visibility": "secret"})), "visibility"),
+        (span(json!({"related_to": "not-a-list"})), "related_to"),
+    ] {
+        let p = s.post(None, &bad).await?.problem(422);
+        ensure!(
+            p["detail"].as_str().unwrap().contains(field),
+            "the 422 for a bad `{field}` does not name it: {p}"
+        );
+    }
+    // Not JSON, or JSON that is not an object: 422.
+    let p = s
+        .post_raw(None, "application/json", "{\"did\": ".into())
+        .await?
+        .problem(422);
+    ensure!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("json"),
+        "{p}"
+    );
+    let p = s
+        .post_raw(None, "application/json", "[1, 2]".into())
+        .await?
+        .problem(422);
+    ensure!(p["detail"].as_str().unwrap().contains("object"), "{p}");
+    // An unsupported content type: 415.
+    let p = s
+        .post_raw(None, "text/plain", span(json!({})).to_string())
+        .await?
+        .problem(415);
+    ensure!(p["detail"].as_str().unwrap().contains("text/plain"), "{p}");
+    // None of the refused bodies was stored.
+    let (after, _) = s.timeline(None, "tenant=local&limit=1000").await?;
+    ensure!(after == all, "refused input was stored: {after:?}");
+    Ok(())
+}
+
+async fn the_same_idempotency_key_returns_the_original_span_with_200_and_duplicate_true(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::default()).await?;
+
+    let first = s
+        .post_with_key(None, &span(json!({"did": "charged card"})), "order-77")
+        .await?;
+    let a = first.expect(201);
+    ensure!(a["duplicate"] == json!(false), "{a}");
+    let second = s
+        .post_with_key(None, &span(json!({"did": "charged card"})), "order-77")
+        .await?;
+    let b = second.expect(200);
+    ensure!(
+        b["id"] == a["id"] && b["curr_hash"] == a["curr_hash"],
+        "{a} vs {b}"
+    );
+    ensure!(b["duplicate"] == json!(true), "{b}");
+    ensure!(
+        second.header("location") == first.header("location"),
+        "the retry's Location differs"
+    );
+    // Even a different body under the same key has no second effect.
+    let third = s
+        .post_with_key(None, &span(json!({"did": "charged twice"})), "order-77")
+        .await?;
+    let c = third.expect(200);
+    ensure!(c["id"] == a["id"] && c["duplicate"] == json!(true), "{c}");
+    let id = a["id"].as_str().unwrap();
+    let versions = s
+        .get(None, &format!("/api/spans/{id}/versions"))
+        .await?
+        .expect(200);
+    ensure!(
+        versions["versions"].as_array().map(Vec::len) == Some(1),
+        "{versions}"
+    );
+    let (all, _) = s.timeline(None, "tenant=local").await?;
+    ensure!(all == [id.to_string()], "one span for three posts: {all:?}");
+
+    // NDJSON under a key: the retry of the whole body reports the same ids, all duplicates.
+    let body = lines_of(&[span(json!({"did": "n1"})), span(json!({"did": "n2"}))]);
+    let send = || {
+        read(
+            s.request(Method::POST, "/api/spans", None)
+                .header(header::CONTENT_TYPE, "application/x-ndjson")
+                .header("Idempotency-Key", "batch-9")
+                .body(body.clone()),
+        )
+    };
+    let r1 = send().await?.ndjson();
+    let r2 = send().await?.ndjson();
+    ensure!(r1.len() == 2 && r2.len() == 2, "{r1:?} {r2:?}");
+    for (x, y) in r1.iter().zip(&r2) {
+        ensure!(
+            x["ok"] == json!(true) && x["duplicate"] == json!(false),
+            "{x}"
+        );
+        ensure!(
+            y["id"] == x["id"] && y["duplicate"] == json!(true),
+            "{x} vs {y}"
+        );
+    }
+    let (all, _) = s.timeline(None, "tenant=local").await?;
+    ensure!(all.len() == 3, "{all:?}");
+    Ok(())
+}
+
+// 2. errors -------------------------------------------------------------------------------
+
+async fn every_error_is_a_problem_document_with_type_title_status_and_detail(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l
+        .serve(Opts {
+            body_limit: Some(4096),
+            ..Opts::default()
+        })
+        .await?;
+    let id = s.create(None, &span(json!({}))).await?;
+
+    // Unknown routes.
+    for path in ["/api/nope", "/nothing/here", "/api/spans/x/y/z"] {
+        let p = s.get(None, path).await?.problem(404);
+        ensure!(
+            p["type"].as_str().unwrap().contains("not-found"),
+            "{path}: {p}"
+        );
+    }
+    // Wrong methods.
+    for (method, path) in [
+        (Method::DELETE, "/api/spans".to_string()),
+        (Method::PUT, "/api/timeline".into()),
+        (Method::POST, format!("/api/spans/{id}")),
+        (Method::POST, "/healthz".into()),
+    ] {
+        let r = read(s.request(method.clone(), &path, None)).await?;
+        r.problem(405);
+        ensure!(
+            r.header("allow").is_some(),
+            "{method} {path}: a 405 without Allow"
+        );
+    }
+    // Bad ids and parameters.
+    let missing = Uuid::now_v7();
+    for (path, status) in [
+        ("/api/spans/not-a-uuid".to_string(), 400),
+        ("/api/spans/not-a-uuid/versions".into(), 400),
+        (format!("/api/spans/{id}?seq=-1"), 400),
+        (format!("/api/spans/{id}?seq=one"), 400),
+        (format!("/api/spans/{missing}"), 404),
+        (format!("/api/spans/{missing}/versions"), 404),
+        (format!("/api/spans/{id}?seq=5"), 404),
+        ("/api/timeline?limit=0".into(), 400),
+        ("/api/timeline?limit=1001".into(), 400),
+        ("/api/timeline?limit=ten".into(), 400),
+        ("/api/timeline?cursor=garbage".into(), 400),
+        ("/api/timeline?cursor=djE6YTpub3BlCg".into(), 400),
+        ("/api/timeline?order=sideways".into(), 400),
+        ("/api/timeline?since=last-tuesday".into(), 400),
+        ("/api/timeline?related_to=nope".into(), 400),
+        ("/manifest/no-such-manifest".into(), 404),
+    ] {
+        let r = s.get(None, &path).await?;
+        ensure!(r.status.as_u16() == status, "GET {path}: {r:?}");
+        r.problem(status);
+    }
+    let p = s.get(None, "/api/timeline?limit=0").await?.problem(400);
+    ensure!(p["detail"].as_str().unwrap().contains("limit"), "{p}");
+    // A cursor is bound to its order.
+    let _ = s.create(None, &span(json!({}))).await?;
+    let (_, cursor) = s.timeline(None, "limit=1").await?;
+    let cursor = cursor.context("two spans and a manifest but no next_cursor at limit=1")?;
+    s.get(
+        None,
+        &format!("/api/timeline?limit=1&order=desc&cursor={cursor}"),
+    )
+    .await?
+    .problem(400);
+    // A bad Last-Event-ID.
+    let r = read(
+        s.request(Method::GET, "/api/timeline/stream", None)
+            .header("Last-Event-ID", "yesterday"),
+    )
+    .await?;
+    r.problem(400);
+
+    // Bodies over --body-limit: 413, whatever the content type; just under it is fine.
+    let big = span(json!({"content": {"text": "x".repeat(8 * 1024)}}));
+    s.post(None, &big).await?.problem(413);
+    s.post_raw(None, "application/x-ndjson", lines_of(&[big.clone(), big]))
+        .await?
+        .problem(413);
+    let fits = span(json!({"content": {"text": "y".repeat(3 * 1024)}}));
+    ensure!(fits.to_string().len() < 4096);
+    s.post(None, &fits).await?.expect(201);
+    Ok(())
+}
+
+// 3. auth ---------------------------------------------------------------------------------
+
+async fn with_a_jwt_secret_requests_need_a_valid_unexpired_token_and_may_write_only_their_tenant(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+
+    // `token issue` needs the secret, and says so.
+    let out = l
+        .command(&["token", "issue", "--user", "ana", "--tenant", "alpha"])
+        .output()?;
+    ensure!(
+        !out.status.success(),
+        "token issue without a secret succeeded"
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("LOGLINE_JWT_SECRET"),
+        "the refusal does not name LOGLINE_JWT_SECRET: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token("ana", "alpha", "1h");
+    let some_id = Uuid::now_v7();
+
+    // Without a token: 401 on every /api route; health, readiness and metrics stay open.
+    for path in [
+        "/api/timeline".to_string(),
+        format!("/api/spans/{some_id}"),
+        format!("/api/spans/{some_id}/versions"),
+        "/api/timeline/stream".into(),
+        "/api/verify".into(),
+    ] {
+        s.get(None, &path).await?.problem(401);
+    }
+    s.post(None, &span(json!({}))).await?.problem(401);
+    for open in ["/healthz", "/readyz", "/metrics", "/manifest/current"] {
+        let r = s.get(None, open).await?;
+        ensure!(r.status == StatusCode::OK, "{open} without a token: {r:?}");
+    }
+
+    // Garbage, wrongly signed and expired tokens: 401.
+    let forged = l.token_signed_with("another-secret", "ana", "alpha", "1h");
+    let expired = l.token("ana", "alpha", "0");
+    for (what, bad) in [
+        ("garbage", "garbage"),
+        ("three garbage parts", "a.b.c"),
+        ("signed with another secret", forged.as_str()),
+        ("expired", expired.as_str()),
+    ] {
+        let r = s.get(Some(bad), "/api/timeline").await?;
+        let p = r.problem(401);
+        if what == "expired" {
+            ensure!(p["detail"].as_str().unwrap().contains("expired"), "{p}");
+        }
+        s.post(Some(bad), &span(json!({}))).await?.problem(401);
+    }
+    let r = read(
+        s.request(Method::GET, "/api/timeline", None)
+            .header("Authorization", format!("Basic {ana}")),
+    )
+    .await?;
+    r.problem(401);
+    // The stream's query token is checked just as strictly.
+    s.get(None, "/api/timeline/stream?access_token=garbage")
+        .await?
+        .problem(401);
+    s.get(
+        None,
+        &format!("/api/timeline/stream?access_token={expired}"),
+    )
+    .await?
+    .problem(401);
+
+    // Writing into another tenant or as another owner: 403; per line in NDJSON.
+    let p = s
+        .post(Some(&ana), &span(json!({"tenant_id": "beta"})))
+        .await?
+        .problem(403);
+    ensure!(p["detail"].as_str().unwrap().contains("beta"), "{p}");
+    s.post(Some(&ana), &span(json!({"owner_id": "bob"})))
+        .await?
+        .problem(403);
+    let r = s
+        .post_raw(
+            Some(&ana),
+            "application/x-ndjson",
+            lines_of(&[
+                span(json!({"tenant_id": "beta"})),
+                span(json!({"did": "mine"})),
+            ]),
+        )
+        .await?;
+    let results = r.ndjson();
+    ensure!(results.len() == 2, "{results:?}");
+    ensure!(
+        results[0]["ok"] == json!(false) && results[0]["line"] == json!(1),
+        "{results:?}"
+    );
+    ensure!(results[1]["ok"] == json!(true), "{results:?}");
+
+    // A valid token works, and acts as its subject in its tenant.
+    let r = s
+        .post(Some(&ana), &span(json!({"did": "signed in"})))
+        .await?;
+    let created = r.expect(201);
+    let id = created["id"].as_str().unwrap();
+    let got = s
+        .get(Some(&ana), &format!("/api/spans/{id}"))
+        .await?
+        .expect(200);
+    ensure!(
+        got["tenant_id"] == json!("alpha") && got["owner_id"] == json!("ana"),
+        "{got}"
+    );
+    let (ids, _) = s.timeline(Some(&ana), "tenant=alpha").await?;
+    ensure!(ids.len() == 2 && ids.contains(&id.to_string()), "{ids:?}");
+    s.settle().await;
+    let mut stream = s.stream(None, &format!("access_token={ana}"), None).await?;
+    let id2 = s
+        .create(Some(&ana), &span(json!({"did": "seen live"})))
+        .await?;
+    ensure!(
+        span_ids(&stream.take(1).await) == [id2],
+        "the query-token stream"
+    );
+    // Nothing in beta was written.
+    let bob = l.token("bob", "beta", "1h");
+    let (beta, _) = s.timeline(Some(&bob), "tenant=beta").await?;
+    ensure!(beta.is_empty(), "tenant beta has spans: {beta:?}");
+    Ok(())
+}
+
+async fn a_401_names_the_bearer_scheme_in_www_authenticate(backend: Backend) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::auth()).await?;
+    for token in [None, Some("garbage")] {
+        let r = s.get(token, "/api/timeline").await?;
+        r.problem(401);
+        // RFC 9110 §11.6.1: a 401 MUST carry WWW-Authenticate; RFC 6750 names `Bearer`.
+        let challenge = r.header("www-authenticate").unwrap_or("");
+        ensure!(
+            challenge.starts_with("Bearer"),
+            "a 401 (token {token:?}) without `WWW-Authenticate: Bearer …`: {:?}",
+            r.headers
+        );
+    }
+    Ok(())
+}
+
+// 4. tenant isolation ---------------------------------------------------------------------
+
+async fn other_tenants_never_see_private_or_tenant_spans_on_any_read_path_or_the_stream(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token("ana", "alpha", "1h"); // tenant A
+    let alf = l.token("alf", "alpha", "1h"); // another user of tenant A
+    let bob = l.token("bob", "beta", "1h"); // tenant B
+
+    // Everyone subscribes first; bob through the EventSource-style query token.
+    s.settle().await;
+    let mut ana_live = s.stream(Some(&ana), "", None).await?;
+    let mut alf_live = s.stream(Some(&alf), "", None).await?;
+    let mut bob_live = s.stream(None, &format!("access_token={bob}"), None).await?;
+
+    let private = s
+        .create(
+            Some(&ana),
+            &span(json!({"did": "private note", "visibility": "private"})),
+        )
+        .await?;
+    let tenant = s
+        .create(
+            Some(&ana),
+            &span(json!({"did": "team note", "visibility": "tenant"})),
+        )
+        .await?;
+    let public = s
+        .create(
+            Some(&ana),
+            &span(json!({"did": "press release", "visibility": "public"})),
+        )
+        .await?;
+    // A second version of the private span: still private.
+    s.post(
+        Some(&ana),
+        &span(json!({"id": private, "seq": 1, "did": "private note v2", "visibility": "private"})),
+    )
+    .await?
+    .expect(201);
+
+    // Streams: ana sees all four appends, alf the tenant and public ones, bob only the public.
+    let ana_got = span_ids(&ana_live.take(4).await);
+    ensure!(
+        ana_got
+            == [
+                private.clone(),
+                tenant.clone(),
+                public.clone(),
+                private.clone()
+            ],
+        "ana's stream: {ana_got:?}"
+    );
+    let alf_got = span_ids(&alf_live.take(2).await);
+    ensure!(
+        alf_got == [tenant.clone(), public.clone()],
+        "alf's stream: {alf_got:?}"
+    );
+    let bob_got = span_ids(&bob_live.take(1).await);
+    ensure!(bob_got == [public.clone()], "bob's stream: {bob_got:?}");
+    alf_live
+        .assert_quiet("alf's stream after the tenant and public spans")
+        .await;
+    bob_live
+        .assert_quiet("bob's stream after the public span")
+        .await;
+
+    // Reads: (who, span, visible?).
+    for (who, token, id, visible) in [
+        ("ana", &ana, &private, true),
+        ("ana", &ana, &tenant, true),
+        ("alf", &alf, &private, false),
+        ("alf", &alf, &tenant, true),
+        ("alf", &alf, &public, true),
+        ("bob", &bob, &private, false),
+        ("bob", &bob, &tenant, false),
+        ("bob", &bob, &public, true),
+    ] {
+        for path in [
+            format!("/api/spans/{id}"),
+            format!("/api/spans/{id}?seq=0"),
+            format!("/api/spans/{id}/versions"),
+        ] {
+            let r = s.get(Some(token), &path).await?;
+            if visible {
+                ensure!(r.status == StatusCode::OK, "{who} GET {path}: {r:?}");
+            } else {
+                r.problem(404);
+                ensure!(
+                    !r.text.contains("private note") && !r.text.contains("team note"),
+                    "{who} GET {path} leaks: {}",
+                    r.text
+                );
+            }
+        }
+    }
+    let expect_timeline = [
+        ("ana", &ana, vec![&private, &tenant, &public]),
+        ("alf", &alf, vec![&tenant, &public]),
+        ("bob", &bob, vec![&public]),
+    ];
+    for (who, token, want) in expect_timeline {
+        let want: BTreeSet<String> = want.into_iter().cloned().collect();
+        for query in [
+            "limit=1000",
+            "tenant=alpha",
+            "tenant=alpha&order=desc",
+            "who=ana",
+            "did=private%20note%20v2",
+        ] {
+            let (ids, _) = s.timeline(Some(token), query).await?;
+            let got: BTreeSet<String> =
+                set(&ids).into_iter().filter(|i| i != MANIFEST_ID).collect();
+            let want_here: BTreeSet<String> = if query.starts_with("did=") {
+                want.iter().filter(|i| **i == private).cloned().collect()
+            } else {
+                want.clone()
+            };
+            ensure!(
+                got == want_here,
+                "{who}'s timeline?{query}: {got:?}, want {want_here:?}"
+            );
+        }
+    }
+    // Verify reports the caller's own tenant only.
+    let v = s.get(Some(&bob), "/api/verify").await?.expect(200);
+    ensure!(
+        v["tenant_id"] == json!("beta") && v["spans"] == json!(0),
+        "bob's verify: {v}"
+    );
+    let v = s.get(Some(&alf), "/api/verify").await?.expect(200);
+    ensure!(
+        v["tenant_id"] == json!("alpha") && v["spans"] == json!(4) && v["ok"] == json!(true),
+        "alf's verify: {v}"
+    );
+    Ok(())
+}
+
+// 5. pagination ---------------------------------------------------------------------------
+
+async fn timeline_pages_by_cursor_without_gaps_or_duplicates_in_both_orders_and_filters(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::default()).await?;
+    let steps: Vec<Value> = (0..25)
+        .map(|i| {
+            span(json!({"entity_type": "step", "did": format!("step {i}"),
+                        "when": format!("2026-01-01T00:{i:02}:00Z")}))
+        })
+        .collect();
+    let mut ids = s.create_many(None, &steps).await?;
+    let invoices: Vec<Value> = (0..3)
+        .map(|i| span(json!({"entity_type": "invoice", "did": format!("invoice {i}"), "when": "2026-01-01T00:30:00Z"})))
+        .collect();
+    let invoice_ids = s.create_many(None, &invoices).await?;
+    let late = |n: u32| {
+        span(
+            json!({"entity_type": "step", "did": format!("late {n}"), "when": "2025-06-01T00:00:00Z"}),
+        )
+    };
+
+    // Ascending, 10 per page, with a span appended after the first page.
+    let (p1, c1) = s.timeline(None, "entity_type=step&limit=10").await?;
+    let c1 = c1.context("page 1 has no next_cursor")?;
+    let mid = s.create(None, &late(1)).await?;
+    let (p2, c2) = s
+        .timeline(None, &format!("entity_type=step&limit=10&cursor={c1}"))
+        .await?;
+    let c2 = c2.context("page 2 has no next_cursor")?;
+    let (p3, c3) = s
+        .timeline(None, &format!("entity_type=step&limit=10&cursor={c2}"))
+        .await?;
+    ensure!(
+        p1.len() == 10 && p2.len() == 10,
+        "page sizes {} {}",
+        p1.len(),
+        p2.len()
+    );
+    ensure!(c3.is_none(), "the last page has a next_cursor");
+    let asc: Vec<String> = [p1, p2, p3].concat();
+    ids.push(mid.clone());
+    ensure!(asc == ids, "ascending pages:\n{asc:?}\nwant\n{ids:?}");
+
+    // Descending: the newest first; a span appended mid-way is newer than the cursor.
+    let (d1, c1) = s
+        .timeline(None, "entity_type=step&limit=10&order=desc")
+        .await?;
+    let _newer = s.create(None, &late(2)).await?;
+    let c1 = c1.context("desc page 1 has no next_cursor")?;
+    let (d2, c2) = s
+        .timeline(
+            None,
+            &format!("entity_type=step&limit=10&order=desc&cursor={c1}"),
+        )
+        .await?;
+    let c2 = c2.context("desc page 2 has no next_cursor")?;
+    let (d3, c3) = s
+        .timeline(
+            None,
+            &format!("entity_type=step&limit=10&order=desc&cursor={c2}"),
+        )
+        .await?;
+    ensure!(c3.is_none(), "the last desc page has a next_cursor");
+    let desc: Vec<String> = [d1, d2, d3].concat();
+    let want: Vec<String> = ids.iter().rev().cloned().collect();
+    ensure!(desc == want, "descending pages:\n{desc:?}\nwant\n{want:?}");
+
+    // Filters.
+    let (inv, _) = s.timeline(None, "entity_type=invoice").await?;
+    ensure!(inv == invoice_ids, "entity_type=invoice: {inv:?}");
+    let (since, _) = s
+        .timeline(None, "entity_type=step&since=2026-01-01T00:20:00Z")
+        .await?;
+    ensure!(since == ids[20..25], "since (inclusive) 00:20: {since:?}");
+    let (window, _) = s
+        .timeline(
+            None,
+            "entity_type=step&since=2026-01-01T00:10:00Z&until=2026-01-01T00:15:00Z",
+        )
+        .await?;
+    ensure!(window == ids[10..15], "since 00:10 until 00:15: {window:?}");
+    let (day, _) = s
+        .timeline(None, "since=2026-01-01&until=2026-01-02&limit=1000")
+        .await?;
+    ensure!(
+        day.len() == 28,
+        "the day 2026-01-01 holds 25 steps and 3 invoices: {day:?}"
+    );
+    let (one, _) = s.timeline(None, "did=step%207").await?;
+    ensure!(one == [ids[7].clone()], "did=step 7: {one:?}");
+    Ok(())
+}
+
+// 6. stream resume ------------------------------------------------------------------------
+
+async fn a_stream_resumed_with_last_event_id_sends_exactly_the_missed_spans_then_live_ones(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::default()).await?;
+
+    s.settle().await;
+    let mut live = s.stream(None, "", None).await?;
+    let mut first = Vec::new();
+    for i in 0..3 {
+        first.push(
+            s.create(None, &span(json!({"did": format!("before {i}")})))
+                .await?,
+        );
+    }
+    let got = live.take(3).await;
+    ensure!(span_ids(&got) == first, "live events {got:?}");
+    let ev_ids: Vec<i64> = got.iter().map(Event::event_id).collect();
+    ensure!(
+        ev_ids.windows(2).all(|w| w[0] < w[1]),
+        "event ids not increasing: {ev_ids:?}"
+    );
+    let last = got.last().unwrap().id.clone().unwrap();
+    drop(live);
+
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        missed.push(
+            s.create(None, &span(json!({"did": format!("missed {i}")})))
+                .await?,
+        );
+    }
+    // Give the hub time to publish the missed spans to nobody.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let mut resumed = s.stream(None, "", Some(&last)).await?;
+    let back = resumed.take(3).await;
+    ensure!(
+        span_ids(&back) == missed,
+        "after resuming at {last}: {back:?}"
+    );
+    let mut after = Vec::new();
+    for i in 0..2 {
+        after.push(
+            s.create(None, &span(json!({"did": format!("after {i}")})))
+                .await?,
+        );
+    }
+    let fresh = resumed.take(2).await;
+    ensure!(
+        span_ids(&fresh) == after,
+        "live events after resuming: {fresh:?}"
+    );
+    resumed.assert_quiet("the resumed stream").await;
+    let all: Vec<i64> = got
+        .iter()
+        .chain(&back)
+        .chain(&fresh)
+        .map(Event::event_id)
+        .collect();
+    ensure!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "event ids repeat or go back: {all:?}"
+    );
+
+    // The query form (`?last_event_id=`) resumes the same way.
+    let mut by_query = s
+        .stream(None, &format!("last_event_id={last}"), None)
+        .await?;
+    let again = by_query.take(5).await;
+    let want: Vec<String> = missed.iter().chain(&after).cloned().collect();
+    ensure!(
+        span_ids(&again) == want,
+        "resuming with ?last_event_id: {again:?}"
+    );
+    by_query.assert_quiet("the query-resumed stream").await;
+    Ok(())
+}
+
+async fn a_fresh_stream_sends_only_spans_appended_after_it_opened(backend: Backend) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    // Spans written during an earlier life of the server.
+    {
+        let s = l.serve(Opts::default()).await?;
+        s.create_many(
+            None,
+            &[span(json!({"visibility": "public"})), span(json!({}))],
+        )
+        .await?;
+    }
+    let s = l.serve(Opts::default()).await?;
+    let mut live = s.stream(None, "", None).await?;
+    // Let the hub make its first pass.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let id = s
+        .create(None, &span(json!({"did": "after opening"})))
+        .await?;
+    let got = live.take(1).await;
+    ensure!(
+        span_ids(&got) == [id.clone()],
+        "a stream opened without Last-Event-ID replayed old spans: first event {:?}",
+        got[0].data
+    );
+    live.assert_quiet("the fresh stream").await;
+    Ok(())
+}
+
+// 7. graceful shutdown --------------------------------------------------------------------
+
+async fn sigterm_sends_streams_a_shutdown_event_finishes_in_flight_requests_and_exits_0(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let mut s = l.serve(Opts::default()).await?;
+    s.settle().await;
+    let mut live = s.stream(None, "", None).await?;
+    let first = s
+        .create(None, &span(json!({"did": "before shutdown"})))
+        .await?;
+    ensure!(span_ids(&live.take(1).await) == [first]);
+
+    // An in-flight request: its body arrives in two halves, SIGTERM falls between them.
+    let body = span(json!({"did": "in flight during shutdown"})).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx))
+    });
+    let request = s
+        .request(Method::POST, "/api/spans", None)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(reqwest::Body::wrap_stream(chunks));
+    let in_flight = tokio::spawn(read(request));
+    tx.send(head.as_bytes().to_vec()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = Instant::now();
+    s.terminate();
+    let ev = live.next(EVENT_WAIT).await;
+    let ev = ev.context("no event after SIGTERM")?;
+    ensure!(
+        ev.event == "shutdown",
+        "expected `event: shutdown`, got {ev:?}"
+    );
+    ensure!(
+        serde_json::from_str::<Value>(&ev.data).is_ok(),
+        "shutdown data is not JSON: {}",
+        ev.data
+    );
+    ensure!(
+        live.next(EVENT_WAIT).await.is_none(),
+        "the stream continued after shutdown"
+    );
+
+    // The server stops accepting new connections…
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = reqwest::Client::builder().no_proxy().build()?;
+    let refused = fresh
+        .get(s.url("/healthz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    ensure!(
+        refused.is_err(),
+        "a new connection was served during shutdown: {refused:?}"
+    );
+    // …but the rest of the in-flight body, arriving well after that, is still served.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        s.proc.child.try_wait()?.is_none(),
+        "the server exited with a request in flight"
+    );
+    tx.send(tail.as_bytes().to_vec()).await?;
+    drop(tx);
+    let r = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .context("the in-flight request never finished")???;
+    let created = r.expect(201);
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let status = s
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .with_context(|| {
+            format!(
+                "still running 5 s after SIGTERM; stderr:\n{}",
+                s.proc.stderr()
+            )
+        })?;
+    ensure!(
+        status.code() == Some(0),
+        "exit {status:?} after SIGTERM; stderr:\n{}",
+        s.proc.stderr()
+    );
+    ensure!(signalled.elapsed() < Duration::from_secs(5));
+    drop(s);
+
+    // The acknowledged span survived.
+    let s = l.serve(Opts::default()).await?;
+    let got = s.get(None, &format!("/api/spans/{id}")).await?.expect(200);
+    ensure!(got["did"] == json!("in flight during shutdown"), "{got}");
+    Ok(())
+}
+
+// 8. rate limit ---------------------------------------------------------------------------
+
+async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_other_tenants_do_not(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l
+        .serve(Opts {
+            rate_limit: Some(5),
+            ..Opts::auth()
+        })
+        .await?;
+    let ana = l.token("ana", "alpha", "1h");
+    let bob = l.token("bob", "beta", "1h");
+
+    let burst = (0..30).map(|_| s.get(Some(&ana), "/api/timeline?limit=1"));
+    let results = futures::future::join_all(burst).await;
+    let mut ok = 0;
+    let mut limited = Vec::new();
+    for r in results {
+        let r = r?;
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => limited.push(r),
+            other => bail!("unexpected {other}: {}", r.text),
+        }
+    }
+    // Burst of twice the rate (10), plus what refills while the burst runs.
+    ensure!(
+        (10..=20).contains(&ok),
+        "{ok} of 30 got through a limit of 5/s (burst 10)"
+    );
+    ensure!(
+        limited.len() >= 10,
+        "only {} of 30 were limited",
+        limited.len()
+    );
+    let mut wait = 0;
+    for r in &limited {
+        let p = r.problem(429);
+        ensure!(p["type"].as_str().unwrap().contains("rate-limited"), "{p}");
+        let retry: u64 = r
+            .header("retry-after")
+            .context("a 429 without Retry-After")?
+            .parse()
+            .context("Retry-After is not a number of seconds")?;
+        ensure!((1..=2).contains(&retry), "Retry-After {retry}");
+        wait = wait.max(retry);
+    }
+    // Another tenant, and the health check, are unaffected.
+    let (_, _) = s.timeline(Some(&bob), "limit=1").await?;
+    ensure!(s.get(None, "/healthz").await?.status == StatusCode::OK);
+    // After Retry-After, the tenant may go on.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let (_, _) = s.timeline(Some(&ana), "limit=1").await?;
+    Ok(())
+}
+
+// 9. binding ------------------------------------------------------------------------------
+
+async fn an_unauthenticated_server_refuses_a_non_loopback_address_and_an_authenticated_one_binds_it(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    for bind in ["0.0.0.0:0", "[::]:0"] {
+        let mut p = Spawned::start(l.command(&["serve", "--bind", bind]))?;
+        let status = p.wait_exit(Duration::from_secs(10)).await;
+        let status =
+            status.with_context(|| format!("serve --bind {bind} without auth kept running"))?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stderr = p.stderr();
+        ensure!(
+            !status.success(),
+            "serve --bind {bind} without auth exited 0"
+        );
+        ensure!(
+            stderr.contains("refusing") && stderr.contains("LOGLINE_JWT_SECRET"),
+            "the refusal to bind {bind} does not say why: {stderr}"
+        );
+        let printed: Vec<String> = p.lines.try_iter().collect();
+        ensure!(
+            !printed.iter().any(|x| x.contains("listening")),
+            "it printed a listening line: {printed:?}"
+        );
+    }
+    let s = l
+        .serve(Opts {
+            bind: "0.0.0.0:0".into(),
+            ..Opts::auth()
+        })
+        .await?;
+    ensure!(s.addr.starts_with("0.0.0.0:"), "listening on {}", s.addr);
+    ensure!(s.get(None, "/healthz").await?.status == StatusCode::OK);
+    s.get(None, "/api/timeline").await?.problem(401);
+    Ok(())
+}
+
+// 10. readiness, metrics, manifest, verify ------------------------------------------------
+
+async fn readyz_metrics_manifest_and_verify_report_the_served_ledger(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::default()).await?;
+
+    let h = s.get(None, "/healthz").await?.expect(200);
+    ensure!(h["status"] == json!("ok"), "{h}");
+    let r = s.get(None, "/readyz").await?.expect(200);
+    ensure!(r["store"] == json!(l.store_name()), "{r}");
+
+    // 2 single spans (201), 3 NDJSON lines (200), 1 idempotent retry (200, not appended).
+    let a = s.create(None, &span(json!({"did": "one"}))).await?;
+    s.post_with_key(None, &span(json!({"did": "two"})), "k2")
+        .await?
+        .expect(201);
+    s.post_with_key(None, &span(json!({"did": "two"})), "k2")
+        .await?
+        .expect(200);
+    s.create_many(None, &[span(json!({})), span(json!({})), span(json!({}))])
+        .await?;
+    s.get(None, &format!("/api/spans/{a}")).await?.expect(200);
+    s.get(None, "/api/nothing-here").await?.problem(404);
+    let _live = s.stream(None, "", None).await?;
+
+    let m = s.metrics().await?;
+    let posts = |status: u16| {
+        sample(
+            &m,
+            &format!(
+                "logline_http_requests_total{{route=\"/api/spans\",method=\"POST\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    ensure!(
+        posts(201) == Some(2.0),
+        "POST 201 count {:?}:\n{m}",
+        posts(201)
+    );
+    ensure!(
+        posts(200) == Some(2.0),
+        "POST 200 count {:?}:\n{m}",
+        posts(200)
+    );
+    ensure!(
+        sample(
+            &m,
+            "logline_http_requests_total{route=\"/api/spans/{id}\",method=\"GET\",status=\"200\"}"
+        ) == Some(1.0),
+        "GET by id is not counted under its route template:\n{m}"
+    );
+    ensure!(
+        !m.contains(&a),
+        "a concrete span id became a metric label:\n{m}"
+    );
+    ensure!(
+        !m.contains("nothing-here"),
+        "an unknown path became a metric label:\n{m}"
+    );
+    ensure!(
+        sample(&m, "logline_spans_appended_total") == Some(5.0),
+        "spans appended:\n{m}"
+    );
+    ensure!(
+        sample(&m, "logline_stream_clients") == Some(1.0),
+        "stream clients:\n{m}"
+    );
+    ensure!(
+        m.contains("logline_http_request_duration_seconds_bucket{route=\"/api/spans\""),
+        "no latency histogram:\n{m}"
+    );
+
+    // The manifest, by `current` and by its own name.
+    let man = s.get(None, "/manifest/current").await?.expect(200);
+    ensure!(man["id"] == json!(MANIFEST_ID), "{man}");
+    ensure!(man["entity_type"] == json!("manifest"), "{man}");
+    ensure!(man["visibility"] == json!("public"), "{man}");
+    ensure!(
+        man["curr_hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("blake3:")),
+        "{man}"
+    );
+    if let Some(name) = man["name"].as_str() {
+        let by_name = s.get(None, &format!("/manifest/{name}")).await?.expect(200);
+        ensure!(by_name == man, "{by_name} vs {man}");
+    }
+    let via_api = s
+        .get(None, &format!("/api/spans/{MANIFEST_ID}"))
+        .await?
+        .expect(200);
+    ensure!(via_api["curr_hash"] == man["curr_hash"], "{via_api}");
+
+    // Verify: the caller's tenant, all five spans, ok.
+    let v = s.get(None, "/api/verify").await?.expect(200);
+    ensure!(v["ok"] == json!(true), "{v}");
+    ensure!(v["tenant_id"] == json!("local"), "{v}");
+    ensure!(v["spans"] == json!(5), "{v}");
+    Ok(())
+}
+
+async fn a_closed_stream_stops_counting_as_a_stream_client(backend: Backend) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::default()).await?;
+    // A stream with a filter nothing matches: the server never has a reason to write to it.
+    let live = s.stream(None, "entity_type=never-written", None).await?;
+    let m = s.metrics().await?;
+    ensure!(sample(&m, "logline_stream_clients") == Some(1.0), "{m}");
+    drop(live);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let m = s.metrics().await?;
+        if sample(&m, "logline_stream_clients") == Some(0.0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "3 s after the client hung up, logline_stream_clients is still {:?}",
+                sample(&m, "logline_stream_clients")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
