@@ -1,6 +1,9 @@
 //! Stage-0 and the kernels live here (issue 4: manifest verification at boot, observer_bot,
-//! request_worker, run_code, policy_agent, provider_exec, midnight_ruler). For now the crate
-//! only re-exports the ledger so the dependency direction `server → kernels → ledger` holds.
+//! request_worker, run_code, policy_agent, provider_exec, midnight_ruler). It re-exports the
+//! ledger so the dependency direction `server → kernels → ledger` holds; `sandbox` is the
+//! JavaScript engine sandbox that `run_code` runs user functions in.
 #![forbid(unsafe_code)]
 
 pub use ledger;
+
+pub mod sandbox;
