@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::auth::Auth;
-use crate::serve::{AppState, Limits, router};
+use axum::serve::Listener;
+
+use crate::serve::{AppState, Limits, listen, router};
 
 type Conn = SendRequest<Full<Bytes>>;
 
@@ -79,7 +81,7 @@ async fn start(store: Arc<dyn Store>) -> Result<SocketAddr> {
     )
     .await?;
     let app = router(state, &limits);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -175,6 +177,14 @@ pub async fn run(
     Ok(out)
 }
 
+/// The bench marker (`"this":"stream-N"`) of one SSE event, if it carries one.
+fn marker_of(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let at = text.find("\"this\":\"stream-")? + 8;
+    let rest = &text[at..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
 /// Opens `subscribers` SSE streams, then appends `events` spans one at a time and measures, per
 /// subscriber and span, the time from the append being acknowledged to the event arriving.
 async fn stream(
@@ -183,6 +193,8 @@ async fn stream(
     subscribers: usize,
     events: usize,
 ) -> Result<Value> {
+    // Let the hub publish what earlier phases wrote, so subscribers start from a quiet ledger.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers);
@@ -200,20 +212,24 @@ async fn stream(
             let resp = conn.send_request(req).await?;
             let mut body = resp.into_body();
             ready.send(()).await.ok();
-            let mut carry = String::new();
+            // Parse whole SSE events (separated by a blank line); keep only the unfinished one.
+            let mut carry: Vec<u8> = Vec::new();
             while let Some(frame) = body.frame().await {
                 let Ok(frame) = frame else { break };
                 let Some(data) = frame.data_ref() else {
                     continue;
                 };
                 let now = Instant::now();
-                carry.push_str(&String::from_utf8_lossy(data));
-                while let Some(i) = carry.find("\"this\":\"stream-") {
-                    let rest = &carry[i + 8..];
-                    let end = rest.find('"').unwrap_or(rest.len());
-                    arrivals.lock().await.push((rest[..end].to_string(), now));
-                    carry = rest[end..].to_string();
+                carry.extend_from_slice(data);
+                let mut consumed = 0;
+                while let Some(end) = carry[consumed..].windows(2).position(|w| w == b"\n\n") {
+                    let event = &carry[consumed..consumed + end];
+                    if let Some(marker) = marker_of(event) {
+                        arrivals.lock().await.push((marker, now));
+                    }
+                    consumed += end + 2;
                 }
+                carry.drain(..consumed);
             }
             Ok::<_, anyhow::Error>(())
         }));

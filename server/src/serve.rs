@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::serve::{Listener, ListenerExt, TapIo};
 use ledger::Store;
 use ledger::store::group::GroupCommit;
 use tokio::sync::watch;
@@ -52,7 +53,18 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Flips to true when the server starts shutting down (streams send a last event).
     pub shutdown: watch::Receiver<bool>,
+    trusted: Arc<tokio::sync::RwLock<Option<TrustedCache>>>,
 }
+
+/// The manifest's trusted keys as of a manifest generation seen by the hub.
+struct TrustedCache {
+    generation: u64,
+    fetched: Instant,
+    keys: Arc<Vec<String>>,
+}
+
+/// Re-read at least this often even if the hub saw no manifest change (belt and braces).
+const TRUSTED_TTL: Duration = Duration::from_secs(30);
 
 impl AppState {
     pub async fn new(
@@ -70,7 +82,27 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             limiter: Arc::new(RateLimiter::new(limits.tenant_rps)),
             shutdown,
+            trusted: Arc::default(),
         })
+    }
+
+    /// The keys client signatures may verify against. Cached so that an append does not cost
+    /// a manifest read; a new manifest seq (seen by the hub, from any process) invalidates it.
+    pub async fn trusted_keys(&self) -> Result<Arc<Vec<String>>, ledger::StoreError> {
+        let generation = self.hub.manifest_generation();
+        if let Some(c) = self.trusted.read().await.as_ref()
+            && c.generation == generation
+            && c.fetched.elapsed() < TRUSTED_TTL
+        {
+            return Ok(c.keys.clone());
+        }
+        let keys = Arc::new(ledger::store::trusted_keys(self.store.as_ref()).await?);
+        *self.trusted.write().await = Some(TrustedCache {
+            generation,
+            fetched: Instant::now(),
+            keys: keys.clone(),
+        });
+        Ok(keys)
     }
 }
 
@@ -209,6 +241,21 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
+/// Binds with TCP_NODELAY on every accepted connection: stream events and small responses are
+/// written at once instead of waiting behind Nagle's algorithm for the peer's delayed ACK.
+pub async fn listen(
+    addr: SocketAddr,
+) -> std::io::Result<TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>> {
+    fn no_delay(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    }
+    Ok(tokio::net::TcpListener::bind(addr)
+        .await?
+        .tap_io(no_delay as fn(&mut tokio::net::TcpStream)))
+}
+
 /// Refuses to expose an unauthenticated server beyond this machine.
 pub fn check_bind(addr: &SocketAddr, auth: &Auth) -> Result<(), String> {
     if !auth.is_enabled() && !addr.ip().is_loopback() {
@@ -232,7 +279,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(store, auth, &limits, stop_rx).await?;
     let app = router(state, &limits);
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = listen(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;

@@ -67,6 +67,13 @@ pub trait Store: Send + Sync + 'static {
     /// stream hub reads them once and filters per subscriber).
     async fn tail(&self, after: i64, limit: i64) -> Result<Vec<TailRow>, StoreError>;
 
+    /// The given ingest ids that exist now, in ingest order: lets the hub pick up spans whose
+    /// transactions committed after higher ids were already seen, without re-reading a window.
+    async fn tail_ids(&self, ids: &[i64]) -> Result<Vec<TailRow>, StoreError>;
+
+    /// The highest ingest id stored (0 for an empty ledger).
+    async fn last_ingest_id(&self) -> Result<i64, StoreError>;
+
     /// Wakes `wake` whenever another process may have appended (PostgreSQL `LISTEN`); the
     /// embedded store has no other writers worth waking for, so the default does nothing.
     fn watch_appends(&self, wake: std::sync::Arc<tokio::sync::Notify>) {

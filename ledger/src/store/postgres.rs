@@ -29,7 +29,35 @@ pub struct PgStore {
 
 type Tx = Transaction<'static, Postgres>;
 
+const TAIL_SELECT: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
+     s.tenant_id, s.owner_id, s.visibility \
+     FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
+     LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE ";
+
 impl PgStore {
+    /// Runs a tail query (administrative: across tenants, as the auditor role).
+    async fn tail_rows(&self, mut qb: QueryBuilder<Postgres>) -> Result<Vec<TailRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
+            .execute(&mut *tx)
+            .await?;
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let row = to_row(r);
+                TailRow {
+                    ingest_id: row.ingest_id,
+                    tenant_id: r.get(6),
+                    owner_id: r.get(7),
+                    visibility: r.get(8),
+                    span: row.span,
+                }
+            })
+            .collect())
+    }
+
     pub async fn connect(url: &str, key: NodeKey) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -506,34 +534,35 @@ impl Store for PgStore {
     }
 
     async fn tail(&self, after: i64, limit: i64) -> Result<Vec<TailRow>, StoreError> {
+        let mut qb = QueryBuilder::new(TAIL_SELECT);
+        qb.push("s.ingest_id > ")
+            .push_bind(after)
+            .push(" ORDER BY s.ingest_id LIMIT ")
+            .push_bind(limit);
+        self.tail_rows(qb).await
+    }
+
+    async fn tail_ids(&self, ids: &[i64]) -> Result<Vec<TailRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::new(TAIL_SELECT);
+        qb.push("s.ingest_id = ANY(")
+            .push_bind(ids.to_vec())
+            .push(") ORDER BY s.ingest_id");
+        self.tail_rows(qb).await
+    }
+
+    async fn last_ingest_id(&self) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(
-            "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
-             s.tenant_id, s.owner_id, s.visibility \
-             FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
-             LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE s.ingest_id > $1 ORDER BY s.ingest_id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(ingest_id) FROM ledger.spans")
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let row = to_row(r);
-                TailRow {
-                    ingest_id: row.ingest_id,
-                    tenant_id: r.get(6),
-                    owner_id: r.get(7),
-                    visibility: r.get(8),
-                    span: row.span,
-                }
-            })
-            .collect())
+        Ok(last.unwrap_or(0))
     }
 
     async fn tenants(&self) -> Result<Vec<String>, StoreError> {

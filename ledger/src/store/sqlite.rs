@@ -30,7 +30,28 @@ pub struct SqliteStore {
     key: NodeKey,
 }
 
+const TAIL_SELECT: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
+     s.tenant_id, s.owner_id, s.visibility \
+     FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
+     LEFT JOIN redactions r ON r.target_id = s.id WHERE ";
+
 impl SqliteStore {
+    async fn tail_rows(&self, mut qb: QueryBuilder<Sqlite>) -> Result<Vec<TailRow>, StoreError> {
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let row = to_row(r)?;
+                Ok(TailRow {
+                    ingest_id: row.ingest_id,
+                    tenant_id: r.get(6),
+                    owner_id: r.get(7),
+                    visibility: r.get(8),
+                    span: row.span,
+                })
+            })
+            .collect()
+    }
+
     pub async fn open_file(path: &Path, key: NodeKey) -> Result<Self, StoreError> {
         // Processes opening a fresh file at the same moment must not both apply the migrations:
         // hold an exclusive lock on a sidecar file while migrating.
@@ -497,28 +518,32 @@ impl Store for SqliteStore {
     }
 
     async fn tail(&self, after: i64, limit: i64) -> Result<Vec<TailRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
-             s.tenant_id, s.owner_id, s.visibility \
-             FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
-             LEFT JOIN redactions r ON r.target_id = s.id WHERE s.ingest_id > ? ORDER BY s.ingest_id LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let row = to_row(r)?;
-                Ok(TailRow {
-                    ingest_id: row.ingest_id,
-                    tenant_id: r.get(6),
-                    owner_id: r.get(7),
-                    visibility: r.get(8),
-                    span: row.span,
-                })
-            })
-            .collect()
+        let mut qb = QueryBuilder::new(TAIL_SELECT);
+        qb.push("s.ingest_id > ")
+            .push_bind(after)
+            .push(" ORDER BY s.ingest_id LIMIT ")
+            .push_bind(limit);
+        self.tail_rows(qb).await
+    }
+
+    async fn tail_ids(&self, ids: &[i64]) -> Result<Vec<TailRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One bound JSON array instead of a variable number of placeholders.
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Config(e.to_string()))?;
+        let mut qb = QueryBuilder::new(TAIL_SELECT);
+        qb.push("s.ingest_id IN (SELECT value FROM json_each(")
+            .push_bind(list)
+            .push(")) ORDER BY s.ingest_id");
+        self.tail_rows(qb).await
+    }
+
+    async fn last_ingest_id(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(ingest_id) FROM spans")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last.unwrap_or(0))
     }
 
     async fn tenants(&self) -> Result<Vec<String>, StoreError> {

@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use ledger::store;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -249,7 +248,7 @@ async fn post_spans(
         .transpose()?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
-    let trusted = store::trusted_keys(st.store.as_ref()).await?;
+    let trusted = st.trusted_keys().await?;
     let p = &caller.principal;
     match mime.as_str() {
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {

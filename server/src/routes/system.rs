@@ -162,7 +162,7 @@ async fn manifest(
     ),
 )]
 async fn verify(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let trusted = store::trusted_keys(st.store.as_ref()).await?;
+    let trusted = st.trusted_keys().await?;
     let report =
         ledger::verify::verify_tenant(st.store.as_ref(), &caller.principal.tenant_id, &trusted)
             .await?;

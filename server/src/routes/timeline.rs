@@ -253,17 +253,20 @@ fn span_event(ingest_id: i64, view: &serde_json::Value) -> Event {
         .data(view.to_string())
 }
 
-/// Pages through spans after `after` that the principal may see; returns the events and the
-/// last ingest id sent.
+type EventTx = tokio::sync::mpsc::Sender<Result<Event, Infallible>>;
+
+/// Sends the spans after `after` that the principal may see, one page at a time, so a client
+/// catching up holds at most one page in server memory. Returns the last id sent, or `None`
+/// when the client went away or the store failed (the client is told, and may resume).
 async fn backfill(
     store: &dyn Store,
     principal: &Principal,
     filter: &Filter,
     mut after: i64,
-) -> Result<(Vec<Event>, i64), ApiError> {
-    let mut events = Vec::new();
+    tx: &EventTx,
+) -> Option<i64> {
     loop {
-        let page = store
+        let page = match store
             .query(
                 principal,
                 &Filter {
@@ -273,17 +276,28 @@ async fn backfill(
                     ..filter.clone()
                 },
             )
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream catch-up failed");
+                let _ = tx
+                    .send(Ok(Event::default().event("error").data(
+                        "{\"detail\":\"could not read missed spans; reconnect with Last-Event-ID\"}",
+                    )))
+                    .await;
+                return None;
+            }
+        };
         for r in &page.rows {
-            let view = r
-                .span
-                .to_view()
-                .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
-            events.push(span_event(r.ingest_id, &view));
+            let Ok(view) = r.span.to_view() else { continue };
+            if tx.send(Ok(span_event(r.ingest_id, &view))).await.is_err() {
+                return None;
+            }
             after = r.ingest_id;
         }
         if page.next_cursor.is_none() {
-            return Ok((events, after));
+            return Some(after);
         }
     }
 }
@@ -338,19 +352,25 @@ async fn stream(
         .transpose()?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut rx = st.hub.subscribe();
+    // A fresh client starts at what the hub has already published; it is never sent history,
+    // not even when it lags and has to catch up from the store.
+    let start = resume.unwrap_or_else(|| st.hub.published_through());
     let principal = caller.principal.clone();
-    let (initial, mut last_sent) = match resume {
-        Some(after) => backfill(st.store.as_ref(), &principal, &filter, after).await?,
-        None => (Vec::new(), 0),
-    };
     let guard = ClientGuard::new(st.metrics.clone());
     let store = st.store.clone();
     let mut shutdown = st.shutdown.clone();
     let s = async_stream(move |tx| async move {
         let _guard = guard;
-        for e in initial {
-            if tx.send(Ok(e)).await.is_err() {
-                return;
+        let mut last_sent = start;
+        // Events at or below this id came from the store; the live copies are duplicates.
+        let mut caught_up_to = 0;
+        if resume.is_some() {
+            match backfill(store.as_ref(), &principal, &filter, last_sent, &tx).await {
+                Some(last) => {
+                    last_sent = last;
+                    caught_up_to = last;
+                }
+                None => return,
             }
         }
         loop {
@@ -359,16 +379,12 @@ async fn stream(
                     Ok(ev) => ev,
                     Err(RecvError::Lagged(_)) => {
                         // Too slow for the live channel: catch up from the store instead.
-                        match backfill(store.as_ref(), &principal, &filter, last_sent).await {
-                            Ok((events, last)) => {
+                        match backfill(store.as_ref(), &principal, &filter, last_sent, &tx).await {
+                            Some(last) => {
                                 last_sent = last;
-                                for e in events {
-                                    if tx.send(Ok(e)).await.is_err() {
-                                        return;
-                                    }
-                                }
+                                caught_up_to = last;
                             }
-                            Err(e) => tracing::warn!(error = %e, "stream catch-up failed"),
+                            None => return,
                         }
                         continue;
                     }
@@ -380,18 +396,19 @@ async fn stream(
                     return;
                 }
             };
-            if ev.ingest_id <= last_sent && resume.is_some() {
+            // The hub publishes each id once, so only store catch-ups can duplicate.
+            if ev.ingest_id <= caught_up_to {
                 continue;
             }
             if principal.can_see(&ev.tenant_id, &ev.owner_id, ev.visibility)
                 && filter.matches(&ev.view)
             {
                 last_sent = last_sent.max(ev.ingest_id);
-                if tx
-                    .send(Ok(span_event(ev.ingest_id, &ev.view)))
-                    .await
-                    .is_err()
-                {
+                let event = Event::default()
+                    .id(ev.ingest_id.to_string())
+                    .event("span")
+                    .data(&*ev.data);
+                if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
