@@ -4,6 +4,7 @@
 
 pub mod crypto;
 pub mod error;
+pub mod law;
 pub mod plan;
 pub mod query;
 pub mod span;

@@ -119,6 +119,11 @@ pub enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Law language tools: `law check FILE` parses a law and points at any error.
+    Law {
+        #[command(subcommand)]
+        what: crate::cli_law::LawCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -280,6 +285,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export { out } => export(g, &out).await,
         Command::Redact { id, reason } => redact(g, id, &reason).await,
         Command::Bench { what } => bench::run(g, what).await,
+        Command::Law { what } => crate::cli_law::run(what),
         Command::Serve {
             bind,
             body_limit,
