@@ -6,4 +6,7 @@
 
 pub use ledger;
 
+pub mod manifest;
+pub mod run_code;
 pub mod sandbox;
+pub mod stage0;

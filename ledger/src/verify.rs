@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::crypto::{self, GENESIS_HASH};
 use crate::error::StoreError;
-use crate::span::TrustedKeys;
+use crate::span::{StoredSpan, TrustedKeys};
 use crate::store::Store;
 
 /// A span as the auditor reads it: raw, with the indexed columns to cross-check.
@@ -218,6 +218,56 @@ struct Checked {
     key: VerifyingKey,
 }
 
+/// Why one span's seal does not hold: its content, its signer or its signature.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The envelope or the body is not what was hashed (or is unreadable).
+    #[error("{0}")]
+    Altered(String),
+    /// Signed by a key the manifest does not trust.
+    #[error("signed by {0}, which the manifest does not trust")]
+    Untrusted(String),
+    /// The signature (node or client) does not verify.
+    #[error("{0}")]
+    Signature(String),
+}
+
+/// Checks one stored span on its own: its envelope hashes to `curr_hash`, its body (unless
+/// redacted) matches `body_digest`, and it is signed by a trusted key. The same checks as
+/// [`verify_tenant`] minus the links to its neighbours, for readers that must trust one span
+/// (Stage-0 before booting a kernel). Returns the span's envelope as JSON.
+pub fn verify_span(
+    span: &StoredSpan,
+    trusted: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, SealError> {
+    let env = open_envelope(&span.envelope, &span.curr_hash)?;
+    let checked = check_seal(
+        env,
+        span.body.as_deref(),
+        span.redacted_by.is_some(),
+        &span.curr_hash,
+        &span.signature,
+        trusted,
+        &mut HashMap::new(),
+    )?;
+    checked
+        .key
+        .verify_strict(&checked.message, &checked.signature)
+        .map_err(|_| SealError::Signature("signature: Ed25519 signature does not match".into()))?;
+    serde_json::from_str(&span.envelope).map_err(|e| SealError::Altered(format!("envelope: {e}")))
+}
+
+/// Recomputes the envelope's hash and parses the fields verification reads.
+fn open_envelope<'a>(envelope: &'a str, curr_hash: &str) -> Result<Envelope<'a>, SealError> {
+    let computed = crypto::digest(envelope.as_bytes());
+    if computed != curr_hash {
+        return Err(SealError::Altered(format!(
+            "content was altered: stored curr_hash {curr_hash} but the envelope hashes to {computed}"
+        )));
+    }
+    serde_json::from_str(envelope).map_err(|e| SealError::Altered(format!("envelope: {e}")))
+}
+
 /// Everything about one row that does not depend on its neighbours, except the node signature,
 /// which is returned for batch verification.
 fn check_row(
@@ -226,15 +276,7 @@ fn check_row(
     trusted: &[String],
     keys: &mut HashMap<String, Result<VerifyingKey, String>>,
 ) -> Result<Checked, String> {
-    let computed = crypto::digest(row.envelope.as_bytes());
-    if computed != row.curr_hash {
-        return Err(format!(
-            "content was altered: stored curr_hash {} but the envelope hashes to {computed}",
-            row.curr_hash
-        ));
-    }
-    let env: Envelope<'_> =
-        serde_json::from_str(&row.envelope).map_err(|e| format!("envelope: {e}"))?;
+    let env = open_envelope(&row.envelope, &row.curr_hash).map_err(|e| e.to_string())?;
     let mismatch = |k: &str, column: &dyn std::fmt::Display, signed: &dyn std::fmt::Display| {
         Err(format!(
             "indexed column `{k}` ({column}) disagrees with the signed envelope ({signed})"
@@ -261,39 +303,66 @@ fn check_row(
     if env.visibility != row.visibility {
         return mismatch("visibility", &row.visibility, &env.visibility);
     }
+    check_seal(
+        env,
+        row.body.as_deref(),
+        row.redacted,
+        &row.curr_hash,
+        &row.signature,
+        trusted,
+        keys,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The checks shared by chain verification and [`verify_span`]: trusted signer, well-formed
+/// signature, client signature, body digest. The node signature itself is left to the caller.
+fn check_seal(
+    env: Envelope<'_>,
+    body: Option<&str>,
+    redacted: bool,
+    curr_hash: &str,
+    signature: &str,
+    trusted: &[String],
+    keys: &mut HashMap<String, Result<VerifyingKey, String>>,
+) -> Result<Checked, SealError> {
     if !trusted.is_trusted(&env.public_key) {
-        return Err(format!(
-            "signed by {}, which the manifest does not trust",
-            env.public_key
-        ));
+        return Err(SealError::Untrusted(env.public_key.to_string()));
     }
     let key = keys
         .entry(env.public_key.to_string())
         .or_insert_with(|| crypto::parse_public_key(&env.public_key))
         .clone()
-        .map_err(|e| format!("signature: {e}"))?;
+        .map_err(|e| SealError::Signature(format!("signature: {e}")))?;
     let mut sig = [0u8; 64];
-    hex::decode_to_slice(&row.signature, &mut sig)
-        .map_err(|e| format!("signature is not 128 hex characters: {e}"))?;
+    hex::decode_to_slice(signature, &mut sig)
+        .map_err(|e| SealError::Signature(format!("signature is not 128 hex characters: {e}")))?;
     if let (Some(ck), Some(cd), Some(cs)) = (
         &env.client_public_key,
         &env.client_digest,
         &env.client_signature,
     ) {
-        crypto::verify_hash_signature(ck, cd, cs).map_err(|e| format!("client signature: {e}"))?;
+        crypto::verify_hash_signature(ck, cd, cs)
+            .map_err(|e| SealError::Signature(format!("client signature: {e}")))?;
     }
-    match &row.body {
+    match body {
         Some(body) => {
             if crypto::digest(body.as_bytes()) != env.body_digest {
-                return Err("content was altered: the body does not match body_digest".to_string());
+                return Err(SealError::Altered(
+                    "content was altered: the body does not match body_digest".to_string(),
+                ));
             }
         }
-        None if row.redacted => {}
-        None => return Err("the body is missing and no redaction span withheld it".to_string()),
+        None if redacted => {}
+        None => {
+            return Err(SealError::Altered(
+                "the body is missing and no redaction span withheld it".to_string(),
+            ));
+        }
     }
     Ok(Checked {
         prev_hash: env.prev_hash,
-        message: crypto::digest_bytes(&row.curr_hash)?,
+        message: crypto::digest_bytes(curr_hash).map_err(SealError::Altered)?,
         signature: Signature::from_bytes(&sig),
         key,
     })
@@ -369,6 +438,37 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(bad, vec![417]);
+    }
+
+    #[test]
+    fn one_span_is_checked_on_its_own_and_says_which_seal_failed() {
+        let key = NodeKey::generate();
+        let row = chain(&key, 1).remove(0);
+        let span = StoredSpan {
+            envelope: row.envelope,
+            body: row.body,
+            curr_hash: row.curr_hash,
+            signature: row.signature,
+            redacted_by: None,
+        };
+        let trusted = vec![key.public_key().to_string()];
+        let envelope = verify_span(&span, &trusted).unwrap();
+        assert_eq!(envelope["chain_pos"], json!(0));
+        assert!(
+            matches!(verify_span(&span, &[]), Err(SealError::Untrusted(k)) if k == key.public_key())
+        );
+        let mut altered = span.clone();
+        altered.body = altered.body.map(|b| b.replace("item", "ITEM"));
+        assert!(matches!(
+            verify_span(&altered, &trusted),
+            Err(SealError::Altered(_))
+        ));
+        let mut forged = span.clone();
+        forged.signature = NodeKey::generate().sign_hash(&span.curr_hash);
+        assert!(matches!(
+            verify_span(&forged, &trusted),
+            Err(SealError::Signature(_))
+        ));
     }
 
     #[test]

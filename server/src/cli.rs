@@ -98,6 +98,18 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// The manifest: `manifest show`, `manifest set KEY=VALUE…` (a new signed seq).
+    Manifest {
+        #[command(subcommand)]
+        what: crate::cli_kernels::ManifestCommand,
+    },
+    /// Kernels: `kernels status` (Stage-0's verdict), `kernels set NAME KEY=VALUE…`.
+    Kernels {
+        #[command(subcommand)]
+        what: crate::cli_kernels::KernelsCommand,
+    },
+    /// Run a `function` span now and print its execution span (exit 1 if it failed).
+    Run(crate::cli_kernels::RunArgs),
     /// Serve the HTTP API (loopback only unless token auth is configured).
     Serve {
         #[arg(long, env = "LOGLINE_BIND", default_value = "127.0.0.1:8787")]
@@ -284,6 +296,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => verify(g, only_tenant, format).await,
         Command::Export { out } => export(g, &out).await,
         Command::Redact { id, reason } => redact(g, id, &reason).await,
+        Command::Manifest { what } => crate::cli_kernels::manifest(g, what).await,
+        Command::Kernels { what } => crate::cli_kernels::kernels(g, what).await,
+        Command::Run(args) => crate::cli_kernels::run(g, args).await,
         Command::Bench { what } => bench::run(g, what).await,
         Command::Law { what } => crate::cli_law::run(what),
         Command::Serve {
@@ -292,6 +307,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             rate_limit,
         } => {
             let store = open(g).await?;
+            crate::cli_kernels::boot_for_serve(store.clone()).await?;
             let limits = crate::serve::Limits {
                 body_bytes: body_limit,
                 tenant_rps: rate_limit,
@@ -355,6 +371,7 @@ async fn init(g: &Global) -> Result<ExitCode> {
         manifest["seq"],
         manifest["curr_hash"].as_str().unwrap_or_default()
     );
+    crate::cli_kernels::init_kernels(store.as_ref()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bench;
 pub mod bench_http;
 pub mod cli;
+pub mod cli_kernels;
 pub mod cli_law;
 pub mod error;
 pub mod hub;

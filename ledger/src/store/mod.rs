@@ -136,6 +136,42 @@ pub fn system_principal() -> Principal {
     Principal::new("node", SYSTEM_TENANT)
 }
 
+/// The native kernels and their well-known span ids (valid UUIDs; the seed's numbering, with
+/// `midnight_ruler` added). The first manifest lists and allow-lists all of them; Stage-0 (in
+/// the `kernels` crate) seeds their spans and verifies them before booting any.
+pub const NATIVE_KERNELS: [(&str, Uuid); 6] = [
+    (
+        "run_code",
+        Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0001),
+    ),
+    (
+        "observer_bot",
+        Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0002),
+    ),
+    (
+        "request_worker",
+        Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0003),
+    ),
+    (
+        "policy_agent",
+        Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0004),
+    ),
+    (
+        "provider_exec",
+        Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0005),
+    ),
+    (
+        "midnight_ruler",
+        Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0006),
+    ),
+];
+
+/// Executions each tenant may start per UTC day unless the manifest says otherwise.
+pub const DEFAULT_DAILY_EXEC_LIMIT: u64 = 1000;
+/// A run slower than this many milliseconds gets a `status_patch` unless the manifest says
+/// otherwise.
+pub const DEFAULT_SLOW_MS: u64 = 1000;
+
 /// The latest manifest, if `init` has run.
 pub async fn manifest(store: &dyn Store) -> Result<Option<Value>, StoreError> {
     match store.get(&system_principal(), MANIFEST_ID, None).await? {
@@ -165,6 +201,11 @@ pub async fn ensure_manifest(store: &dyn Store) -> Result<(Value, bool), StoreEr
     }
     let principal = system_principal();
     let node = store.node_key().public_key().to_string();
+    let kernels: serde_json::Map<String, Value> = NATIVE_KERNELS
+        .iter()
+        .map(|(name, id)| ((*name).to_string(), json!(id)))
+        .collect();
+    let allowed: Vec<Uuid> = NATIVE_KERNELS.iter().map(|(_, id)| *id).collect();
     let draft = Draft::from_value(
         json!({
             "id": MANIFEST_ID,
@@ -184,10 +225,10 @@ pub async fn ensure_manifest(store: &dyn Store) -> Result<(Value, bool), StoreEr
             "name": "manifest",
             "content": {
                 "trusted_keys": [node],
-                "kernels": [],
-                "allowed_boot_ids": [],
-                "throttle": {"per_tenant_daily_exec_limit": 1000},
-                "policy": {"slow_ms": 2000},
+                "kernels": kernels,
+                "allowed_boot_ids": allowed,
+                "throttle": {"per_tenant_daily_exec_limit": DEFAULT_DAILY_EXEC_LIMIT},
+                "policy": {"slow_ms": DEFAULT_SLOW_MS},
                 "features": {}
             }
         }),
