@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bench;
 pub mod bench_http;
+pub mod chat;
 pub mod cli;
 pub mod cli_kernels;
 pub mod cli_law;

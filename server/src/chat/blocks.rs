@@ -1,0 +1,586 @@
+//! Prompt blocks, variants and the answer schema: the files of `prompts/`, embedded in the
+//! binary at build time (no runtime file dependency) and published into the ledger as
+//! `prompt_block` spans of the system tenant, so every compiled prompt can name the exact
+//! block versions (id + seq) it was made of.
+//!
+//! A block file is a tera template after a front matter:
+//!
+//! ```text
+//! ---
+//! id: 01a2025c-8814-7e91-9ffd-d7bd28004618
+//! layer: doctrine
+//! priority: 120
+//! version: 1
+//! description: One line saying what the block is for.
+//! ---
+//! The template…
+//! ```
+//!
+//! Publishing appends a new `seq` of the block's span only when the file changed (compared by
+//! BLAKE3 digest with the latest version in the ledger); an unchanged file appends nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use ledger::store::{self, SYSTEM_TENANT, system_principal};
+use ledger::{AppendError, Draft, InputError, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The block files compiled into the binary, by path relative to the repository root. A test
+/// checks that this list and `prompts/blocks/` agree.
+pub const EMBEDDED_BLOCKS: &[(&str, &str)] = &[
+    (
+        "prompts/blocks/doctrine.tera",
+        include_str!("../../../prompts/blocks/doctrine.tera"),
+    ),
+    (
+        "prompts/blocks/product.tera",
+        include_str!("../../../prompts/blocks/product.tera"),
+    ),
+    (
+        "prompts/blocks/app_contracts.tera",
+        include_str!("../../../prompts/blocks/app_contracts.tera"),
+    ),
+    (
+        "prompts/blocks/task_answer.tera",
+        include_str!("../../../prompts/blocks/task_answer.tera"),
+    ),
+    (
+        "prompts/blocks/task_answer_brief.tera",
+        include_str!("../../../prompts/blocks/task_answer_brief.tera"),
+    ),
+];
+
+/// The variant files compiled into the binary.
+pub const EMBEDDED_VARIANTS: &[(&str, &str)] = &[
+    (
+        "prompts/variants/default.json",
+        include_str!("../../../prompts/variants/default.json"),
+    ),
+    (
+        "prompts/variants/brief.json",
+        include_str!("../../../prompts/variants/brief.json"),
+    ),
+];
+
+/// The JSON schema every answer must follow.
+pub const EMBEDDED_ANSWER_SCHEMA: &str = include_str!("../../../prompts/answer.schema.json");
+
+/// The variant used when a request names none.
+pub const DEFAULT_VARIANT: &str = "default";
+
+/// Why the prompt files or their publication are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("{path}: {detail}")]
+    Block { path: String, detail: String },
+    #[error("{path}: {detail}")]
+    Variant { path: String, detail: String },
+    #[error("answer schema: {0}")]
+    Schema(String),
+    #[error("no prompt variant named `{0}`")]
+    UnknownVariant(String),
+    #[error("block `{0}` has not been published to the ledger")]
+    Unpublished(String),
+    #[error("rendering block `{block}`: {detail}")]
+    Render { block: String, detail: String },
+    #[error(
+        "the conversation contains a system message (index {0}); system text comes only from prompt blocks"
+    )]
+    SystemInHistory(usize),
+    #[error(
+        "the prompt needs {needed} tokens (blocks, tools and the current turn) but the budget is {budget}"
+    )]
+    OverBudget { needed: usize, budget: usize },
+    #[error("publishing prompt blocks: {0}")]
+    Store(#[from] StoreError),
+    #[error("publishing prompt block {id}: {detail}")]
+    Publish { id: Uuid, detail: String },
+}
+
+/// The layer of a block decides its priority band: doctrine always comes first, the task last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    Doctrine,
+    Product,
+    App,
+    Task,
+}
+
+impl Layer {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "doctrine" => Some(Self::Doctrine),
+            "product" => Some(Self::Product),
+            "app" => Some(Self::App),
+            "task" => Some(Self::Task),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Doctrine => "doctrine",
+            Self::Product => "product",
+            Self::App => "app",
+            Self::Task => "task",
+        }
+    }
+
+    /// The usual priority of the layer (doctrine 120, product 100, app 90, task 70).
+    pub fn default_priority(self) -> i32 {
+        match self {
+            Self::Doctrine => 120,
+            Self::Product => 100,
+            Self::App => 90,
+            Self::Task => 70,
+        }
+    }
+
+    /// Priorities a block of this layer may take, so that layers never interleave.
+    pub fn band(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            Self::Doctrine => 120..=999,
+            Self::Product => 100..=119,
+            Self::App => 90..=99,
+            Self::Task => 70..=89,
+        }
+    }
+}
+
+/// One parsed block file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptBlock {
+    pub id: Uuid,
+    /// The file stem (`doctrine` for `prompts/blocks/doctrine.tera`): variants name blocks by it.
+    pub name: String,
+    pub layer: Layer,
+    pub priority: i32,
+    pub version: u32,
+    pub description: String,
+    /// The tera template (the file after its front matter).
+    pub template: String,
+    /// Where the block came from, relative to the repository root.
+    pub source: String,
+    /// `blake3:<hex>` of the whole file: a changed file is a new version in the ledger.
+    pub digest: String,
+}
+
+impl PromptBlock {
+    /// Parses a block file (`path` names it in errors and gives its name).
+    pub fn parse(path: &str, text: &str) -> Result<Self, PromptError> {
+        let err = |detail: String| PromptError::Block {
+            path: path.to_string(),
+            detail,
+        };
+        let name = path
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".tera"))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| err("a block file must be named <name>.tera".into()))?
+            .to_string();
+        let text_lf = text.replace("\r\n", "\n");
+        let rest = text_lf
+            .strip_prefix("---\n")
+            .ok_or_else(|| err("must start with a `---` front matter line".into()))?;
+        let (front, template) = rest
+            .split_once("\n---\n")
+            .ok_or_else(|| err("the front matter is not closed by a `---` line".into()))?;
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        for (n, line) in front.lines().enumerate() {
+            let line_no = n + 2;
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once(':')
+                .ok_or_else(|| err(format!("line {line_no}: expected `key: value`")))?;
+            let k = k.trim();
+            if !["id", "layer", "priority", "version", "description"].contains(&k) {
+                return Err(err(format!(
+                    "line {line_no}: unknown front matter key `{k}`"
+                )));
+            }
+            if fields.insert(k, v.trim()).is_some() {
+                return Err(err(format!("line {line_no}: `{k}` is given twice")));
+            }
+        }
+        let field = |k: &str| {
+            fields
+                .get(k)
+                .copied()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| err(format!("front matter needs `{k}`")))
+        };
+        let id =
+            Uuid::parse_str(field("id")?).map_err(|e| err(format!("`id` is not a UUID: {e}")))?;
+        let layer = Layer::parse(field("layer")?)
+            .ok_or_else(|| err("`layer` must be one of doctrine, product, app, task".into()))?;
+        let priority: i32 = field("priority")?
+            .parse()
+            .map_err(|_| err("`priority` must be an integer".into()))?;
+        if !layer.band().contains(&priority) {
+            return Err(err(format!(
+                "priority {priority} is outside the {} band {:?} (usually {})",
+                layer.as_str(),
+                layer.band(),
+                layer.default_priority()
+            )));
+        }
+        let version: u32 = field("version")?
+            .parse()
+            .map_err(|_| err("`version` must be a non-negative integer".into()))?;
+        let template = template.trim().to_string();
+        if template.is_empty() {
+            return Err(err("the template is empty".into()));
+        }
+        Ok(Self {
+            id,
+            name,
+            layer,
+            priority,
+            version,
+            description: field("description")?.to_string(),
+            template,
+            source: path.to_string(),
+            digest: format!("blake3:{}", blake3::hash(text_lf.as_bytes()).to_hex()),
+        })
+    }
+}
+
+/// A named set of blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    pub description: String,
+    /// Block names (file stems); their order here does not matter, priority decides.
+    pub blocks: Vec<String>,
+}
+
+/// The parsed prompt files: blocks (templates checked), variants, the answer schema.
+#[derive(Clone)]
+pub struct PromptLibrary {
+    blocks: Vec<PromptBlock>,
+    variants: BTreeMap<String, Variant>,
+    answer_schema: Value,
+    pub(crate) tera: tera::Tera,
+}
+
+impl std::fmt::Debug for PromptLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptLibrary")
+            .field(
+                "blocks",
+                &self.blocks.iter().map(|b| &b.name).collect::<Vec<_>>(),
+            )
+            .field("variants", &self.variants.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PromptLibrary {
+    /// The files compiled into this binary.
+    pub fn embedded() -> Result<Self, PromptError> {
+        Self::from_sources(EMBEDDED_BLOCKS, EMBEDDED_VARIANTS, EMBEDDED_ANSWER_SCHEMA)
+    }
+
+    /// Parses and checks a set of files: unique ids and names, templates that compile,
+    /// variants naming existing blocks and holding a doctrine block, a schema that is an object.
+    pub fn from_sources(
+        blocks: &[(&str, &str)],
+        variants: &[(&str, &str)],
+        answer_schema: &str,
+    ) -> Result<Self, PromptError> {
+        let mut parsed = Vec::with_capacity(blocks.len());
+        let mut ids = HashSet::new();
+        let mut names = HashSet::new();
+        let mut tera = tera::Tera::new();
+        // Prompts are not HTML: nothing is escaped.
+        tera.autoescape_on(Vec::<&str>::new());
+        for (path, text) in blocks {
+            let block = PromptBlock::parse(path, text)?;
+            let dup = |what: &str| PromptError::Block {
+                path: path.to_string(),
+                detail: format!("another block has the same {what}"),
+            };
+            if !ids.insert(block.id) {
+                return Err(dup("id"));
+            }
+            if !names.insert(block.name.clone()) {
+                return Err(dup("name"));
+            }
+            tera.add_raw_template(&block.name, &block.template)
+                .map_err(|e| PromptError::Block {
+                    path: path.to_string(),
+                    detail: format!("template: {}", error_chain(&e)),
+                })?;
+            parsed.push(block);
+        }
+        let by_name: HashMap<&str, &PromptBlock> =
+            parsed.iter().map(|b| (b.name.as_str(), b)).collect();
+        let mut variant_map = BTreeMap::new();
+        for (path, text) in variants {
+            let err = |detail: String| PromptError::Variant {
+                path: path.to_string(),
+                detail,
+            };
+            let v: Variant =
+                serde_json::from_str(text).map_err(|e| err(format!("not a variant: {e}")))?;
+            let stem = path
+                .rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".json"));
+            if stem != Some(v.name.as_str()) {
+                return Err(err(format!(
+                    "`name` must match the file name, not `{}`",
+                    v.name
+                )));
+            }
+            let mut seen = HashSet::new();
+            for b in &v.blocks {
+                if !by_name.contains_key(b.as_str()) {
+                    return Err(err(format!("names block `{b}`, which does not exist")));
+                }
+                if !seen.insert(b) {
+                    return Err(err(format!("names block `{b}` twice")));
+                }
+            }
+            if !v.blocks.iter().any(|b| {
+                by_name
+                    .get(b.as_str())
+                    .is_some_and(|b| b.layer == Layer::Doctrine)
+            }) {
+                return Err(err("must include a doctrine block".into()));
+            }
+            if variant_map.insert(v.name.clone(), v).is_some() {
+                return Err(err("another variant has the same name".into()));
+            }
+        }
+        if !variant_map.contains_key(DEFAULT_VARIANT) {
+            return Err(PromptError::Variant {
+                path: "prompts/variants".into(),
+                detail: format!("there must be a `{DEFAULT_VARIANT}` variant"),
+            });
+        }
+        let answer_schema: Value = serde_json::from_str(answer_schema)
+            .map_err(|e| PromptError::Schema(format!("not JSON: {e}")))?;
+        if !answer_schema.is_object() {
+            return Err(PromptError::Schema("must be a JSON object".into()));
+        }
+        Ok(Self {
+            blocks: parsed,
+            variants: variant_map,
+            answer_schema,
+            tera,
+        })
+    }
+
+    pub fn blocks(&self) -> &[PromptBlock] {
+        &self.blocks
+    }
+
+    pub fn block(&self, name: &str) -> Option<&PromptBlock> {
+        self.blocks.iter().find(|b| b.name == name)
+    }
+
+    pub fn variants(&self) -> impl Iterator<Item = &Variant> {
+        self.variants.values()
+    }
+
+    pub fn variant(&self, name: &str) -> Result<&Variant, PromptError> {
+        self.variants
+            .get(name)
+            .ok_or_else(|| PromptError::UnknownVariant(name.to_string()))
+    }
+
+    /// The answer schema (`prompts/answer.schema.json`).
+    pub fn answer_schema(&self) -> &Value {
+        &self.answer_schema
+    }
+
+    /// Appends a `prompt_block` span for every block that is new or changed since its latest
+    /// version in the ledger, and returns the library with each block's current seq.
+    pub async fn publish(
+        self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+    ) -> Result<(ActivePrompts, Vec<Published>), PromptError> {
+        let mut report = Vec::with_capacity(self.blocks.len());
+        let mut seqs = HashMap::new();
+        for block in &self.blocks {
+            let p = publish_block(store, block, now).await?;
+            seqs.insert(block.id, p.seq);
+            report.push(p);
+        }
+        Ok((
+            ActivePrompts {
+                library: self,
+                seqs,
+            },
+            report,
+        ))
+    }
+}
+
+/// What publishing did for one block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub id: Uuid,
+    pub name: String,
+    pub seq: i64,
+    /// True when a new span (a new seq) was appended now.
+    pub appended: bool,
+}
+
+/// The library after publication: every block has the seq of its span in the ledger, which is
+/// what a compiled prompt records.
+#[derive(Clone, Debug)]
+pub struct ActivePrompts {
+    library: PromptLibrary,
+    seqs: HashMap<Uuid, i64>,
+}
+
+impl ActivePrompts {
+    pub fn library(&self) -> &PromptLibrary {
+        &self.library
+    }
+
+    /// The ledger seq of a block.
+    pub fn seq(&self, id: Uuid) -> Option<i64> {
+        self.seqs.get(&id).copied()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The span a block version is recorded as (system tenant, public: every tenant's
+/// `prompt_run` may cite it).
+pub fn block_draft(block: &PromptBlock, seq: i64, now: DateTime<Utc>) -> Result<Draft, InputError> {
+    let principal = system_principal();
+    Draft::from_value(
+        json!({
+            "id": block.id,
+            "seq": seq,
+            "entity_type": "prompt_block",
+            "visibility": "public",
+            // Two nodes publishing the same change at once produce one span, not two.
+            "idempotency_key": format!("prompt_block:{}:{seq}:{}", block.id, block.digest),
+            "when": ledger::span::format_time(now),
+            "who": principal.user_id,
+            "did": if seq == 0 { "published prompt block" } else { "published a new version of prompt block" },
+            "this": format!("prompt block {} v{}", block.name, block.version),
+            "confirmed_by": "node key",
+            "if_ok": "compile it into chat prompts",
+            "if_doubt": "keep compiling the previous version",
+            "if_not": "keep compiling the previous version",
+            "status": "active",
+            "name": block.name,
+            "description": block.description,
+            "content": {
+                "layer": block.layer.as_str(),
+                "priority": block.priority,
+                "version": block.version,
+                "template": block.template,
+                "digest": block.digest,
+                "source": block.source,
+            }
+        }),
+        &principal,
+        &[],
+        now,
+    )
+}
+
+/// The digest recorded in the latest version of a block's span, if it exists.
+async fn latest(store: &dyn Store, id: Uuid) -> Result<Option<(i64, Option<String>)>, PromptError> {
+    let Some(span) = store.get(&system_principal(), id, None).await? else {
+        return Ok(None);
+    };
+    let view = span.to_view().map_err(StoreError::Corrupt)?;
+    if view.get("tenant_id").and_then(Value::as_str) != Some(SYSTEM_TENANT) {
+        return Err(PromptError::Publish {
+            id,
+            detail: "the id belongs to another tenant's span".into(),
+        });
+    }
+    let seq = view.get("seq").and_then(Value::as_i64).unwrap_or(0);
+    // A redacted version has no digest: it counts as changed and is published again.
+    let digest = view
+        .pointer("/content/digest")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Some((seq, digest)))
+}
+
+async fn publish_block(
+    store: &dyn Store,
+    block: &PromptBlock,
+    now: DateTime<Utc>,
+) -> Result<Published, PromptError> {
+    // A concurrent publisher may take the next seq between our read and our append: re-read
+    // and try again a few times.
+    for _ in 0..3 {
+        let next = match latest(store, block.id).await? {
+            Some((seq, Some(digest))) if digest == block.digest => {
+                return Ok(Published {
+                    id: block.id,
+                    name: block.name.clone(),
+                    seq,
+                    appended: false,
+                });
+            }
+            Some((seq, _)) => seq + 1,
+            None => 0,
+        };
+        let draft = block_draft(block, next, now).map_err(|e| PromptError::Publish {
+            id: block.id,
+            detail: e.to_string(),
+        })?;
+        let result = store::append(store, &system_principal(), vec![draft])
+            .await?
+            .into_iter()
+            .next();
+        match result {
+            Some(Ok(a)) => {
+                tracing::info!(block = %block.name, id = %block.id, seq = a.seq, "prompt block published");
+                return Ok(Published {
+                    id: block.id,
+                    name: block.name.clone(),
+                    seq: a.seq,
+                    appended: !a.duplicate,
+                });
+            }
+            Some(Err(AppendError::SeqConflict { .. })) => continue,
+            Some(Err(e)) => {
+                return Err(PromptError::Publish {
+                    id: block.id,
+                    detail: e.to_string(),
+                });
+            }
+            None => {
+                return Err(PromptError::Publish {
+                    id: block.id,
+                    detail: "the store returned no result".into(),
+                });
+            }
+        }
+    }
+    Err(PromptError::Publish {
+        id: block.id,
+        detail: "other publishers kept changing it; try again".into(),
+    })
+}
