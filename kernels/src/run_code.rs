@@ -444,7 +444,10 @@ impl RunCode {
                         counter,
                     });
                 }
-                Err(AppendError::SeqConflict { latest, .. }) => used = latest,
+                Err(AppendError::SeqConflict { latest, .. }) => {
+                    tracing::debug!(%counter, tried = used + 1, latest, "lost a quota race");
+                    used = latest;
+                }
                 Err(e) => {
                     return Err(RunCodeError::Quota(format!(
                         "cannot claim a run on counter {counter}: {e}"
