@@ -55,9 +55,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         spans: usize,
     },
+    /// The Midnight Ruler over this many contracts (PostgreSQL with --database-url, else the
+    /// embedded store).
+    Ruler(crate::cli_governance::BenchRulerArgs),
 }
 
 pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCode> {
+    if let BenchCommand::Ruler(a) = what {
+        return crate::cli_governance::bench_ruler(g, a).await;
+    }
     let tmp = tempfile::tempdir()?;
     let mut stores: Vec<Arc<dyn Store>> =
         vec![store::open(None, tmp.path(), NodeKey::generate()).await?];
@@ -137,6 +143,8 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
                 );
             }
         }
+        // Returned above: it picks its own store.
+        BenchCommand::Ruler(_) => {}
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -136,6 +136,16 @@ pub enum Command {
         #[command(subcommand)]
         what: crate::cli_law::LawCommand,
     },
+    /// The Midnight Ruler: `ruler run --at DATE|INSTANT [--tz ZONE]` runs one midnight by hand.
+    Ruler {
+        #[command(subcommand)]
+        what: crate::cli_governance::RulerCommand,
+    },
+    /// Demo data: `demo seed` creates a small bakery and film-company tenant (idempotent).
+    Demo {
+        #[command(subcommand)]
+        what: crate::cli_governance::DemoCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -300,7 +310,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernels { what } => crate::cli_kernels::kernels(g, what).await,
         Command::Run(args) => crate::cli_kernels::run(g, args).await,
         Command::Bench { what } => bench::run(g, what).await,
+        Command::Law {
+            what: crate::cli_law::LawCommand::Simulate(args),
+        } => crate::cli_governance::simulate(g, args).await,
         Command::Law { what } => crate::cli_law::run(what),
+        Command::Ruler { what } => crate::cli_governance::ruler(g, what).await,
+        Command::Demo { what } => crate::cli_governance::demo(g, what).await,
         Command::Serve {
             bind,
             body_limit,

@@ -18,11 +18,16 @@ pub enum LawCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Dry-run a law with overridden variables (`--set quorum=3`) and print which contracts'
+    /// triage would change; writes nothing.
+    Simulate(crate::cli_governance::SimulateArgs),
 }
 
 pub fn run(command: LawCommand) -> Result<ExitCode> {
     match command {
         LawCommand::Check { files } => check(&files),
+        // Needs the store, so `cli::run` dispatches it to `cli_governance::simulate`.
+        LawCommand::Simulate(_) => anyhow::bail!("`law simulate` needs the store"),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_http;
 pub mod chat;
 pub mod cli;
+pub mod cli_governance;
 pub mod cli_kernels;
 pub mod cli_law;
 pub mod error;
