@@ -373,13 +373,21 @@ async fn a_closed_port_is_an_unreachable_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let p = OpenAiProvider::new(&format!("http://{addr}/v1"), None, "m", fast_settings()).unwrap();
+    let p = OpenAiProvider::new(
+        &format!("http://user:hunter2@{addr}/v1"),
+        None,
+        "m",
+        fast_settings(),
+    )
+    .unwrap();
     let e = p
         .complete(&request(vec![ChatMessage::user("hi")]), None)
         .await
         .unwrap_err();
     assert!(matches!(e, ProviderError::Unreachable { .. }), "{e:?}");
     assert_eq!(e.api_status(), 503);
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert_eq!(p.base_url(), Some(format!("http://{addr}/v1").as_str()));
 }
 
 #[tokio::test]

@@ -102,11 +102,13 @@ fn retryable(status: u16) -> bool {
 
 /// Classifies a reqwest failure that happened before or while reading a response.
 pub(crate) fn transport_error(
-    e: &reqwest::Error,
+    e: reqwest::Error,
     url: &str,
     attempts: u32,
     timeout: Duration,
 ) -> ProviderError {
+    // The message would otherwise repeat the request URL, credentials and all.
+    let e = e.without_url();
     if e.is_timeout() {
         return ProviderError::Timeout {
             after: timeout,
@@ -115,7 +117,7 @@ pub(crate) fn transport_error(
     }
     // The chain carries the useful part ("Connection refused", "dns error", …).
     let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         detail.push_str(": ");
         detail.push_str(&s.to_string());
@@ -182,7 +184,7 @@ where
         let response = match tokio::time::timeout_at(budget.deadline, client.execute(request)).await
         {
             Err(_) => return Err(budget.timed_out()),
-            Ok(Err(e)) => return Err(transport_error(&e, &url, attempt, budget.timeout)),
+            Ok(Err(e)) => return Err(transport_error(e, &url, attempt, budget.timeout)),
             Ok(Ok(r)) => r,
         };
         let status = response.status().as_u16();

@@ -159,7 +159,7 @@ impl OllamaProvider {
         let response =
             http::execute_with_retry(&self.http, &self.settings.retry, budget, None, build).await?;
         let read_err = |e: reqwest::Error| {
-            http::transport_error(&e, &self.shown_url, budget.attempts(), budget.timeout)
+            http::transport_error(e, &self.shown_url, budget.attempts(), budget.timeout)
         };
         match deltas {
             None => {

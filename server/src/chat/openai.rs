@@ -234,7 +234,7 @@ impl OpenAiProvider {
                 Err(other) => ProviderError::BadResponse(http::redact(&other.to_string(), secret)),
             },
             OpenAIError::Reqwest(e) => {
-                http::transport_error(&e, &self.shown_url, budget.attempts(), budget.timeout)
+                http::transport_error(e, &self.shown_url, budget.attempts(), budget.timeout)
             }
             OpenAIError::ApiError(api) => ProviderError::Http {
                 status: api.status_code.as_u16(),

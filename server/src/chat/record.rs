@@ -75,6 +75,7 @@ pub struct Executed {
 
 /// Calls the provider and records the call. The outer error is a failure to record (the call
 /// may have happened); the provider's own failure is in [`Executed::outcome`].
+#[tracing::instrument(skip_all, fields(provider = provider.kind(), model = provider.model(), trace_id = ctx.trace_id.as_deref()))]
 pub async fn provider_exec(
     writer: &(impl SpanWriter + ?Sized),
     principal: &Principal,
