@@ -15,8 +15,8 @@ use ledger::{Filter, Principal};
 use serde_json::{Value, json};
 use server::chat::blocks::{EMBEDDED_ANSWER_SCHEMA, EMBEDDED_BLOCKS, EMBEDDED_VARIANTS};
 use server::chat::{
-    ActivePrompts, Budget, ChatMessage, Layer, PromptError, PromptInput, PromptLibrary, ToolCall,
-    ToolSpec, build_prompt,
+    ActivePrompts, Budget, ChatMessage, Layer, PromptBlock, PromptError, PromptInput,
+    PromptLibrary, ToolCall, ToolSpec, build_prompt,
 };
 use support::store;
 
@@ -61,6 +61,7 @@ fn input<'a>(
         now: Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap(),
         tools,
         memory: &[],
+        extra_blocks: &[],
         history,
         model: "gpt-4o-mini",
         budget,
@@ -508,6 +509,45 @@ async fn oldest_turns_are_trimmed_to_fit_the_budget_and_never_the_blocks() {
     };
     let e = build_prompt(&prompts, input(&alice(), &tools, history, tiny)).unwrap_err();
     assert!(matches!(e, PromptError::OverBudget { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn an_extra_block_is_compiled_in_priority_order_and_recorded_with_its_seq() {
+    let (_dir, prompts) = published().await;
+    let breaker = PromptBlock::parse(
+        "prompts/blocks/breaker.tera",
+        "---\nid: 01a2025c-8814-7112-be97-c91993fe9fa5\nlayer: task\npriority: 89\nversion: 1\n\
+         description: circuit breaker\n---\nSynthesize now. No more tool calls. ({{ user.id }})",
+    )
+    .unwrap();
+    let extra = [(breaker.clone(), 3)];
+    let alice = alice();
+    let mut i = input(&alice, &[], vec![ChatMessage::user("q")], big_budget());
+    let plain = build_prompt(&prompts, i.clone()).unwrap();
+    i.extra_blocks = &extra;
+    let built = build_prompt(&prompts, i).unwrap();
+    let names: Vec<(&str, i64)> = built
+        .blocks
+        .iter()
+        .map(|b| (b.name.as_str(), b.seq))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("doctrine", 0),
+            ("product", 0),
+            ("app_contracts", 0),
+            ("breaker", 3),
+            ("task_answer", 0)
+        ]
+    );
+    assert!(
+        built
+            .system
+            .text()
+            .contains("Synthesize now. No more tool calls. (alice)")
+    );
+    assert_ne!(built.system.hash(), plain.system.hash());
 }
 
 #[tokio::test]

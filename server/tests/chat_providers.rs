@@ -754,6 +754,7 @@ async fn the_system_message_sent_is_exactly_the_compiled_prompt_whose_hash_is_re
             now: Utc::now(),
             tools: &tools,
             memory: &[],
+            extra_blocks: &[],
             history: vec![ChatMessage::user("why was D1 terminated?")],
             model: "gpt-4o-mini",
             budget: Budget::for_model("gpt-4o-mini", None),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tiktoken_rs::CoreBPE;
 use uuid::Uuid;
 
-use super::blocks::{ActivePrompts, Layer, PromptError};
+use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
 use super::provider::{ChatMessage, CompletionRequest, Role, ToolSpec};
 
 /// A system prompt and the BLAKE3 hash of exactly its text. Immutable: the hash cannot drift
@@ -106,6 +106,10 @@ pub struct PromptInput<'a> {
     pub tools: &'a [ToolSpec],
     /// Retrieved memory items (empty until memory exists).
     pub memory: &'a [String],
+    /// Blocks added for this build only, with the seq of their span (e.g. the circuit
+    /// breaker's temporary "Synthesize now. No more tool calls." block). They are ordered by
+    /// priority with the variant's blocks and recorded in [`BuiltPrompt::blocks`] like them.
+    pub extra_blocks: &'a [(PromptBlock, i64)],
     /// The conversation, oldest first, ending with the current turn (its user message and any
     /// assistant/tool messages of this turn so far). No system messages.
     pub history: Vec<ChatMessage>,
@@ -225,6 +229,18 @@ pub fn build_prompt(
             .ok_or_else(|| PromptError::Unpublished(block.name.clone()))?;
         blocks.push((block, seq));
     }
+    for (block, seq) in input.extra_blocks {
+        if blocks
+            .iter()
+            .any(|(b, _)| b.id == block.id || b.name == block.name)
+        {
+            return Err(PromptError::Render {
+                block: block.name.clone(),
+                detail: "an extra block repeats a block of the variant".into(),
+            });
+        }
+        blocks.push((block, *seq));
+    }
     // Higher priority first; ties broken by layer then name so the order is always the same.
     blocks.sort_by(|(a, _), (b, _)| {
         b.priority
@@ -255,13 +271,16 @@ pub fn build_prompt(
 
     let mut parts = Vec::with_capacity(blocks.len());
     for (block, _) in &blocks {
-        let text = library
-            .tera
-            .render(&block.name, &context)
-            .map_err(|e| PromptError::Render {
-                block: block.name.clone(),
-                detail: render_error(&e),
-            })?;
+        // Library blocks were compiled once at load; an extra block is rendered from its text.
+        let rendered = if library.block(&block.name).is_some_and(|b| b.id == block.id) {
+            library.tera.render(&block.name, &context)
+        } else {
+            library.tera.render_str(&block.template, &context, false)
+        };
+        let text = rendered.map_err(|e| PromptError::Render {
+            block: block.name.clone(),
+            detail: render_error(&e),
+        })?;
         parts.push(text.trim().to_string());
     }
     let system = CompiledPrompt::new(parts.join("\n\n"));
