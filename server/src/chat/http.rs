@@ -129,6 +129,7 @@ pub(crate) fn transport_error(
     ProviderError::Unreachable {
         url: display_url(url),
         detail,
+        attempts,
     }
 }
 

@@ -180,8 +180,12 @@ pub enum ProviderError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// No connection could be made (refused, DNS, TLS, reset before a response).
-    #[error("provider unreachable at {url}: {detail}")]
-    Unreachable { url: String, detail: String },
+    #[error("provider unreachable at {url} (attempt {attempts}): {detail}")]
+    Unreachable {
+        url: String,
+        detail: String,
+        attempts: u32,
+    },
     /// No complete answer within the time limit (retries included).
     #[error("provider did not answer within {} ms (after {attempts} attempt(s))", after.as_millis())]
     Timeout { after: Duration, attempts: u32 },
@@ -225,8 +229,10 @@ impl ProviderError {
         match self {
             Self::Timeout { attempts, .. }
             | Self::RateLimited { attempts, .. }
-            | Self::Http { attempts, .. } => *attempts,
-            Self::Unreachable { .. } | Self::BadResponse(_) => 1,
+            | Self::Http { attempts, .. }
+            | Self::Unreachable { attempts, .. } => *attempts,
+            // The answer arrived and was unreadable: at least the attempt that got it.
+            Self::BadResponse(_) => 1,
             Self::Config(_) | Self::Offline | Self::InvalidRequest(_) => 0,
         }
     }
