@@ -405,13 +405,17 @@ pub struct ContractVersion {
     /// The span `status`.
     pub status: String,
     pub content: Value,
-    /// The whole view, to carry fields forward into the next version.
+    /// The rest of the view (all but `content`), to carry fields forward into the next version.
     pub view: Value,
 }
 
 impl ContractVersion {
     /// `None` for a view without a usable id, seq or time (not a span this code wrote).
-    pub fn from_view(view: Value) -> Option<Self> {
+    pub fn from_view(mut view: Value) -> Option<Self> {
+        let content = view
+            .as_object_mut()
+            .and_then(|m| m.remove("content"))
+            .unwrap_or(Value::Null);
         let id = view.get("id")?.as_str()?.parse().ok()?;
         let seq = view.get("seq")?.as_i64()?;
         let at = parse_time(view.get("at")?)?;
@@ -422,7 +426,7 @@ impl ContractVersion {
             curr_hash: text(&view, "curr_hash").unwrap_or_default().to_string(),
             name: text(&view, "name").map(str::to_string),
             status: text(&view, "status").unwrap_or_default().to_string(),
-            content: view.get("content").cloned().unwrap_or(Value::Null),
+            content,
             view,
         })
     }
@@ -506,20 +510,29 @@ pub async fn load_views(
         ..Filter::default()
     };
     let mut out = Vec::new();
+    let mut page = store.query(principal, &filter).await?;
     loop {
-        let page = store.query(principal, &filter).await?;
-        for row in &page.rows {
-            match row.span.to_view() {
-                Ok(v) => out.push(v),
-                Err(e) => {
-                    tracing::warn!(ingest_id = row.ingest_id, error = %e, "unreadable span skipped")
+        let parse = |rows: &[ledger::query::Row], out: &mut Vec<Value>| {
+            for row in rows {
+                match row.span.to_view() {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        tracing::warn!(ingest_id = row.ingest_id, error = %e, "unreadable span skipped")
+                    }
                 }
             }
-        }
-        match page.next_cursor {
-            Some(c) => filter.after = Some(c),
-            None => return Ok(out),
-        }
+        };
+        let Some(cursor) = page.next_cursor else {
+            parse(&page.rows, &mut out);
+            return Ok(out);
+        };
+        // The next page is fetched while this one is parsed.
+        filter.after = Some(cursor);
+        let rows = std::mem::take(&mut page.rows);
+        let (next, ()) = tokio::join!(store.query(principal, &filter), async {
+            parse(&rows, &mut out)
+        });
+        page = next?;
     }
 }
 

@@ -61,6 +61,7 @@
 //! [`run_midnight`] (a hand run) neither reads nor moves checkpoints.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -100,6 +101,8 @@ pub enum RulerError {
     LawNotFound(String),
     #[error("law `{0}` does not parse: {1}")]
     LawUnparsable(String, String),
+    #[error("a ruler task failed: {0}")]
+    Task(String),
 }
 
 /// The principal the ruler acts as in `tenant`.
@@ -444,10 +447,11 @@ impl When {
     }
 }
 
-/// A law version chosen for an instant, with its zone resolved.
-struct Ruled<'a> {
-    version: &'a LawVersion,
-    law: &'a Law,
+/// A law version chosen for an instant, with its zone resolved (owned: deciding runs on a
+/// blocking thread while the previous batch is being appended).
+struct Ruled {
+    version: LawVersion,
+    law: Law,
     zone_name: String,
     zone: Option<Tz>,
 }
@@ -477,7 +481,7 @@ pub async fn run_when(
 ) -> Result<RulerReport, RulerError> {
     let principal = ruler_principal(tenant);
     let laws = load_laws(store, &principal).await?;
-    let mut groups: BTreeMap<DateTime<Utc>, Vec<Ruled<'_>>> = BTreeMap::new();
+    let mut groups: BTreeMap<DateTime<Utc>, Vec<Ruled>> = BTreeMap::new();
     for span in &laws {
         let Some(latest) = span.latest() else {
             continue;
@@ -495,26 +499,41 @@ pub async fn run_when(
         tenant: tenant.to_string(),
         ..RulerReport::default()
     };
-    let mut contracts = contracts::load_all(store, &principal).await?;
+    let loading = std::time::Instant::now();
+    let mut contracts = Arc::new(contracts::load_all(store, &principal).await?);
+    tracing::info!(
+        tenant,
+        contracts = contracts.len(),
+        ms = loading.elapsed().as_millis() as u64,
+        "ruler loaded contracts"
+    );
     let mut first = true;
-    for (instant, group) in &groups {
+    for (instant, group) in groups {
         if !first && report.spans_written > 0 {
-            contracts = contracts::load_all(store, &principal).await?;
+            contracts = Arc::new(contracts::load_all(store, &principal).await?);
         }
         first = false;
-        report.merge(run_instant(store, &principal, *instant, group, &contracts).await?);
+        let r = run_instant(
+            store,
+            &principal,
+            instant,
+            Arc::new(group),
+            contracts.clone(),
+        )
+        .await?;
+        report.merge(r);
     }
     Ok(report)
 }
 
-fn ruled<'a>(
-    span: &'a LawSpan,
+fn ruled(
+    span: &LawSpan,
     instant: DateTime<Utc>,
     zone_name: &str,
     zone: Option<Tz>,
-) -> Option<Ruled<'a>> {
-    let version = span.in_force(instant)?;
-    let law = version.law.as_ref().ok()?;
+) -> Option<Ruled> {
+    let version = span.in_force(instant)?.clone();
+    let law = version.law.as_ref().ok()?.clone();
     Some(Ruled {
         version,
         law,
@@ -661,7 +680,7 @@ struct Work {
 fn decide_contract(
     principal: &Principal,
     instant: DateTime<Utc>,
-    laws: &[Ruled<'_>],
+    laws: &[Ruled],
     priors: &[HashMap<Uuid, Prior>],
     contract: &Contract,
 ) -> Result<Option<Work>, RulerError> {
@@ -688,7 +707,7 @@ fn decide_contract(
     let mut decisions = Vec::new();
     let mut vars: Option<Value> = None;
     for (i, r) in laws.iter().enumerate() {
-        if !in_scope(r.law, v) {
+        if !in_scope(&r.law, v) {
             continue;
         }
         if let Some(p) = priors.get(i).and_then(|m| m.get(&contract.id)) {
@@ -731,13 +750,13 @@ type Decided = (Uuid, Draft, Triage, Vec<Action>, bool);
 fn decision_draft(
     principal: &Principal,
     instant: DateTime<Utc>,
-    r: &Ruled<'_>,
+    r: &Ruled,
     v: &ContractVersion,
     vars: &Value,
 ) -> Result<Decided, RulerError> {
     let (triage, actions, fail_closed, variables, missing) = match r.zone {
         Some(_) => {
-            let d = law::evaluate(r.law, vars, instant);
+            let d = law::evaluate(&r.law, vars, instant);
             let fc = d
                 .fail_closed
                 .as_ref()
@@ -760,7 +779,7 @@ fn decision_draft(
     };
     let composition = Composition::of(&actions);
     let id = Uuid::now_v7();
-    let lv = r.version;
+    let lv = &r.version;
     let did = if actions.is_empty() {
         format!("ruled {triage}")
     } else {
@@ -816,7 +835,7 @@ fn decision_draft(
 fn state_drafts(
     principal: &Principal,
     instant: DateTime<Utc>,
-    laws: &[Ruled<'_>],
+    laws: &[Ruled],
     decisions: &[Outcome],
     seen: &ContractVersion,
     latest: &ContractVersion,
@@ -831,7 +850,7 @@ fn state_drafts(
     let keys: BTreeSet<String> = decisions
         .iter()
         .map(|d| {
-            let lv = laws[d.law].version;
+            let lv = &laws[d.law].version;
             decision_key(lv.span_id, lv.seq, seen.id, instant)
         })
         .collect();
@@ -847,7 +866,7 @@ fn state_drafts(
     let law_refs: Vec<Value> = decisions
         .iter()
         .map(|d| {
-            let lv = laws[d.law].version;
+            let lv = &laws[d.law].version;
             json!({"span_id": lv.span_id, "seq": lv.seq, "law": lv.label()})
         })
         .collect();
@@ -963,19 +982,86 @@ fn build_state(
     )?))
 }
 
+/// What deciding one chunk of contracts produced, ready to append.
+struct Batch {
+    drafts: Vec<Draft>,
+    /// What each draft is.
+    slots: Vec<Slot>,
+    /// Copies of the contract versions, in case a contract changed under us (seq conflict).
+    spare: Vec<Draft>,
+    /// Per law: decisions by triage, and how many failed closed.
+    counts: Vec<(Counts, usize)>,
+}
+
+fn decide_chunk(
+    principal: &Principal,
+    instant: DateTime<Utc>,
+    laws: &[Ruled],
+    priors: &[HashMap<Uuid, Prior>],
+    all: &[Contract],
+    range: std::ops::Range<usize>,
+) -> Result<Batch, RulerError> {
+    let mut b = Batch {
+        drafts: Vec::new(),
+        slots: Vec::new(),
+        spare: Vec::new(),
+        counts: vec![(Counts::default(), 0); laws.len()],
+    };
+    for j in range {
+        let Some(contract) = all.get(j) else { break };
+        let Some(work) = decide_contract(principal, instant, laws, priors, contract)? else {
+            continue;
+        };
+        for d in work.decisions {
+            let (counts, failed) = &mut b.counts[d.law];
+            counts.add(d.triage);
+            if d.fail_closed {
+                *failed += 1;
+            }
+            if let Some((_, draft)) = d.draft {
+                b.drafts.push(draft);
+                b.slots.push(Slot::Decision(d.law));
+            }
+        }
+        if let Some(s) = work.state {
+            b.spare.push(s.clone());
+            b.drafts.push(s);
+            b.slots.push(Slot::State(j, b.spare.len() - 1));
+        }
+        if let Some(v) = work.void {
+            b.drafts.push(v);
+            b.slots.push(Slot::Void);
+        }
+        for e in work.extra {
+            b.drafts.push(e);
+            b.slots.push(Slot::Other);
+        }
+    }
+    Ok(b)
+}
+
 /// Decides one instant for a group of laws over the given contracts and writes the result.
+/// Chunk by chunk: the next chunk is decided on a blocking thread while this one is appended.
 async fn run_instant(
     store: &dyn Store,
     principal: &Principal,
     instant: DateTime<Utc>,
-    laws: &[Ruled<'_>],
-    all: &[Contract],
+    laws: Arc<Vec<Ruled>>,
+    all: Arc<Vec<Contract>>,
 ) -> Result<RulerReport, RulerError> {
+    let started = std::time::Instant::now();
     let mut priors = Vec::with_capacity(laws.len());
-    for r in laws {
+    for r in laws.iter() {
         let trace = trace_id(r.version.span_id, r.version.seq, instant);
         priors.push(prior_decisions(store, principal, &trace).await?);
     }
+    let priors = Arc::new(priors);
+    tracing::info!(
+        tenant = %principal.tenant_id,
+        priors = priors.iter().map(HashMap::len).sum::<usize>(),
+        ms = started.elapsed().as_millis() as u64,
+        "ruler read earlier decisions"
+    );
     let mut runs: Vec<LawRun> = laws
         .iter()
         .map(|r| LawRun {
@@ -995,51 +1081,48 @@ async fn run_instant(
         tenant: principal.tenant_id.clone(),
         ..RulerReport::default()
     };
-    for chunk in all.chunks(CHUNK) {
-        let mut drafts = Vec::new();
-        // What each draft is: a decision of law i, a state change of contract j, other.
-        let mut slots: Vec<Slot> = Vec::new();
-        for (j, contract) in chunk.iter().enumerate() {
-            let Some(work) = decide_contract(principal, instant, laws, &priors, contract)? else {
-                continue;
-            };
-            for d in work.decisions {
-                let run = &mut runs[d.law];
-                run.decided.add(d.triage);
-                if d.fail_closed {
-                    run.fail_closed += 1;
-                }
-                if let Some((_, draft)) = d.draft {
-                    drafts.push(draft);
-                    slots.push(Slot::Decision(d.law));
-                }
-            }
-            if let Some(s) = work.state {
-                drafts.push(s);
-                slots.push(Slot::State(j));
-            }
-            if let Some(v) = work.void {
-                drafts.push(v);
-                slots.push(Slot::Void);
-            }
-            for e in work.extra {
-                drafts.push(e);
-                slots.push(Slot::Other);
-            }
+    let chunks = all.len().div_ceil(CHUNK);
+    let spawn = |k: usize| {
+        let (p, laws, priors, all) = (principal.clone(), laws.clone(), priors.clone(), all.clone());
+        tokio::task::spawn_blocking(move || {
+            let range = k * CHUNK..((k + 1) * CHUNK).min(all.len());
+            decide_chunk(&p, instant, &laws, &priors, &all, range)
+        })
+    };
+    let mut appending = TimeDelta::zero();
+    let mut waiting = TimeDelta::zero();
+    let mut next = (chunks > 0).then(|| spawn(0));
+    for k in 0..chunks {
+        let Some(handle) = next.take() else { break };
+        let t0 = Utc::now();
+        let batch = handle
+            .await
+            .map_err(|e| RulerError::Task(e.to_string()))??;
+        waiting += Utc::now() - t0;
+        if k + 1 < chunks {
+            next = Some(spawn(k + 1));
         }
-        if drafts.is_empty() {
+        for (run, (counts, failed)) in runs.iter_mut().zip(&batch.counts) {
+            run.decided.ok += counts.ok;
+            run.decided.doubt += counts.doubt;
+            run.decided.not += counts.not;
+            run.fail_closed += failed;
+        }
+        if batch.drafts.is_empty() {
             continue;
         }
-        let results = store::append(store, principal, drafts.clone()).await?;
+        let t1 = Utc::now();
+        let results = store::append(store, principal, batch.drafts).await?;
+        appending += Utc::now() - t1;
         let mut retry = Vec::new();
-        for ((slot, result), draft) in slots.iter().zip(&results).zip(drafts) {
+        for (slot, result) in batch.slots.iter().zip(&results) {
             match (slot, result) {
                 (_, Ok(a)) if a.duplicate => {}
                 (Slot::Decision(i), Ok(_)) => {
                     runs[*i].new_decisions += 1;
                     report.spans_written += 1;
                 }
-                (Slot::State(_), Ok(_)) => {
+                (Slot::State(..), Ok(_)) => {
                     report.contracts_changed += 1;
                     report.spans_written += 1;
                 }
@@ -1048,28 +1131,38 @@ async fn run_instant(
                     report.spans_written += 1;
                 }
                 (Slot::Other, Ok(_)) => report.spans_written += 1,
-                (Slot::State(j), Err(AppendError::SeqConflict { .. })) => {
-                    retry.push((*j, draft));
+                (Slot::State(j, s), Err(AppendError::SeqConflict { .. })) => {
+                    if let (Some(c), Some(d)) = (all.get(*j), batch.spare.get(*s)) {
+                        retry.push((c, d.clone()));
+                    }
                 }
                 (_, Err(e)) => {
                     tracing::warn!(error = %e, tenant = %principal.tenant_id, "the ruler could not append a span");
                 }
             }
         }
-        for (j, draft) in retry {
-            if retry_state(store, principal, &chunk[j], draft).await? {
+        for (contract, draft) in retry {
+            if retry_state(store, principal, contract, draft).await? {
                 report.contracts_changed += 1;
                 report.spans_written += 1;
             }
         }
     }
+    tracing::info!(
+        tenant = %principal.tenant_id,
+        waiting_for_decisions_ms = waiting.num_milliseconds(),
+        appending_ms = appending.num_milliseconds(),
+        spans = report.spans_written,
+        "ruler ruled one midnight"
+    );
     report.laws = runs;
     Ok(report)
 }
 
 enum Slot {
     Decision(usize),
-    State(usize),
+    /// Contract index in the chunk, index of its spare copy.
+    State(usize, usize),
     Void,
     Other,
 }
@@ -1272,10 +1365,10 @@ pub async fn catch_up_tenant(
     if due.is_empty() {
         return Ok(report);
     }
-    let mut contracts = contracts::load_all(store, &principal).await?;
+    let mut contracts = Arc::new(contracts::load_all(store, &principal).await?);
     let mut stale = false;
     for (instant, entries) in &due {
-        let group: Vec<Ruled<'_>> = entries
+        let group: Vec<Ruled> = entries
             .iter()
             .filter_map(|(i, zone_name)| {
                 ruled(&laws[*i], *instant, zone_name, resolve_zone(zone_name))
@@ -1283,9 +1376,16 @@ pub async fn catch_up_tenant(
             .collect();
         if !group.is_empty() {
             if stale {
-                contracts = contracts::load_all(store, &principal).await?;
+                contracts = Arc::new(contracts::load_all(store, &principal).await?);
             }
-            let r = run_instant(store, &principal, *instant, &group, &contracts).await?;
+            let r = run_instant(
+                store,
+                &principal,
+                *instant,
+                Arc::new(group),
+                contracts.clone(),
+            )
+            .await?;
             stale = r.spans_written > 0;
             report.merge(r);
         }
