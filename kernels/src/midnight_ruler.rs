@@ -499,6 +499,9 @@ pub async fn run_when(
         tenant: tenant.to_string(),
         ..RulerReport::default()
     };
+    if groups.is_empty() {
+        return Ok(report);
+    }
     let loading = std::time::Instant::now();
     let mut contracts = Arc::new(contracts::load_all(store, &principal).await?);
     tracing::info!(
