@@ -325,7 +325,10 @@ async fn init_creates_a_private_node_key_and_a_manifest_and_never_exports_the_ke
     let system = l.chain_len("system");
     l.init();
     ensure!(std::fs::read_to_string(l.key_path())?.trim() == secret);
-    ensure!(l.chain_len("system") == system, "a second init appended again");
+    ensure!(
+        l.chain_len("system") == system,
+        "a second init appended again"
+    );
 
     l.add_ok(&[span(json!({})), span(json!({"visibility": "public"}))]);
     let export = l.run(&["export", "--out", "-"], "");
