@@ -8,10 +8,12 @@ pub mod law;
 pub mod plan;
 pub mod query;
 pub mod span;
+pub mod spec;
 pub mod store;
 pub mod verify;
 
 pub use error::{AppendError, InputError, StoreError};
 pub use query::{Filter, Order, Page};
 pub use span::{Appended, Draft, Principal, StoredSpan, Visibility};
+pub use spec::{QuerySpec, SpecError, SpecResult};
 pub use store::Store;

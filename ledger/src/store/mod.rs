@@ -17,6 +17,7 @@ use crate::crypto::NodeKey;
 use crate::error::{AppendError, StoreError};
 use crate::query::{Filter, Page, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
+use crate::spec::{QuerySpec, SpecResult};
 use crate::verify::AuditRow;
 
 /// Results of one append call: one per draft, in order.
@@ -54,6 +55,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredSpan>, StoreError>;
 
     async fn query(&self, principal: &Principal, filter: &Filter) -> Result<Page, StoreError>;
+
+    /// Runs the model's `query_ledger` spec: read-only, with the principal's visibility (the
+    /// newest version of a span is chosen among the versions the principal may see, as `get`
+    /// does), under the spec's row limit and time limit. A query that runs out of time fails
+    /// with `StoreError::Io` of kind `TimedOut`.
+    async fn query_spec(
+        &self,
+        principal: &Principal,
+        spec: &QuerySpec,
+    ) -> Result<SpecResult, StoreError>;
 
     /// Appends a `redaction` span and withholds every version's body, in one transaction.
     async fn redact(

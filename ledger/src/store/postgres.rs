@@ -18,6 +18,9 @@ use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility};
+use crate::spec::{
+    CmpOp, Condition, Field, Output, QuerySpec, SPEC_GRACE, Scalar, SpecResult, Test, timed_out,
+};
 use crate::verify::AuditRow;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/postgres");
@@ -462,6 +465,25 @@ impl Store for PgStore {
         Ok(Page { rows, next_cursor })
     }
 
+    #[tracing::instrument(skip_all, fields(backend = "postgres", user = %principal.user_id))]
+    async fn query_spec(
+        &self,
+        principal: &Principal,
+        spec: &QuerySpec,
+    ) -> Result<SpecResult, StoreError> {
+        // The database cancels the statement at the limit; the outer timeout also bounds the
+        // wait for a connection.
+        match tokio::time::timeout(spec.timeout() + SPEC_GRACE, self.run_spec(principal, spec))
+            .await
+        {
+            Err(_) => Err(timed_out(spec.timeout())),
+            Ok(Err(StoreError::Database(e))) if is_statement_timeout(&e) => {
+                Err(timed_out(spec.timeout()))
+            }
+            Ok(result) => result,
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(backend = "postgres", %id))]
     async fn redact(
         &self,
@@ -615,5 +637,347 @@ impl Store for PgStore {
                 signature: r.get(10),
             })
             .collect())
+    }
+}
+
+// ---- the model's `query_ledger` specs ------------------------------------------------------
+//
+// Everything pushed as SQL text below is a fixed fragment chosen by the spec's typed fields;
+// every value and every JSON key is a bound parameter. RLS decides visibility, as for `query`.
+
+const SPEC_FROM: &str = " FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
+     LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE true";
+
+/// The text column behind a field, if it is one.
+fn spec_column(field: &Field) -> Option<&'static str> {
+    match field {
+        Field::EntityType => Some("s.entity_type"),
+        Field::Status => Some("s.status"),
+        Field::OwnerId => Some("s.owner_id"),
+        Field::Who => Some("b.who"),
+        Field::Did => Some("b.did"),
+        Field::This => Some("b.this"),
+        Field::At | Field::Body(_) => None,
+    }
+}
+
+/// Body fields vanish with redaction: conditions on them must never match a redacted span.
+fn spec_guarded(field: &Field) -> bool {
+    matches!(
+        field,
+        Field::Who | Field::Did | Field::This | Field::Body(_)
+    )
+}
+
+/// The jsonb at `keys` in the body (`->` with text keys: object members only, like SQLite).
+fn push_json(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
+    qb.push("(b.body::jsonb");
+    for k in keys {
+        qb.push(" -> ").push_bind(k.clone()).push("::text");
+    }
+    qb.push(")");
+}
+
+/// The JSON string at `keys` as text, NULL unless it is a string.
+fn push_json_text(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
+    qb.push("(CASE WHEN jsonb_typeof(");
+    push_json(qb, keys);
+    qb.push(") = 'string' THEN ");
+    push_json(qb, keys);
+    qb.push(" #>> '{}' END)");
+}
+
+/// The JSON number at `keys` as numeric, NULL unless it is a number (CASE keeps the cast from
+/// ever seeing text).
+fn push_json_number(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
+    qb.push("(CASE WHEN jsonb_typeof(");
+    push_json(qb, keys);
+    qb.push(") = 'number' THEN (");
+    push_json(qb, keys);
+    qb.push(" #>> '{}')::numeric END)");
+}
+
+/// `true`/`false` for a JSON boolean at `keys`, NULL otherwise.
+fn push_json_bool(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
+    qb.push("(CASE WHEN jsonb_typeof(");
+    push_json(qb, keys);
+    qb.push(") = 'boolean' THEN ");
+    push_json(qb, keys);
+    qb.push(" #>> '{}' END)");
+}
+
+/// A comparison (possibly NULL when the field is absent or of another type). Byte order for
+/// text (`COLLATE "C"`), as SQLite compares, so both stores agree on `lt`/`gt`.
+fn push_spec_cmp(qb: &mut QueryBuilder<Postgres>, field: &Field, op: CmpOp, value: &Scalar) {
+    match (field, value) {
+        (Field::At, Scalar::Time(t)) => {
+            qb.push("(s.at").push(op.sql()).push_bind(*t).push(")");
+        }
+        (Field::Body(keys), Scalar::Text(v)) => {
+            qb.push("(");
+            push_json_text(qb, keys);
+            qb.push(" COLLATE \"C\"")
+                .push(op.sql())
+                .push_bind(v.clone())
+                .push(")");
+        }
+        (Field::Body(keys), Scalar::Number(n)) => {
+            qb.push("(");
+            push_json_number(qb, keys);
+            qb.push(op.sql()).push_bind(*n).push("::numeric)");
+        }
+        (Field::Body(keys), Scalar::Bool(b)) => {
+            qb.push("(");
+            push_json_bool(qb, keys);
+            qb.push(op.sql()).push_bind(b.to_string()).push(")");
+        }
+        (f, Scalar::Text(v)) => match spec_column(f) {
+            Some(col) => {
+                qb.push("(")
+                    .push(col)
+                    .push(" COLLATE \"C\"")
+                    .push(op.sql())
+                    .push_bind(v.clone())
+                    .push(")");
+            }
+            None => {
+                qb.push("false");
+            }
+        },
+        // Combinations validation rules out (numbers on text columns, …) match nothing.
+        _ => {
+            qb.push("false");
+        }
+    }
+}
+
+fn push_spec_in(qb: &mut QueryBuilder<Postgres>, field: &Field, values: &[Scalar]) {
+    let texts: Vec<String> = values
+        .iter()
+        .filter_map(|v| match v {
+            Scalar::Text(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    let numbers: Vec<f64> = values
+        .iter()
+        .filter_map(|v| match v {
+            Scalar::Number(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    let bools: Vec<String> = values
+        .iter()
+        .filter_map(|v| match v {
+            Scalar::Bool(b) => Some(b.to_string()),
+            _ => None,
+        })
+        .collect();
+    let times: Vec<DateTime<Utc>> = values
+        .iter()
+        .filter_map(|v| match v {
+            Scalar::Time(t) => Some(*t),
+            _ => None,
+        })
+        .collect();
+    qb.push("(false");
+    match field {
+        Field::At => {
+            if !times.is_empty() {
+                qb.push(" OR s.at = ANY(")
+                    .push_bind(times)
+                    .push("::timestamptz[])");
+            }
+        }
+        Field::Body(keys) => {
+            if !texts.is_empty() {
+                qb.push(" OR ");
+                push_json_text(qb, keys);
+                qb.push(" = ANY(").push_bind(texts).push("::text[])");
+            }
+            if !numbers.is_empty() {
+                qb.push(" OR ");
+                push_json_number(qb, keys);
+                qb.push(" = ANY(").push_bind(numbers).push("::numeric[])");
+            }
+            if !bools.is_empty() {
+                qb.push(" OR ");
+                push_json_bool(qb, keys);
+                qb.push(" = ANY(").push_bind(bools).push("::text[])");
+            }
+        }
+        f => {
+            if let (Some(col), false) = (spec_column(f), texts.is_empty()) {
+                qb.push(" OR ")
+                    .push(col)
+                    .push(" = ANY(")
+                    .push_bind(texts)
+                    .push("::text[])");
+            }
+        }
+    }
+    qb.push(")");
+}
+
+/// Whether the field is present (never NULL, so `NOT` of it is safe).
+fn push_spec_present(qb: &mut QueryBuilder<Postgres>, field: &Field) {
+    match field {
+        Field::Body(keys) => {
+            qb.push("(");
+            push_json(qb, keys);
+            qb.push(" #>> '{}' IS NOT NULL)");
+        }
+        f => match spec_column(f) {
+            Some(col) => {
+                qb.push("(").push(col).push(" IS NOT NULL)");
+            }
+            None => {
+                qb.push("true");
+            }
+        },
+    }
+}
+
+fn push_spec_condition(qb: &mut QueryBuilder<Postgres>, c: &Condition) {
+    qb.push(" AND ");
+    let guarded = spec_guarded(&c.field);
+    if guarded {
+        qb.push("(b.body IS NOT NULL AND r.redaction_id IS NULL AND ");
+    }
+    match &c.test {
+        Test::Cmp(CmpOp::Ne, v) => {
+            qb.push("NOT COALESCE(");
+            push_spec_cmp(qb, &c.field, CmpOp::Eq, v);
+            qb.push(", false)");
+        }
+        Test::Cmp(op, v) => push_spec_cmp(qb, &c.field, *op, v),
+        Test::In(vs) => push_spec_in(qb, &c.field, vs),
+        Test::Contains(needle) => {
+            qb.push("COALESCE(strpos(lower(");
+            match &c.field {
+                Field::Body(keys) => push_json_text(qb, keys),
+                f => {
+                    qb.push(spec_column(f).unwrap_or("NULL::text"));
+                }
+            }
+            qb.push("), lower(")
+                .push_bind(needle.clone())
+                .push(")) > 0, false)");
+        }
+        Test::Exists => push_spec_present(qb, &c.field),
+        Test::Missing => {
+            qb.push("NOT ");
+            push_spec_present(qb, &c.field);
+        }
+    }
+    if guarded {
+        qb.push(")");
+    }
+}
+
+fn push_spec_filters(qb: &mut QueryBuilder<Postgres>, spec: &QuerySpec) {
+    if spec.latest_only() {
+        // Under RLS `s2` holds only versions the principal may see: the newest visible wins.
+        qb.push(
+            " AND NOT EXISTS (SELECT 1 FROM ledger.spans s2 WHERE s2.id = s.id AND s2.seq > s.seq)",
+        );
+    }
+    for c in spec.conditions() {
+        push_spec_condition(qb, c);
+    }
+}
+
+/// The group key as JSON text (NULL when missing, null or redacted).
+fn push_spec_group_key(qb: &mut QueryBuilder<Postgres>, field: &Field) {
+    match field {
+        Field::Body(keys) => {
+            qb.push("(CASE WHEN r.redaction_id IS NULL THEN NULLIF(");
+            push_json(qb, keys);
+            qb.push(", 'null'::jsonb)::text END)");
+        }
+        Field::At => {
+            qb.push(
+                "to_jsonb(to_char(s.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text",
+            );
+        }
+        f => {
+            let col = spec_column(f).unwrap_or("NULL::text");
+            if spec_guarded(f) {
+                qb.push("(CASE WHEN r.redaction_id IS NULL THEN to_jsonb(")
+                    .push(col)
+                    .push(")::text END)");
+            } else {
+                qb.push("to_jsonb(").push(col).push(")::text");
+            }
+        }
+    }
+}
+
+fn is_statement_timeout(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "57014")
+}
+
+impl PgStore {
+    async fn run_spec(
+        &self,
+        principal: &Principal,
+        spec: &QuerySpec,
+    ) -> Result<SpecResult, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN READ ONLY").await?;
+        act_as(&mut tx, principal).await?;
+        let ms = spec.timeout().as_millis().clamp(1, i32::MAX as u128);
+        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+            .bind(format!("{ms}ms"))
+            .execute(&mut *tx)
+            .await?;
+        let result = match spec.output() {
+            Output::Rows => {
+                let mut qb = QueryBuilder::<Postgres>::new(SELECT_SPAN);
+                push_spec_filters(&mut qb, spec);
+                qb.push(match spec.order() {
+                    Order::Asc => " ORDER BY s.at ASC, s.id ASC, s.seq ASC LIMIT ",
+                    Order::Desc => " ORDER BY s.at DESC, s.id DESC, s.seq DESC LIMIT ",
+                })
+                .push_bind(spec.limit() + 1);
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                let mut spans: Vec<StoredSpan> = rows.iter().map(|r| to_row(r).span).collect();
+                let truncated = spans.len() as i64 > spec.limit();
+                spans.truncate(spec.limit() as usize);
+                SpecResult::Rows { spans, truncated }
+            }
+            Output::Count => {
+                let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*)");
+                qb.push(SPEC_FROM);
+                push_spec_filters(&mut qb, spec);
+                let n: i64 = qb.build_query_scalar().fetch_one(&mut *tx).await?;
+                SpecResult::Count(n)
+            }
+            Output::Groups(field) => {
+                let mut qb = QueryBuilder::<Postgres>::new("SELECT g.k, g.n FROM (SELECT ");
+                push_spec_group_key(&mut qb, field);
+                qb.push(" AS k, count(*) AS n").push(SPEC_FROM);
+                push_spec_filters(&mut qb, spec);
+                qb.push(
+                    " GROUP BY 1) g ORDER BY g.n DESC, (g.k IS NULL), g.k COLLATE \"C\" LIMIT ",
+                )
+                .push_bind(spec.limit());
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                let mut groups = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let key: Option<String> = r.get(0);
+                    let key = match key {
+                        None => serde_json::Value::Null,
+                        Some(k) => serde_json::from_str(&k)
+                            .map_err(|e| StoreError::Corrupt(format!("group key `{k}`: {e}")))?,
+                    };
+                    groups.push((key, r.get::<i64, _>(1)));
+                }
+                SpecResult::Groups(groups)
+            }
+        };
+        tx.commit().await?;
+        Ok(result)
     }
 }

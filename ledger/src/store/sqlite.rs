@@ -4,12 +4,15 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{AppendResults, Store, redaction_draft};
@@ -18,6 +21,10 @@ use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
+use crate::spec::{
+    CmpOp, Condition, Field, Output, QuerySpec, SPEC_GRACE, Scalar, SpecResult, Test,
+    sqlite_json_path, timed_out,
+};
 use crate::verify::AuditRow;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/sqlite");
@@ -457,6 +464,22 @@ impl Store for SqliteStore {
         Ok(Page { rows, next_cursor })
     }
 
+    #[tracing::instrument(skip_all, fields(backend = "sqlite", user = %principal.user_id))]
+    async fn query_spec(
+        &self,
+        principal: &Principal,
+        spec: &QuerySpec,
+    ) -> Result<SpecResult, StoreError> {
+        // The progress handler interrupts the statement at the limit; the outer timeout also
+        // bounds the wait for a connection.
+        match tokio::time::timeout(spec.timeout() + SPEC_GRACE, self.run_spec(principal, spec))
+            .await
+        {
+            Err(_) => Err(timed_out(spec.timeout())),
+            Ok(result) => result,
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(backend = "sqlite", %id))]
     async fn redact(
         &self,
@@ -588,5 +611,357 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+// ---- the model's `query_ledger` specs ------------------------------------------------------
+//
+// Everything pushed as SQL text below is a fixed fragment chosen by the spec's typed fields;
+// every value is a bound parameter, and JSON paths are bound `$."key"…` strings built only from
+// keys the spec grammar validated. Visibility is the same predicate `query` applies.
+
+const SPEC_FROM: &str = " FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
+     LEFT JOIN redactions r ON r.target_id = s.id WHERE ";
+
+/// The text column behind a field, if it is one.
+fn spec_column(field: &Field) -> Option<&'static str> {
+    match field {
+        Field::EntityType => Some("s.entity_type"),
+        Field::Status => Some("s.status"),
+        Field::OwnerId => Some("s.owner_id"),
+        Field::Who => Some("b.who"),
+        Field::Did => Some("b.did"),
+        Field::This => Some("b.this"),
+        Field::At | Field::Body(_) => None,
+    }
+}
+
+/// Body fields vanish with redaction: conditions on them must never match a redacted span.
+fn spec_guarded(field: &Field) -> bool {
+    matches!(
+        field,
+        Field::Who | Field::Did | Field::This | Field::Body(_)
+    )
+}
+
+/// `json_type(b.body, <path>)`: NULL when absent, 'null', 'text', 'integer', 'real', …
+fn push_json_type(qb: &mut QueryBuilder<Sqlite>, keys: &[String]) {
+    qb.push("json_type(b.body, ")
+        .push_bind(sqlite_json_path(keys))
+        .push(")");
+}
+
+fn push_json_value(qb: &mut QueryBuilder<Sqlite>, keys: &[String]) {
+    qb.push("json_extract(b.body, ")
+        .push_bind(sqlite_json_path(keys))
+        .push(")");
+}
+
+/// The value at `keys` when its JSON type is one of `types` (a fixed SQL list), else NULL.
+fn push_json_typed(qb: &mut QueryBuilder<Sqlite>, keys: &[String], types: &'static str) {
+    qb.push("(CASE WHEN ");
+    push_json_type(qb, keys);
+    qb.push(" IN ").push(types).push(" THEN ");
+    push_json_value(qb, keys);
+    qb.push(" END)");
+}
+
+const TEXT: &str = "('text')";
+const NUMBER: &str = "('integer', 'real')";
+
+/// A comparison (possibly NULL when the field is absent or of another type). SQLite compares
+/// text bytewise, as the PostgreSQL store does with `COLLATE "C"`.
+fn push_spec_cmp(qb: &mut QueryBuilder<Sqlite>, field: &Field, op: CmpOp, value: &Scalar) {
+    match (field, value) {
+        (Field::At, Scalar::Time(t)) => {
+            qb.push("(s.at")
+                .push(op.sql())
+                .push_bind(format_time(*t))
+                .push(")");
+        }
+        (Field::Body(keys), Scalar::Text(v)) => {
+            qb.push("(");
+            push_json_typed(qb, keys, TEXT);
+            qb.push(op.sql()).push_bind(v.clone()).push(")");
+        }
+        (Field::Body(keys), Scalar::Number(n)) => {
+            qb.push("(");
+            push_json_typed(qb, keys, NUMBER);
+            qb.push(op.sql()).push_bind(*n).push(")");
+        }
+        (Field::Body(keys), Scalar::Bool(b)) => {
+            qb.push("(");
+            push_json_type(qb, keys);
+            qb.push(op.sql()).push_bind(b.to_string()).push(")");
+        }
+        (f, Scalar::Text(v)) => match spec_column(f) {
+            Some(col) => {
+                qb.push("(")
+                    .push(col)
+                    .push(op.sql())
+                    .push_bind(v.clone())
+                    .push(")");
+            }
+            None => {
+                qb.push("0");
+            }
+        },
+        // Combinations validation rules out (numbers on text columns, …) match nothing.
+        _ => {
+            qb.push("0");
+        }
+    }
+}
+
+/// `x IN (one bound JSON array)`, so the statement has a fixed number of placeholders.
+fn push_in_list(qb: &mut QueryBuilder<Sqlite>, list: Value) {
+    qb.push(" IN (SELECT value FROM json_each(")
+        .push_bind(list.to_string())
+        .push("))");
+}
+
+fn push_spec_in(qb: &mut QueryBuilder<Sqlite>, field: &Field, values: &[Scalar]) {
+    let pick = |f: &dyn Fn(&Scalar) -> Option<Value>| -> Vec<Value> {
+        values.iter().filter_map(f).collect()
+    };
+    let texts = pick(&|v| match v {
+        Scalar::Text(s) => Some(Value::String(s.clone())),
+        _ => None,
+    });
+    let numbers = pick(&|v| match v {
+        Scalar::Number(n) => serde_json::Number::from_f64(*n).map(Value::Number),
+        _ => None,
+    });
+    let bools = pick(&|v| match v {
+        Scalar::Bool(b) => Some(Value::String(b.to_string())),
+        _ => None,
+    });
+    let times = pick(&|v| match v {
+        Scalar::Time(t) => Some(Value::String(format_time(*t))),
+        _ => None,
+    });
+    qb.push("(0");
+    match field {
+        Field::At => {
+            if !times.is_empty() {
+                qb.push(" OR s.at");
+                push_in_list(qb, Value::Array(times));
+            }
+        }
+        Field::Body(keys) => {
+            if !texts.is_empty() {
+                qb.push(" OR ");
+                push_json_typed(qb, keys, TEXT);
+                push_in_list(qb, Value::Array(texts));
+            }
+            if !numbers.is_empty() {
+                qb.push(" OR ");
+                push_json_typed(qb, keys, NUMBER);
+                push_in_list(qb, Value::Array(numbers));
+            }
+            if !bools.is_empty() {
+                qb.push(" OR ");
+                push_json_type(qb, keys);
+                push_in_list(qb, Value::Array(bools));
+            }
+        }
+        f => {
+            if let (Some(col), false) = (spec_column(f), texts.is_empty()) {
+                qb.push(" OR ").push(col);
+                push_in_list(qb, Value::Array(texts));
+            }
+        }
+    }
+    qb.push(")");
+}
+
+/// Whether the field is present (never NULL, so `NOT` of it is safe).
+fn push_spec_present(qb: &mut QueryBuilder<Sqlite>, field: &Field) {
+    match field {
+        Field::Body(keys) => {
+            qb.push("(COALESCE(");
+            push_json_type(qb, keys);
+            qb.push(", 'null') <> 'null')");
+        }
+        f => match spec_column(f) {
+            Some(col) => {
+                qb.push("(").push(col).push(" IS NOT NULL)");
+            }
+            None => {
+                qb.push("1");
+            }
+        },
+    }
+}
+
+fn push_spec_condition(qb: &mut QueryBuilder<Sqlite>, c: &Condition) {
+    qb.push(" AND ");
+    let guarded = spec_guarded(&c.field);
+    if guarded {
+        qb.push("(b.body IS NOT NULL AND r.redaction_id IS NULL AND ");
+    }
+    match &c.test {
+        Test::Cmp(CmpOp::Ne, v) => {
+            qb.push("NOT COALESCE(");
+            push_spec_cmp(qb, &c.field, CmpOp::Eq, v);
+            qb.push(", 0)");
+        }
+        Test::Cmp(op, v) => push_spec_cmp(qb, &c.field, *op, v),
+        Test::In(vs) => push_spec_in(qb, &c.field, vs),
+        Test::Contains(needle) => {
+            // instr, not LIKE: the needle has no wildcards to escape.
+            qb.push("COALESCE(instr(lower(");
+            match &c.field {
+                Field::Body(keys) => push_json_typed(qb, keys, TEXT),
+                f => {
+                    qb.push(spec_column(f).unwrap_or("NULL"));
+                }
+            }
+            qb.push("), lower(")
+                .push_bind(needle.clone())
+                .push(")) > 0, 0)");
+        }
+        Test::Exists => push_spec_present(qb, &c.field),
+        Test::Missing => {
+            qb.push("NOT ");
+            push_spec_present(qb, &c.field);
+        }
+    }
+    if guarded {
+        qb.push(")");
+    }
+}
+
+fn push_spec_filters(qb: &mut QueryBuilder<Sqlite>, principal: &Principal, spec: &QuerySpec) {
+    push_visible(qb, principal);
+    if spec.latest_only() {
+        // The newest version among those the principal may see, as `get` picks it.
+        qb.push(
+            " AND NOT EXISTS (SELECT 1 FROM spans s2 WHERE s2.id = s.id AND s2.seq > s.seq \
+             AND (s2.visibility = 'public' OR (s2.tenant_id = ",
+        )
+        .push_bind(principal.tenant_id.clone())
+        .push(" AND (s2.visibility = 'tenant' OR s2.owner_id = ")
+        .push_bind(principal.user_id.clone())
+        .push("))))");
+    }
+    for c in spec.conditions() {
+        push_spec_condition(qb, c);
+    }
+}
+
+/// The group key as JSON text (NULL when missing, null or redacted).
+fn push_spec_group_key(qb: &mut QueryBuilder<Sqlite>, field: &Field) {
+    match field {
+        Field::Body(keys) => {
+            qb.push("(CASE WHEN r.redaction_id IS NULL THEN NULLIF(b.body -> ")
+                .push_bind(sqlite_json_path(keys))
+                .push(", 'null') END)");
+        }
+        Field::At => {
+            qb.push("json_quote(s.at)");
+        }
+        f => {
+            let col = spec_column(f).unwrap_or("NULL");
+            qb.push("(CASE WHEN ").push(col).push(" IS NOT NULL");
+            if spec_guarded(f) {
+                qb.push(" AND r.redaction_id IS NULL");
+            }
+            qb.push(" THEN json_quote(").push(col).push(") END)");
+        }
+    }
+}
+
+/// Turns off a progress handler left on a pooled connection if the call is abandoned midway.
+struct Disarm(Arc<AtomicBool>);
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn run_spec_on(
+    conn: &mut SqliteConnection,
+    principal: &Principal,
+    spec: &QuerySpec,
+) -> Result<SpecResult, StoreError> {
+    match spec.output() {
+        Output::Rows => {
+            let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
+            push_spec_filters(&mut qb, principal, spec);
+            qb.push(match spec.order() {
+                Order::Asc => " ORDER BY s.at ASC, s.id ASC, s.seq ASC LIMIT ",
+                Order::Desc => " ORDER BY s.at DESC, s.id DESC, s.seq DESC LIMIT ",
+            })
+            .push_bind(spec.limit() + 1);
+            let mut spans = qb
+                .build()
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| to_row(r).map(|r| r.span))
+                .collect::<Result<Vec<_>, _>>()?;
+            let truncated = spans.len() as i64 > spec.limit();
+            spans.truncate(spec.limit() as usize);
+            Ok(SpecResult::Rows { spans, truncated })
+        }
+        Output::Count => {
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT count(*)");
+            qb.push(SPEC_FROM);
+            push_spec_filters(&mut qb, principal, spec);
+            let n: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
+            Ok(SpecResult::Count(n))
+        }
+        Output::Groups(field) => {
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT g.k, g.n FROM (SELECT ");
+            push_spec_group_key(&mut qb, field);
+            qb.push(" AS k, count(*) AS n").push(SPEC_FROM);
+            push_spec_filters(&mut qb, principal, spec);
+            qb.push(" GROUP BY 1) g ORDER BY g.n DESC, (g.k IS NULL), g.k LIMIT ")
+                .push_bind(spec.limit());
+            let rows = qb.build().fetch_all(&mut *conn).await?;
+            let mut groups = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let key: Option<String> = r.get(0);
+                let key = match key {
+                    None => Value::Null,
+                    Some(k) => serde_json::from_str(&k)
+                        .map_err(|e| StoreError::Corrupt(format!("group key `{k}`: {e}")))?,
+                };
+                groups.push((key, r.get::<i64, _>(1)));
+            }
+            Ok(SpecResult::Groups(groups))
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Runs a spec on one connection whose progress handler interrupts the statement at the
+    /// deadline (SQLite has no statement timeout of its own).
+    async fn run_spec(
+        &self,
+        principal: &Principal,
+        spec: &QuerySpec,
+    ) -> Result<SpecResult, StoreError> {
+        let deadline = Instant::now() + spec.timeout();
+        let mut conn = self.pool.acquire().await?;
+        let armed = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&armed);
+        conn.lock_handle()
+            .await?
+            .set_progress_handler(1000, move || {
+                !(flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() >= deadline)
+            });
+        let disarm = Disarm(armed);
+        let result = run_spec_on(&mut conn, principal, spec).await;
+        conn.lock_handle().await?.remove_progress_handler();
+        drop(disarm);
+        match result {
+            Err(StoreError::Database(_)) if Instant::now() >= deadline => {
+                Err(timed_out(spec.timeout()))
+            }
+            other => other,
+        }
     }
 }
