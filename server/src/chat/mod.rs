@@ -7,6 +7,7 @@
 
 pub mod blocks;
 mod http;
+pub mod offline;
 pub mod ollama;
 pub mod openai;
 pub mod prompt;

@@ -455,11 +455,11 @@ fn check_url(var: &str, url: &str) -> Result<(), ProviderError> {
     }
 }
 
-/// Builds the configured provider. `Offline` answers [`ProviderError::Offline`]: the chat module
-/// supplies the embedded offline provider itself.
+/// Builds the configured provider; `Offline` is the embedded
+/// [`OfflineProvider`](super::offline::OfflineProvider), which is not a language model.
 pub fn provider_from_config(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
     match config {
-        ProviderConfig::Offline => Err(ProviderError::Offline),
+        ProviderConfig::Offline => Ok(Arc::new(super::offline::OfflineProvider::new())),
         ProviderConfig::OpenAi {
             base_url,
             api_key,
