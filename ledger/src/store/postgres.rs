@@ -645,8 +645,24 @@ impl Store for PgStore {
 // Everything pushed as SQL text below is a fixed fragment chosen by the spec's typed fields;
 // every value and every JSON key is a bound parameter. RLS decides visibility, as for `query`.
 
-const SPEC_FROM: &str = " FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
-     LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE true";
+const SPEC_ROW: &str =
+    "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id";
+
+/// The spans joined with their bodies and redactions. When the spec reads the body, it is parsed
+/// once per row (`OFFSET 0` keeps the planner from inlining the parse into every reference).
+fn push_spec_from(qb: &mut QueryBuilder<Postgres>, spec: &QuerySpec) {
+    qb.push(
+        " FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
+         LEFT JOIN ledger.redactions r ON r.target_id = s.id",
+    );
+    let reads_body = |f: &Field| matches!(f, Field::Body(_));
+    if spec.conditions().iter().any(|c| reads_body(&c.field))
+        || matches!(spec.output(), Output::Groups(f) if reads_body(f))
+    {
+        qb.push(" CROSS JOIN LATERAL (SELECT b.body::jsonb AS j OFFSET 0) bj");
+    }
+    qb.push(" WHERE true");
+}
 
 /// The text column behind a field, if it is one.
 fn spec_column(field: &Field) -> Option<&'static str> {
@@ -671,7 +687,7 @@ fn spec_guarded(field: &Field) -> bool {
 
 /// The jsonb at `keys` in the body (`->` with text keys: object members only, like SQLite).
 fn push_json(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
-    qb.push("(b.body::jsonb");
+    qb.push("(bj.j");
     for k in keys {
         qb.push(" -> ").push_bind(k.clone()).push("::text");
     }
@@ -934,7 +950,8 @@ impl PgStore {
             .await?;
         let result = match spec.output() {
             Output::Rows => {
-                let mut qb = QueryBuilder::<Postgres>::new(SELECT_SPAN);
+                let mut qb = QueryBuilder::<Postgres>::new(SPEC_ROW);
+                push_spec_from(&mut qb, spec);
                 push_spec_filters(&mut qb, spec);
                 qb.push(match spec.order() {
                     Order::Asc => " ORDER BY s.at ASC, s.id ASC, s.seq ASC LIMIT ",
@@ -949,7 +966,7 @@ impl PgStore {
             }
             Output::Count => {
                 let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*)");
-                qb.push(SPEC_FROM);
+                push_spec_from(&mut qb, spec);
                 push_spec_filters(&mut qb, spec);
                 let n: i64 = qb.build_query_scalar().fetch_one(&mut *tx).await?;
                 SpecResult::Count(n)
@@ -957,7 +974,8 @@ impl PgStore {
             Output::Groups(field) => {
                 let mut qb = QueryBuilder::<Postgres>::new("SELECT g.k, g.n FROM (SELECT ");
                 push_spec_group_key(&mut qb, field);
-                qb.push(" AS k, count(*) AS n").push(SPEC_FROM);
+                qb.push(" AS k, count(*) AS n");
+                push_spec_from(&mut qb, spec);
                 push_spec_filters(&mut qb, spec);
                 qb.push(
                     " GROUP BY 1) g ORDER BY g.n DESC, (g.k IS NULL), g.k COLLATE \"C\" LIMIT ",
