@@ -1078,7 +1078,11 @@ fn action_text(a: &Value) -> String {
             v => args.push(format!("{k}={}", compact(v, 80))),
         }
     }
-    format!("{name}({})", args.join(", "))
+    if args.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}({})", args.join(", "))
+    }
 }
 
 fn actions_text(actions: Option<&Value>) -> String {
@@ -1187,11 +1191,23 @@ fn explain_part(v: &Value, args: &Value) -> Part {
             .unwrap_or_default();
         let triage = field(d, "triage").unwrap_or_else(|| "unknown".into());
         let vars = variables_text(d.get("variables"));
-        let because = if vars.is_empty() {
+        let mut because = if vars.is_empty() {
             String::new()
         } else {
             format!(" because {vars}")
         };
+        // Variables the law needed and could not read decide a `doubt` as much as those it saw.
+        let missing: Vec<String> = match d.get("missing") {
+            Some(Value::Array(a)) => a.iter().map(|m| compact(m, 60)).collect(),
+            Some(Value::Object(o)) => o.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        if !missing.is_empty() {
+            because.push_str(&format!(" (missing: {})", missing.join(", ")));
+        }
+        if d.get("fail_closed").and_then(Value::as_bool) == Some(true) {
+            because.push_str(" (the law failed closed)");
+        }
         text = format!(
             "{name}{title} was {} at the midnight of {when} by law {law}{seq}: triage `{triage}`{because}; actions: {}.",
             outcome_verb(d.get("actions")),
@@ -1943,11 +1959,31 @@ mod tests {
             "{text}"
         );
         assert_eq!(citations(&a), [DECISION, LAW, D1]);
+        assert!(!text.contains("missing"), "{text}");
         assert_eq!(a["confidence"], json!(0.9));
         assert_eq!(a["telemetry"]["tool_use_count"], json!(1));
         assert_eq!(done.raw["shape"], json!("explain_decision"));
         assert_eq!(done.attempts, 1);
         assert!(done.tokens_in.unwrap() > 0 && done.tokens_out.unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn offline_names_what_a_doubtful_law_could_not_read() {
+        let result = json!({
+            "contract": {"id": D3, "name": "D3", "state": "held"},
+            "history": [],
+            "decisions": [{
+                "id": DECISION, "seq": 2, "scheduled_at": "2025-03-12T00:00:00Z",
+                "law": {"id": LAW, "seq": 1, "name": "guarantor_response"},
+                "triage": "doubt", "actions": [{"type": "hold"}],
+                "variables": {"quorum": 1}, "missing": ["guarantor.responded_at"], "fail_closed": true,
+            }],
+            "laws": [],
+        });
+        let (a, _) = answer_with("why is D3 held?", &[result]).await;
+        let text = a["text"].as_str().unwrap();
+        assert!(text.contains("D3 was put on hold at the midnight of 2025-03-12T00:00:00Z by law guarantor_response (seq 1): triage `doubt` because quorum 1 (missing: guarantor.responded_at) (the law failed closed); actions: hold."), "{text}");
+        assert_eq!(citations(&a), [DECISION, LAW, D3]);
     }
 
     #[tokio::test]
