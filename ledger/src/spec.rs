@@ -93,7 +93,7 @@ impl Field {
             | Self::Who
             | Self::Did
             | Self::This => true,
-            Self::Body(keys) => keys.len() == 1,
+            Self::Body(keys) => keys.len() == 1 && keys[0] == "name",
             Self::At => false,
         }
     }
@@ -286,12 +286,8 @@ fn relative_time(s: &str, now: DateTime<Utc>) -> Option<Result<DateTime<Utc>, St
 }
 
 fn resolve_offset(sign: i64, rest: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    let bad = || {
-        format!(
-            "`now{}{rest}` is not {TIME_HINT}",
-            if sign < 0 { '-' } else { '+' }
-        )
-    };
+    let text = format!("now{}{rest}", if sign < 0 { '-' } else { '+' });
+    let bad = || format!("`{text}` is not {TIME_HINT}");
     let unit = rest.chars().last().ok_or_else(bad)?;
     let digits = &rest[..rest.len() - unit.len_utf8()];
     if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -313,7 +309,7 @@ fn resolve_offset(sign: i64, rest: &str, now: DateTime<Utc>) -> Result<DateTime<
         .ok_or_else(bad)?;
     now.checked_add_signed(delta)
         .filter(|t| (0..=9999).contains(&t.year()))
-        .ok_or_else(|| format!("`{}` falls outside the years 0000-9999", bad()))
+        .ok_or_else(|| format!("`{text}` falls outside the years 0000-9999"))
 }
 
 /// A timestamp argument: RFC 3339 or relative to `now`.

@@ -852,6 +852,58 @@ async fn a_redacted_span_matches_no_content_condition(f: Fixture) {
     );
 }
 
+async fn a_version_appended_after_redaction_stays_withheld(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = add(
+        s,
+        &ana(),
+        contract("ana", "W", 5, json!({"content": {"state": "open"}})),
+    )
+    .await;
+    s.redact(&ana(), id, "test").await.unwrap();
+    add(
+        s,
+        &ana(),
+        contract(
+            "ana",
+            "W",
+            4,
+            json!({"id": id, "seq": 1, "content": {"state": "again", "secret": "s3cr3t"}}),
+        ),
+    )
+    .await;
+    let none = Vec::<String>::new();
+    assert_eq!(where1(s, "content.state", "eq", json!("again")).await, none);
+    assert_eq!(where1(s, "name", "eq", json!("W")).await, none);
+    assert_eq!(
+        found(s, &ana(), json!({"who": "ana", "entity_type": "contract"})).await,
+        none
+    );
+    let r = run(
+        s,
+        &ana(),
+        json!({"entity_type": "contract", "latest_only": false}),
+    )
+    .await;
+    let SpecResult::Rows { spans, .. } = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(spans.len(), 2);
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.body.is_none() && s.redacted_by.is_some())
+    );
+    assert!(!format!("{r:?}").contains("s3cr3t"));
+    let mut by_state = json!({"entity_type": "contract", "group_by": "content.state"});
+    assert_eq!(
+        groups(s, &ana(), by_state.clone()).await,
+        [(Value::Null, 1)]
+    );
+    by_state["group_by"] = json!("who");
+    assert_eq!(groups(s, &ana(), by_state).await, [(Value::Null, 1)]);
+}
+
 async fn values_that_look_like_sql_are_matched_literally(f: Fixture) {
     let s = f.store.as_ref();
     seed(s).await;
@@ -1016,6 +1068,7 @@ on_both_stores!(
     the_default_and_maximum_limits_hold_on_many_spans,
     spans_the_caller_may_not_see_are_never_returned_nor_counted,
     a_redacted_span_matches_no_content_condition,
+    a_version_appended_after_redaction_stays_withheld,
     values_that_look_like_sql_are_matched_literally,
     a_query_over_its_time_limit_fails_with_a_clear_timeout,
 );

@@ -929,6 +929,14 @@ fn push_spec_group_key(qb: &mut QueryBuilder<Postgres>, field: &Field) {
     }
 }
 
+/// A version appended after its span was redacted still has a body row: never hand it out.
+fn withheld(mut span: StoredSpan) -> StoredSpan {
+    if span.redacted_by.is_some() {
+        span.body = None;
+    }
+    span
+}
+
 fn is_statement_timeout(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
@@ -959,7 +967,8 @@ impl PgStore {
                 })
                 .push_bind(spec.limit() + 1);
                 let rows = qb.build().fetch_all(&mut *tx).await?;
-                let mut spans: Vec<StoredSpan> = rows.iter().map(|r| to_row(r).span).collect();
+                let mut spans: Vec<StoredSpan> =
+                    rows.iter().map(|r| withheld(to_row(r).span)).collect();
                 let truncated = spans.len() as i64 > spec.limit();
                 spans.truncate(spec.limit() as usize);
                 SpecResult::Rows { spans, truncated }

@@ -872,6 +872,14 @@ fn push_spec_group_key(qb: &mut QueryBuilder<Sqlite>, field: &Field) {
     }
 }
 
+/// A version appended after its span was redacted still has a body row: never hand it out.
+fn withheld(mut span: StoredSpan) -> StoredSpan {
+    if span.redacted_by.is_some() {
+        span.body = None;
+    }
+    span
+}
+
 /// Turns off a progress handler left on a pooled connection if the call is abandoned midway.
 struct Disarm(Arc<AtomicBool>);
 
@@ -900,7 +908,7 @@ async fn run_spec_on(
                 .fetch_all(&mut *conn)
                 .await?
                 .iter()
-                .map(|r| to_row(r).map(|r| r.span))
+                .map(|r| to_row(r).map(|r| withheld(r.span)))
                 .collect::<Result<Vec<_>, _>>()?;
             let truncated = spans.len() as i64 > spec.limit();
             spans.truncate(spec.limit() as usize);
