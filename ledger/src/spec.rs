@@ -1292,6 +1292,77 @@ mod tests {
         );
     }
 
+    fn arbitrary_args() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            prop::sample::select(vec![
+                "content.a",
+                "content.a.b",
+                "metadata.x",
+                "status",
+                "at",
+                "name",
+                "now",
+                "now-1d",
+                "now+99999999999w",
+                "eq",
+                "ne",
+                "lt",
+                "in",
+                "contains",
+                "exists",
+                "missing",
+                "like",
+                "asc",
+                "desc",
+                "content.",
+                "content.a'--",
+                "2026-11-01T00:00:00Z",
+            ])
+            .prop_map(String::from),
+            ".{0,12}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            text.clone().prop_map(Value::String),
+        ];
+        let key = prop_oneof![
+            4 => prop::sample::select(TOP_KEYS.iter().chain(CONDITION_KEYS.iter()).copied().collect::<Vec<_>>())
+                .prop_map(String::from),
+            1 => text,
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// What `cargo fuzz` would check, run in CI: any JSON either parses into conditions whose
+        /// body paths satisfy the grammar, or is refused with a located error; it never panics.
+        #[test]
+        fn any_json_is_parsed_or_refused_without_panicking(args in arbitrary_args()) {
+            match QuerySpec::from_json(&args, now()) {
+                Ok(spec) => {
+                    for c in spec.conditions() {
+                        if let Field::Body(keys) = &c.field {
+                            proptest::prop_assert!(keys.iter().all(|k| valid_key(k)));
+                            proptest::prop_assert!(keys.len() <= MAX_PATH_KEYS + 1);
+                        }
+                    }
+                    proptest::prop_assert!((1..=MAX_SPEC_ROWS).contains(&spec.limit()));
+                }
+                Err(e) => proptest::prop_assert!(!e.at().is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn the_schema_offers_exactly_what_the_parser_accepts() {
         let schema = QuerySpec::json_schema();
