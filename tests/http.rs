@@ -58,6 +58,8 @@ struct Opts {
     bind: String,
     body_limit: Option<usize>,
     rate_limit: Option<u32>,
+    /// Extra environment (e.g. the chat provider's configuration).
+    env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -67,6 +69,7 @@ impl Default for Opts {
             bind: "127.0.0.1:0".into(),
             body_limit: None,
             rate_limit: None,
+            env: Vec::new(),
         }
     }
 }
@@ -133,6 +136,7 @@ impl Ledger {
         if opts.auth {
             cmd.env("LOGLINE_JWT_SECRET", SECRET);
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let spawned = Spawned::start(cmd)?;
         // A server that never says it listens is killed when `spawned` drops.
         let (addr, spawned) = tokio::task::spawn_blocking(move || {
@@ -161,10 +165,13 @@ impl Ledger {
     }
 
     fn token_signed_with(&self, secret: &str, user: &str, tenant: &str, ttl: &str) -> String {
+        self.token_with(secret, user, tenant, "member", ttl)
+    }
+
+    fn token_with(&self, secret: &str, user: &str, tenant: &str, role: &str, ttl: &str) -> String {
         let out = self
             .command(&[
-                "token", "issue", "--user", user, "--tenant", tenant, "--role", "member", "--ttl",
-                ttl,
+                "token", "issue", "--user", user, "--tenant", tenant, "--role", role, "--ttl", ttl,
             ])
             .env("LOGLINE_JWT_SECRET", secret)
             .output()
@@ -1837,4 +1844,421 @@ async fn a_closed_stream_stops_counting_as_a_stream_client(backend: Backend) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// chat -------------------------------------------------------------------------------------
+
+both_stores!(
+    the_offline_agent_answers_the_demo_questions_with_citations_and_confirm_applies_an_amendment,
+    chat_streams_tool_calls_and_the_answer_as_server_sent_events,
+    chat_refuses_bad_input_and_other_tenants_and_non_reviewers_precisely,
+    a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded,
+);
+
+const ANA: &str = "ana@padaria-lisboa.pt";
+
+impl Ledger {
+    /// `logline --tenant demo demo seed`.
+    fn seed_demo(&self) {
+        let out = self
+            .command(&["--tenant", "demo", "demo", "seed"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "demo seed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Server {
+    async fn chat(&self, token: Option<&str>, body: Value) -> Result<Resp> {
+        read(
+            self.request(Method::POST, "/api/chat", token)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    async fn post_json(&self, token: Option<&str>, path: &str, body: Value) -> Result<Resp> {
+        read(
+            self.request(Method::POST, path, token)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    async fn span_view(&self, token: Option<&str>, id: &str) -> Result<Value> {
+        Ok(self
+            .get(token, &format!("/api/spans/{id}"))
+            .await?
+            .expect(200))
+    }
+}
+
+fn citations(answer: &Value) -> Vec<String> {
+    answer["answer"]["citations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn the_offline_agent_answers_the_demo_questions_with_citations_and_confirm_applies_an_amendment(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.seed_demo();
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token(ANA, "demo", "1h");
+
+    // 1. Why was D1 terminated? Cites the decision and the law it applied.
+    let r = s
+        .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    ensure!(r["outcome"] == "answered", "{r}");
+    let text = r["answer"]["text"].as_str().unwrap_or_default();
+    ensure!(
+        text.contains("D1") && text.contains("midnight_deadline"),
+        "{text}"
+    );
+    let cited = citations(&r);
+    let mut kinds = BTreeSet::new();
+    for id in &cited {
+        kinds.insert(
+            s.span_view(Some(&ana), id).await?["entity_type"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    ensure!(
+        kinds.contains("law.decision") && kinds.contains("law"),
+        "cited kinds {kinds:?}"
+    );
+    ensure!(
+        r["answer"]["telemetry"]["tool_use_count"].as_u64() >= Some(1),
+        "{r}"
+    );
+    let run = s
+        .span_view(Some(&ana), r["run_id"].as_str().unwrap())
+        .await?;
+    ensure!(run["entity_type"] == "prompt_run", "{run}");
+    ensure!(run["content"]["provider"] == "offline", "{run}");
+    ensure!(
+        run["content"]["compiled_hash"]
+            .as_str()
+            .is_some_and(|h| h.len() >= 64),
+        "{run}"
+    );
+
+    // 2. Guarantors who did not answer: a parameterized query, and D3 in the answer.
+    let r = s
+        .chat(
+            Some(&ana),
+            json!({"message": "show me contracts where the guarantor didn't respond in 24h"}),
+        )
+        .await?
+        .expect(200);
+    ensure!(r["tool_results"][0]["name"] == "query_ledger", "{r}");
+    let rows = r["tool_results"][0]["result"]["spans"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        rows.len() == 1 && rows[0]["name"] == "D3",
+        "exactly D3 has a silent guarantor: {rows:?}"
+    );
+    ensure!(
+        citations(&r) == vec![rows[0]["id"].as_str().unwrap().to_string()],
+        "{r}"
+    );
+
+    // 3. Extend D1's deadline: a pending proposal; confirm applies it once.
+    let r = s
+        .chat(
+            Some(&ana),
+            json!({"message": "extend the deadline for D1 by 3 days"}),
+        )
+        .await?
+        .expect(200);
+    let proposal = r["proposals"][0]
+        .as_str()
+        .context("a proposal")?
+        .to_string();
+    ensure!(
+        r["answer"]["actions"][0]["type"] == "propose_amendment",
+        "{r}"
+    );
+    let p = s.span_view(Some(&ana), &proposal).await?;
+    ensure!(p["status"] == "pending", "{p}");
+    let contract_id = p["content"]["contract"]["id"].as_str().unwrap().to_string();
+    let before = s.span_view(Some(&ana), &contract_id).await?;
+    let c = s
+        .post_json(
+            Some(&ana),
+            "/api/chat/confirm",
+            json!({"proposal_id": proposal}),
+        )
+        .await?
+        .expect(200);
+    ensure!(c["status"] == "applied", "{c}");
+    let after = s.span_view(Some(&ana), &contract_id).await?;
+    ensure!(
+        after["seq"].as_i64() == before["seq"].as_i64().map(|s| s + 1),
+        "{after}"
+    );
+    let old =
+        chrono::DateTime::parse_from_rfc3339(before["content"]["deadline_at"].as_str().unwrap())?;
+    let new =
+        chrono::DateTime::parse_from_rfc3339(after["content"]["deadline_at"].as_str().unwrap())?;
+    ensure!(new - old == chrono::TimeDelta::days(3), "{old} -> {new}");
+    let amendment = s
+        .span_view(Some(&ana), c["amendment_id"].as_str().unwrap())
+        .await?;
+    ensure!(
+        amendment["entity_type"] == "contract_amendment",
+        "{amendment}"
+    );
+    s.post_json(
+        Some(&ana),
+        "/api/chat/confirm",
+        json!({"proposal_id": proposal}),
+    )
+    .await?
+    .problem(409);
+
+    // 4. Not a supported question: the offline provider says what it is.
+    let r = s
+        .chat(
+            Some(&ana),
+            json!({"message": "write me a poem about bread"}),
+        )
+        .await?
+        .expect(200);
+    let text = r["answer"]["text"].as_str().unwrap_or_default();
+    ensure!(
+        text.contains("not a language model") && text.contains("LOGLINE_PROVIDER"),
+        "{text}"
+    );
+
+    // 5. A conversation continues: the second turn sees the first.
+    let first = s
+        .chat(Some(&ana), json!({"message": "what happened to D2?"}))
+        .await?
+        .expect(200);
+    let conv = first["conversation_id"].as_str().unwrap();
+    let second = s
+        .chat(
+            Some(&ana),
+            json!({"message": "what happened to D4?", "conversation_id": conv}),
+        )
+        .await?
+        .expect(200);
+    ensure!(second["conversation_id"] == conv, "{second}");
+    Ok(())
+}
+
+async fn chat_streams_tool_calls_and_the_answer_as_server_sent_events(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.seed_demo();
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token(ANA, "demo", "1h");
+    let resp = s
+        .request(Method::POST, "/api/chat", Some(&ana))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "text/event-stream")
+        .body(json!({"message": "why was D1 terminated?"}).to_string())
+        .send()
+        .await?;
+    ensure!(resp.status() == StatusCode::OK, "{}", resp.status());
+    let mut events = Events {
+        body: Box::pin(resp.bytes_stream().map(|r| r.map(|b| b.to_vec()))),
+        buf: Vec::new(),
+        ended: false,
+    };
+    let mut names = Vec::new();
+    let mut answer = None;
+    while let Some(ev) = events.next(Duration::from_secs(20)).await {
+        names.push(ev.event.clone());
+        if ev.event == "answer" {
+            answer = Some(serde_json::from_str::<Value>(&ev.data)?);
+            break;
+        }
+    }
+    let answer = answer.with_context(|| format!("no answer event: {names:?}"))?;
+    let pos = |n: &str| names.iter().position(|x| x == n);
+    ensure!(
+        pos("tool_call") < pos("tool_result")
+            && pos("tool_result") < pos("answer")
+            && pos("tool_call").is_some(),
+        "event order {names:?}"
+    );
+    ensure!(
+        names.iter().any(|n| n == "delta"),
+        "the answer text streams: {names:?}"
+    );
+    ensure!(
+        answer["outcome"] == "answered" && !citations(&answer).is_empty(),
+        "{answer}"
+    );
+    Ok(())
+}
+
+async fn chat_refuses_bad_input_and_other_tenants_and_non_reviewers_precisely(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.seed_demo();
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token(ANA, "demo", "1h");
+    let eve = l.token("eve@elsewhere.example", "elsewhere", "1h");
+
+    s.chat(None, json!({"message": "hi"})).await?.problem(401);
+    s.chat(Some(&ana), json!({"message": "   "}))
+        .await?
+        .problem(400);
+    s.chat(Some(&ana), json!({"message": "x".repeat(8001)}))
+        .await?
+        .problem(400);
+    s.chat(Some(&ana), json!({"message": "hi", "variant": "nope"}))
+        .await?
+        .problem(400);
+    s.chat(Some(&ana), json!({"text": "hi"}))
+        .await?
+        .problem(400);
+    s.chat(Some(&ana), json!({"message": 7}))
+        .await?
+        .problem(400);
+    let r = read(
+        s.request(Method::POST, "/api/chat", Some(&ana))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("X-LogLine-Memory", "forever")
+            .body(json!({"message": "hi"}).to_string()),
+    )
+    .await?;
+    ensure!(
+        r.problem(400)["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("X-LogLine-Memory")
+    );
+    s.post_json(
+        Some(&ana),
+        "/api/chat/confirm",
+        json!({"proposal_id": Uuid::now_v7()}),
+    )
+    .await?
+    .problem(404);
+
+    // Another tenant asks about D1: nothing of the demo tenant comes back.
+    let d1 = s
+        .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    let demo_ids = citations(&d1);
+    let r = s
+        .chat(Some(&eve), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    let body = r.to_string();
+    for id in &demo_ids {
+        ensure!(
+            !body.contains(id.as_str()),
+            "the other tenant saw {id}: {body}"
+        );
+    }
+    ensure!(
+        !body.contains("pastéis") && !body.contains("Alfama"),
+        "{body}"
+    );
+    ensure!(citations(&r).is_empty(), "{r}");
+    // Eve cannot confirm Ana's proposals either.
+    let p = s
+        .chat(
+            Some(&ana),
+            json!({"message": "extend the deadline for D4 by 2 days"}),
+        )
+        .await?
+        .expect(200);
+    let proposal = p["proposals"][0].as_str().context("a proposal")?;
+    s.post_json(
+        Some(&eve),
+        "/api/chat/confirm",
+        json!({"proposal_id": proposal}),
+    )
+    .await?
+    .problem(404);
+    // A member of the tenant who is not a party may not apply it.
+    let rui = l.token("someone@padaria-lisboa.pt", "demo", "1h");
+    s.post_json(
+        Some(&rui),
+        "/api/chat/confirm",
+        json!({"proposal_id": proposal}),
+    )
+    .await?
+    .problem(403);
+
+    // Reviews need the reviewer role.
+    s.get(Some(&ana), "/api/reviews").await?.problem(403);
+    let reviewer = l.token_with(SECRET, "clara@cartorio-baixa.pt", "demo", "reviewer", "1h");
+    let list = s.get(Some(&reviewer), "/api/reviews").await?.expect(200);
+    ensure!(list["reviews"].is_array(), "{list}");
+    s.post_json(
+        Some(&reviewer),
+        &format!("/api/reviews/{}", Uuid::now_v7()),
+        json!({"decision": "approve"}),
+    )
+    .await?
+    .problem(404);
+    Ok(())
+}
+
+async fn a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    // Nothing listens on port 9 of loopback.
+    let s = l
+        .serve(Opts {
+            env: vec![
+                ("LOGLINE_PROVIDER".into(), "openai".into()),
+                ("OPENAI_BASE_URL".into(), "http://127.0.0.1:9/v1".into()),
+                ("OPENAI_API_KEY".into(), "sk-never-in-a-span-123456".into()),
+                ("LOGLINE_MODEL".into(), "gpt-4o-mini".into()),
+            ],
+            ..Opts::default()
+        })
+        .await?;
+    let r = s
+        .chat(None, json!({"message": "why was D1 terminated?"}))
+        .await?;
+    let p = r.problem(503);
+    ensure!(
+        p["detail"].as_str().unwrap_or("").contains("unreachable"),
+        "{p}"
+    );
+    let run = s
+        .span_view(None, p["run_id"].as_str().context("run_id")?)
+        .await?;
+    ensure!(run["status"] == "provider_error", "{run}");
+    let spans = s
+        .get(None, "/api/timeline?limit=1000")
+        .await?
+        .expect(200)
+        .to_string();
+    ensure!(
+        !spans.contains("sk-never-in-a-span"),
+        "the key reached the ledger"
+    );
+    Ok(())
 }

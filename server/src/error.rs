@@ -17,7 +17,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub struct Problem {
     /// The problem type, a relative URI: `/problems/<slug>` (`bad-request`, `unauthorized`,
     /// `forbidden`, `not-found`, `method-not-allowed`, `conflict`, `invalid-span`,
-    /// `payload-too-large`, `unsupported-media-type`, `rate-limited`, `unavailable`, `internal`).
+    /// `payload-too-large`, `unsupported-media-type`, `rate-limited`, `unavailable`, `provider`,
+    /// `internal`).
     #[serde(rename = "type")]
     #[schema(format = "uri-reference")]
     pub problem_type: String,
@@ -32,6 +33,10 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub line: Option<u64>,
+    /// For a chat turn the model provider failed: the `prompt_run` span that records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,13 @@ pub enum ApiError {
     RateLimited { tenant: String, retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The model provider failed a chat turn (502, 503 or 504); the turn was still recorded.
+    #[error("{detail}")]
+    Provider {
+        status: u16,
+        detail: String,
+        run_id: Option<uuid::Uuid>,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -73,6 +85,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Provider { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +104,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::RateLimited { .. } => "rate-limited",
             Self::Unavailable(_) => "unavailable",
+            Self::Provider { .. } => "provider",
             Self::Internal(_) => "internal",
         }
     }
@@ -155,6 +171,9 @@ impl IntoResponse for ApiError {
         };
         let extra = match &self {
             Self::Unprocessable { line: Some(l), .. } => Some(("line", json!(l))),
+            Self::Provider {
+                run_id: Some(r), ..
+            } => Some(("run_id", json!(r))),
             _ => None,
         };
         let mut resp = problem(status, self.slug(), &detail, extra);

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{spans, system, timeline};
+use crate::routes::{chat, spans, system, timeline};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,10 @@ use crate::routes::{spans, system, timeline};
         system::readyz,
         system::metrics,
         system::openapi,
+        chat::chat,
+        chat::confirm,
+        chat::reviews,
+        chat::review,
     ),
     components(schemas(
         Problem,
@@ -45,11 +49,21 @@ use crate::routes::{spans, system, timeline};
         system::ChainBreak,
         system::Health,
         system::Ready,
+        chat::ChatBody,
+        chat::ChatAnswer,
+        chat::ConfirmBody,
+        chat::ConfirmAction,
+        chat::Confirmed,
+        chat::Reviews,
+        chat::ReviewBody,
+        chat::ReviewDecision,
+        chat::Reviewed,
     )),
     modifiers(&BearerJwt),
     tags(
         (name = "spans", description = "Appending and reading spans."),
         (name = "timeline", description = "Querying and streaming the timeline."),
+        (name = "chat", description = "The conversational agent, amendment confirmation and escalation reviews."),
         (name = "system", description = "Health, metrics, the manifest, chain verification."),
     ),
 )]

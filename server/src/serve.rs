@@ -53,6 +53,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Flips to true when the server starts shutting down (streams send a last event).
     pub shutdown: watch::Receiver<bool>,
+    /// The conversational agent (`POST /api/chat`).
+    pub chat: Arc<crate::chat::agent::Agent>,
     trusted: Arc<tokio::sync::RwLock<Option<TrustedCache>>>,
 }
 
@@ -74,8 +76,13 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         ledger::store::ensure_manifest(store.as_ref()).await?;
+        let writer = GroupCommit::start(store.clone());
+        let chat = Arc::new(
+            crate::chat::agent::Agent::from_env(store.clone(), Arc::new(writer.clone())).await?,
+        );
         Ok(Self {
-            writer: GroupCommit::start(store.clone()),
+            chat,
+            writer,
             hub: Hub::start(store.clone()).await?,
             store,
             auth: Arc::new(auth),
@@ -221,6 +228,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(routes::spans::router())
         .merge(routes::timeline::router())
         .merge(routes::system::router())
+        .merge(routes::chat::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.body_bytes))

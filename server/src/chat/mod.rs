@@ -5,6 +5,7 @@
 //! implementations ([`provider`], [`openai`], [`ollama`]); and provider_exec, which records
 //! every model call as a `provider_execution` span ([`record`]).
 
+pub mod agent;
 pub mod blocks;
 mod http;
 pub mod offline;
@@ -13,6 +14,7 @@ pub mod openai;
 pub mod prompt;
 pub mod provider;
 pub mod record;
+pub mod tools;
 
 pub use blocks::{
     ActivePrompts, Layer, PromptBlock, PromptError, PromptLibrary, Published, Variant,

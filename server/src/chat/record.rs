@@ -84,6 +84,26 @@ pub async fn provider_exec(
     deltas: Option<mpsc::Sender<String>>,
     ctx: &ExecContext,
 ) -> Result<Executed, StoreError> {
+    let (outcome, draft) = provider_call(principal, provider, request, deltas, ctx).await?;
+    let span = writer
+        .append(principal, vec![draft])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Config("the store returned no result".into()))??;
+    Ok(Executed { outcome, span })
+}
+
+/// provider_exec without the append: the call and the `provider_execution` draft that records
+/// it. A chat turn appends its records together at the end of the turn (one commit instead of
+/// one per model call); everything else should use [`provider_exec`].
+pub async fn provider_call(
+    principal: &Principal,
+    provider: &dyn Provider,
+    request: &CompletionRequest,
+    deltas: Option<mpsc::Sender<String>>,
+    ctx: &ExecContext,
+) -> Result<(Result<Completion, ProviderError>, Draft), StoreError> {
     let started_at = Utc::now();
     let started = Instant::now();
     let streamed = deltas.is_some();
@@ -108,13 +128,7 @@ pub async fn provider_exec(
         },
         ctx,
     )?;
-    let span = writer
-        .append(principal, vec![draft])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| StoreError::Config("the store returned no result".into()))??;
-    Ok(Executed { outcome, span })
+    Ok((outcome, draft))
 }
 
 /// Everything a `provider_execution` span says.

@@ -1,5 +1,6 @@
 //! One router per resource.
 
+pub mod chat;
 pub mod spans;
 pub mod system;
 pub mod timeline;

@@ -1,0 +1,948 @@
+//! One chat turn (DESIGN §7): build the prompt, call the model through provider_exec, run the
+//! tools it asks for with the caller's visibility, break tool loops, force the answer into the
+//! output schema (one repair round trip, then "Insufficient evidence."), refuse citations the
+//! tools did not return, escalate low confidence to a human, and record the turn.
+//!
+//! Records: every model call is a `provider_execution` span, every tool call a `tool_call`
+//! span, the turn a `prompt_run` span (its id is the `run_id`), all in the turn's trace. They
+//! are appended together when the turn ends — one commit instead of one per step — except
+//! proposals and the breaker's block, which must exist while the turn runs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ledger::query::{Filter, Order};
+use ledger::span::format_time;
+use ledger::{Draft, Principal, Store, StoreError, Visibility};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
+use super::prompt::{Budget, PromptInput, build_prompt};
+use super::provider::{ChatMessage, Provider, ProviderError, ToolCall};
+use super::record::{ExecContext, SpanWriter, provider_call};
+use super::tools::{self, PROPOSAL, ToolContext, ToolOutput};
+
+/// The 6th tool call of a turn engages the circuit breaker.
+pub const MAX_TOOL_CALLS: usize = 5;
+/// Model calls in one turn, whatever happens (tool rounds, the breaker's synthesis, a repair).
+pub const MAX_MODEL_CALLS: usize = 10;
+/// Below this confidence the answer goes to a human reviewer.
+pub const ESCALATION_THRESHOLD: f64 = 0.6;
+/// What a turn that cannot produce a valid answer says.
+pub const INSUFFICIENT: &str = "Insufficient evidence.";
+/// The breaker's block text.
+pub const BREAKER_TEXT: &str = "Synthesize now. No more tool calls.";
+/// How long the breaker's temporary block lives.
+pub const BREAKER_TTL: TimeDelta = TimeDelta::minutes(30);
+/// Earlier turns of a conversation read back into the prompt (build_prompt trims further).
+const HISTORY_TURNS: i64 = 20;
+/// Longest user message.
+pub const MAX_MESSAGE_CHARS: usize = 8000;
+
+/// Everything a turn needs from the server.
+pub struct Agent {
+    pub store: Arc<dyn Store>,
+    pub writer: Arc<dyn SpanWriter>,
+    pub provider: Arc<dyn Provider>,
+    pub prompts: Arc<ActivePrompts>,
+    pub validator: Arc<jsonschema::Validator>,
+    pub budget: Budget,
+}
+
+/// A question.
+#[derive(Clone, Debug)]
+pub struct TurnRequest {
+    pub message: String,
+    pub conversation_id: Option<Uuid>,
+    pub variant: Option<String>,
+    /// The `X-LogLine-Memory` mode the client asked for (recorded with the turn).
+    pub memory: MemoryMode,
+}
+
+/// `X-LogLine-Memory`: off (default), session-only, on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryMode {
+    #[default]
+    Off,
+    SessionOnly,
+    On,
+}
+
+impl MemoryMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Some(Self::Off),
+            "session-only" | "session" => Some(Self::SessionOnly),
+            "on" => Some(Self::On),
+            _ => None,
+        }
+    }
+}
+
+/// What the client sees while a turn runs (SSE events; the JSON answer is the last one).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ChatEvent {
+    /// A piece of the model's text as it streams.
+    Delta { text: String },
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: Value,
+    },
+    ToolResult {
+        id: String,
+        name: String,
+        ok: bool,
+        result: Value,
+    },
+    /// The breaker engaged: no more tool calls in this turn.
+    Breaker { block_id: Uuid },
+    /// The answer did not validate; the model is asked once to repair it.
+    Repair { errors: Vec<String> },
+}
+
+/// How a turn ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Answered,
+    Escalated,
+    InsufficientEvidence,
+    ProviderError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Escalated => "escalated",
+            Self::InsufficientEvidence => "insufficient_evidence",
+            Self::ProviderError => "provider_error",
+        }
+    }
+}
+
+/// A finished turn.
+#[derive(Clone, Debug, Serialize)]
+pub struct TurnResult {
+    /// The validated answer, or `{"error": "Insufficient evidence."}`.
+    pub answer: Value,
+    pub conversation_id: Uuid,
+    /// The turn's `prompt_run` span.
+    pub run_id: Uuid,
+    pub trace_id: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation_id: Option<Uuid>,
+    /// Pending proposals this turn created (confirm with `POST /api/chat/confirm`).
+    pub proposals: Vec<Uuid>,
+    /// Per-tool results the client may render (query rows as tables, decision histories).
+    pub tool_results: Vec<ToolTrace>,
+    /// Time the server spent outside provider calls.
+    #[serde(skip)]
+    pub overhead: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ToolTrace {
+    pub id: String,
+    pub name: String,
+    pub ok: bool,
+    pub result: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error("the model provider failed: {error}")]
+    Provider { error: ProviderError, run_id: Uuid },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Turn<'a> {
+    agent: &'a Agent,
+    principal: &'a Principal,
+    roles: &'a [String],
+    events: Option<mpsc::Sender<ChatEvent>>,
+    trace_id: String,
+    run_id: Uuid,
+    now: DateTime<Utc>,
+    records: Vec<Draft>,
+    citable: HashSet<Uuid>,
+    proposals: Vec<Uuid>,
+    tool_results: Vec<ToolTrace>,
+    tool_calls: usize,
+    provider_time: Duration,
+    tokens_in: u64,
+    tokens_out: u64,
+    breaker: Option<(PromptBlock, i64)>,
+}
+
+impl Agent {
+    /// Runs one turn. `events` (for SSE) receives progress; the result is the same either way.
+    #[tracing::instrument(skip_all, fields(user = %principal.user_id, tenant = %principal.tenant_id))]
+    pub async fn turn(
+        &self,
+        principal: &Principal,
+        roles: &[String],
+        req: TurnRequest,
+        events: Option<mpsc::Sender<ChatEvent>>,
+    ) -> Result<TurnResult, ChatError> {
+        let started = Instant::now();
+        let message = req.message.trim();
+        if message.is_empty() {
+            return Err(ChatError::BadRequest("`message` must not be empty".into()));
+        }
+        if message.chars().count() > MAX_MESSAGE_CHARS {
+            return Err(ChatError::BadRequest(format!(
+                "`message` is longer than {MAX_MESSAGE_CHARS} characters"
+            )));
+        }
+        if message.contains('\0') {
+            return Err(ChatError::BadRequest(
+                "`message` contains a NUL character".into(),
+            ));
+        }
+        let variant = req.variant.as_deref().unwrap_or("default");
+        // Refuse an unknown variant before anything is recorded.
+        self.prompts
+            .library()
+            .variant(variant)
+            .map_err(|e| ChatError::BadRequest(e.to_string()))?;
+        let conversation_id = req.conversation_id.unwrap_or_else(Uuid::now_v7);
+        let run_id = Uuid::now_v7();
+        let mut t = Turn {
+            agent: self,
+            principal,
+            roles,
+            events,
+            trace_id: run_id.to_string(),
+            run_id,
+            now: Utc::now(),
+            records: Vec::new(),
+            citable: HashSet::new(),
+            proposals: Vec::new(),
+            tool_results: Vec::new(),
+            tool_calls: 0,
+            provider_time: Duration::ZERO,
+            tokens_in: 0,
+            tokens_out: 0,
+            breaker: None,
+        };
+        let mut history = self.history(principal, conversation_id).await?;
+        history.push(ChatMessage::user(message));
+        let first_new = history.len() - 1;
+
+        let (answer, outcome, repaired, last_hash, blocks) =
+            match t.run(variant, &mut history).await {
+                Ok(x) => x,
+                Err(ChatError::Provider { error, .. }) => {
+                    t.withdraw_proposals("the model provider failed").await?;
+                    let run = t.prompt_run(
+                        variant,
+                        conversation_id,
+                        message,
+                        &json!({"error": error.to_string()}),
+                        Outcome::ProviderError,
+                        false,
+                        "",
+                        &[],
+                        req.memory,
+                        started.elapsed(),
+                    )?;
+                    t.records.push(run);
+                    t.flush().await?;
+                    return Err(ChatError::Provider { error, run_id });
+                }
+                Err(e) => return Err(e),
+            };
+        let _ = first_new;
+        let mut outcome = outcome;
+        let mut escalation_id = None;
+        if outcome == Outcome::Answered
+            && answer
+                .get("confidence")
+                .and_then(Value::as_f64)
+                .is_some_and(|c| c < ESCALATION_THRESHOLD)
+        {
+            outcome = Outcome::Escalated;
+            escalation_id = Some(t.escalate(conversation_id, message, &answer).await?);
+        }
+        if outcome == Outcome::InsufficientEvidence {
+            t.withdraw_proposals("the answer did not validate").await?;
+        }
+        let run = t.prompt_run(
+            variant,
+            conversation_id,
+            message,
+            &answer,
+            outcome,
+            repaired,
+            &last_hash,
+            &blocks,
+            req.memory,
+            started.elapsed(),
+        )?;
+        t.records.push(run);
+        t.flush().await?;
+        let overhead = started.elapsed().saturating_sub(t.provider_time);
+        Ok(TurnResult {
+            answer,
+            conversation_id,
+            run_id,
+            trace_id: t.trace_id,
+            outcome,
+            escalation_id,
+            proposals: t.proposals,
+            tool_results: t.tool_results,
+            overhead,
+        })
+    }
+
+    /// Earlier turns of this conversation that the caller recorded (question and answer text).
+    async fn history(
+        &self,
+        principal: &Principal,
+        conversation_id: Uuid,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let filter = Filter {
+            entity_type: Some("prompt_run".into()),
+            this: Some(format!("conversation {conversation_id}")),
+            owner_id: Some(principal.user_id.clone()),
+            tenant_id: Some(principal.tenant_id.clone()),
+            order: Order::Desc,
+            limit: Some(HISTORY_TURNS),
+            ..Filter::default()
+        };
+        let page = self.store.query(principal, &filter).await?;
+        let mut out = Vec::new();
+        for row in page.rows.iter().rev() {
+            let Ok(v) = row.span.to_view() else { continue };
+            let Some(c) = v.get("content") else { continue };
+            let (Some(q), Some(a)) = (c.get("message").and_then(Value::as_str), c.get("answer"))
+            else {
+                continue;
+            };
+            out.push(ChatMessage::user(q));
+            let text = a
+                .get("text")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| a.to_string());
+            out.push(ChatMessage::assistant(text));
+        }
+        Ok(out)
+    }
+}
+
+type Ran = (Value, Outcome, bool, String, Vec<Value>);
+
+impl Turn<'_> {
+    async fn emit(&self, e: ChatEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e).await;
+        }
+    }
+
+    async fn run(
+        &mut self,
+        variant: &str,
+        history: &mut Vec<ChatMessage>,
+    ) -> Result<Ran, ChatError> {
+        let mut repaired = false;
+        let mut last_hash = String::new();
+        let mut blocks = Vec::new();
+        for _ in 0..MAX_MODEL_CALLS {
+            let tools = if self.breaker.is_some() {
+                Vec::new()
+            } else {
+                tools::specs()
+            };
+            let extra: Vec<(PromptBlock, i64)> = self.breaker.iter().cloned().collect();
+            let built = build_prompt(
+                &self.agent.prompts,
+                PromptInput {
+                    variant,
+                    principal: self.principal,
+                    now: self.now,
+                    tools: &tools,
+                    memory: &[],
+                    extra_blocks: &extra,
+                    history: history.clone(),
+                    model: self.agent.provider.model(),
+                    budget: self.agent.budget,
+                },
+            )?;
+            last_hash = built.system.hash().to_string();
+            blocks = built
+                .blocks
+                .iter()
+                .map(|b| json!({"id": b.id, "seq": b.seq, "name": b.name}))
+                .collect();
+            let request = built.request(
+                tools,
+                Some(self.agent.prompts.library().answer_schema().clone()),
+            );
+            let ctx = ExecContext {
+                trace_id: Some(self.trace_id.clone()),
+                parent_id: Some(self.run_id),
+                visibility: Visibility::Private,
+            };
+            let (deltas, forward) = match &self.events {
+                Some(events) => {
+                    let (tx, mut rx) = mpsc::channel::<String>(64);
+                    let events = events.clone();
+                    let fwd = tokio::spawn(async move {
+                        while let Some(text) = rx.recv().await {
+                            let _ = events.send(ChatEvent::Delta { text }).await;
+                        }
+                    });
+                    (Some(tx), Some(fwd))
+                }
+                None => (None, None),
+            };
+            let call_started = Instant::now();
+            let (outcome, draft) = provider_call(
+                self.principal,
+                self.agent.provider.as_ref(),
+                &request,
+                deltas,
+                &ctx,
+            )
+            .await?;
+            self.provider_time += call_started.elapsed();
+            if let Some(f) = forward {
+                let _ = f.await;
+            }
+            self.records.push(draft);
+            let completion = outcome.map_err(|error| ChatError::Provider {
+                error,
+                run_id: self.run_id,
+            })?;
+            self.tokens_in += u64::from(completion.tokens_in.unwrap_or(0));
+            self.tokens_out += u64::from(completion.tokens_out.unwrap_or(0));
+            let msg = completion.message;
+
+            if !msg.tool_calls.is_empty() {
+                if self.breaker.is_some() {
+                    // Tools were withdrawn; a model that still calls them has not answered.
+                    for c in &msg.tool_calls {
+                        self.tool_calls += 1;
+                        self.record_tool(
+                            c,
+                            "refused",
+                            &json!({"error": "refused by the circuit breaker"}),
+                            0,
+                        );
+                    }
+                    if repaired {
+                        return Ok(self.insufficient(repaired, last_hash, blocks));
+                    }
+                    repaired = true;
+                    let errors = vec![
+                        "tool calls are refused in this turn (circuit breaker); answer with the JSON object now"
+                            .to_string(),
+                    ];
+                    self.emit(ChatEvent::Repair {
+                        errors: errors.clone(),
+                    })
+                    .await;
+                    history.push(ChatMessage::assistant(msg.content.clone()));
+                    history.push(ChatMessage::user(repair_prompt(&errors)));
+                    continue;
+                }
+                history.push(ChatMessage::assistant_tool_calls(
+                    msg.content.clone(),
+                    msg.tool_calls.clone(),
+                ));
+                for call in &msg.tool_calls {
+                    self.emit(ChatEvent::ToolCall {
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    })
+                    .await;
+                    let result = if self.tool_calls >= MAX_TOOL_CALLS {
+                        self.engage_breaker().await?;
+                        self.tool_calls += 1;
+                        let out = ToolOutput::error(format!(
+                            "refused by the circuit breaker: a turn may make at most {MAX_TOOL_CALLS} tool calls. {BREAKER_TEXT}"
+                        ));
+                        self.record_tool(call, "refused", &out.result, 0);
+                        out
+                    } else {
+                        self.tool_calls += 1;
+                        let ctx = ToolContext {
+                            store: self.agent.store.as_ref(),
+                            writer: self.agent.writer.as_ref(),
+                            principal: self.principal,
+                            roles: self.roles,
+                            now: self.now,
+                            trace_id: &self.trace_id,
+                        };
+                        let t0 = Instant::now();
+                        let out = tools::run(&ctx, call).await?;
+                        let ms = t0.elapsed().as_millis();
+                        self.citable.extend(out.citable.iter().copied());
+                        self.proposals.extend(out.proposal);
+                        let status = if out.error.is_some() { "error" } else { "ok" };
+                        self.record_tool(call, status, &out.result, ms);
+                        out
+                    };
+                    self.emit(ChatEvent::ToolResult {
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        ok: result.error.is_none(),
+                        result: result.result.clone(),
+                    })
+                    .await;
+                    self.tool_results.push(ToolTrace {
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        ok: result.error.is_none(),
+                        result: result.result.clone(),
+                    });
+                    history.push(ChatMessage::tool_result(call.id.clone(), result.text()));
+                }
+                continue;
+            }
+
+            match self.check(&msg.content) {
+                Ok(answer) => return Ok((answer, Outcome::Answered, repaired, last_hash, blocks)),
+                Err(errors) if !repaired => {
+                    repaired = true;
+                    tracing::info!(errors = ?errors, "answer did not validate; asking for a repair");
+                    self.emit(ChatEvent::Repair {
+                        errors: errors.clone(),
+                    })
+                    .await;
+                    history.push(ChatMessage::assistant(msg.content.clone()));
+                    history.push(ChatMessage::user(repair_prompt(&errors)));
+                }
+                Err(errors) => {
+                    tracing::info!(errors = ?errors, "repaired answer did not validate either");
+                    return Ok(self.insufficient(repaired, last_hash, blocks));
+                }
+            }
+        }
+        Ok(self.insufficient(repaired, last_hash, blocks))
+    }
+
+    fn insufficient(&self, repaired: bool, hash: String, blocks: Vec<Value>) -> Ran {
+        (
+            json!({ "error": INSUFFICIENT }),
+            Outcome::InsufficientEvidence,
+            repaired,
+            hash,
+            blocks,
+        )
+    }
+
+    /// Parses and validates an answer; the errors are what the repair prompt tells the model.
+    fn check(&self, content: &str) -> Result<Value, Vec<String>> {
+        let text = strip_fences(content);
+        let mut answer: Value = serde_json::from_str(text)
+            .map_err(|e| vec![format!("the answer is not a JSON object: {e}")])?;
+        let mut errors: Vec<String> = self
+            .agent
+            .validator
+            .iter_errors(&answer)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+            })
+            .collect();
+        if let Some(cites) = answer.get("citations").and_then(Value::as_array) {
+            for (i, c) in cites.iter().enumerate() {
+                let ok = c
+                    .as_str()
+                    .and_then(|s| s.parse::<Uuid>().ok())
+                    .is_some_and(|id| self.citable.contains(&id));
+                if !ok {
+                    errors.push(format!(
+                        "/citations/{i}: {c} is not the id of a span a tool returned in this turn; cite only ids from tool results"
+                    ));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // The count is the server's, not the model's.
+        answer["telemetry"]["tool_use_count"] = json!(self.tool_calls);
+        Ok(answer)
+    }
+
+    fn record_tool(&mut self, call: &ToolCall, status: &str, result: &Value, ms: u128) {
+        let text = result.to_string();
+        let result = if text.len() > 32 * 1024 {
+            json!({"truncated": true, "bytes": text.len()})
+        } else {
+            result.clone()
+        };
+        let span = json!({
+            "entity_type": "tool_call",
+            "visibility": "private",
+            "trace_id": self.trace_id,
+            "parent_id": self.run_id,
+            "when": format_time(Utc::now()),
+            "who": self.principal.user_id,
+            "did": format!("called {}", call.name),
+            "this": format!("tool call {} of run {}", call.id, self.run_id),
+            "confirmed_by": "agent",
+            "if_ok": "hand the result to the model",
+            "if_doubt": "hand the error to the model",
+            "if_not": "refuse the call",
+            "status": status,
+            "duration_ms": u64::try_from(ms).unwrap_or(u64::MAX),
+            "name": call.name,
+            "input": call.arguments,
+            "output": result,
+        });
+        match Draft::from_value(span, self.principal, &[], Utc::now()) {
+            Ok(d) => self.records.push(d),
+            Err(e) => tracing::warn!(error = %e, tool = %call.name, "tool_call span refused"),
+        }
+    }
+
+    /// Appends the breaker's temporary block (once per turn) and withdraws the tools.
+    async fn engage_breaker(&mut self) -> Result<(), ChatError> {
+        if self.breaker.is_some() {
+            return Ok(());
+        }
+        let id = Uuid::now_v7();
+        let expires = self.now + BREAKER_TTL;
+        let block = PromptBlock {
+            id,
+            name: "circuit_breaker".into(),
+            layer: Layer::Task,
+            priority: 71,
+            version: 1,
+            description: "Temporary: the turn reached its tool-call limit.".into(),
+            template: BREAKER_TEXT.into(),
+            source: "agent:circuit_breaker".into(),
+            digest: format!("blake3:{}", blake3::hash(BREAKER_TEXT.as_bytes()).to_hex()),
+        };
+        let draft = Draft::from_value(
+            json!({
+                "id": id,
+                "entity_type": "prompt_block",
+                "name": "circuit_breaker",
+                "visibility": "private",
+                "trace_id": self.trace_id,
+                "parent_id": self.run_id,
+                "when": format_time(self.now),
+                "who": "agent",
+                "did": "engaged the circuit breaker",
+                "this": format!("run {}", self.run_id),
+                "confirmed_by": "agent",
+                "if_ok": "the model synthesizes an answer",
+                "if_doubt": "the answer is repaired once",
+                "if_not": "Insufficient evidence.",
+                "status": "temporary",
+                "content": {
+                    "layer": "task",
+                    "priority": 71,
+                    "template": BREAKER_TEXT,
+                    "ttl_seconds": BREAKER_TTL.num_seconds(),
+                    "expires_at": format_time(expires),
+                    "tool_calls": self.tool_calls,
+                },
+            }),
+            self.principal,
+            &[],
+            self.now,
+        )
+        .map_err(StoreError::Input)?;
+        let appended = append_one(self.agent.writer.as_ref(), self.principal, draft).await?;
+        self.emit(ChatEvent::Breaker { block_id: id }).await;
+        self.breaker = Some((block, appended.seq));
+        Ok(())
+    }
+
+    /// Holds this turn's proposals and asks a reviewer.
+    async fn escalate(
+        &mut self,
+        conversation_id: Uuid,
+        message: &str,
+        answer: &Value,
+    ) -> Result<Uuid, ChatError> {
+        self.set_proposals(
+            "escalated",
+            "held for a reviewer: the answer's confidence was below 0.6",
+        )
+        .await?;
+        let id = Uuid::now_v7();
+        let draft = Draft::from_value(
+            json!({
+                "id": id,
+                "entity_type": ESCALATION,
+                "visibility": "tenant",
+                "trace_id": self.trace_id,
+                "related_to": std::iter::once(self.run_id).chain(self.proposals.iter().copied()).collect::<Vec<_>>(),
+                "when": format_time(Utc::now()),
+                "who": self.principal.user_id,
+                "did": "asked for a human review",
+                "this": format!("run {}", self.run_id),
+                "confirmed_by": "pending: a reviewer",
+                "if_ok": "the reviewer approves; held proposals may be confirmed",
+                "if_doubt": "the reviewer asks the user",
+                "if_not": "the reviewer rejects; held proposals are rejected",
+                "status": "open",
+                "content": {
+                    "run_id": self.run_id,
+                    "conversation_id": conversation_id,
+                    "question": message,
+                    "answer": answer,
+                    "confidence": answer.get("confidence"),
+                    "threshold": ESCALATION_THRESHOLD,
+                    "proposals": self.proposals,
+                },
+            }),
+            self.principal,
+            &[],
+            Utc::now(),
+        )
+        .map_err(StoreError::Input)?;
+        append_one(self.agent.writer.as_ref(), self.principal, draft).await?;
+        Ok(id)
+    }
+
+    async fn withdraw_proposals(&mut self, why: &str) -> Result<(), ChatError> {
+        self.set_proposals("withdrawn", why).await
+    }
+
+    async fn set_proposals(&mut self, status: &str, why: &str) -> Result<(), ChatError> {
+        for id in self.proposals.clone() {
+            set_proposal_status(
+                self.agent.store.as_ref(),
+                self.agent.writer.as_ref(),
+                self.principal,
+                id,
+                status,
+                why,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prompt_run(
+        &self,
+        variant: &str,
+        conversation_id: Uuid,
+        message: &str,
+        answer: &Value,
+        outcome: Outcome,
+        repaired: bool,
+        compiled_hash: &str,
+        blocks: &[Value],
+        memory: MemoryMode,
+        elapsed: Duration,
+    ) -> Result<Draft, StoreError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let p = &self.agent.provider;
+        let span = json!({
+            "id": self.run_id,
+            "entity_type": "prompt_run",
+            "visibility": "private",
+            "trace_id": self.trace_id,
+            "related_to": self.proposals,
+            "when": format_time(self.now),
+            "who": self.principal.user_id,
+            "did": "asked the agent",
+            "this": format!("conversation {conversation_id}"),
+            "confirmed_by": format!("provider {} model {}", p.kind(), p.model()),
+            "if_ok": "the answer is shown with its citations",
+            "if_doubt": "a reviewer is asked",
+            "if_not": "Insufficient evidence.",
+            "status": outcome.as_str(),
+            "duration_ms": ms(elapsed),
+            "content": {
+                "conversation_id": conversation_id,
+                "message": message,
+                "answer": answer,
+                "provider": p.kind(),
+                "model": p.model(),
+                "base_url": p.base_url(),
+                "variant": variant,
+                "compiled_hash": compiled_hash,
+                "blocks": blocks,
+                "latency_ms": ms(elapsed),
+                "provider_ms": ms(self.provider_time),
+                "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
+                "tool_use_count": self.tool_calls,
+                "breaker": self.breaker.as_ref().map(|(b, _)| b.id),
+                "repaired": repaired,
+                "confidence": answer.get("confidence"),
+                "outcome": outcome.as_str(),
+                "memory": memory,
+                "proposals": self.proposals,
+            },
+        });
+        Ok(Draft::from_value(span, self.principal, &[], self.now)?)
+    }
+
+    /// Appends the turn's records in one commit.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        let drafts = std::mem::take(&mut self.records);
+        for r in self.agent.writer.append(self.principal, drafts).await? {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// Entity type of a request for human review.
+pub const ESCALATION: &str = "escalation_request";
+/// Entity type of a reviewer's decision.
+pub const REVIEW: &str = "review_decision";
+
+fn repair_prompt(errors: &[String]) -> String {
+    format!(
+        "Your last reply is not a valid answer:\n- {}\nReply again with only the JSON object that follows the output schema, citing only span ids returned by tools in this turn.",
+        errors.join("\n- ")
+    )
+}
+
+/// Models often wrap JSON in a Markdown fence.
+fn strip_fences(s: &str) -> &str {
+    let t = s.trim();
+    let Some(rest) = t.strip_prefix("```") else {
+        return t;
+    };
+    let rest = rest.strip_prefix("json").unwrap_or(rest);
+    rest.strip_suffix("```").unwrap_or(rest).trim()
+}
+
+pub async fn append_one(
+    writer: &dyn SpanWriter,
+    principal: &Principal,
+    draft: Draft,
+) -> Result<ledger::Appended, StoreError> {
+    Ok(writer
+        .append(principal, vec![draft])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Config("the store returned no result".into()))??)
+}
+
+/// Appends the next seq of a proposal with a new status (the seq check makes concurrent
+/// changes of one proposal conflict instead of both winning).
+pub async fn set_proposal_status(
+    store: &dyn Store,
+    writer: &dyn SpanWriter,
+    principal: &Principal,
+    id: Uuid,
+    status: &str,
+    why: &str,
+) -> Result<ledger::Appended, StoreError> {
+    let span = store
+        .get(principal, id, None)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id))?;
+    let view = span.to_view().map_err(StoreError::Config)?;
+    if view.get("entity_type").and_then(Value::as_str) != Some(PROPOSAL) {
+        return Err(StoreError::NotFound(id));
+    }
+    let now = Utc::now();
+    let next = next_seq(
+        &view,
+        principal,
+        json!({
+            "status": status,
+            "when": format_time(now),
+            "did": format!("proposal {status}: {why}"),
+        }),
+    );
+    let draft = Draft::from_value(next, principal, &[], now)?;
+    append_one(writer, principal, draft).await
+}
+
+impl Agent {
+    /// The agent the server runs: the provider from `LOGLINE_PROVIDER` & co. (the offline
+    /// provider by default), the embedded prompt library published to the ledger (a changed
+    /// block becomes a new seq), and the answer schema compiled once.
+    pub async fn from_env(
+        store: Arc<dyn Store>,
+        writer: Arc<dyn SpanWriter>,
+    ) -> anyhow::Result<Self> {
+        let provider = super::provider::provider_from_env()
+            .map_err(|e| anyhow::anyhow!("chat provider: {e}"))?;
+        Self::new(store, writer, provider).await
+    }
+
+    pub async fn new(
+        store: Arc<dyn Store>,
+        writer: Arc<dyn SpanWriter>,
+        provider: Arc<dyn Provider>,
+    ) -> anyhow::Result<Self> {
+        let library = super::blocks::PromptLibrary::embedded()?;
+        let validator = jsonschema::validator_for(library.answer_schema())
+            .map_err(|e| anyhow::anyhow!("the answer schema does not compile: {e}"))?;
+        let (prompts, _) = library.publish(store.as_ref(), Utc::now()).await?;
+        let context = std::env::var("LOGLINE_CONTEXT_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let budget = Budget::for_model(provider.model(), context);
+        super::prompt::warm_up();
+        Ok(Self {
+            store,
+            writer,
+            provider,
+            prompts: Arc::new(prompts),
+            validator: Arc::new(validator),
+            budget,
+        })
+    }
+}
+
+/// The next version of a span as a draft: the same id, `seq + 1`, its descriptive fields
+/// carried forward (integrity and signature fields are the ledger's to recompute), the caller
+/// as `who`, and `changes` merged over it.
+pub fn next_seq(view: &Value, principal: &Principal, changes: Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in [
+        "id",
+        "entity_type",
+        "name",
+        "visibility",
+        "trace_id",
+        "parent_id",
+        "related_to",
+        "this",
+        "confirmed_by",
+        "if_ok",
+        "if_doubt",
+        "if_not",
+        "status",
+        "content",
+        "did",
+    ] {
+        if let Some(v) = view.get(k).filter(|v| !v.is_null()) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    let seq = view.get("seq").and_then(Value::as_i64).unwrap_or(0);
+    out.insert("seq".into(), json!(seq + 1));
+    out.insert("who".into(), json!(principal.user_id));
+    if let Value::Object(c) = changes {
+        out.extend(c);
+    }
+    Value::Object(out)
+}

@@ -1,0 +1,704 @@
+//! `POST /api/chat` (JSON or SSE), `POST /api/chat/confirm` (apply or cancel a proposed
+//! amendment), and the reviewers' `GET /api/reviews` / `POST /api/reviews/{id}`.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use futures::StreamExt;
+use kernels::contracts::{self, Change};
+use ledger::span::format_time;
+use ledger::{Draft, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::chat::agent::{
+    self, ChatError, ChatEvent, ESCALATION, MemoryMode, REVIEW, TurnRequest, append_one,
+    set_proposal_status,
+};
+use crate::chat::tools::{AMENDMENT, PROPOSAL, may_amend};
+use crate::error::{ApiError, Problem};
+use crate::serve::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/chat", post(chat))
+        .route("/api/chat/confirm", post(confirm))
+        .route("/api/reviews", get(reviews))
+        .route("/api/reviews/{id}", post(review))
+}
+
+/// A question for the agent.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    /// The question or request, in plain language (at most 8000 characters).
+    #[schema(min_length = 1, max_length = 8000)]
+    pub message: String,
+    /// Continue a conversation (its earlier turns are read back); a new one when absent.
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub conversation_id: Option<Uuid>,
+    /// A prompt variant from `prompts/variants` (`default` when absent).
+    pub variant: Option<String>,
+}
+
+/// The agent's answer: the validated JSON object of `prompts/answer.schema.json`
+/// (`text`, `confidence`, `follow_up_question`, `actions`, `citations`,
+/// `telemetry.tool_use_count`), or `{"error": "Insufficient evidence."}`.
+#[derive(Serialize, ToSchema)]
+pub struct ChatAnswer {
+    /// See `prompts/answer.schema.json`.
+    #[schema(value_type = Object)]
+    pub answer: Value,
+    #[schema(value_type = String, format = "uuid")]
+    pub conversation_id: Uuid,
+    /// The turn's `prompt_run` span.
+    #[schema(value_type = String, format = "uuid")]
+    pub run_id: Uuid,
+    /// The trace every span of this turn carries.
+    pub trace_id: String,
+    /// `answered`, `escalated` (confidence below 0.6: a reviewer decides; nothing proposed
+    /// can be applied until then) or `insufficient_evidence`.
+    pub outcome: String,
+    /// The `escalation_request` span, when escalated.
+    #[schema(value_type = Option<String>, format = "uuid")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation_id: Option<Uuid>,
+    /// Pending amendment proposals of this turn (apply with `POST /api/chat/confirm`).
+    #[schema(value_type = Vec<String>)]
+    pub proposals: Vec<Uuid>,
+    /// What each tool returned (for tables and timelines in a UI).
+    #[schema(value_type = Vec<Object>)]
+    pub tool_results: Vec<Value>,
+}
+
+fn memory_mode(headers: &HeaderMap) -> Result<MemoryMode, ApiError> {
+    match headers.get("x-logline-memory") {
+        None => Ok(MemoryMode::Off),
+        Some(v) => v.to_str().ok().and_then(MemoryMode::parse).ok_or_else(|| {
+            ApiError::BadRequest("X-LogLine-Memory must be `off`, `session-only` or `on`".into())
+        }),
+    }
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"))
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        use crate::chat::PromptError;
+        match e {
+            ChatError::BadRequest(m) => ApiError::BadRequest(m),
+            ChatError::Prompt(p @ PromptError::OverBudget { .. }) => {
+                ApiError::PayloadTooLarge(format!("the conversation does not fit the model: {p}"))
+            }
+            ChatError::Prompt(p) => ApiError::Internal(anyhow::Error::new(p)),
+            ChatError::Provider { error, run_id } => ApiError::Provider {
+                status: error.api_status().max(502),
+                detail: format!("the model provider failed: {error}"),
+                run_id: Some(run_id),
+            },
+            ChatError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match b {
+        Ok(Json(v)) => Ok(v),
+        Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+            "send the body as `content-type: application/json`".into(),
+        )),
+        Err(e) => Err(ApiError::BadRequest(e.body_text())),
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/chat",
+    tag = "chat",
+    security(("bearer" = []), ()),
+    params(
+        ("X-LogLine-Memory" = Option<String>, Header, nullable = false,
+         description = "`off` (default), `session-only` or `on`: consent for the agent to remember. Recorded with the turn."),
+    ),
+    request_body(content = ChatBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The answer (JSON), or with `Accept: text/event-stream` a stream of `delta`, `tool_call`, `tool_result`, `breaker`, `repair` events ending with `answer` (a ChatAnswer) or `error` (a problem document).",
+         content((ChatAnswer = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "Malformed body, empty or too long message, unknown variant, bad X-LogLine-Memory.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body or the conversation is too large.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 502, description = "The model provider failed; `run_id` names the recorded turn.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The model provider is unreachable or rate limited.", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The model provider did not answer in time.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn chat(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    b: Result<Json<ChatBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = body(b)?;
+    let req = TurnRequest {
+        message: b.message,
+        conversation_id: b.conversation_id,
+        variant: b.variant,
+        memory: memory_mode(&headers)?,
+    };
+    let agent = state.chat.clone();
+    if !wants_sse(&headers) {
+        let r = agent
+            .turn(&caller.principal, &caller.roles, req, None)
+            .await?;
+        return Ok(Json(answer_json(r)).into_response());
+    }
+    // Streamed: the turn runs in its own task; a client that goes away does not stop it (the
+    // turn is still recorded), it only stops receiving.
+    let (tx, rx) = mpsc::channel::<ChatEvent>(64);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = agent
+            .turn(&caller.principal, &caller.roles, req, Some(tx))
+            .await;
+        let _ = done_tx.send(r);
+    });
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
+        let name = match &e {
+            ChatEvent::Delta { .. } => "delta",
+            ChatEvent::ToolCall { .. } => "tool_call",
+            ChatEvent::ToolResult { .. } => "tool_result",
+            ChatEvent::Breaker { .. } => "breaker",
+            ChatEvent::Repair { .. } => "repair",
+        };
+        Ok::<_, Infallible>(
+            Event::default()
+                .event(name)
+                .data(serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())),
+        )
+    });
+    let last = futures::stream::once(async move {
+        let ev = match done_rx.await {
+            Ok(Ok(r)) => Event::default()
+                .event("answer")
+                .data(answer_json(r).to_string()),
+            Ok(Err(e)) => {
+                let e = ApiError::from(e);
+                Event::default().event("error").data(problem_json(e).await)
+            }
+            Err(_) => Event::default()
+                .event("error")
+                .data(json!({"type": "/problems/internal", "title": "Internal Server Error", "status": 500, "detail": "the turn stopped unexpectedly"}).to_string()),
+        };
+        Ok::<_, Infallible>(ev)
+    });
+    Ok(Sse::new(events.chain(last))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+async fn problem_json(e: ApiError) -> String {
+    let resp = e.into_response();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn answer_json(r: agent::TurnResult) -> Value {
+    json!(ChatAnswer {
+        answer: r.answer,
+        conversation_id: r.conversation_id,
+        run_id: r.run_id,
+        trace_id: r.trace_id,
+        outcome: r.outcome.as_str().to_string(),
+        escalation_id: r.escalation_id,
+        proposals: r.proposals,
+        tool_results: r
+            .tool_results
+            .into_iter()
+            .map(|t| json!({"id": t.id, "name": t.name, "ok": t.ok, "result": t.result}))
+            .collect(),
+    })
+}
+
+/// Apply or cancel a pending amendment proposal.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    #[schema(value_type = String, format = "uuid")]
+    pub proposal_id: Uuid,
+    /// `apply` (default) or `cancel`.
+    pub action: Option<ConfirmAction>,
+}
+
+#[derive(Deserialize, Serialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfirmAction {
+    Apply,
+    Cancel,
+}
+
+/// What confirming did.
+#[derive(Serialize, ToSchema)]
+pub struct Confirmed {
+    #[schema(value_type = String, format = "uuid")]
+    pub proposal_id: Uuid,
+    /// `applied` or `cancelled`.
+    pub status: String,
+    /// The contract as it is now (after an apply: its new version).
+    #[schema(value_type = Object)]
+    pub contract: Value,
+    /// The `contract_amendment` span (after an apply).
+    #[schema(value_type = Option<String>, format = "uuid")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amendment_id: Option<Uuid>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/chat/confirm",
+    tag = "chat",
+    security(("bearer" = []), ()),
+    request_body(content = ConfirmBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied (the contract has a new version and a `contract_amendment` span records it) or cancelled.", body = Confirmed),
+        (status = 400, description = "Malformed body.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not a party to the contract and not an administrator.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such proposal visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The proposal is not pending (applied, cancelled, withdrawn, rejected, or held for a reviewer), or the contract changed since it was proposed.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn confirm(
+    State(state): State<AppState>,
+    caller: Caller,
+    b: Result<Json<ConfirmBody>, JsonRejection>,
+) -> Result<Json<Confirmed>, ApiError> {
+    let b = body(b)?;
+    let p = &caller.principal;
+    let id = b.proposal_id;
+    let store = state.store.as_ref();
+    let not_found = || ApiError::NotFound(format!("no amendment proposal {id} visible to you"));
+    let span = store.get(p, id, None).await?.ok_or_else(not_found)?;
+    let view = span
+        .to_view()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    if view.get("entity_type").and_then(Value::as_str) != Some(PROPOSAL) {
+        return Err(not_found());
+    }
+    let status = view.get("status").and_then(Value::as_str).unwrap_or("");
+    if status != "pending" {
+        let why = match status {
+            "escalated" => "is held for a reviewer (the answer's confidence was low)",
+            "applied" => "was already applied",
+            "cancelled" => "was cancelled",
+            "withdrawn" => "was withdrawn (its answer did not validate)",
+            "rejected" => "was rejected by a reviewer",
+            _ => "is not pending",
+        };
+        return Err(ApiError::Conflict(format!("proposal {id} {why}")));
+    }
+    let content = view.get("content").cloned().unwrap_or(Value::Null);
+    let contract_ref = content
+        .pointer("/contract/id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::Conflict(format!("proposal {id} names no contract")))?;
+    let contract = contracts::find(store, p, contract_ref)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "the contract of proposal {id} is not visible to you"
+            ))
+        })?;
+    let latest = contract
+        .latest()
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("contract {contract_ref} has no versions")))?;
+    if !may_amend(p, &caller.roles, &latest) {
+        return Err(ApiError::Forbidden(format!(
+            "{} is not a party to contract {} and has no admin role",
+            p.user_id,
+            latest.label()
+        )));
+    }
+    if b.action == Some(ConfirmAction::Cancel) {
+        set_proposal_status(
+            store,
+            &state.writer,
+            p,
+            id,
+            "cancelled",
+            "cancelled by the user",
+        )
+        .await?;
+        return Ok(Json(Confirmed {
+            proposal_id: id,
+            status: "cancelled".into(),
+            contract: contract_view(&latest),
+            amendment_id: None,
+        }));
+    }
+    let base_seq = content.pointer("/contract/seq").and_then(Value::as_i64);
+    if base_seq != Some(latest.seq) {
+        return Err(ApiError::Conflict(format!(
+            "contract {} changed since the proposal (proposed on seq {}, now seq {}); ask again",
+            latest.label(),
+            base_seq.map_or("?".into(), |s| s.to_string()),
+            latest.seq
+        )));
+    }
+    let new_content = content
+        .get("new_content")
+        .cloned()
+        .filter(Value::is_object)
+        .ok_or_else(|| ApiError::Conflict(format!("proposal {id} carries no new content")))?;
+    let summary = content
+        .get("summary")
+        .and_then(Value::as_str)
+        .unwrap_or("amended")
+        .to_string();
+    let now = Utc::now();
+    let draft = contracts::next_version(
+        p,
+        &latest,
+        new_content,
+        Change {
+            did: &format!("amended: {summary}"),
+            confirmed_by: &format!("proposal {id} confirmed by {}", p.user_id),
+            idempotency_key: format!("amendment:{id}"),
+            related_to: vec![id],
+            at: now,
+        },
+    )
+    .map_err(|e| ApiError::from_input(e, None))?;
+    let applied = append_one(&state.writer, p, draft)
+        .await
+        .map_err(|e| match e {
+            StoreError::Append(a) => ApiError::Conflict(format!(
+                "contract {} changed while confirming: {a}",
+                latest.label()
+            )),
+            other => other.into(),
+        })?;
+    let amendment = Draft::from_value(
+        json!({
+            "entity_type": AMENDMENT,
+            "visibility": "tenant",
+            "idempotency_key": format!("amendment-record:{id}"),
+            "trace_id": view.get("trace_id"),
+            "related_to": [contract.id, id],
+            "when": format_time(now),
+            "who": p.user_id,
+            "did": "applied an amendment",
+            "this": format!("contract {}", latest.label()),
+            "confirmed_by": p.user_id,
+            "if_ok": "the contract continues under the amended terms",
+            "if_doubt": "the parties discuss",
+            "if_not": "a new amendment reverts it",
+            "status": "applied",
+            "content": {
+                "proposal_id": id,
+                "contract": {"id": contract.id, "name": latest.label(), "from_seq": latest.seq, "to_seq": applied.seq, "curr_hash": applied.curr_hash},
+                "changes": content.get("changes"),
+                "before": content.get("before"),
+                "after": content.get("after"),
+                "reason": content.get("reason"),
+                "summary": summary,
+            },
+        }),
+        p,
+        &[],
+        now,
+    )
+    .map_err(|e| ApiError::from_input(e, None))?;
+    let amendment = append_one(&state.writer, p, amendment).await?;
+    set_proposal_status(store, &state.writer, p, id, "applied", "confirmed").await?;
+    let now_contract = contracts::find(store, p, &contract.id.to_string())
+        .await?
+        .and_then(|c| c.latest().cloned())
+        .map(|v| contract_view(&v))
+        .unwrap_or(Value::Null);
+    Ok(Json(Confirmed {
+        proposal_id: id,
+        status: "applied".into(),
+        contract: now_contract,
+        amendment_id: Some(amendment.id),
+    }))
+}
+
+fn contract_view(v: &contracts::ContractVersion) -> Value {
+    json!({
+        "id": v.id,
+        "seq": v.seq,
+        "name": v.label(),
+        "state": v.state().map(contracts::State::as_str),
+        "deadline_at": v.content.get("deadline_at"),
+        "title": v.content.get("title"),
+        "curr_hash": v.curr_hash,
+    })
+}
+
+fn require_reviewer(caller: &Caller) -> Result<(), ApiError> {
+    if caller.roles.iter().any(|r| r == "reviewer" || r == "admin") {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "reviewing escalations needs the `reviewer` or `admin` role".into(),
+        ))
+    }
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+pub struct ReviewQuery {
+    /// `open` (default), `approved`, `rejected` or `all`.
+    pub status: Option<String>,
+}
+
+/// Escalation requests of the caller's tenant.
+#[derive(Serialize, ToSchema)]
+pub struct Reviews {
+    #[schema(value_type = Vec<Object>)]
+    pub reviews: Vec<Value>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/reviews",
+    tag = "chat",
+    security(("bearer" = []), ()),
+    params(ReviewQuery),
+    responses(
+        (status = 200, description = "Escalation requests, newest first (latest version of each).", body = Reviews),
+        (status = 400, description = "Unknown status filter.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller has neither the `reviewer` nor the `admin` role.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn reviews(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ReviewQuery>,
+) -> Result<Json<Reviews>, ApiError> {
+    require_reviewer(&caller)?;
+    let want = q.status.as_deref().unwrap_or("open");
+    if !["open", "approved", "rejected", "all"].contains(&want) {
+        return Err(ApiError::BadRequest(
+            "`status` must be open, approved, rejected or all".into(),
+        ));
+    }
+    let p = &caller.principal;
+    let views = contracts::load_views(state.store.as_ref(), p, ESCALATION).await?;
+    // Latest version of each escalation.
+    let mut latest: std::collections::BTreeMap<String, Value> = Default::default();
+    for v in views {
+        let Some(id) = v.get("id").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let seq = v.get("seq").and_then(Value::as_i64).unwrap_or(0);
+        let newer = latest
+            .get(&id)
+            .is_none_or(|o| o.get("seq").and_then(Value::as_i64).unwrap_or(0) < seq);
+        if newer {
+            latest.insert(id, v);
+        }
+    }
+    let mut out: Vec<Value> = latest
+        .into_values()
+        .filter(|v| want == "all" || v.get("status").and_then(Value::as_str) == Some(want))
+        .collect();
+    out.sort_by(|a, b| {
+        b.get("id")
+            .and_then(Value::as_str)
+            .cmp(&a.get("id").and_then(Value::as_str))
+    });
+    Ok(Json(Reviews { reviews: out }))
+}
+
+/// A reviewer's decision on an escalation.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    pub decision: ReviewDecision,
+    /// Why, for the record.
+    #[schema(max_length = 2000)]
+    pub note: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewDecision {
+    Approve,
+    Reject,
+}
+
+/// What the decision did.
+#[derive(Serialize, ToSchema)]
+pub struct Reviewed {
+    #[schema(value_type = String, format = "uuid")]
+    pub escalation_id: Uuid,
+    /// The `review_decision` span.
+    #[schema(value_type = String, format = "uuid")]
+    pub review_id: Uuid,
+    /// `approved` or `rejected`.
+    pub status: String,
+    /// Proposals released for confirmation (approve) or rejected.
+    #[schema(value_type = Vec<String>)]
+    pub proposals: Vec<Uuid>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/reviews/{id}",
+    tag = "chat",
+    security(("bearer" = []), ()),
+    params(("id" = String, Path, format = "uuid", description = "The escalation_request span.")),
+    request_body(content = ReviewBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided: a `review_decision` span is appended and the escalation closed.", body = Reviewed),
+        (status = 400, description = "Malformed body or id.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller has neither the `reviewer` nor the `admin` role.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such escalation visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already decided.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn review(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Result<Json<ReviewBody>, JsonRejection>,
+) -> Result<Json<Reviewed>, ApiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a UUID")))?;
+    let b = body(b)?;
+    require_reviewer(&caller)?;
+    let p = &caller.principal;
+    let store = state.store.as_ref();
+    let not_found = || ApiError::NotFound(format!("no escalation request {id} visible to you"));
+    let span = store.get(p, id, None).await?.ok_or_else(not_found)?;
+    let view = span
+        .to_view()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    if view.get("entity_type").and_then(Value::as_str) != Some(ESCALATION) {
+        return Err(not_found());
+    }
+    if view.get("status").and_then(Value::as_str) != Some("open") {
+        return Err(ApiError::Conflict(format!(
+            "escalation {id} was already decided ({})",
+            view.get("status").and_then(Value::as_str).unwrap_or("?")
+        )));
+    }
+    let (status, proposal_status) = match b.decision {
+        ReviewDecision::Approve => ("approved", "pending"),
+        ReviewDecision::Reject => ("rejected", "rejected"),
+    };
+    let now = Utc::now();
+    // Closing the escalation first: its seq check lets only one reviewer decide.
+    let next = agent::next_seq(
+        &view,
+        p,
+        json!({
+            "status": status,
+            "when": format_time(now),
+            "did": format!("review {status}"),
+            "confirmed_by": p.user_id,
+        }),
+    );
+    let closed = Draft::from_value(next, p, &[], now).map_err(|e| ApiError::from_input(e, None))?;
+    append_one(&state.writer, p, closed)
+        .await
+        .map_err(|e| match e {
+            StoreError::Append(a) => {
+                ApiError::Conflict(format!("escalation {id} was decided concurrently: {a}"))
+            }
+            other => other.into(),
+        })?;
+    let proposals: Vec<Uuid> = view
+        .pointer("/content/proposals")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let mut released = Vec::new();
+    for pid in &proposals {
+        match set_proposal_status(
+            store,
+            &state.writer,
+            p,
+            *pid,
+            proposal_status,
+            &format!("review {status}"),
+        )
+        .await
+        {
+            Ok(_) => released.push(*pid),
+            Err(e) => {
+                tracing::warn!(proposal = %pid, error = %e, "cannot update a reviewed proposal")
+            }
+        }
+    }
+    let decision = Draft::from_value(
+        json!({
+            "entity_type": REVIEW,
+            "visibility": "tenant",
+            "idempotency_key": format!("review:{id}"),
+            "trace_id": view.get("trace_id"),
+            "related_to": std::iter::once(id).chain(proposals.iter().copied()).collect::<Vec<_>>(),
+            "when": format_time(now),
+            "who": p.user_id,
+            "did": format!("{status} an escalation"),
+            "this": format!("escalation {id}"),
+            "confirmed_by": p.user_id,
+            "if_ok": "held proposals may be confirmed",
+            "if_doubt": "ask the user",
+            "if_not": "held proposals are rejected",
+            "status": status,
+            "content": {
+                "escalation_id": id,
+                "decision": status,
+                "note": b.note,
+                "run_id": view.pointer("/content/run_id"),
+                "proposals": proposals,
+            },
+        }),
+        p,
+        &[],
+        now,
+    )
+    .map_err(|e| ApiError::from_input(e, None))?;
+    let decided = append_one(&state.writer, p, decision).await?;
+    Ok(Json(Reviewed {
+        escalation_id: id,
+        review_id: decided.id,
+        status: status.into(),
+        proposals: released,
+    }))
+}
