@@ -35,6 +35,7 @@ use crate::routes::{chat, spans, system, timeline};
         chat::confirm,
         chat::reviews,
         chat::review,
+        crate::routes::web::verify_span,
     ),
     components(schemas(
         Problem,

@@ -229,6 +229,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(routes::timeline::router())
         .merge(routes::system::router())
         .merge(routes::chat::router())
+        .merge(routes::web::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.body_bytes))

@@ -4,3 +4,4 @@ pub mod chat;
 pub mod spans;
 pub mod system;
 pub mod timeline;
+pub mod web;

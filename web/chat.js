@@ -1,0 +1,380 @@
+// The chat page: sends a message to POST /api/chat as a Server-Sent Events stream, shows the
+// answer as it streams in, then the final answer with its confidence, cited spans, tool results
+// (tables, decision timelines) and any amendment proposal to confirm or cancel.
+
+import { api, sse, el, sentence, time, spanLink, shortId, isUuid, initChrome, Problem } from "./common.js";
+import { toolResult, diffTable, statusBadge } from "./render.js";
+
+initChrome();
+
+const form = document.getElementById("composer");
+const box = document.getElementById("message");
+const sendBtn = document.getElementById("send");
+const log = document.getElementById("conversation");
+const intro = document.getElementById("intro");
+const MEMORY_KEY = "logline.memory";
+
+let conversationId = null;
+let busy = false;
+let lastMessage = "";
+
+// ---- memory toggle ----------------------------------------------------------------------------
+
+const saved = localStorage.getItem(MEMORY_KEY);
+for (const r of form.querySelectorAll('input[name="memory"]')) {
+  if (saved && r.value === saved) r.checked = true;
+  r.addEventListener("change", () => localStorage.setItem(MEMORY_KEY, r.value));
+}
+const memory = () => form.querySelector('input[name="memory"]:checked')?.value || "off";
+
+// ---- composer ---------------------------------------------------------------------------------
+
+box.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    form.requestSubmit();
+  }
+});
+
+form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = box.value.trim();
+  if (!text || busy) return;
+  ask(text);
+});
+
+for (const b of document.querySelectorAll(".suggestion")) {
+  b.addEventListener("click", () => ask(b.textContent.trim()));
+}
+
+document.getElementById("new-conversation").addEventListener("click", () => {
+  conversationId = null;
+  for (const n of [...log.children]) if (n !== intro) n.remove();
+  intro.hidden = false;
+  box.focus();
+});
+
+window.addEventListener("logline:signed-in", () => {
+  if (!box.value && lastMessage) box.value = lastMessage;
+  box.focus();
+});
+
+// ---- streaming answer text ------------------------------------------------------------------
+
+/** The `text` field of a JSON answer that is still arriving, decoded as far as it goes. */
+function partialText(raw) {
+  const m = /"text"\s*:\s*"/.exec(raw);
+  if (!m) return "";
+  let out = "";
+  for (let i = m.index + m[0].length; i < raw.length; i++) {
+    const c = raw[i];
+    if (c === '"') break;
+    if (c !== "\\") {
+      out += c;
+      continue;
+    }
+    const n = raw[i + 1];
+    if (n === undefined) break;
+    if (n === "u") {
+      const hex = raw.slice(i + 2, i + 6);
+      if (hex.length < 4) break;
+      out += String.fromCharCode(parseInt(hex, 16));
+      i += 5;
+      continue;
+    }
+    out += { n: "\n", t: "\t", r: "", b: "", f: "" }[n] ?? n;
+    i += 1;
+  }
+  return out;
+}
+
+/** Answer text as paragraphs and bullet lists, with `code` spans. */
+function prose(text) {
+  const out = [];
+  let list = null;
+  for (const line of String(text).split("\n")) {
+    const item = /^\s*[-*•]\s+(.*)$/.exec(line);
+    if (item) {
+      if (!list) out.push((list = el("ul")));
+      list.append(el("li", {}, inline(item[1])));
+      continue;
+    }
+    list = null;
+    if (line.trim()) out.push(el("p", {}, inline(line)));
+  }
+  return out;
+}
+
+function inline(s) {
+  return s.split(/(`[^`]+`)/).map((part) => (part.length > 2 && part.startsWith("`") && part.endsWith("`") ? el("code", {}, part.slice(1, -1)) : part));
+}
+
+// ---- one turn ---------------------------------------------------------------------------------
+
+async function ask(text) {
+  if (busy) return;
+  busy = true;
+  lastMessage = text;
+  sendBtn.disabled = true;
+  intro.hidden = true;
+  box.value = "";
+  log.append(el("div", { class: "msg user" }, el("p", { class: "who-label visually-hidden" }, "You said:"), el("p", {}, text)));
+
+  const turn = new Turn();
+  log.append(turn.node);
+  turn.node.scrollIntoView({ block: "nearest" });
+
+  const body = { message: text };
+  if (conversationId) body.conversation_id = conversationId;
+  try {
+    await sse("/api/chat", {
+      method: "POST",
+      body,
+      headers: { "X-LogLine-Memory": memory() },
+      onEvent: (name, data) => turn.event(name, data),
+    });
+    if (!turn.done) turn.fail("The answer was cut off before it finished. Try again.");
+  } catch (err) {
+    if (err instanceof Problem && err.status === 401) {
+      box.value = text;
+      turn.fail("Sign in with an access token (above), then send your message again.");
+    } else {
+      turn.fail(sentence(err));
+    }
+  } finally {
+    busy = false;
+    sendBtn.disabled = false;
+    if (document.activeElement === document.body || document.activeElement === sendBtn) box.focus();
+  }
+}
+
+class Turn {
+  constructor() {
+    this.raw = "";
+    this.done = false;
+    this.rendered = new Set();
+    this.results = [];
+    this.steps = el("ul", { class: "steps", "aria-label": "Steps" });
+    this.status = el("p", { class: "thinking" }, "Thinking…");
+    this.text = el("div", { class: "answer-text" });
+    this.tools = el("div", { class: "tools" });
+    this.extra = el("div", { class: "answer-extra" });
+    this.node = el("article", { class: "msg assistant", "aria-busy": "true", "aria-label": "Answer" }, this.status, this.steps, this.text, this.tools, this.extra);
+  }
+
+  event(name, data) {
+    switch (name) {
+      case "tool_call":
+        this.raw = "";
+        this.steps.append(el("li", { "data-id": data.id }, `Using ${data.name}${argSummary(data.arguments)}…`));
+        this.status.textContent = "Looking in the ledger…";
+        break;
+      case "tool_result": {
+        const li = this.steps.querySelector(`li[data-id="${CSS.escape(data.id)}"]`);
+        if (li) {
+          li.textContent = li.textContent.replace(/…$/, data.ok ? " — done" : " — failed");
+          li.classList.add(data.ok ? "ok" : "failed");
+        }
+        this.addResult(data);
+        break;
+      }
+      case "delta":
+        this.raw += data.text || "";
+        {
+          const t = partialText(this.raw);
+          if (t) {
+            this.status.hidden = true;
+            this.text.replaceChildren(...prose(t));
+          }
+        }
+        break;
+      case "breaker":
+        this.steps.append(el("li", { class: "note" }, "Tool call limit reached: answering with what was found."));
+        break;
+      case "repair":
+        this.raw = "";
+        this.steps.append(el("li", { class: "note" }, "The answer was not in the expected form; asking for a corrected one…"));
+        break;
+      case "answer":
+        this.finish(data);
+        break;
+      case "error":
+        this.fail(sentence(new Problem(data.status || 500, data.title, data.detail)));
+        break;
+      default:
+        break;
+    }
+  }
+
+  addResult(tr) {
+    if (this.rendered.has(tr.id)) return;
+    this.rendered.add(tr.id);
+    this.results.push(tr);
+    if (tr.name !== "propose_amendment") this.tools.append(toolResult(tr));
+  }
+
+  fail(message) {
+    this.done = true;
+    this.status.hidden = true;
+    this.node.setAttribute("aria-busy", "false");
+    this.node.classList.add("failed");
+    this.text.replaceChildren(el("p", { class: "notice bad", role: "alert" }, message));
+  }
+
+  finish(r) {
+    this.done = true;
+    this.status.hidden = true;
+    this.node.setAttribute("aria-busy", "false");
+    if (r.conversation_id) conversationId = r.conversation_id;
+    for (const tr of r.tool_results || []) this.addResult(tr);
+    const a = r.answer || {};
+    if (a.error || r.outcome === "insufficient_evidence") {
+      this.text.replaceChildren(el("p", { class: "notice warn" }, "There is not enough evidence in the ledger to answer that. Try naming the contract or span, or ask in another way."));
+    } else {
+      this.text.replaceChildren(...prose(a.text || ""));
+    }
+    const extra = [];
+    if (typeof a.confidence === "number") extra.push(confidence(a.confidence));
+    if (r.outcome === "escalated") {
+      extra.push(el("p", { class: "notice warn" }, "Confidence is low, so this answer was sent to a reviewer",
+        r.escalation_id ? [" (", spanLink(r.escalation_id, "escalation request"), ")"] : "",
+        ". Nothing it proposes can be applied until a reviewer approves it. ", el("a", { href: "/reviews" }, "Open reviews")));
+    }
+    const cites = (a.citations || []).filter(isUuid);
+    if (cites.length) extra.push(citations(cites));
+    const proposals = (a.actions || []).filter((x) => x && x.type === "propose_amendment" && x.proposal_id);
+    for (const id of r.proposals || []) {
+      if (!proposals.some((p) => p.proposal_id === id)) proposals.push({ proposal_id: id, summary: "" });
+    }
+    const cards = proposals.map((p) => new Proposal(p, this.results.find((t) => t.name === "propose_amendment" && t.result && t.result.proposal_id === p.proposal_id), r.outcome === "escalated"));
+    extra.push(...cards.map((c) => c.node));
+    if (a.follow_up_question) extra.push(followUp(a.follow_up_question));
+    extra.push(el("p", { class: "run-meta" }, "Recorded as ", spanLink(r.run_id, `run ${shortId(r.run_id)}`)));
+    this.extra.replaceChildren(...extra);
+    const open = cards.find((c) => c.pending);
+    if (open) open.review();
+  }
+}
+
+function argSummary(args) {
+  if (!args || typeof args !== "object") return "";
+  const v = args.contract || args.id || args.name;
+  return typeof v === "string" ? ` (${v})` : "";
+}
+
+function confidence(c) {
+  const pct = Math.round(c * 100);
+  return el(
+    "p",
+    { class: `confidence ${c < 0.6 ? "low" : ""}` },
+    el("span", {}, "Confidence"),
+    " ",
+    el("meter", { min: "0", max: "1", low: "0.6", high: "0.8", optimum: "1", value: String(c), "aria-label": "Confidence" }),
+    ` ${pct}%`,
+  );
+}
+
+function citations(ids) {
+  const list = el("ol", { class: "citations" });
+  for (const id of ids) {
+    const a = spanLink(id, shortId(id));
+    list.append(el("li", {}, a));
+    api(`/api/spans/${id}`)
+      .then((s) => {
+        const what = s.name || s.content?.name || s.did || "";
+        a.replaceChildren(el("span", { class: "etype" }, s.entity_type), " ", what ? `${what} · ` : "", el("code", {}, shortId(id)));
+      })
+      .catch(() => {});
+  }
+  return el("div", { class: "sources" }, el("h3", {}, "Sources"), list);
+}
+
+function followUp(q) {
+  const quoted = /"([^"]{3,})"/.exec(q);
+  const message = quoted ? quoted[1] : q;
+  return el("p", { class: "follow-up" }, el("button", { type: "button", class: "link-button", onclick: () => ask(message) }, el("span", { "aria-hidden": "true" }, "↪ "), q));
+}
+
+// ---- amendment proposals ----------------------------------------------------------------------
+
+const dialog = document.getElementById("confirm-dialog");
+let current = null;
+
+class Proposal {
+  constructor(action, tool, held) {
+    this.id = action.proposal_id;
+    this.result = (tool && tool.result) || {};
+    this.summary = action.summary || this.result.summary || "";
+    this.pending = !held && (this.result.status || "pending") === "pending";
+    this.state = el("div", { class: "proposal-state", role: "status" });
+    const target = action.target || this.result.contract?.name || "the contract";
+    this.node = el(
+      "section",
+      { class: "proposal", "aria-label": `Proposed amendment to ${target}` },
+      el("h3", {}, `Proposed amendment to ${target}`),
+      this.result.before || this.result.after ? diffTable(this.result.before, this.result.after) : el("p", {}, this.summary),
+      el("p", { class: "muted" }, "Proposal ", spanLink(this.id, shortId(this.id)), held ? " is held until a reviewer approves it." : " awaits your confirmation."),
+      this.state,
+    );
+    if (this.pending) {
+      this.reviewBtn = el("button", { type: "button", class: "secondary", onclick: () => this.review() }, "Review proposal…");
+      this.state.replaceChildren(this.reviewBtn);
+    }
+  }
+
+  review() {
+    current = this;
+    document.getElementById("confirm-summary").textContent = this.summary;
+    document.getElementById("confirm-diff").replaceChildren(this.result.before || this.result.after ? diffTable(this.result.before, this.result.after) : "");
+    document.getElementById("confirm-error").replaceChildren();
+    for (const b of dialog.querySelectorAll("button")) b.disabled = false;
+    dialog.showModal();
+    document.getElementById("confirm-apply").focus();
+  }
+
+  async decide(action) {
+    const err = document.getElementById("confirm-error");
+    for (const b of dialog.querySelectorAll("button")) b.disabled = true;
+    try {
+      const r = await api("/api/chat/confirm", { method: "POST", body: { proposal_id: this.id, action } });
+      dialog.close();
+      this.pending = false;
+      this.showOutcome(r);
+    } catch (e) {
+      for (const b of dialog.querySelectorAll("button")) b.disabled = false;
+      err.replaceChildren(el("p", { class: "notice bad" }, sentence(e)));
+      if (e instanceof Problem && e.status === 409) {
+        this.pending = false;
+        this.state.replaceChildren(el("p", { class: "notice warn" }, sentence(e)));
+      }
+    }
+  }
+
+  showOutcome(r) {
+    const c = r.contract || {};
+    if (r.status === "applied") {
+      this.state.replaceChildren(
+        el("p", { class: "notice good" }, el("strong", {}, "Applied. "), `${c.name || "The contract"} is now `, statusBadge(c.state),
+          c.deadline_at ? [" with its deadline at ", time(c.deadline_at)] : "", ` (version ${c.seq}).`),
+        el("p", {}, spanLink(c.id, `Contract ${c.name || ""} version ${c.seq}`.replace("  ", " "), c.seq),
+          r.amendment_id ? [" · ", spanLink(r.amendment_id, "amendment record")] : ""),
+      );
+    } else {
+      this.state.replaceChildren(el("p", { class: "notice" }, `Cancelled: nothing changed. ${c.name || "The contract"} stays `, statusBadge(c.state), "."));
+    }
+    const n = this.state.querySelector(".notice");
+    if (n) {
+      n.tabIndex = -1;
+      n.focus();
+    }
+  }
+}
+
+document.getElementById("confirm-apply").addEventListener("click", () => current?.decide("apply"));
+document.getElementById("confirm-cancel").addEventListener("click", () => current?.decide("cancel"));
+document.getElementById("confirm-later").addEventListener("click", () => dialog.close());
+dialog.addEventListener("close", () => {
+  if (current && current.pending) current.reviewBtn?.focus();
+});
+
+box.focus();
