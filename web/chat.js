@@ -2,8 +2,8 @@
 // answer as it streams in, then the final answer with its confidence, cited spans, tool results
 // (tables, decision timelines) and any amendment proposal to confirm or cancel.
 
-import { api, sse, el, sentence, time, spanLink, shortId, isUuid, initChrome, Problem } from "./common.js";
-import { toolResult, diffTable, statusBadge } from "./render.js";
+import { api, sse, el, sentence, technical, time, spanLink, shortId, isUuid, initChrome, Problem } from "./common.js";
+import { toolResult, diffTable, statusBadge, prose } from "./render.js";
 
 initChrome();
 
@@ -88,27 +88,6 @@ function partialText(raw) {
   return out;
 }
 
-/** Answer text as paragraphs and bullet lists, with `code` spans. */
-function prose(text) {
-  const out = [];
-  let list = null;
-  for (const line of String(text).split("\n")) {
-    const item = /^\s*[-*•]\s+(.*)$/.exec(line);
-    if (item) {
-      if (!list) out.push((list = el("ul")));
-      list.append(el("li", {}, inline(item[1])));
-      continue;
-    }
-    list = null;
-    if (line.trim()) out.push(el("p", {}, inline(line)));
-  }
-  return out;
-}
-
-function inline(s) {
-  return s.split(/(`[^`]+`)/).map((part) => (part.length > 2 && part.startsWith("`") && part.endsWith("`") ? el("code", {}, part.slice(1, -1)) : part));
-}
-
 // ---- one turn ---------------------------------------------------------------------------------
 
 async function ask(text) {
@@ -139,7 +118,7 @@ async function ask(text) {
       box.value = text;
       turn.fail("Sign in with an access token (above), then send your message again.");
     } else {
-      turn.fail(sentence(err));
+      turn.fail(sentence(err), err);
     }
   } finally {
     busy = false;
@@ -198,9 +177,11 @@ class Turn {
       case "answer":
         this.finish(data);
         break;
-      case "error":
-        this.fail(sentence(new Problem(data.status || 500, data.title, data.detail)));
+      case "error": {
+        const p = new Problem(data.status || 500, data.title, data.detail, { runId: data.run_id });
+        this.fail(sentence(p), p);
         break;
+      }
       default:
         break;
     }
@@ -213,12 +194,21 @@ class Turn {
     if (tr.name !== "propose_amendment") this.tools.append(toolResult(tr));
   }
 
-  fail(message) {
+  fail(message, err) {
     this.done = true;
     this.status.hidden = true;
     this.node.setAttribute("aria-busy", "false");
     this.node.classList.add("failed");
-    this.text.replaceChildren(el("p", { class: "notice bad", role: "alert" }, message));
+    const detail = technical(err);
+    const runId = err && isUuid(err.runId) ? err.runId : null;
+    this.text.replaceChildren(
+      el("p", { class: "notice bad", role: "alert" }, message),
+      detail || runId
+        ? el("details", { class: "tech" }, el("summary", {}, "Details for an administrator"),
+          detail ? el("p", {}, detail) : null,
+          runId ? el("p", {}, "The failed turn is recorded as ", spanLink(runId, `run ${shortId(runId)}`), ".") : null)
+        : null,
+    );
   }
 
   finish(r) {
@@ -313,7 +303,7 @@ class Proposal {
       { class: "proposal", "aria-label": `Proposed amendment to ${target}` },
       el("h3", {}, `Proposed amendment to ${target}`),
       this.result.before || this.result.after ? diffTable(this.result.before, this.result.after) : el("p", {}, this.summary),
-      el("p", { class: "muted" }, "Proposal ", spanLink(this.id, shortId(this.id)), held ? " is held until a reviewer approves it." : " awaits your confirmation."),
+      (this.line = el("p", { class: "muted" }, "Proposal ", spanLink(this.id, shortId(this.id)), held ? " is held until a reviewer approves it." : " awaits your confirmation.")),
       this.state,
     );
     if (this.pending) {
@@ -352,6 +342,7 @@ class Proposal {
 
   showOutcome(r) {
     const c = r.contract || {};
+    this.line.lastChild.textContent = r.status === "applied" ? " was applied." : " was cancelled.";
     if (r.status === "applied") {
       this.state.replaceChildren(
         el("p", { class: "notice good" }, el("strong", {}, "Applied. "), `${c.name || "The contract"} is now `, statusBadge(c.state),

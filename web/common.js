@@ -73,8 +73,8 @@ export function sentence(err) {
       return `You are not allowed to do this${err.detail ? `: ${err.detail}` : "."}`;
     }
     if (err.status === 429) return "Too many requests right now. Wait a few seconds and try again.";
-    if (err.status === 502) return `The language model failed to answer. ${detailOf(err)}`.trim();
-    if (err.status === 503) return `The language model is unavailable right now. ${detailOf(err)}`.trim();
+    if (err.status === 502) return "The language model failed to answer. Try again; if it keeps failing, ask an administrator to check the model provider.";
+    if (err.status === 503) return "The language model is unavailable right now. Try again in a moment; if it keeps failing, ask an administrator to check the model provider.";
     if (err.status === 504) return "The language model took too long to answer. Try again in a moment.";
     if (err.status >= 500) return "Something went wrong on the server. Try again; if it keeps happening, tell an administrator.";
     return capitalise(err.detail || err.title || "The request failed.");
@@ -82,9 +82,10 @@ export function sentence(err) {
   return "Something went wrong in this page. Reload it and try again.";
 }
 
-function detailOf(err) {
-  const d = (err.detail || "").trim();
-  return d ? capitalise(d.endsWith(".") ? d : `${d}.`) : "";
+/** What the server said, for a "Details" disclosure under a failure (provider errors). */
+export function technical(err) {
+  if (!(err instanceof Problem) || err.status < 500) return "";
+  return (err.detail || "").trim();
 }
 
 function capitalise(s) {
@@ -260,7 +261,9 @@ export function showSignIn(detail) {
     required: true,
   });
   const msg = el("p", { class: "muted", id: "signin-why" });
-  if (detail) msg.textContent = capitalise(detail.endsWith(".") ? detail : `${detail}.`);
+  if (detail && !/^missing bearer token/i.test(detail)) {
+    msg.textContent = `The token was refused: ${detail.replace(/\.$/, "")}.`;
+  }
   const form = el(
     "form",
     {
@@ -281,7 +284,7 @@ export function showSignIn(detail) {
   panel.replaceChildren(
     el("h2", { id: "signin-title" }, "Sign in"),
     el("p", {}, "This server needs an access token. An administrator can issue one with ",
-      el("code", {}, "logline token issue --user … --tenant …"), ". It is kept in this tab only."),
+      el("code", {}, "logline token issue"), "; it is kept in this browser tab only."),
     msg,
     form,
   );

@@ -170,3 +170,24 @@ export function toolResult(tr) {
   }
   return el("section", { class: `tool tool-${tr.name}`, "aria-label": title }, el("h3", { class: "tool-title" }, title), body);
 }
+
+/** Answer text as paragraphs and bullet lists, with `code` spans. */
+export function prose(text) {
+  const out = [];
+  let list = null;
+  for (const line of String(text).split("\n")) {
+    const item = /^\s*[-*•]\s+(.*)$/.exec(line);
+    if (item) {
+      if (!list) out.push((list = el("ul")));
+      list.append(el("li", {}, inline(item[1])));
+      continue;
+    }
+    list = null;
+    if (line.trim()) out.push(el("p", {}, inline(line)));
+  }
+  return out;
+}
+
+function inline(s) {
+  return s.split(/(`[^`]+`)/).map((part) => (part.length > 2 && part.startsWith("`") && part.endsWith("`") ? el("code", {}, part.slice(1, -1)) : part));
+}

@@ -2,7 +2,7 @@
 // (their held proposals may then be confirmed) or rejects them (held proposals are rejected).
 
 import { api, el, sentence, time, spanLink, shortId, initChrome, Problem } from "./common.js";
-import { statusBadge } from "./render.js";
+import { statusBadge, prose } from "./render.js";
 
 initChrome();
 
@@ -22,7 +22,7 @@ function card(r) {
     { class: "card review", "aria-labelledby": `q-${r.id}` },
     el("div", { class: "span-item-head" }, statusBadge(r.status), " ", time(r.at), " ", el("span", { class: "muted" }, `asked by ${r.who || r.owner_id || "?"}`)),
     el("h2", { id: `q-${r.id}`, class: "review-question" }, c.question ? `“${c.question}”` : `Escalation ${shortId(r.id)}`),
-    answer.text ? el("blockquote", {}, answer.text) : answer.error ? el("blockquote", {}, answer.error) : null,
+    answer.text || answer.error ? el("blockquote", {}, prose(answer.text || answer.error)) : null,
     el(
       "p",
       { class: "muted small" },
