@@ -29,3 +29,9 @@ cargo nextest run --workspace --no-fail-fast "$@"
 # schemathesis (no 5xx; status codes, content types, headers and bodies as documented). Fails
 # the suite on any finding, or if schemathesis cannot be installed.
 scripts/schemathesis.sh
+
+# Web UI in a real browser (scripts/ui-test.sh): installs Debian's Chromium and playwright-core
+# if missing (scripts/browser.sh), then drives the UI of the real binary on demo data: a cited
+# answer followed to its law.decision span, an amendment confirmed, a span arriving live on the
+# timeline, keyboard-only use, 375 px. Fails the suite if the browser or node cannot be had.
+scripts/ui-test.sh
