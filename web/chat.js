@@ -3,7 +3,7 @@
 // (tables, decision timelines) and any amendment proposal to confirm or cancel.
 
 import { api, sse, el, sentence, technical, time, spanLink, shortId, isUuid, initChrome, Problem } from "./common.js";
-import { toolResult, diffTable, statusBadge, prose } from "./render.js";
+import { toolResult, diffTable, statusBadge, prose, partialText } from "./render.js";
 
 initChrome();
 
@@ -58,35 +58,6 @@ window.addEventListener("logline:signed-in", () => {
   if (!box.value && lastMessage) box.value = lastMessage;
   box.focus();
 });
-
-// ---- streaming answer text ------------------------------------------------------------------
-
-/** The `text` field of a JSON answer that is still arriving, decoded as far as it goes. */
-function partialText(raw) {
-  const m = /"text"\s*:\s*"/.exec(raw);
-  if (!m) return "";
-  let out = "";
-  for (let i = m.index + m[0].length; i < raw.length; i++) {
-    const c = raw[i];
-    if (c === '"') break;
-    if (c !== "\\") {
-      out += c;
-      continue;
-    }
-    const n = raw[i + 1];
-    if (n === undefined) break;
-    if (n === "u") {
-      const hex = raw.slice(i + 2, i + 6);
-      if (hex.length < 4) break;
-      out += String.fromCharCode(parseInt(hex, 16));
-      i += 5;
-      continue;
-    }
-    out += { n: "\n", t: "\t", r: "", b: "", f: "" }[n] ?? n;
-    i += 1;
-  }
-  return out;
-}
 
 // ---- one turn ---------------------------------------------------------------------------------
 
@@ -164,6 +135,8 @@ class Turn {
           if (t) {
             this.status.hidden = true;
             this.text.replaceChildren(...prose(t));
+            // How many pieces of text were shown before the final answer (tests read it).
+            this.node.dataset.streamed = String(Number(this.node.dataset.streamed || 0) + 1);
           }
         }
         break;

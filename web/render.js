@@ -191,3 +191,30 @@ export function prose(text) {
 function inline(s) {
   return s.split(/(`[^`]+`)/).map((part) => (part.length > 2 && part.startsWith("`") && part.endsWith("`") ? el("code", {}, part.slice(1, -1)) : part));
 }
+
+/** The `text` field of a JSON answer that is still arriving, decoded as far as it goes. */
+export function partialText(raw) {
+  const m = /"text"\s*:\s*"/.exec(raw);
+  if (!m) return "";
+  let out = "";
+  for (let i = m.index + m[0].length; i < raw.length; i++) {
+    const c = raw[i];
+    if (c === '"') break;
+    if (c !== "\\") {
+      out += c;
+      continue;
+    }
+    const n = raw[i + 1];
+    if (n === undefined) break;
+    if (n === "u") {
+      const hex = raw.slice(i + 2, i + 6);
+      if (hex.length < 4) break;
+      out += String.fromCharCode(parseInt(hex, 16));
+      i += 5;
+      continue;
+    }
+    out += { n: "\n", t: "\t", r: "", b: "", f: "" }[n] ?? n;
+    i += 1;
+  }
+  return out;
+}

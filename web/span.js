@@ -11,14 +11,14 @@ const id = decodeURIComponent(location.pathname.replace(/^\/spans\//, "").replac
 const seqParam = new URLSearchParams(location.search).get("seq");
 
 const LOGLINE = ["who", "did", "this", "at", "when", "confirmed_by", "if_ok", "if_doubt", "if_not", "status"];
-const ENVELOPE = ["id", "seq", "entity_type", "tenant_id", "owner_id", "visibility", "recorded_at", "trace_id", "parent_id", "related_to", "idempotency_key", "duration_ms"];
+const ENVELOPE = ["id", "seq", "entity_type", "tenant_id", "owner_id", "visibility", "recorded_at", "trace_id", "parent_id", "related_to", "idempotency_key", "duration_ms", "declared_status", "ghost_reason", "redacted_by"];
 const SEAL = ["chain_pos", "prev_hash", "curr_hash", "body_digest", "public_key", "signature", "client_public_key", "client_signature", "client_digest"];
 const LABELS = {
   who: "Who", did: "Did", this: "This", at: "When", when: "When (as written)", confirmed_by: "Confirmed by",
   if_ok: "If ok", if_doubt: "If doubt", if_not: "If not", status: "Status",
   id: "Id", seq: "Version (seq)", entity_type: "Type", tenant_id: "Tenant", owner_id: "Owner", visibility: "Visibility",
   recorded_at: "Recorded", trace_id: "Trace", parent_id: "Parent", related_to: "Related to", idempotency_key: "Idempotency key",
-  duration_ms: "Duration (ms)", chain_pos: "Chain position", prev_hash: "Previous hash", curr_hash: "Current hash",
+  duration_ms: "Duration (ms)", declared_status: "Declared status", ghost_reason: "Ghost because", redacted_by: "Redacted by", chain_pos: "Chain position", prev_hash: "Previous hash", curr_hash: "Current hash",
   body_digest: "Body digest", public_key: "Signing key", signature: "Signature", client_public_key: "Client key",
   client_signature: "Client signature", client_digest: "Client digest",
 };
@@ -27,7 +27,7 @@ function value(k, v) {
   if (v === null || v === undefined || v === "") return el("span", { class: "muted" }, "—");
   if ((k === "at" || k === "recorded_at") && typeof v === "string") return el("span", {}, time(v), el("br"), el("code", { class: "small" }, v));
   if (k === "status") return statusBadge(v);
-  if (k === "parent_id" && isUuid(v)) return spanLink(v, v);
+  if ((k === "parent_id" || k === "redacted_by") && isUuid(v)) return spanLink(v, v);
   if (k === "related_to" && Array.isArray(v)) return v.length ? el("ul", { class: "plain" }, v.map((x) => el("li", {}, spanLink(x, x)))) : el("span", { class: "muted" }, "none");
   if (SEAL.includes(k) || k === "id" || k === "trace_id") return el("code", { class: "hash" }, String(v));
   if (typeof v === "object") return jsonBlock(v);
@@ -102,7 +102,7 @@ async function load() {
     api(`/api/spans/${id}/versions`).then((v) => v.versions).catch(() => null),
     api(`/api/spans/${id}/verify${q}`).catch(() => null),
   ]);
-  const redacted = span.redacted === true || (span.content && span.content.redacted === true && Object.keys(span.content).length === 1);
+  const redacted = span.redacted === true || isUuid(span.redacted_by) || (span.content && span.content.redacted === true && Object.keys(span.content).length === 1);
   const latest = versions && versions.length ? versions[versions.length - 1].seq : span.seq;
   const title = span.name || (span.content && span.content.name) || span.this || shortId(span.id);
   const known = new Set([...LOGLINE, ...ENVELOPE, ...SEAL, "redacted"]);

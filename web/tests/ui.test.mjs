@@ -64,6 +64,8 @@ describe("the web UI", () => {
     await page.goto(demo.base + "/");
     const answer = await ask(page, "why was D1 terminated?");
     await assert.doesNotReject(answer.getByText(/was terminated/).first().waitFor());
+    // The text was shown piece by piece from `delta` events before the final `answer` event.
+    assert.ok(Number(await answer.getAttribute("data-streamed")) >= 2, "the answer streamed in");
     await answer.locator(".confidence").getByText("90%").waitFor();
     // The decision history renders as a small timeline: three contract versions and the decision.
     assert.equal(await answer.locator("ol.timeline > li").count(), 4);
@@ -262,6 +264,19 @@ describe("the web UI", () => {
 
   test("a redacted or unknown span says so in plain words", T, async () => {
     const { context, page } = await desktop();
+    const posted = await apiCall(demo.base, "/api/spans", {
+      method: "POST",
+      body: { entity_type: "ui_note", who: "ana@padaria-lisboa.pt", did: "wrote something private", this: "a secret recipe", status: "valid" },
+    });
+    assert.equal(posted.status, 201);
+    logline(["--data-dir", demo.dir, "--tenant", "demo", "--as", "ana@padaria-lisboa.pt", "redact", posted.json.id, "--reason", "the user asked"]);
+    await page.goto(`${demo.base}/spans/${posted.json.id}`);
+    await page.getByText("This span was redacted.").waitFor();
+    // The envelope still verifies; the withheld content is not shown.
+    await page.getByText("Hash and signature verify.").waitFor();
+    assert.equal(await page.getByText("a secret recipe").count(), 0);
+    await shot(page, "span-redacted", { fullPage: true });
+
     await page.goto(demo.base + "/spans/not-a-span");
     await page.getByText(/is not a span id/).waitFor();
     await page.goto(demo.base + "/spans/01a23243-0000-7000-8000-000000000000");
