@@ -9,6 +9,7 @@ pub use ledger;
 pub mod contracts;
 pub mod manifest;
 pub mod midnight_ruler;
+pub mod policy_agent;
 pub mod run_code;
 pub mod sandbox;
 pub mod stage0;

@@ -38,6 +38,8 @@ pub struct NativeKernel {
     /// Whether this build has a body for it yet. Kernels without one are verified and reported
     /// as such, never pretended to run.
     pub runtime: bool,
+    /// What "ready" means for it (how it runs), for `kernels status`.
+    pub ready: &'static str,
     default_config: fn() -> Value,
     check_config: fn(&Value) -> Result<(), String>,
 }
@@ -65,12 +67,17 @@ fn check_run_code(config: &Value) -> Result<(), String> {
     RunCodeConfig::from_value(config).map(|_| ())
 }
 
-/// The six native kernels, in boot order. Only `run_code` has a body in this build.
+fn check_policy_agent(config: &Value) -> Result<(), String> {
+    crate::policy_agent::PolicyAgentConfig::from_value(config).map(|_| ())
+}
+
+/// The six native kernels, in boot order.
 pub const NATIVE: [NativeKernel; 6] = [
     NativeKernel {
         name: "run_code",
         version: "1.0.0",
         runtime: true,
+        ready: "verified; runs functions on demand (`logline run`, policies, requests)",
         default_config: crate::run_code::default_config,
         check_config: check_run_code,
     },
@@ -78,6 +85,7 @@ pub const NATIVE: [NativeKernel; 6] = [
         name: "observer_bot",
         version: "1.0.0",
         runtime: false,
+        ready: "",
         default_config: || json!({"interval_ms": 1000, "batch": 100}),
         check_config: no_check,
     },
@@ -85,20 +93,23 @@ pub const NATIVE: [NativeKernel; 6] = [
         name: "request_worker",
         version: "1.0.0",
         runtime: false,
+        ready: "",
         default_config: || json!({"interval_ms": 500, "batch": 10}),
         check_config: no_check,
     },
     NativeKernel {
         name: "policy_agent",
         version: "1.0.0",
-        runtime: false,
-        default_config: || json!({"interval_ms": 1000, "batch": 500, "time_ms": 3000}),
-        check_config: no_check,
+        runtime: true,
+        ready: "verified; `serve` runs the active policies every interval_ms",
+        default_config: crate::policy_agent::default_config,
+        check_config: check_policy_agent,
     },
     NativeKernel {
         name: "provider_exec",
         version: "1.0.0",
         runtime: false,
+        ready: "",
         default_config: || json!({"timeout_ms": 60000}),
         check_config: no_check,
     },
@@ -106,6 +117,7 @@ pub const NATIVE: [NativeKernel; 6] = [
         name: "midnight_ruler",
         version: "1.0.0",
         runtime: false,
+        ready: "",
         default_config: || json!({"interval_ms": 60000, "default_tz": "Europe/Paris"}),
         check_config: no_check,
     },
@@ -562,7 +574,7 @@ async fn inspect_one(
     }
     if native.runtime {
         st.state = State::Ready;
-        st.reason = "verified; runs functions on demand (`logline run`)".into();
+        st.reason = native.ready.into();
     } else {
         st.state = State::NoRuntime;
         st.reason = "verified; not started: this build has no runtime for it yet".into();
