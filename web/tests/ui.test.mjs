@@ -93,7 +93,7 @@ describe("the web UI", () => {
     await context.close();
   });
 
-  test("a query result renders as a table and a simulation as a list of changes", T, async () => {
+  test("a query result renders as a table, a simulation as a list of changes, and a follow-up question can be asked with one click", T, async () => {
     const { context, page } = await desktop();
     await page.goto(demo.base + "/");
     const answer = await ask(page, "show me contracts where the guarantor didn't respond in 24h");
@@ -104,6 +104,13 @@ describe("the web UI", () => {
     await sim.getByRole("table", { name: /triage would change/ }).getByRole("link", { name: "D5" }).waitFor();
     await answer.evaluate((n) => n.scrollIntoView());
     await shot(page, "chat-table");
+    // A follow-up question is a button that asks it.
+    const help = await ask(page, "hello", 2);
+    await help.getByRole("button", { name: /Why was D1 terminated/ }).click();
+    const followed = page.locator(ANSWER).nth(3);
+    await followed.waitFor({ timeout: 30_000 });
+    await followed.locator(".sources a", { hasText: "law.decision" }).waitFor();
+    assert.equal(await page.locator(".msg.user").nth(3).locator("p").last().textContent(), "Why was D1 terminated?");
     page.checkClean();
     await context.close();
   });
