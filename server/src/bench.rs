@@ -50,6 +50,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         events: usize,
     },
+    /// Server-side overhead of a chat turn (an in-process provider that answers at once).
+    Chat {
+        /// Concurrent conversations.
+        #[arg(long, default_value_t = 100)]
+        conversations: usize,
+        /// Turns in all.
+        #[arg(long, default_value_t = 2000)]
+        turns: usize,
+    },
     /// Verify a chain of this many spans.
     Verify {
         #[arg(long, default_value_t = 100_000)]
@@ -94,6 +103,17 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
                         println!("{}", json!({"bench": "ingest", "store": s.backend(), "mode": mode, "writers": w, "spans_per_request": per_call}).as_object().map(|o| merge(o.clone(), r)).unwrap_or_default());
                     }
                 }
+            }
+        }
+        BenchCommand::Chat {
+            conversations,
+            turns,
+        } => {
+            for s in &stores {
+                println!(
+                    "{}",
+                    crate::bench_chat::run(s.clone(), conversations, turns).await?
+                );
             }
         }
         BenchCommand::Http {

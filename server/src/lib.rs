@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_chat;
 pub mod bench_http;
 pub mod chat;
 pub mod cli;

@@ -422,7 +422,11 @@ impl Turn<'_> {
                 &ctx,
             )
             .await?;
-            self.provider_time += call_started.elapsed();
+            // The provider's own measure of its call (the draft that records it is ours).
+            self.provider_time += match &outcome {
+                Ok(c) => c.latency,
+                Err(_) => call_started.elapsed(),
+            };
             if let Some(f) = forward {
                 let _ = f.await;
             }
