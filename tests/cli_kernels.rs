@@ -21,6 +21,8 @@ const MANIFEST_ID: &str = "00000000-0000-7000-8000-6d616e696673";
 const RUN_CODE: &str = "00000000-0000-4000-8000-000000000001";
 const OBSERVER_BOT: &str = "00000000-0000-4000-8000-000000000002";
 const POLICY_AGENT: &str = "00000000-0000-4000-8000-000000000004";
+/// The kernels this build runs (the others are verified and reported as having no runtime).
+const RUNNING: [&str; 3] = ["run_code", "policy_agent", "midnight_ruler"];
 const USER: &str = "ana";
 const TENANT: &str = "bakery";
 
@@ -358,7 +360,7 @@ async fn init_seeds_six_kernel_spans_that_stage0_verifies(backend: Backend) -> R
             k["seq"] == json!(0) && k["version"] == json!("1.0.0"),
             "{k}"
         );
-        let want = if k["name"] == json!("run_code") {
+        let want = if RUNNING.iter().any(|n| k["name"] == json!(n)) {
             "ready"
         } else {
             "verified, no runtime yet"
@@ -726,13 +728,16 @@ async fn serve_boots_verified_kernels_and_notices_a_new_manifest_seq_without_a_r
             .collect();
         ensure!(booted.len() == 1, "{booted:?}");
         let started = &booted[0]["content"]["started"];
-        ensure!(started.as_array().map(Vec::len) == Some(1), "{started}");
-        ensure!(started[0]["name"] == json!("run_code"), "{started}");
+        let names: Vec<&str> = started
+            .as_array()
+            .map(|a| a.iter().filter_map(|k| k["name"].as_str()).collect())
+            .unwrap_or_default();
+        ensure!(names == RUNNING, "{started}");
         ensure!(
             booted[0]["content"]["verified_no_runtime"]
                 .as_array()
                 .map(Vec::len)
-                == Some(5),
+                == Some(6 - RUNNING.len()),
             "{}",
             booted[0]
         );

@@ -11,5 +11,6 @@ pub mod manifest;
 pub mod midnight_ruler;
 pub mod policy_agent;
 pub mod run_code;
+pub mod runner;
 pub mod sandbox;
 pub mod stage0;

@@ -61,6 +61,10 @@
 //! that dies leaves a claim that expires after `lease_ms`; the next taker re-does the batch, and
 //! the idempotency keys make every effect land once. A batch stops early at half the lease and
 //! commits what it did, so a slow policy never outlives its claim.
+//!
+//! A batch holding only spans the policy passes over is read past without a claim or a commit
+//! (the position is kept in memory), so an idle policy writes nothing and its own cursor
+//! versions never feed the next pass.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -67,6 +67,39 @@ fn check_run_code(config: &Value) -> Result<(), String> {
     RunCodeConfig::from_value(config).map(|_| ())
 }
 
+/// The Midnight Ruler's config: how often `serve` catches up, and the zone named by
+/// `clock: midnight` without one (it must be in the tz database).
+fn check_midnight_ruler(config: &Value) -> Result<(), String> {
+    let empty = Map::new();
+    let obj = match config {
+        Value::Null => &empty,
+        Value::Object(o) => o,
+        _ => return Err("config must be an object".into()),
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["interval_ms", "default_tz"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown setting `{k}` (known: interval_ms, default_tz)"
+        ));
+    }
+    match obj.get("interval_ms") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(ms) if (1000..=86_400_000).contains(&ms) => {}
+            _ => return Err("`interval_ms` must be an integer from 1000 to 86400000".into()),
+        },
+    }
+    match obj.get("default_tz") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(tz)) if crate::midnight_ruler::resolve_zone(tz).is_some() => Ok(()),
+        Some(other) => Err(format!(
+            "`default_tz` must be an IANA zone such as Europe/Paris, not {other}"
+        )),
+    }
+}
+
 fn check_policy_agent(config: &Value) -> Result<(), String> {
     crate::policy_agent::PolicyAgentConfig::from_value(config).map(|_| ())
 }
@@ -116,10 +149,10 @@ pub const NATIVE: [NativeKernel; 6] = [
     NativeKernel {
         name: "midnight_ruler",
         version: "1.0.0",
-        runtime: false,
-        ready: "",
+        runtime: true,
+        ready: "verified; `serve` rules each midnight and backfills missed ones every interval_ms",
         default_config: || json!({"interval_ms": 60000, "default_tz": "Europe/Paris"}),
-        check_config: no_check,
+        check_config: check_midnight_ruler,
     },
 ];
 

@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand, ValueEnum};
 use kernels::manifest;
+use kernels::midnight_ruler;
+use kernels::policy_agent::{PolicyAgent, PolicyAgentConfig};
 use kernels::run_code::{Outcome, RunCode};
+use kernels::runner;
 use kernels::stage0::{self, BootReport, State};
 use ledger::{Principal, Store};
 use serde_json::Value;
@@ -230,7 +233,9 @@ const RECHECK: Duration = Duration::from_secs(3);
 /// Stage-0 for `logline serve`: seeds missing kernel spans, verifies them, records refusals and
 /// one `boot_event` for this boot, logs what started, and keeps re-checking in the background
 /// so a new manifest or kernel seq is noticed (and a new refusal recorded) without a restart.
-/// Only `run_code` has a body so far; the others are reported as verified without a runtime.
+/// It then starts the loops of the kernels that run on their own (`policy_agent`,
+/// `midnight_ruler`); each asks Stage-0 before every step, so each runs only while verified and
+/// allow-listed, at the `interval_ms` of its newest kernel seq.
 pub async fn boot_for_serve(store: Arc<dyn Store>) -> Result<()> {
     stage0::seed(store.as_ref()).await?;
     let report = stage0::inspect(store.as_ref()).await?;
@@ -238,6 +243,7 @@ pub async fn boot_for_serve(store: Arc<dyn Store>) -> Result<()> {
     let process = format!("logline serve (pid {})", std::process::id());
     stage0::record_boot(store.as_ref(), &report, &process).await?;
     log_report(&report);
+    start_kernel_loops(&store);
     tokio::spawn(async move {
         let mut last = report.fingerprint();
         loop {
@@ -261,6 +267,49 @@ pub async fn boot_for_serve(store: Arc<dyn Store>) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// Spawns the interval loops of `policy_agent` and `midnight_ruler` (see [`runner::every`]).
+fn start_kernel_loops(store: &Arc<dyn Store>) {
+    let agent = Arc::new(PolicyAgent::new(store.clone()));
+    tokio::spawn(runner::every(
+        store.clone(),
+        "policy_agent",
+        move |config| {
+            let agent = agent.clone();
+            async move {
+                let config = PolicyAgentConfig::from_value(&config)?;
+                let r = agent.pass_with(&config).await.map_err(|e| e.to_string())?;
+                Ok(if r.evaluated + r.errors + r.actions == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "{} spans evaluated, {} actions, {} policy_error",
+                        r.evaluated, r.actions, r.errors
+                    )
+                })
+            }
+        },
+    ));
+    let ruler_store = store.clone();
+    tokio::spawn(runner::every(store.clone(), "midnight_ruler", move |_| {
+        let store = ruler_store.clone();
+        async move {
+            let reports = midnight_ruler::catch_up(store.as_ref(), chrono::Utc::now())
+                .await
+                .map_err(|e| e.to_string())?;
+            let written: usize = reports.iter().map(|r| r.spans_written).sum();
+            let decided: usize = reports.iter().map(|r| r.decided().total()).sum();
+            if decided > 0 || written > 0 {
+                tracing::info!(
+                    decided,
+                    spans_written = written,
+                    "midnight_ruler: caught up"
+                );
+            }
+            Ok(String::new())
+        }
+    }));
 }
 
 fn log_report(report: &BootReport) {
