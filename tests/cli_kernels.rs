@@ -22,7 +22,13 @@ const RUN_CODE: &str = "00000000-0000-4000-8000-000000000001";
 const OBSERVER_BOT: &str = "00000000-0000-4000-8000-000000000002";
 const POLICY_AGENT: &str = "00000000-0000-4000-8000-000000000004";
 /// The kernels this build runs (the others are verified and reported as having no runtime).
-const RUNNING: [&str; 3] = ["run_code", "policy_agent", "midnight_ruler"];
+const RUNNING: [&str; 5] = [
+    "run_code",
+    "observer_bot",
+    "request_worker",
+    "policy_agent",
+    "midnight_ruler",
+];
 const USER: &str = "ana";
 const TENANT: &str = "bakery";
 

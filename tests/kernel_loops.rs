@@ -1,6 +1,8 @@
 //! The kernels `logline serve` runs on its own, through the real binary on both stores: the
 //! policy agent acting on spans as they arrive (and pausing and resuming with kernel seqs, no
-//! restart), and the Midnight Ruler backfilling the midnights a ledger missed.
+//! restart), the Midnight Ruler backfilling the midnights a ledger missed, and scheduled
+//! functions and requests executed exactly once by three servers on one PostgreSQL while one of
+//! them is killed mid-run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -119,27 +121,23 @@ impl Ledger {
 
     /// Appends one complete, tenant-visible span; returns its id.
     fn add(&self, span: Value) -> String {
-        let mut span = span;
-        for (k, v) in [
-            ("who", json!(USER)),
-            ("did", json!("recorded")),
-            ("this", json!("something")),
-            ("when", json!("2026-11-20T10:00:00Z")),
-            ("confirmed_by", json!(USER)),
-            ("if_ok", json!("go on")),
-            ("if_doubt", json!("ask")),
-            ("if_not", json!("stop")),
-            ("status", json!("valid")),
-            ("visibility", json!("tenant")),
-        ] {
-            span.as_object_mut()
-                .unwrap()
-                .entry(k.to_string())
-                .or_insert(v);
+        self.add_many(vec![span]).remove(0)
+    }
+
+    /// Appends complete, tenant-visible spans in one call; returns their ids.
+    fn add_many(&self, spans: Vec<Value>) -> Vec<String> {
+        let mut lines = String::new();
+        for span in spans {
+            lines.push_str(&complete(span).to_string());
+            lines.push('\n');
         }
-        let out = self.run(&["add", "--format", "ndjson"], &format!("{span}\n"));
-        let r: Value = serde_json::from_str(out.trim()).unwrap();
-        r["id"].as_str().unwrap().to_string()
+        self.run(&["add", "--format", "ndjson"], &lines)
+            .lines()
+            .map(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                r["id"].as_str().unwrap().to_string()
+            })
+            .collect()
     }
 
     fn query_in(&self, tenant: &str, entity_type: &str) -> Vec<Value> {
@@ -185,6 +183,28 @@ impl Ledger {
         );
         Server(child)
     }
+}
+
+/// The nine fields and tenant visibility, where the span leaves them out.
+fn complete(mut span: Value) -> Value {
+    for (k, v) in [
+        ("who", json!(USER)),
+        ("did", json!("recorded")),
+        ("this", json!("something")),
+        ("when", json!("2026-11-20T10:00:00Z")),
+        ("confirmed_by", json!(USER)),
+        ("if_ok", json!("go on")),
+        ("if_doubt", json!("ask")),
+        ("if_not", json!("stop")),
+        ("status", json!("valid")),
+        ("visibility", json!("tenant")),
+    ] {
+        span.as_object_mut()
+            .unwrap()
+            .entry(k.to_string())
+            .or_insert(v);
+    }
+    span
 }
 
 /// Polls `check` until it holds or `within` passes.
@@ -294,5 +314,129 @@ async fn serve_backfills_the_midnights_the_ledger_missed(backend: Backend) -> Re
     let _again = l.serve();
     tokio::time::sleep(Duration::from_secs(3)).await;
     ensure!(l.query_in("demo", "law.decision").len() == before);
+    Ok(())
+}
+
+/// The newest version of each span, by id.
+fn latest_by_id(spans: Vec<Value>) -> std::collections::BTreeMap<String, Value> {
+    let mut out = std::collections::BTreeMap::<String, Value>::new();
+    for s in spans {
+        let id = s["id"].as_str().unwrap().to_string();
+        if out
+            .get(&id)
+            .is_none_or(|o| o["seq"].as_i64() < s["seq"].as_i64())
+        {
+            out.insert(id, s);
+        }
+    }
+    out
+}
+
+/// Busy for 400 ms, so a run is in progress most of the time.
+const SLOW_ECHO: &str = "function main(i) { const end = Date.now() + 400; while (Date.now() < end) {} return {request: i.request}; }";
+
+#[tokio::test]
+async fn three_servers_execute_every_request_exactly_once_though_one_is_killed_mid_run()
+-> Result<()> {
+    let l = Ledger::new(Backend::Postgres).await;
+    for (kernel, setting) in [
+        ("request_worker", "config.interval_ms=50"),
+        ("request_worker", "config.batch=1"),
+        ("request_worker", "config.lease_ms=1000"),
+        ("run_code", "config.time_ms=1000"),
+        ("observer_bot", "config.interval_ms=100"),
+    ] {
+        l.run(&["kernels", "set", kernel, setting], "");
+    }
+    // A function scheduled every second, and 24 requests queued by hand.
+    let function = l.add(json!({"entity_type": "function", "name": "slow echo", "status": "scheduled",
+        "content": {"language": "javascript", "source": SLOW_ECHO, "schedule": {"every_seconds": 1}}}));
+    let queued: Vec<Value> = (0..24)
+        .map(|n| json!({"entity_type": "request", "status": "queued", "parent_id": function,
+                        "related_to": [function], "content": {"function": function, "input": {"n": n}}}))
+        .collect();
+    l.add_many(queued);
+
+    let mut servers: Vec<Server> = (0..3).map(|_| l.serve()).collect();
+    let victim = servers[1].0.id();
+    let mark = format!("pid {victim} /");
+    // Kill the second server while it holds a claim, that is, while it runs a function.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let killed_on = loop {
+        let holding = latest_by_id(l.query("request")).into_values().find(|r| {
+            r["status"] == json!("claimed")
+                && r["content"]["claim"]["by"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with(&mark))
+        });
+        if let Some(r) = holding {
+            servers[1].0.kill()?; // SIGKILL
+            break r["id"].as_str().unwrap().to_string();
+        }
+        ensure!(Instant::now() < deadline, "the victim never held a claim");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Stop the schedule, then let the survivors drain the queue.
+    l.add(
+        json!({"id": function, "seq": 1, "entity_type": "function", "name": "slow echo",
+                 "status": "active", "content": {"language": "javascript", "source": SLOW_ECHO}}),
+    );
+    eventually(
+        Duration::from_secs(90),
+        "every request finishes",
+        || async {
+            latest_by_id(l.query("request"))
+                .values()
+                .all(|r| r["status"] == json!("done"))
+        },
+    )
+    .await?;
+    drop(servers);
+
+    let requests = latest_by_id(l.query("request"));
+    let scheduled = requests
+        .values()
+        .filter(|r| r["who"] == json!("request_worker") && r["content"]["scheduled_at"].is_string())
+        .count();
+    ensure!(
+        requests.len() > 24 && scheduled >= 1,
+        "{} requests",
+        requests.len()
+    );
+    let executions = l.query("execution");
+    let mut ran: Vec<String> = executions
+        .iter()
+        .map(|e| {
+            e["input"]["request"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    ran.sort();
+    let mut want: Vec<String> = requests.keys().cloned().collect();
+    want.sort();
+    ensure!(
+        ran == want,
+        "one execution per request: {} executions for {} requests",
+        ran.len(),
+        want.len()
+    );
+    // The victim's request was taken over after its lease: retried, or its run found.
+    let taken = &requests[&killed_on];
+    ensure!(
+        taken["content"]["claim"]["attempt"].as_i64() >= Some(2),
+        "{taken}"
+    );
+    // One request per (function, slot), however many observers.
+    let slots: Vec<&str> = requests
+        .values()
+        .filter_map(|r| r["content"]["scheduled_at"].as_str())
+        .collect();
+    let mut distinct = slots.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    ensure!(distinct.len() == slots.len(), "{slots:?}");
     Ok(())
 }

@@ -11,7 +11,9 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand, ValueEnum};
 use kernels::manifest;
 use kernels::midnight_ruler;
+use kernels::observer_bot::{ObserverBot, ObserverConfig};
 use kernels::policy_agent::{PolicyAgent, PolicyAgentConfig};
+use kernels::request_worker::{RequestWorker, WorkerConfig};
 use kernels::run_code::{Outcome, RunCode};
 use kernels::runner;
 use kernels::stage0::{self, BootReport, State};
@@ -234,7 +236,7 @@ const RECHECK: Duration = Duration::from_secs(3);
 /// one `boot_event` for this boot, logs what started, and keeps re-checking in the background
 /// so a new manifest or kernel seq is noticed (and a new refusal recorded) without a restart.
 /// It then starts the loops of the kernels that run on their own (`policy_agent`,
-/// `midnight_ruler`); each asks Stage-0 before every step, so each runs only while verified and
+/// `observer_bot`, `request_worker`, `midnight_ruler`); each asks Stage-0 before every step, so each runs only while verified and
 /// allow-listed, at the `interval_ms` of its newest kernel seq.
 pub async fn boot_for_serve(store: Arc<dyn Store>) -> Result<()> {
     stage0::seed(store.as_ref()).await?;
@@ -269,7 +271,8 @@ pub async fn boot_for_serve(store: Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
-/// Spawns the interval loops of `policy_agent` and `midnight_ruler` (see [`runner::every`]).
+/// Spawns the interval loops of `policy_agent`, `observer_bot`, `request_worker` and
+/// `midnight_ruler` (see [`runner::every`]).
 fn start_kernel_loops(store: &Arc<dyn Store>) {
     let agent = Arc::new(PolicyAgent::new(store.clone()));
     tokio::spawn(runner::every(
@@ -286,6 +289,46 @@ fn start_kernel_loops(store: &Arc<dyn Store>) {
                     format!(
                         "{} spans evaluated, {} actions, {} policy_error",
                         r.evaluated, r.actions, r.errors
+                    )
+                })
+            }
+        },
+    ));
+    let observer = Arc::new(ObserverBot::new(store.clone()));
+    tokio::spawn(runner::every(
+        store.clone(),
+        "observer_bot",
+        move |config| {
+            let observer = observer.clone();
+            async move {
+                let config = ObserverConfig::from_value(&config)?;
+                let r = observer
+                    .pass_with(&config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(if r.requested == 0 {
+                    String::new()
+                } else {
+                    format!("{} requests", r.requested)
+                })
+            }
+        },
+    ));
+    let worker = Arc::new(RequestWorker::new(store.clone()));
+    tokio::spawn(runner::every(
+        store.clone(),
+        "request_worker",
+        move |config| {
+            let worker = worker.clone();
+            async move {
+                let config = WorkerConfig::from_value(&config)?;
+                let r = worker.pass_with(&config).await.map_err(|e| e.to_string())?;
+                Ok(if r.claimed == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "{} claimed, {} executed, {} recovered",
+                        r.claimed, r.executed, r.recovered
                     )
                 })
             }
