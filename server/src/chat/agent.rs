@@ -903,6 +903,8 @@ impl Agent {
         let context = std::env::var("LOGLINE_CONTEXT_TOKENS")
             .ok()
             .and_then(|v| v.parse().ok());
+        // The offline provider reads no context window; only a model's budget is real.
+        let context = context.or((provider.kind() == "offline").then_some(128_000));
         let budget = Budget::for_model(provider.model(), context);
         super::prompt::warm_up();
         Ok(Self {

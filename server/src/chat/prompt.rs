@@ -165,17 +165,50 @@ pub fn encoding_for(model: &str) -> (&'static str, &'static CoreBPE) {
 }
 
 /// Loads both tokenizers (a few hundred ms the first time) so the first chat turn does not pay.
+fn bpe_for(model: &str) -> &'static CoreBPE {
+    encoding_for(model).1
+}
+
 pub fn warm_up() {
     let _ = tiktoken_rs::o200k_base_singleton();
     let _ = tiktoken_rs::cl100k_base_singleton();
 }
 
+/// Texts shorter than this are tokenized every time (cheaper than hashing and locking).
+const CACHE_MIN_BYTES: usize = 256;
+/// Entries kept before the cache starts over.
+const CACHE_MAX_ENTRIES: usize = 16_384;
+
+/// Token counts of texts already seen, by (tokenizer, BLAKE3 of the text). Tokenizing is most
+/// of a turn's CPU time, and most of what is counted repeats: the blocks, the tool schemas,
+/// the earlier turns of a conversation.
+static COUNTS: std::sync::LazyLock<std::sync::Mutex<CountCache>> =
+    std::sync::LazyLock::new(Default::default);
+
+type CountCache = std::collections::HashMap<(usize, [u8; 32]), usize>;
+
 fn count(bpe: &CoreBPE, text: &str) -> usize {
     if text.is_empty() {
-        0
-    } else {
-        bpe.encode_ordinary(text).len()
+        return 0;
     }
+    if text.len() < CACHE_MIN_BYTES {
+        return bpe.encode_ordinary(text).len();
+    }
+    let key = (
+        std::ptr::from_ref(bpe) as usize,
+        *blake3::hash(text.as_bytes()).as_bytes(),
+    );
+    if let Some(n) = COUNTS.lock().ok().and_then(|m| m.get(&key).copied()) {
+        return n;
+    }
+    let n = bpe.encode_ordinary(text).len();
+    if let Ok(mut m) = COUNTS.lock() {
+        if m.len() >= CACHE_MAX_ENTRIES {
+            m.clear();
+        }
+        m.insert(key, n);
+    }
+    n
 }
 
 /// Tokens one message costs, framing included.
@@ -283,10 +316,18 @@ pub fn build_prompt(
         })?;
         parts.push(text.trim().to_string());
     }
+    // Counted block by block (each count is cached; a block that does not mention the time or
+    // the user renders the same every turn) plus one token per "\n\n" joint: BPE merges across
+    // a joint can only make the whole shorter, so the sum never under-counts by more than that.
+    let part_tokens: usize = parts
+        .iter()
+        .map(|p| count(bpe_for(input.model), p))
+        .sum::<usize>()
+        + parts.len().saturating_sub(1);
     let system = CompiledPrompt::new(parts.join("\n\n"));
 
     let (encoding, bpe) = encoding_for(input.model);
-    let system_tokens = count(bpe, system.text());
+    let system_tokens = part_tokens;
     let tools_tokens: usize = input
         .tools
         .iter()

@@ -27,6 +27,9 @@ pub const AMENDMENT: &str = "contract_amendment";
 
 /// Longest tool result (JSON text) handed back to the model; larger results are cut and say so.
 pub const MAX_RESULT_BYTES: usize = 48 * 1024;
+/// Newest law.decision spans `explain_decision` returns (a contract held night after night
+/// collects one per midnight).
+const MAX_DECISIONS: i64 = 10;
 /// Longest `content` of one span inside a `query_ledger` result.
 const MAX_CONTENT_BYTES: usize = 4 * 1024;
 
@@ -387,7 +390,7 @@ async fn explain_decision(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOut
         related_to: Some(contract.id),
         tenant_id: Some(ctx.principal.tenant_id.clone()),
         order: ledger::query::Order::Desc,
-        limit: Some(20),
+        limit: Some(MAX_DECISIONS),
         ..Default::default()
     };
     let page = ctx.store.query(ctx.principal, &filter).await?;
