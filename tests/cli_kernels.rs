@@ -21,12 +21,13 @@ const MANIFEST_ID: &str = "00000000-0000-7000-8000-6d616e696673";
 const RUN_CODE: &str = "00000000-0000-4000-8000-000000000001";
 const OBSERVER_BOT: &str = "00000000-0000-4000-8000-000000000002";
 const POLICY_AGENT: &str = "00000000-0000-4000-8000-000000000004";
-/// The kernels this build runs (the others are verified and reported as having no runtime).
-const RUNNING: [&str; 5] = [
+/// The kernels this build runs: all six.
+const RUNNING: [&str; 6] = [
     "run_code",
     "observer_bot",
     "request_worker",
     "policy_agent",
+    "provider_exec",
     "midnight_ruler",
 ];
 const USER: &str = "ana";
@@ -392,7 +393,7 @@ async fn init_seeds_six_kernel_spans_that_stage0_verifies(backend: Backend) -> R
     ] {
         ensure!(text.contains(word), "{text}");
     }
-    ensure!(text.contains("no runtime"), "{text}");
+    ensure!(!text.contains("no runtime"), "{text}");
 
     // Other tenants do not see node-level kernel spans.
     ensure!(l.query_as(USER, TENANT, "kernel").is_empty());

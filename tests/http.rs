@@ -1868,6 +1868,7 @@ both_stores!(
     chat_streams_tool_calls_and_the_answer_as_server_sent_events,
     chat_refuses_bad_input_and_other_tenants_and_non_reviewers_precisely,
     a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded,
+    chat_answers_503_while_stage0_refuses_the_provider_exec_kernel,
 );
 
 const ANA: &str = "ana@padaria-lisboa.pt";
@@ -2274,6 +2275,40 @@ async fn a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded
     ensure!(
         !spans.contains("sk-never-in-a-span"),
         "the key reached the ledger"
+    );
+    Ok(())
+}
+
+async fn chat_answers_503_while_stage0_refuses_the_provider_exec_kernel(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.seed_demo();
+    // Allow-list every native kernel but provider_exec (…0005).
+    let listed: Vec<String> = [1, 2, 3, 4, 6]
+        .iter()
+        .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
+        .collect();
+    let out = l
+        .command(&[
+            "manifest",
+            "set",
+            &format!("allowed_boot_ids={}", json!(listed)),
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = l.serve(Opts::default()).await?;
+    let p = s
+        .chat(None, json!({"message": "why was D1 terminated?"}))
+        .await?
+        .problem(503);
+    ensure!(
+        p["detail"].as_str().unwrap_or("").contains("switched off"),
+        "{p}"
     );
     Ok(())
 }

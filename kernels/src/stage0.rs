@@ -141,8 +141,8 @@ pub const NATIVE: [NativeKernel; 6] = [
     NativeKernel {
         name: "provider_exec",
         version: "1.0.0",
-        runtime: false,
-        ready: "",
+        runtime: true,
+        ready: "verified; every model call of a chat turn goes through it and is recorded as a provider_execution span",
         default_config: || json!({"timeout_ms": 60000}),
         check_config: no_check,
     },

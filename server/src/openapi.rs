@@ -135,10 +135,15 @@ mod tests {
             "/api/spans",
             "/api/spans/{id}",
             "/api/spans/{id}/versions",
+            "/api/spans/{id}/verify",
             "/api/timeline",
             "/api/timeline/stream",
             "/api/verify",
             "/api/openapi.json",
+            "/api/chat",
+            "/api/chat/confirm",
+            "/api/reviews",
+            "/api/reviews/{id}",
             "/manifest/{name}",
             "/healthz",
             "/readyz",
@@ -210,8 +215,25 @@ mod tests {
             .await
             .unwrap();
         let body: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(keys(&body), keys(&problem["properties"]));
+        let mut documented = keys(&problem["properties"]);
+        assert!(documented.remove("run_id"), "run_id is documented");
+        assert_eq!(keys(&body), documented);
         assert!(strings(&problem["required"]).is_subset(&keys(&body)));
+
+        // A chat turn the provider failed names its recorded run.
+        let run = uuid::Uuid::now_v7();
+        let resp = axum::response::IntoResponse::into_response(crate::error::ApiError::Provider {
+            status: 502,
+            detail: "the model provider failed".into(),
+            run_id: Some(run),
+        });
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["run_id"], json!(run.to_string()));
+        assert!(keys(&body).is_subset(&keys(&problem["properties"])));
     }
 
     #[test]

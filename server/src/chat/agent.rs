@@ -53,7 +53,13 @@ pub struct Agent {
     pub prompts: Arc<ActivePrompts>,
     pub validator: Arc<jsonschema::Validator>,
     pub budget: Budget,
+    /// Stage-0's last word on the provider_exec kernel, and when it was asked.
+    gate: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
+
+/// How long Stage-0's verdict on provider_exec is trusted before it is asked again (a new
+/// kernel or manifest seq takes effect within this).
+const GATE_TTL: Duration = Duration::from_secs(5);
 
 /// A question.
 #[derive(Clone, Debug)]
@@ -169,6 +175,9 @@ pub enum ChatError {
     Provider { error: ProviderError, run_id: Uuid },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Stage-0 does not let the provider_exec kernel run (missing, tampered or unlisted).
+    #[error("model calls are switched off: {0}")]
+    KernelRefused(String),
 }
 
 struct Turn<'a> {
@@ -221,6 +230,7 @@ impl Agent {
             .library()
             .variant(variant)
             .map_err(|e| ChatError::BadRequest(e.to_string()))?;
+        self.provider_exec_allowed().await?;
         let conversation_id = req.conversation_id.unwrap_or_else(Uuid::now_v7);
         let run_id = Uuid::now_v7();
         let mut t = Turn {
@@ -309,6 +319,27 @@ impl Agent {
             tool_results: t.tool_results,
             overhead,
         })
+    }
+
+    /// Model calls run only while Stage-0 verifies the provider_exec kernel span.
+    async fn provider_exec_allowed(&self) -> Result<(), ChatError> {
+        let mut gate = self.gate.lock().await;
+        if let Some((at, verdict)) = gate.as_ref()
+            && at.elapsed() < GATE_TTL
+        {
+            return verdict.clone().map_err(ChatError::KernelRefused);
+        }
+        let verdict =
+            match kernels::stage0::inspect_kernel(self.store.as_ref(), "provider_exec").await {
+                Ok((_, status)) => match status.state {
+                    kernels::stage0::State::Refused(_) => Err(status.reason),
+                    _ => Ok(()),
+                },
+                Err(kernels::stage0::Stage0Error::Store(e)) => return Err(e.into()),
+                Err(e) => Err(e.to_string()),
+            };
+        *gate = Some((Instant::now(), verdict.clone()));
+        verdict.map_err(ChatError::KernelRefused)
     }
 
     /// Earlier turns of this conversation that the caller recorded (question and answer text).
@@ -896,6 +927,10 @@ impl Agent {
         writer: Arc<dyn SpanWriter>,
         provider: Arc<dyn Provider>,
     ) -> anyhow::Result<Self> {
+        // The manifest and the kernel spans Stage-0 checks before model calls (idempotent, as
+        // at every `serve` start).
+        ledger::store::ensure_manifest(store.as_ref()).await?;
+        kernels::stage0::seed(store.as_ref()).await?;
         let library = super::blocks::PromptLibrary::embedded()?;
         let validator = jsonschema::validator_for(library.answer_schema())
             .map_err(|e| anyhow::anyhow!("the answer schema does not compile: {e}"))?;
@@ -907,6 +942,7 @@ impl Agent {
         let context = context.or((provider.kind() == "offline").then_some(128_000));
         let budget = Budget::for_model(provider.model(), context);
         super::prompt::warm_up();
+        record_provider(store.as_ref(), provider.as_ref()).await?;
         Ok(Self {
             store,
             writer,
@@ -914,6 +950,7 @@ impl Agent {
             prompts: Arc::new(prompts),
             validator: Arc::new(validator),
             budget,
+            gate: tokio::sync::Mutex::new(None),
         })
     }
 }
@@ -951,4 +988,40 @@ pub fn next_seq(view: &Value, principal: &Principal, changes: Value) -> Value {
         out.extend(c);
     }
     Value::Object(out)
+}
+
+/// The `provider` span of the node: which provider, where, which model (never a key: keys
+/// live only in the environment). Once per distinct configuration.
+async fn record_provider(store: &dyn Store, provider: &dyn Provider) -> Result<(), StoreError> {
+    let node = ledger::store::system_principal();
+    let base = provider.base_url().unwrap_or("(in process)");
+    let draft = Draft::from_value(
+        json!({
+            "entity_type": "provider",
+            "visibility": "tenant",
+            "name": format!("{} {}", provider.kind(), provider.model()),
+            "idempotency_key": format!("provider:{}:{}:{}", provider.kind(), base, provider.model()),
+            "who": "node",
+            "did": "configured a model provider",
+            "this": format!("{} at {base}", provider.kind()),
+            "confirmed_by": "the node's environment (LOGLINE_PROVIDER and friends)",
+            "if_ok": "chat turns call it through provider_exec",
+            "if_doubt": "calls are retried with backoff",
+            "if_not": "turns fail with a problem document and are recorded",
+            "status": "active",
+            "content": {
+                "kind": provider.kind(),
+                "base_url": provider.base_url(),
+                "model": provider.model(),
+                "keys": "from the environment only",
+            },
+        }),
+        &node,
+        &[],
+        Utc::now(),
+    )?;
+    for r in ledger::store::append(store, &node, vec![draft]).await? {
+        r?;
+    }
+    Ok(())
 }

@@ -114,6 +114,9 @@ impl From<ChatError> for ApiError {
                 run_id: Some(run_id),
             },
             ChatError::Store(s) => ApiError::from(s),
+            ChatError::KernelRefused(why) => {
+                ApiError::Unavailable(format!("model calls are switched off: {why}"))
+            }
         }
     }
 }
@@ -148,7 +151,7 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 502, description = "The model provider failed; `run_id` names the recorded turn.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The model provider is unreachable or rate limited.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The model provider is unreachable or rate limited, or Stage-0 refuses the provider_exec kernel.", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "The model provider did not answer in time.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
