@@ -175,7 +175,7 @@ pub fn warm_up() {
 }
 
 /// Texts shorter than this are tokenized every time (cheaper than hashing and locking).
-const CACHE_MIN_BYTES: usize = 256;
+const CACHE_MIN_BYTES: usize = 32;
 /// Entries kept before the cache starts over.
 const CACHE_MAX_ENTRIES: usize = 16_384;
 

@@ -103,8 +103,13 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The tools offered in every turn, with their argument schemas.
+/// The tools offered in every turn, with their argument schemas (built once).
 pub fn specs() -> Vec<ToolSpec> {
+    static SPECS: std::sync::LazyLock<Vec<ToolSpec>> = std::sync::LazyLock::new(build_specs);
+    SPECS.clone()
+}
+
+fn build_specs() -> Vec<ToolSpec> {
     vec![
         ToolSpec {
             name: "query_ledger".into(),
