@@ -58,6 +58,9 @@ pub enum BenchCommand {
         /// Turns in all.
         #[arg(long, default_value_t = 2000)]
         turns: usize,
+        /// Pause of each conversation between its turns, in ms (0: a closed loop).
+        #[arg(long, default_value_t = 0)]
+        think_ms: u64,
     },
     /// Verify a chain of this many spans.
     Verify {
@@ -108,11 +111,13 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
         BenchCommand::Chat {
             conversations,
             turns,
+            think_ms,
         } => {
+            let think = Duration::from_millis(think_ms);
             for s in &stores {
                 println!(
                     "{}",
-                    crate::bench_chat::run(s.clone(), conversations, turns).await?
+                    crate::bench_chat::run(s.clone(), conversations, turns, think).await?
                 );
             }
         }

@@ -105,8 +105,16 @@ fn round(x: f64) -> f64 {
 }
 
 /// Runs `turns` turns over `conversations` concurrent conversations (each its own task, its
-/// turns in sequence, continuing one conversation) on the demo tenant of `store`.
-pub async fn run(store: Arc<dyn Store>, conversations: usize, turns: usize) -> Result<Value> {
+/// turns in sequence, continuing one conversation) on the demo tenant of `store`. With
+/// `think` > 0 each conversation pauses that long between turns, as a person would (an open
+/// conversation rather than a closed loop that measures only queueing on a saturated machine);
+/// the conversations start spread over one think time.
+pub async fn run(
+    store: Arc<dyn Store>,
+    conversations: usize,
+    turns: usize,
+    think: Duration,
+) -> Result<Value> {
     let tenant = format!("bench-chat-{}", Uuid::now_v7().simple());
     crate::cli_governance::seed_demo(store.as_ref(), &tenant, Utc::now()).await?;
     let writer: Arc<dyn SpanWriter> = Arc::new(GroupCommit::start(store.clone()));
@@ -120,14 +128,20 @@ pub async fn run(store: Arc<dyn Store>, conversations: usize, turns: usize) -> R
     let per = turns.div_ceil(conversations.max(1));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conversations.max(1) {
+    let n = conversations.max(1);
+    for c in 0..n {
         let agent = agent.clone();
         let principal = principal.clone();
+        let offset = think.mul_f64(c as f64 / n as f64);
         tasks.push(tokio::spawn(async move {
             let mut overhead = Vec::with_capacity(per);
             let mut total = Vec::with_capacity(per);
             let mut conversation = None;
-            for _ in 0..per {
+            tokio::time::sleep(offset).await;
+            for i in 0..per {
+                if i > 0 && !think.is_zero() {
+                    tokio::time::sleep(think).await;
+                }
                 let t = Instant::now();
                 let r = agent
                     .turn(&principal, &[], request(conversation), None)
@@ -156,6 +170,7 @@ pub async fn run(store: Arc<dyn Store>, conversations: usize, turns: usize) -> R
         "bench": "chat",
         "store": store.backend(),
         "conversations": conversations,
+        "think_ms": u64::try_from(think.as_millis()).unwrap_or(u64::MAX),
         "turns": overhead.len(),
         "turns_per_s": round(overhead.len() as f64 / secs),
         "overhead_ms": {"p50": round(pct(&overhead, 0.5)), "p99": round(pct(&overhead, 0.99)), "max": round(overhead.last().copied().unwrap_or(0.0))},
