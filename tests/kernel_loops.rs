@@ -304,7 +304,8 @@ async fn serve_backfills_the_midnights_the_ledger_missed(backend: Backend) -> Re
         })
         .map(|c| c["content"]["last_midnight"].as_str().unwrap().to_string())
         .collect();
-    ensure!(midnights.len() >= 20, "{midnights:?}");
+    // From the anchor midnight (the laws took effect the evening before) to today.
+    ensure!(midnights.len() >= 3, "{midnights:?}");
     let in_order = midnights.clone();
     midnights.sort();
     ensure!(midnights == in_order, "checkpointed in order: {in_order:?}");

@@ -521,7 +521,11 @@ pub async fn seed_demo(store: &dyn Store, tenant: &str, now: DateTime<Utc>) -> R
     let start = store.last_ingest_id().await?;
     let m = demo_anchor(store, tenant, now).await?;
     let lawmaker = person(ANA, tenant);
+    // Reputations go back weeks; the laws took effect the evening before the anchor midnight,
+    // so the ruler's history starts with the midnight the demo rules by hand (a server started
+    // later backfills from there, not from weeks before it).
     let enacted = m - TimeDelta::days(20);
+    let laws_enacted = m - TimeDelta::hours(1);
     let mut laws = Vec::new();
     for (src, log) in [
         (MIDNIGHT_DEADLINE, "seed Article 10, verbatim"),
@@ -531,7 +535,7 @@ pub async fn seed_demo(store: &dyn Store, tenant: &str, now: DateTime<Utc>) -> R
             "seed Appendix B (realtime: not a midnight law)",
         ),
     ] {
-        let a = midnight_ruler::enact_law(store, &lawmaker, src, log, enacted).await?;
+        let a = midnight_ruler::enact_law(store, &lawmaker, src, log, laws_enacted).await?;
         let label = ledger::law::parse(src)
             .map(|l| format!("{}:{}", l.id, l.version))
             .unwrap_or_default();
