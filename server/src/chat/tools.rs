@@ -361,7 +361,7 @@ async fn explain_decision(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOut
         Ok(r) => r,
         Err(e) => return Ok(ToolOutput::error(e)),
     };
-    let Some(contract) = contracts::find(ctx.store, ctx.principal, reference).await? else {
+    let Some(contract) = find_contract(ctx, reference).await? else {
         return Ok(ToolOutput::error(format!(
             "no contract named or identified `{reference}` that you may see"
         )));
@@ -467,6 +467,37 @@ async fn explain_decision(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOut
         }),
         cited.into_iter().collect(),
     ))
+}
+
+/// A contract by id or by name, read with the caller's visibility. A name is looked up with one
+/// parameterized query for the newest version carrying it (not by loading every contract of
+/// the tenant), then the contract's versions are read by id.
+async fn find_contract(
+    ctx: &ToolContext<'_>,
+    reference: &str,
+) -> Result<Option<contracts::Contract>, StoreError> {
+    if reference.parse::<Uuid>().is_ok() {
+        return contracts::find(ctx.store, ctx.principal, reference).await;
+    }
+    let Ok(spec) = QuerySpec::from_json(
+        &json!({"entity_type": contracts::ENTITY_TYPE, "name": reference, "latest_only": true,
+                "order": "desc", "limit": 1}),
+        ctx.now,
+    ) else {
+        return Ok(None);
+    };
+    let SpecResult::Rows { spans, .. } = ctx.store.query_spec(ctx.principal, &spec).await? else {
+        return Ok(None);
+    };
+    let Some(id) = spans
+        .first()
+        .and_then(|s| s.to_view().ok())
+        .as_ref()
+        .and_then(id_of)
+    else {
+        return Ok(None);
+    };
+    contracts::find(ctx.store, ctx.principal, &id.to_string()).await
 }
 
 /// May this caller change this contract? Parties may; so may tenant administrators.
@@ -600,7 +631,7 @@ async fn propose_amendment(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOu
         (Ok(c), Ok(r)) => (c, r),
         (Err(e), _) | (_, Err(e)) => return Ok(ToolOutput::error(e)),
     };
-    let Some(contract) = contracts::find(ctx.store, ctx.principal, reference).await? else {
+    let Some(contract) = find_contract(ctx, reference).await? else {
         return Ok(ToolOutput::error(format!(
             "no contract named or identified `{reference}` that you may see"
         )));
