@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
 use super::prompt::{Budget, PromptInput, build_prompt};
 use super::provider::{ChatMessage, Provider, ProviderError, ToolCall};
-use super::record::{ExecContext, SpanWriter, provider_call};
+use super::record::{ExecContext, SpanWriter, append_one, provider_call};
 use super::tools::{self, PROPOSAL, ToolContext, ToolOutput};
 
 /// The 6th tool call of a turn engages the circuit breaker.
@@ -253,7 +253,6 @@ impl Agent {
         };
         let mut history = self.history(principal, conversation_id).await?;
         history.push(ChatMessage::user(message));
-        let first_new = history.len() - 1;
 
         let (answer, outcome, repaired, last_hash, blocks) =
             match t.run(variant, &mut history).await {
@@ -278,7 +277,6 @@ impl Agent {
                 }
                 Err(e) => return Err(e),
             };
-        let _ = first_new;
         let mut outcome = outcome;
         let mut escalation_id = None;
         if outcome == Outcome::Answered
@@ -862,19 +860,6 @@ fn strip_fences(s: &str) -> &str {
     };
     let rest = rest.strip_prefix("json").unwrap_or(rest);
     rest.strip_suffix("```").unwrap_or(rest).trim()
-}
-
-pub async fn append_one(
-    writer: &dyn SpanWriter,
-    principal: &Principal,
-    draft: Draft,
-) -> Result<ledger::Appended, StoreError> {
-    Ok(writer
-        .append(principal, vec![draft])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| StoreError::Config("the store returned no result".into()))??)
 }
 
 /// Appends the next seq of a proposal with a new status (the seq check makes concurrent

@@ -85,13 +85,22 @@ pub async fn provider_exec(
     ctx: &ExecContext,
 ) -> Result<Executed, StoreError> {
     let (outcome, draft) = provider_call(principal, provider, request, deltas, ctx).await?;
-    let span = writer
+    let span = append_one(writer, principal, draft).await?;
+    Ok(Executed { outcome, span })
+}
+
+/// Appends one draft and returns its result (the ledger's refusal as an error).
+pub async fn append_one(
+    writer: &(impl SpanWriter + ?Sized),
+    principal: &Principal,
+    draft: Draft,
+) -> Result<Appended, StoreError> {
+    Ok(writer
         .append(principal, vec![draft])
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| StoreError::Config("the store returned no result".into()))??;
-    Ok(Executed { outcome, span })
+        .ok_or_else(|| StoreError::Config("the store returned no result".into()))??)
 }
 
 /// provider_exec without the append: the call and the `provider_execution` draft that records

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::provider::{ToolCall, ToolSpec};
-use super::record::SpanWriter;
+use super::record::{SpanWriter, append_one};
 
 /// Entity type of a pending change the agent proposed.
 pub const PROPOSAL: &str = "amendment_proposal";
@@ -703,13 +703,7 @@ async fn propose_amendment(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOu
         ctx.now,
     )
     .map_err(StoreError::Input)?;
-    let appended = ctx
-        .writer
-        .append(ctx.principal, vec![draft])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| StoreError::Config("the store returned no result".into()))??;
+    let appended = append_one(ctx.writer, ctx.principal, draft).await?;
     let mut out = ToolOutput::ok(
         json!({
             "proposal_id": appended.id,
@@ -803,12 +797,16 @@ async fn simulate_law(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutput,
         Err(midnight_ruler::RulerError::Store(e)) => return Err(e),
         Err(e) => return Ok(ToolOutput::error(e.to_string())),
     };
-    let Some(law_span) = ctx.store.get(ctx.principal, sim.law_span_id, None).await? else {
+    if ctx
+        .store
+        .get(ctx.principal, sim.law_span_id, None)
+        .await?
+        .is_none()
+    {
         return Ok(ToolOutput::error(format!(
             "no law `{law}` that you may see"
         )));
-    };
-    let _ = law_span;
+    }
     let mut cited = vec![sim.law_span_id];
     let mut changes = Vec::new();
     for c in &sim.changed {

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::chat::agent::{
-    self, ChatError, ChatEvent, ESCALATION, MemoryMode, REVIEW, TurnRequest, append_one,
-    set_proposal_status,
+    self, ChatError, ChatEvent, ESCALATION, MemoryMode, REVIEW, TurnRequest, set_proposal_status,
 };
+use crate::chat::record::append_one;
 use crate::chat::tools::{AMENDMENT, PROPOSAL, may_amend};
 use crate::error::{ApiError, Problem};
 use crate::serve::AppState;
