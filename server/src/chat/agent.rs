@@ -24,16 +24,17 @@ use uuid::Uuid;
 
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
 use super::prompt::{Budget, PromptInput, build_prompt};
+use super::proposals::{self, ESCALATION_THRESHOLD, Escalation};
 use super::provider::{ChatMessage, Provider, ProviderError, ToolCall};
-use super::record::{ExecContext, SpanWriter, append_one, provider_call};
-use super::tools::{self, PROPOSAL, ToolContext, ToolOutput};
+use super::record::{
+    ExecContext, SpanWriter, TurnRecord, append_one, prompt_run_draft, provider_call,
+};
+use super::tools::{self, ToolContext, ToolOutput};
 
 /// The 6th tool call of a turn engages the circuit breaker.
 pub const MAX_TOOL_CALLS: usize = 5;
 /// Model calls in one turn, whatever happens (tool rounds, the breaker's synthesis, a repair).
 pub const MAX_MODEL_CALLS: usize = 10;
-/// Below this confidence the answer goes to a human reviewer.
-pub const ESCALATION_THRESHOLD: f64 = 0.6;
 /// What a turn that cannot produce a valid answer says.
 pub const INSUFFICIENT: &str = "Insufficient evidence.";
 /// The breaker's block text.
@@ -184,6 +185,12 @@ struct Turn<'a> {
     agent: &'a Agent,
     principal: &'a Principal,
     roles: &'a [String],
+    /// What was asked: the message (trimmed), the prompt variant, the conversation, and the
+    /// memory consent the client sent.
+    message: &'a str,
+    variant: &'a str,
+    conversation_id: Uuid,
+    memory: MemoryMode,
     events: Option<mpsc::Sender<ChatEvent>>,
     trace_id: String,
     run_id: Uuid,
@@ -237,6 +244,10 @@ impl Agent {
             agent: self,
             principal,
             roles,
+            message,
+            variant,
+            conversation_id,
+            memory: req.memory,
             events,
             trace_id: run_id.to_string(),
             run_id,
@@ -254,58 +265,47 @@ impl Agent {
         let mut history = self.history(principal, conversation_id).await?;
         history.push(ChatMessage::user(message));
 
-        let (answer, outcome, repaired, last_hash, blocks) =
-            match t.run(variant, &mut history).await {
-                Ok(x) => x,
-                Err(ChatError::Provider { error, .. }) => {
-                    t.withdraw_proposals("the model provider failed").await?;
-                    let run = t.prompt_run(
-                        variant,
-                        conversation_id,
-                        message,
-                        &json!({"error": error.to_string()}),
-                        Outcome::ProviderError,
-                        false,
-                        "",
-                        &[],
-                        req.memory,
-                        started.elapsed(),
-                    )?;
-                    t.records.push(run);
-                    t.flush().await?;
-                    return Err(ChatError::Provider { error, run_id });
-                }
-                Err(e) => return Err(e),
-            };
-        let mut outcome = outcome;
+        let mut settled = match t.run(&mut history).await {
+            Ok(x) => x,
+            Err(ChatError::Provider { error, .. }) => {
+                t.set_proposals("withdrawn", "the model provider failed")
+                    .await?;
+                let failed = Settled {
+                    answer: json!({"error": error.to_string()}),
+                    outcome: Outcome::ProviderError,
+                    repaired: false,
+                    compiled_hash: String::new(),
+                    blocks: Vec::new(),
+                };
+                let run = t.prompt_run(&failed, started.elapsed())?;
+                t.records.push(run);
+                t.flush().await?;
+                return Err(ChatError::Provider { error, run_id });
+            }
+            Err(e) => return Err(e),
+        };
         let mut escalation_id = None;
-        if outcome == Outcome::Answered
-            && answer
+        if settled.outcome == Outcome::Answered
+            && settled
+                .answer
                 .get("confidence")
                 .and_then(Value::as_f64)
                 .is_some_and(|c| c < ESCALATION_THRESHOLD)
         {
-            outcome = Outcome::Escalated;
-            escalation_id = Some(t.escalate(conversation_id, message, &answer).await?);
+            settled.outcome = Outcome::Escalated;
+            escalation_id = Some(t.escalate(&settled.answer).await?);
         }
-        if outcome == Outcome::InsufficientEvidence {
-            t.withdraw_proposals("the answer did not validate").await?;
+        if settled.outcome == Outcome::InsufficientEvidence {
+            t.set_proposals("withdrawn", "the answer did not validate")
+                .await?;
         }
-        let run = t.prompt_run(
-            variant,
-            conversation_id,
-            message,
-            &answer,
-            outcome,
-            repaired,
-            &last_hash,
-            &blocks,
-            req.memory,
-            started.elapsed(),
-        )?;
+        let run = t.prompt_run(&settled, started.elapsed())?;
         t.records.push(run);
         t.flush().await?;
         let overhead = started.elapsed().saturating_sub(t.provider_time);
+        let Settled {
+            answer, outcome, ..
+        } = settled;
         Ok(TurnResult {
             answer,
             conversation_id,
@@ -376,7 +376,19 @@ impl Agent {
     }
 }
 
-type Ran = (Value, Outcome, bool, String, Vec<Value>);
+/// What the model loop settled on: the answer and how it was reached (the turn's `prompt_run`
+/// span records it).
+struct Settled {
+    /// The validated answer, or `{"error": …}`.
+    answer: Value,
+    outcome: Outcome,
+    /// Whether the model was asked once to repair its answer.
+    repaired: bool,
+    /// The hash of the last compiled system prompt.
+    compiled_hash: String,
+    /// The prompt blocks it was compiled from (`id`, `seq`, `name`).
+    blocks: Vec<Value>,
+}
 
 impl Turn<'_> {
     async fn emit(&self, e: ChatEvent) {
@@ -385,11 +397,7 @@ impl Turn<'_> {
         }
     }
 
-    async fn run(
-        &mut self,
-        variant: &str,
-        history: &mut Vec<ChatMessage>,
-    ) -> Result<Ran, ChatError> {
+    async fn run(&mut self, history: &mut Vec<ChatMessage>) -> Result<Settled, ChatError> {
         let mut repaired = false;
         let mut last_hash = String::new();
         let mut blocks = Vec::new();
@@ -403,7 +411,7 @@ impl Turn<'_> {
             let built = build_prompt(
                 &self.agent.prompts,
                 PromptInput {
-                    variant,
+                    variant: self.variant,
                     principal: self.principal,
                     now: self.now,
                     tools: &tools,
@@ -553,7 +561,15 @@ impl Turn<'_> {
             }
 
             match self.check(&msg.content) {
-                Ok(answer) => return Ok((answer, Outcome::Answered, repaired, last_hash, blocks)),
+                Ok(answer) => {
+                    return Ok(Settled {
+                        answer,
+                        outcome: Outcome::Answered,
+                        repaired,
+                        compiled_hash: last_hash,
+                        blocks,
+                    });
+                }
                 Err(errors) if !repaired => {
                     repaired = true;
                     tracing::info!(errors = ?errors, "answer did not validate; asking for a repair");
@@ -573,14 +589,14 @@ impl Turn<'_> {
         Ok(self.insufficient(repaired, last_hash, blocks))
     }
 
-    fn insufficient(&self, repaired: bool, hash: String, blocks: Vec<Value>) -> Ran {
-        (
-            json!({ "error": INSUFFICIENT }),
-            Outcome::InsufficientEvidence,
+    fn insufficient(&self, repaired: bool, hash: String, blocks: Vec<Value>) -> Settled {
+        Settled {
+            answer: json!({ "error": INSUFFICIENT }),
+            outcome: Outcome::InsufficientEvidence,
             repaired,
-            hash,
+            compiled_hash: hash,
             blocks,
-        )
+        }
     }
 
     /// Parses and validates an answer; the errors are what the repair prompt tells the model.
@@ -706,128 +722,64 @@ impl Turn<'_> {
     }
 
     /// Holds this turn's proposals and asks a reviewer.
-    async fn escalate(
-        &mut self,
-        conversation_id: Uuid,
-        message: &str,
-        answer: &Value,
-    ) -> Result<Uuid, ChatError> {
-        self.set_proposals(
-            "escalated",
-            "held for a reviewer: the answer's confidence was below 0.6",
-        )
-        .await?;
-        let id = Uuid::now_v7();
-        let draft = Draft::from_value(
-            json!({
-                "id": id,
-                "entity_type": ESCALATION,
-                "visibility": "tenant",
-                "trace_id": self.trace_id,
-                "related_to": std::iter::once(self.run_id).chain(self.proposals.iter().copied()).collect::<Vec<_>>(),
-                "when": format_time(Utc::now()),
-                "who": self.principal.user_id,
-                "did": "asked for a human review",
-                "this": format!("run {}", self.run_id),
-                "confirmed_by": "pending: a reviewer",
-                "if_ok": "the reviewer approves; held proposals may be confirmed",
-                "if_doubt": "the reviewer asks the user",
-                "if_not": "the reviewer rejects; held proposals are rejected",
-                "status": "open",
-                "content": {
-                    "run_id": self.run_id,
-                    "conversation_id": conversation_id,
-                    "question": message,
-                    "answer": answer,
-                    "confidence": answer.get("confidence"),
-                    "threshold": ESCALATION_THRESHOLD,
-                    "proposals": self.proposals,
-                },
-            }),
+    async fn escalate(&self, answer: &Value) -> Result<Uuid, ChatError> {
+        let escalation = Escalation {
+            trace_id: &self.trace_id,
+            run_id: self.run_id,
+            conversation_id: self.conversation_id,
+            question: self.message,
+            answer,
+            proposals: &self.proposals,
+        };
+        let a = self.agent;
+        Ok(proposals::escalate(
+            a.store.as_ref(),
+            a.writer.as_ref(),
             self.principal,
-            &[],
-            Utc::now(),
+            &escalation,
         )
-        .map_err(StoreError::Input)?;
-        append_one(self.agent.writer.as_ref(), self.principal, draft).await?;
-        Ok(id)
+        .await?)
     }
 
-    async fn withdraw_proposals(&mut self, why: &str) -> Result<(), ChatError> {
-        self.set_proposals("withdrawn", why).await
+    /// Gives every proposal of this turn a new status (withdrawn when the turn fails).
+    async fn set_proposals(&self, status: &str, why: &str) -> Result<(), StoreError> {
+        let a = self.agent;
+        proposals::set_all(
+            a.store.as_ref(),
+            a.writer.as_ref(),
+            self.principal,
+            &self.proposals,
+            status,
+            why,
+        )
+        .await
     }
 
-    async fn set_proposals(&mut self, status: &str, why: &str) -> Result<(), ChatError> {
-        for id in self.proposals.clone() {
-            set_proposal_status(
-                self.agent.store.as_ref(),
-                self.agent.writer.as_ref(),
-                self.principal,
-                id,
-                status,
-                why,
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn prompt_run(
-        &self,
-        variant: &str,
-        conversation_id: Uuid,
-        message: &str,
-        answer: &Value,
-        outcome: Outcome,
-        repaired: bool,
-        compiled_hash: &str,
-        blocks: &[Value],
-        memory: MemoryMode,
-        elapsed: Duration,
-    ) -> Result<Draft, StoreError> {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let p = &self.agent.provider;
-        let span = json!({
-            "id": self.run_id,
-            "entity_type": "prompt_run",
-            "visibility": "private",
-            "trace_id": self.trace_id,
-            "related_to": self.proposals,
-            "when": format_time(self.now),
-            "who": self.principal.user_id,
-            "did": "asked the agent",
-            "this": format!("conversation {conversation_id}"),
-            "confirmed_by": format!("provider {} model {}", p.kind(), p.model()),
-            "if_ok": "the answer is shown with its citations",
-            "if_doubt": "a reviewer is asked",
-            "if_not": "Insufficient evidence.",
-            "status": outcome.as_str(),
-            "duration_ms": ms(elapsed),
-            "content": {
-                "conversation_id": conversation_id,
-                "message": message,
-                "answer": answer,
-                "provider": p.kind(),
-                "model": p.model(),
-                "base_url": p.base_url(),
-                "variant": variant,
-                "compiled_hash": compiled_hash,
-                "blocks": blocks,
-                "latency_ms": ms(elapsed),
-                "provider_ms": ms(self.provider_time),
-                "tokens_in": self.tokens_in,
-                "tokens_out": self.tokens_out,
-                "tool_use_count": self.tool_calls,
-                "breaker": self.breaker.as_ref().map(|(b, _)| b.id),
-                "repaired": repaired,
-                "confidence": answer.get("confidence"),
-                "outcome": outcome.as_str(),
-                "memory": memory,
-                "proposals": self.proposals,
-            },
-        });
-        Ok(Draft::from_value(span, self.principal, &[], self.now)?)
+    /// The turn's `prompt_run` span.
+    fn prompt_run(&self, settled: &Settled, elapsed: Duration) -> Result<Draft, StoreError> {
+        let record = TurnRecord {
+            run_id: self.run_id,
+            trace_id: &self.trace_id,
+            at: self.now,
+            conversation_id: self.conversation_id,
+            message: self.message,
+            variant: self.variant,
+            answer: &settled.answer,
+            outcome: settled.outcome,
+            repaired: settled.repaired,
+            compiled_hash: &settled.compiled_hash,
+            blocks: &settled.blocks,
+            memory: self.memory,
+            provider: self.agent.provider.as_ref(),
+            elapsed,
+            provider_time: self.provider_time,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            tool_use_count: self.tool_calls,
+            breaker: self.breaker.as_ref().map(|(b, _)| b.id),
+            proposals: &self.proposals,
+        };
+        Ok(prompt_run_draft(self.principal, &record)?)
     }
 
     /// Appends the turn's records in one commit.
@@ -839,11 +791,6 @@ impl Turn<'_> {
         Ok(())
     }
 }
-
-/// Entity type of a request for human review.
-pub const ESCALATION: &str = "escalation_request";
-/// Entity type of a reviewer's decision.
-pub const REVIEW: &str = "review_decision";
 
 fn repair_prompt(errors: &[String]) -> String {
     format!(
@@ -860,38 +807,6 @@ fn strip_fences(s: &str) -> &str {
     };
     let rest = rest.strip_prefix("json").unwrap_or(rest);
     rest.strip_suffix("```").unwrap_or(rest).trim()
-}
-
-/// Appends the next seq of a proposal with a new status (the seq check makes concurrent
-/// changes of one proposal conflict instead of both winning).
-pub async fn set_proposal_status(
-    store: &dyn Store,
-    writer: &dyn SpanWriter,
-    principal: &Principal,
-    id: Uuid,
-    status: &str,
-    why: &str,
-) -> Result<ledger::Appended, StoreError> {
-    let span = store
-        .get(principal, id, None)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(id))?;
-    let view = span.to_view().map_err(StoreError::Config)?;
-    if view.get("entity_type").and_then(Value::as_str) != Some(PROPOSAL) {
-        return Err(StoreError::NotFound(id));
-    }
-    let now = Utc::now();
-    let next = next_seq(
-        &view,
-        principal,
-        json!({
-            "status": status,
-            "when": format_time(now),
-            "did": format!("proposal {status}: {why}"),
-        }),
-    );
-    let draft = Draft::from_value(next, principal, &[], now)?;
-    append_one(writer, principal, draft).await
 }
 
 impl Agent {
@@ -938,41 +853,6 @@ impl Agent {
             gate: tokio::sync::Mutex::new(None),
         })
     }
-}
-
-/// The next version of a span as a draft: the same id, `seq + 1`, its descriptive fields
-/// carried forward (integrity and signature fields are the ledger's to recompute), the caller
-/// as `who`, and `changes` merged over it.
-pub fn next_seq(view: &Value, principal: &Principal, changes: Value) -> Value {
-    let mut out = serde_json::Map::new();
-    for k in [
-        "id",
-        "entity_type",
-        "name",
-        "visibility",
-        "trace_id",
-        "parent_id",
-        "related_to",
-        "this",
-        "confirmed_by",
-        "if_ok",
-        "if_doubt",
-        "if_not",
-        "status",
-        "content",
-        "did",
-    ] {
-        if let Some(v) = view.get(k).filter(|v| !v.is_null()) {
-            out.insert(k.into(), v.clone());
-        }
-    }
-    let seq = view.get("seq").and_then(Value::as_i64).unwrap_or(0);
-    out.insert("seq".into(), json!(seq + 1));
-    out.insert("who".into(), json!(principal.user_id));
-    if let Value::Object(c) = changes {
-        out.extend(c);
-    }
-    Value::Object(out)
 }
 
 /// The `provider` span of the node: which provider, where, which model (never a key: keys

@@ -12,6 +12,7 @@ pub mod offline;
 pub mod ollama;
 pub mod openai;
 pub mod prompt;
+pub mod proposals;
 pub mod provider;
 pub mod record;
 pub mod tools;

@@ -2,6 +2,8 @@
 //! in the caller's tenant: provider kind, base URL (no credentials), model, latency, tokens,
 //! attempts, the compiled prompt's hash, and the raw response or the error. Never the API key:
 //! providers redact it from bodies and raw responses, and the span is built from those.
+//!
+//! Also the shape of a chat turn's own record, its `prompt_run` span ([`prompt_run_draft`]).
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::agent::{MemoryMode, Outcome};
 use super::provider::{Completion, CompletionRequest, Provider, ProviderError};
 
 /// Raw responses larger than this (as JSON) are kept as a truncated excerpt, so the span stays
@@ -224,6 +227,86 @@ pub fn provider_execution_draft(
         span["parent_id"] = json!(p);
     }
     Draft::from_value(span, principal, &[], Utc::now())
+}
+
+/// Everything a `prompt_run` span says: one chat turn, what was asked, what the model
+/// settled on, and what it cost.
+pub struct TurnRecord<'a> {
+    /// The span's id, the turn's `run_id`.
+    pub run_id: Uuid,
+    pub trace_id: &'a str,
+    /// When the turn started.
+    pub at: DateTime<Utc>,
+    pub conversation_id: Uuid,
+    pub message: &'a str,
+    pub variant: &'a str,
+    pub answer: &'a Value,
+    pub outcome: Outcome,
+    /// Whether the model was asked once to repair its answer.
+    pub repaired: bool,
+    /// The hash of the last compiled system prompt (empty if none was sent).
+    pub compiled_hash: &'a str,
+    /// The prompt blocks it was compiled from.
+    pub blocks: &'a [Value],
+    pub memory: MemoryMode,
+    pub provider: &'a dyn Provider,
+    /// The whole turn.
+    pub elapsed: Duration,
+    /// The part of it spent waiting for the provider.
+    pub provider_time: Duration,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub tool_use_count: usize,
+    /// The circuit breaker's temporary block, if it engaged.
+    pub breaker: Option<Uuid>,
+    /// Proposals the turn created.
+    pub proposals: &'a [Uuid],
+}
+
+/// The `prompt_run` span of a turn, private to the `principal` who asked.
+pub fn prompt_run_draft(principal: &Principal, rec: &TurnRecord<'_>) -> Result<Draft, InputError> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let p = rec.provider;
+    let span = json!({
+        "id": rec.run_id,
+        "entity_type": "prompt_run",
+        "visibility": "private",
+        "trace_id": rec.trace_id,
+        "related_to": rec.proposals,
+        "when": ledger::span::format_time(rec.at),
+        "who": principal.user_id,
+        "did": "asked the agent",
+        "this": format!("conversation {}", rec.conversation_id),
+        "confirmed_by": format!("provider {} model {}", p.kind(), p.model()),
+        "if_ok": "the answer is shown with its citations",
+        "if_doubt": "a reviewer is asked",
+        "if_not": "Insufficient evidence.",
+        "status": rec.outcome.as_str(),
+        "duration_ms": ms(rec.elapsed),
+        "content": {
+            "conversation_id": rec.conversation_id,
+            "message": rec.message,
+            "answer": rec.answer,
+            "provider": p.kind(),
+            "model": p.model(),
+            "base_url": p.base_url(),
+            "variant": rec.variant,
+            "compiled_hash": rec.compiled_hash,
+            "blocks": rec.blocks,
+            "latency_ms": ms(rec.elapsed),
+            "provider_ms": ms(rec.provider_time),
+            "tokens_in": rec.tokens_in,
+            "tokens_out": rec.tokens_out,
+            "tool_use_count": rec.tool_use_count,
+            "breaker": rec.breaker,
+            "repaired": rec.repaired,
+            "confidence": rec.answer.get("confidence"),
+            "outcome": rec.outcome.as_str(),
+            "memory": rec.memory,
+            "proposals": rec.proposals,
+        },
+    });
+    Draft::from_value(span, principal, &[], rec.at)
 }
 
 /// The ledger cannot store U+0000 (PostgreSQL text); a model may well emit it.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use kernels::contracts::{self, ContractVersion, State};
 use kernels::midnight_ruler;
 use ledger::span::format_time;
@@ -17,13 +17,9 @@ use ledger::{Draft, Principal, Store, StoreError};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::proposals::{PROPOSAL, amended_content, may_amend, pick, summarize};
 use super::provider::{ToolCall, ToolSpec};
 use super::record::{SpanWriter, append_one};
-
-/// Entity type of a pending change the agent proposed.
-pub const PROPOSAL: &str = "amendment_proposal";
-/// Entity type of an applied amendment.
-pub const AMENDMENT: &str = "contract_amendment";
 
 /// Longest tool result (JSON text) handed back to the model; larger results are cut and say so.
 pub const MAX_RESULT_BYTES: usize = 48 * 1024;
@@ -500,129 +496,6 @@ async fn find_contract(
     contracts::find(ctx.store, ctx.principal, &id.to_string()).await
 }
 
-/// May this caller change this contract? Parties may; so may tenant administrators.
-pub fn may_amend(principal: &Principal, roles: &[String], v: &ContractVersion) -> bool {
-    if roles.iter().any(|r| r == "admin" || r == "amend") {
-        return true;
-    }
-    v.content
-        .get("parties")
-        .and_then(Value::as_array)
-        .is_some_and(|ps| {
-            ps.iter().any(|p| {
-                p.get("who")
-                    .and_then(Value::as_str)
-                    .is_some_and(|w| contracts::same_person(w, &principal.user_id))
-            })
-        })
-}
-
-/// A relative offset such as `+3d`, `-12h`, `+90m`.
-fn parse_offset(s: &str) -> Option<TimeDelta> {
-    let (sign, rest) = match s.as_bytes().first()? {
-        b'+' => (1, &s[1..]),
-        b'-' => (-1, &s[1..]),
-        _ => return None,
-    };
-    let unit = rest.chars().last()?;
-    let n: i64 = rest[..rest.len() - unit.len_utf8()].trim().parse().ok()?;
-    let d = match unit {
-        'w' => TimeDelta::try_weeks(n)?,
-        'd' => TimeDelta::try_days(n)?,
-        'h' => TimeDelta::try_hours(n)?,
-        'm' => TimeDelta::try_minutes(n)?,
-        _ => return None,
-    };
-    Some(d * sign)
-}
-
-fn parse_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v?.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// Applies the proposed `changes` to a contract's content; errors say which change is wrong.
-fn amended_content(v: &ContractVersion, changes: &Value) -> Result<(Value, Value), String> {
-    let Some(changes) = changes.as_object().filter(|c| !c.is_empty()) else {
-        return Err(
-            "`changes` must be an object with at least one of deadline_at, title, quorum".into(),
-        );
-    };
-    let mut content = match &v.content {
-        Value::Object(m) => m.clone(),
-        _ => return Err(format!("contract {} has unreadable content", v.label())),
-    };
-    let mut normalized = Map::new();
-    for (k, val) in changes {
-        match k.as_str() {
-            "deadline_at" => {
-                let s = val
-                    .as_str()
-                    .map(str::trim)
-                    .ok_or("`changes.deadline_at` must be a string")?;
-                let new = if let Some(d) = parse_offset(s) {
-                    let cur = parse_time(content.get("deadline_at")).ok_or_else(|| {
-                        format!("contract {} has no deadline to move by {s}", v.label())
-                    })?;
-                    cur + d
-                } else if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-                    t.with_timezone(&Utc)
-                } else if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-                    d.and_hms_opt(23, 59, 59)
-                        .ok_or("`changes.deadline_at`: invalid date")?
-                        .and_utc()
-                } else {
-                    return Err(format!(
-                        "`changes.deadline_at` `{s}` is not a time: use RFC 3339, YYYY-MM-DD or +3d/+12h"
-                    ));
-                };
-                normalized.insert(k.clone(), json!(format_time(new)));
-                content.insert(k.clone(), json!(format_time(new)));
-            }
-            "title" => {
-                let s = val
-                    .as_str()
-                    .filter(|s| !s.trim().is_empty() && s.len() <= 200)
-                    .ok_or("`changes.title` must be a non-empty string of at most 200 bytes")?;
-                normalized.insert(k.clone(), json!(s));
-                content.insert(k.clone(), json!(s));
-            }
-            "quorum" => {
-                let n = val
-                    .as_i64()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or("`changes.quorum` must be an integer from 1 to 100")?;
-                normalized.insert(k.clone(), json!(n));
-                content.insert(k.clone(), json!(n));
-            }
-            other => {
-                return Err(format!(
-                    "`changes.{other}` cannot be amended here; allowed: deadline_at, title, quorum"
-                ));
-            }
-        }
-    }
-    // A deadline moved past a termination for a missed deadline reinstates the contract: that
-    // is what "extend the deadline" means to the people asking for it.
-    if normalized.contains_key("deadline_at") && v.state() == Some(State::Terminated) {
-        content.insert("state".into(), json!(State::Active.as_str()));
-        content.insert(
-            "state_reason".into(),
-            json!("reinstated by an amendment of the deadline"),
-        );
-    }
-    Ok((Value::Object(content), Value::Object(normalized)))
-}
-
-fn pick(content: &Value, keys: &[&str]) -> Value {
-    let mut m = Map::new();
-    for k in keys {
-        m.insert((*k).into(), content.get(*k).cloned().unwrap_or(Value::Null));
-    }
-    Value::Object(m)
-}
-
 async fn propose_amendment(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutput, StoreError> {
     if let Some(e) = unknown_keys(args, &["contract", "changes", "reason"]) {
         return Ok(ToolOutput::error(e));
@@ -718,28 +591,6 @@ async fn propose_amendment(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOu
     );
     out.proposal = Some(appended.id);
     Ok(out)
-}
-
-fn summarize(name: &str, before: &Value, after: &Value) -> String {
-    let mut parts = Vec::new();
-    if let (Some(b), Some(a)) = (before.as_object(), after.as_object()) {
-        for (k, av) in a {
-            let bv = b.get(k).unwrap_or(&Value::Null);
-            if bv != av {
-                let show = |v: &Value| match v {
-                    Value::String(s) => s.clone(),
-                    Value::Null => "(none)".into(),
-                    other => other.to_string(),
-                };
-                parts.push(format!("{k} {} → {}", show(bv), show(av)));
-            }
-        }
-    }
-    if parts.is_empty() {
-        format!("{name}: no change")
-    } else {
-        format!("{name}: {}", parts.join("; "))
-    }
 }
 
 async fn simulate_law(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutput, StoreError> {
@@ -844,17 +695,6 @@ async fn simulate_law(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutput,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn offsets() {
-        assert_eq!(parse_offset("+3d"), Some(TimeDelta::days(3)));
-        assert_eq!(parse_offset("-12h"), Some(TimeDelta::hours(-12)));
-        assert_eq!(parse_offset("+90m"), Some(TimeDelta::minutes(90)));
-        assert_eq!(parse_offset("3d"), None);
-        assert_eq!(parse_offset("+d"), None);
-        assert_eq!(parse_offset("+3y"), None);
-        assert_eq!(parse_offset("+99999999999999d"), None);
-    }
 
     #[test]
     fn every_tool_has_an_object_schema() {

@@ -11,11 +11,8 @@ use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::Utc;
 use futures::StreamExt;
-use kernels::contracts::{self, Change};
-use ledger::span::format_time;
-use ledger::{Draft, StoreError};
+use kernels::contracts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -23,11 +20,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::chat::agent::{
-    self, ChatError, ChatEvent, ESCALATION, MemoryMode, REVIEW, TurnRequest, set_proposal_status,
-};
-use crate::chat::record::append_one;
-use crate::chat::tools::{AMENDMENT, PROPOSAL, may_amend};
+use crate::chat::agent::{self, ChatError, ChatEvent, MemoryMode, TurnRequest};
+use crate::chat::proposals::{self, Actor, Confirmation, Decision, ProposalError};
 use crate::error::{ApiError, Problem};
 use crate::serve::AppState;
 
@@ -118,6 +112,39 @@ impl From<ChatError> for ApiError {
                 ApiError::Unavailable(format!("model calls are switched off: {why}"))
             }
         }
+    }
+}
+
+impl From<ProposalError> for ApiError {
+    fn from(e: ProposalError) -> Self {
+        use ProposalError as E;
+        match e {
+            E::NotFound(_)
+            | E::ContractNotVisible(_)
+            | E::NoVersions(_)
+            | E::EscalationNotFound(_) => ApiError::NotFound(e.to_string()),
+            E::NotAllowed { .. } => ApiError::Forbidden(e.to_string()),
+            E::NotPending { .. }
+            | E::NoContract(_)
+            | E::Stale { .. }
+            | E::NoNewContent(_)
+            | E::ChangedWhileConfirming { .. }
+            | E::AlreadyDecided { .. }
+            | E::DecidedConcurrently { .. } => ApiError::Conflict(e.to_string()),
+            E::Input(i) => ApiError::from_input(i, None),
+            E::Unreadable(why) => ApiError::Internal(anyhow::anyhow!(why)),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
+/// Who acts, as the proposals module needs it.
+fn actor<'a>(state: &'a AppState, caller: &'a Caller) -> Actor<'a> {
+    Actor {
+        store: state.store.as_ref(),
+        writer: &state.writer,
+        principal: &caller.principal,
+        roles: &caller.roles,
     }
 }
 
@@ -301,154 +328,22 @@ pub async fn confirm(
     b: Result<Json<ConfirmBody>, JsonRejection>,
 ) -> Result<Json<Confirmed>, ApiError> {
     let b = body(b)?;
-    let p = &caller.principal;
     let id = b.proposal_id;
-    let store = state.store.as_ref();
-    let not_found = || ApiError::NotFound(format!("no amendment proposal {id} visible to you"));
-    let span = store.get(p, id, None).await?.ok_or_else(not_found)?;
-    let view = span
-        .to_view()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
-    if view.get("entity_type").and_then(Value::as_str) != Some(PROPOSAL) {
-        return Err(not_found());
-    }
-    let status = view.get("status").and_then(Value::as_str).unwrap_or("");
-    if status != "pending" {
-        let why = match status {
-            "escalated" => "is held for a reviewer (the answer's confidence was low)",
-            "applied" => "was already applied",
-            "cancelled" => "was cancelled",
-            "withdrawn" => "was withdrawn (its answer did not validate)",
-            "rejected" => "was rejected by a reviewer",
-            _ => "is not pending",
-        };
-        return Err(ApiError::Conflict(format!("proposal {id} {why}")));
-    }
-    let content = view.get("content").cloned().unwrap_or(Value::Null);
-    let contract_ref = content
-        .pointer("/contract/id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::Conflict(format!("proposal {id} names no contract")))?;
-    let contract = contracts::find(store, p, contract_ref)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "the contract of proposal {id} is not visible to you"
-            ))
-        })?;
-    let latest = contract
-        .latest()
-        .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("contract {contract_ref} has no versions")))?;
-    if !may_amend(p, &caller.roles, &latest) {
-        return Err(ApiError::Forbidden(format!(
-            "{} is not a party to contract {} and has no admin role",
-            p.user_id,
-            latest.label()
-        )));
-    }
-    if b.action == Some(ConfirmAction::Cancel) {
-        set_proposal_status(
-            store,
-            &state.writer,
-            p,
-            id,
-            "cancelled",
-            "cancelled by the user",
-        )
-        .await?;
-        return Ok(Json(Confirmed {
-            proposal_id: id,
-            status: "cancelled".into(),
-            contract: contract_view(&latest),
-            amendment_id: None,
-        }));
-    }
-    let base_seq = content.pointer("/contract/seq").and_then(Value::as_i64);
-    if base_seq != Some(latest.seq) {
-        return Err(ApiError::Conflict(format!(
-            "contract {} changed since the proposal (proposed on seq {}, now seq {}); ask again",
-            latest.label(),
-            base_seq.map_or("?".into(), |s| s.to_string()),
-            latest.seq
-        )));
-    }
-    let new_content = content
-        .get("new_content")
-        .cloned()
-        .filter(Value::is_object)
-        .ok_or_else(|| ApiError::Conflict(format!("proposal {id} carries no new content")))?;
-    let summary = content
-        .get("summary")
-        .and_then(Value::as_str)
-        .unwrap_or("amended")
-        .to_string();
-    let now = Utc::now();
-    let draft = contracts::next_version(
-        p,
-        &latest,
-        new_content,
-        Change {
-            did: &format!("amended: {summary}"),
-            confirmed_by: &format!("proposal {id} confirmed by {}", p.user_id),
-            idempotency_key: format!("amendment:{id}"),
-            related_to: vec![id],
-            at: now,
-        },
-    )
-    .map_err(|e| ApiError::from_input(e, None))?;
-    let applied = append_one(&state.writer, p, draft)
-        .await
-        .map_err(|e| match e {
-            StoreError::Append(a) => ApiError::Conflict(format!(
-                "contract {} changed while confirming: {a}",
-                latest.label()
-            )),
-            other => other.into(),
-        })?;
-    let amendment = Draft::from_value(
-        json!({
-            "entity_type": AMENDMENT,
-            "visibility": "tenant",
-            "idempotency_key": format!("amendment-record:{id}"),
-            "trace_id": view.get("trace_id"),
-            "related_to": [contract.id, id],
-            "when": format_time(now),
-            "who": p.user_id,
-            "did": "applied an amendment",
-            "this": format!("contract {}", latest.label()),
-            "confirmed_by": p.user_id,
-            "if_ok": "the contract continues under the amended terms",
-            "if_doubt": "the parties discuss",
-            "if_not": "a new amendment reverts it",
-            "status": "applied",
-            "content": {
-                "proposal_id": id,
-                "contract": {"id": contract.id, "name": latest.label(), "from_seq": latest.seq, "to_seq": applied.seq, "curr_hash": applied.curr_hash},
-                "changes": content.get("changes"),
-                "before": content.get("before"),
-                "after": content.get("after"),
-                "reason": content.get("reason"),
-                "summary": summary,
-            },
-        }),
-        p,
-        &[],
-        now,
-    )
-    .map_err(|e| ApiError::from_input(e, None))?;
-    let amendment = append_one(&state.writer, p, amendment).await?;
-    set_proposal_status(store, &state.writer, p, id, "applied", "confirmed").await?;
-    let now_contract = contracts::find(store, p, &contract.id.to_string())
-        .await?
-        .and_then(|c| c.latest().cloned())
-        .map(|v| contract_view(&v))
-        .unwrap_or(Value::Null);
+    let actor = actor(&state, &caller);
+    let done = match b.action {
+        Some(ConfirmAction::Cancel) => proposals::cancel(actor, id).await?,
+        Some(ConfirmAction::Apply) | None => proposals::apply(actor, id).await?,
+    };
+    let Confirmation {
+        status,
+        contract,
+        amendment_id,
+    } = done;
     Ok(Json(Confirmed {
         proposal_id: id,
-        status: "applied".into(),
-        contract: now_contract,
-        amendment_id: Some(amendment.id),
+        status: status.into(),
+        contract: contract.as_ref().map_or(Value::Null, contract_view),
+        amendment_id,
     }))
 }
 
@@ -514,32 +409,9 @@ pub async fn reviews(
             "`status` must be open, approved, rejected or all".into(),
         ));
     }
-    let p = &caller.principal;
-    let views = contracts::load_views(state.store.as_ref(), p, ESCALATION).await?;
-    // Latest version of each escalation.
-    let mut latest: std::collections::BTreeMap<String, Value> = Default::default();
-    for v in views {
-        let Some(id) = v.get("id").and_then(Value::as_str).map(str::to_string) else {
-            continue;
-        };
-        let seq = v.get("seq").and_then(Value::as_i64).unwrap_or(0);
-        let newer = latest
-            .get(&id)
-            .is_none_or(|o| o.get("seq").and_then(Value::as_i64).unwrap_or(0) < seq);
-        if newer {
-            latest.insert(id, v);
-        }
-    }
-    let mut out: Vec<Value> = latest
-        .into_values()
-        .filter(|v| want == "all" || v.get("status").and_then(Value::as_str) == Some(want))
-        .collect();
-    out.sort_by(|a, b| {
-        b.get("id")
-            .and_then(Value::as_str)
-            .cmp(&a.get("id").and_then(Value::as_str))
-    });
-    Ok(Json(Reviews { reviews: out }))
+    let status = (want != "all").then_some(want);
+    let reviews = proposals::escalations(state.store.as_ref(), &caller.principal, status).await?;
+    Ok(Json(Reviews { reviews }))
 }
 
 /// A reviewer's decision on an escalation.
@@ -604,104 +476,15 @@ pub async fn review(
         .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a UUID")))?;
     let b = body(b)?;
     require_reviewer(&caller)?;
-    let p = &caller.principal;
-    let store = state.store.as_ref();
-    let not_found = || ApiError::NotFound(format!("no escalation request {id} visible to you"));
-    let span = store.get(p, id, None).await?.ok_or_else(not_found)?;
-    let view = span
-        .to_view()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
-    if view.get("entity_type").and_then(Value::as_str) != Some(ESCALATION) {
-        return Err(not_found());
-    }
-    if view.get("status").and_then(Value::as_str) != Some("open") {
-        return Err(ApiError::Conflict(format!(
-            "escalation {id} was already decided ({})",
-            view.get("status").and_then(Value::as_str).unwrap_or("?")
-        )));
-    }
-    let (status, proposal_status) = match b.decision {
-        ReviewDecision::Approve => ("approved", "pending"),
-        ReviewDecision::Reject => ("rejected", "rejected"),
+    let decision = match b.decision {
+        ReviewDecision::Approve => Decision::Approve,
+        ReviewDecision::Reject => Decision::Reject,
     };
-    let now = Utc::now();
-    // Closing the escalation first: its seq check lets only one reviewer decide.
-    let next = agent::next_seq(
-        &view,
-        p,
-        json!({
-            "status": status,
-            "when": format_time(now),
-            "did": format!("review {status}"),
-            "confirmed_by": p.user_id,
-        }),
-    );
-    let closed = Draft::from_value(next, p, &[], now).map_err(|e| ApiError::from_input(e, None))?;
-    append_one(&state.writer, p, closed)
-        .await
-        .map_err(|e| match e {
-            StoreError::Append(a) => {
-                ApiError::Conflict(format!("escalation {id} was decided concurrently: {a}"))
-            }
-            other => other.into(),
-        })?;
-    let proposals: Vec<Uuid> = view
-        .pointer("/content/proposals")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    let mut released = Vec::new();
-    for pid in &proposals {
-        match set_proposal_status(
-            store,
-            &state.writer,
-            p,
-            *pid,
-            proposal_status,
-            &format!("review {status}"),
-        )
-        .await
-        {
-            Ok(_) => released.push(*pid),
-            Err(e) => {
-                tracing::warn!(proposal = %pid, error = %e, "cannot update a reviewed proposal")
-            }
-        }
-    }
-    let decision = Draft::from_value(
-        json!({
-            "entity_type": REVIEW,
-            "visibility": "tenant",
-            "idempotency_key": format!("review:{id}"),
-            "trace_id": view.get("trace_id"),
-            "related_to": std::iter::once(id).chain(proposals.iter().copied()).collect::<Vec<_>>(),
-            "when": format_time(now),
-            "who": p.user_id,
-            "did": format!("{status} an escalation"),
-            "this": format!("escalation {id}"),
-            "confirmed_by": p.user_id,
-            "if_ok": "held proposals may be confirmed",
-            "if_doubt": "ask the user",
-            "if_not": "held proposals are rejected",
-            "status": status,
-            "content": {
-                "escalation_id": id,
-                "decision": status,
-                "note": b.note,
-                "run_id": view.pointer("/content/run_id"),
-                "proposals": proposals,
-            },
-        }),
-        p,
-        &[],
-        now,
-    )
-    .map_err(|e| ApiError::from_input(e, None))?;
-    let decided = append_one(&state.writer, p, decision).await?;
+    let decided = proposals::decide(actor(&state, &caller), id, decision, b.note).await?;
     Ok(Json(Reviewed {
         escalation_id: id,
-        review_id: decided.id,
-        status: status.into(),
-        proposals: released,
+        review_id: decided.review_id,
+        status: decided.status.into(),
+        proposals: decided.proposals,
     }))
 }
