@@ -17,7 +17,7 @@ use ledger::{Draft, Principal, Store, StoreError};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::provider::{ToolCall, ToolSpec};
+use super::providers::{ToolCall, ToolSpec};
 use super::record::{SpanWriter, append_one};
 
 /// Entity type of a pending change the agent proposed.
