@@ -145,10 +145,6 @@ pub fn provider_from_config(config: &ProviderConfig) -> Result<Arc<dyn Provider>
             url,
             model,
             settings,
-        } => Ok(Arc::new(OllamaProvider::new(
-            url,
-            model,
-            settings.clone(),
-        )?)),
+        } => Ok(Arc::new(OllamaProvider::new(url, model, settings.clone())?)),
     }
 }
