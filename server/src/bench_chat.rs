@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::chat::agent::{Agent, MemoryMode, Outcome, TurnRequest};
-use crate::chat::provider::{
+use crate::chat::providers::{
     ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
 };
 use crate::chat::record::SpanWriter;

@@ -12,11 +12,10 @@ use std::time::Duration;
 use chrono::Utc;
 use ledger::{Filter, Principal};
 use serde_json::{Value, json};
-use server::chat::ollama::OllamaProvider;
-use server::chat::openai::OpenAiProvider;
 use server::chat::{
-    ApiKey, Budget, ChatMessage, CompiledPrompt, CompletionRequest, ExecContext, PromptInput,
-    PromptLibrary, Provider, ProviderConfig, ProviderError, ToolSpec, build_prompt, provider_exec,
+    ApiKey, Budget, ChatMessage, CompiledPrompt, CompletionRequest, ExecContext, OllamaProvider,
+    OpenAiProvider, PromptInput, PromptLibrary, Provider, ProviderConfig, ProviderError, ToolSpec,
+    build_prompt, provider_exec,
 };
 use support::fake_llm::{FakeLlm, Reply, ollama, openai};
 use support::{fast_settings, store};

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
 use super::prompt::{Budget, PromptInput, build_prompt};
 use super::proposals::{self, ESCALATION_THRESHOLD, Escalation};
-use super::provider::{ChatMessage, Provider, ProviderError, ToolCall};
+use super::providers::{ChatMessage, Provider, ProviderError, ToolCall};
 use super::record::{
     ExecContext, SpanWriter, TurnRecord, append_one, prompt_run_draft, provider_call,
 };
@@ -817,7 +817,8 @@ impl Agent {
         store: Arc<dyn Store>,
         writer: Arc<dyn SpanWriter>,
     ) -> anyhow::Result<Self> {
-        let provider = super::provider::provider_from_env()
+        let provider = super::providers::ProviderConfig::from_lookup(|k| std::env::var(k).ok())
+            .and_then(|config| super::providers::provider_from_config(&config))
             .map_err(|e| anyhow::anyhow!("chat provider: {e}"))?;
         Self::new(store, writer, provider).await
     }

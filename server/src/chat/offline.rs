@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::prompt::{encoding_for, message_tokens};
-use super::provider::{
+use super::providers::{
     ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
 };
 
@@ -1651,8 +1651,7 @@ fn simulate_part(v: &Value, args: &Value) -> Part {
 mod tests {
     use super::*;
     use crate::chat::blocks::EMBEDDED_ANSWER_SCHEMA;
-    use crate::chat::prompt::CompiledPrompt;
-    use crate::chat::provider::{ProviderConfig, ToolSpec, provider_from_config};
+    use crate::chat::providers::{CompiledPrompt, ProviderConfig, ToolSpec, provider_from_config};
 
     const TOOLS: [&str; 5] = [
         "query_ledger",

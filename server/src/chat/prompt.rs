@@ -13,32 +13,7 @@ use tiktoken_rs::CoreBPE;
 use uuid::Uuid;
 
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
-use super::provider::{ChatMessage, CompletionRequest, Role, ToolSpec};
-
-/// A system prompt and the BLAKE3 hash of exactly its text. Immutable: the hash cannot drift
-/// from the text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CompiledPrompt {
-    text: String,
-    hash: String,
-}
-
-impl CompiledPrompt {
-    pub fn new(text: impl Into<String>) -> Self {
-        let text = text.into();
-        let hash = format!("blake3:{}", blake3::hash(text.as_bytes()).to_hex());
-        Self { text, hash }
-    }
-
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// `blake3:<hex>` of [`CompiledPrompt::text`].
-    pub fn hash(&self) -> &str {
-        &self.hash
-    }
-}
+use super::providers::{ChatMessage, CompiledPrompt, CompletionRequest, Role, ToolSpec};
 
 /// Which block version went into a prompt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::agent::{MemoryMode, Outcome};
-use super::provider::{Completion, CompletionRequest, Provider, ProviderError};
+use super::providers::{Completion, CompletionRequest, Provider, ProviderError};
 
 /// Raw responses larger than this (as JSON) are kept as a truncated excerpt, so the span stays
 /// well under the ledger's size limit next to everything else it carries.

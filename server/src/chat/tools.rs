@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::proposals::{PROPOSAL, amended_content, may_amend, pick, summarize};
-use super::provider::{ToolCall, ToolSpec};
+use super::providers::{ToolCall, ToolSpec};
 use super::record::{SpanWriter, append_one};
 
 /// Longest tool result (JSON text) handed back to the model; larger results are cut and say so.

@@ -1,5 +1,5 @@
 //! Ollama's native chat API (`POST /api/chat`, JSON or NDJSON streaming, tool calling) with
-//! ollama-rs's wire types. The HTTP exchange is ours ([`super::http::execute_with_retry`]):
+//! ollama-rs's wire types. The HTTP exchange is ours (`http::execute_with_retry`):
 //! ollama-rs's own client reduces every non-success status to a string and prints stream
 //! errors to stderr, and we need status codes, `Retry-After` and typed errors.
 
@@ -15,12 +15,11 @@ use ollama_rs::generation::tools::{
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use super::http::{self, CallBudget};
-use super::provider::{
-    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, ProviderSettings, Role,
-    ToolCall,
+use super::http::{self, Answer, CallBudget};
+use super::settings::ProviderSettings;
+use super::types::{
+    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
 };
 
 /// Longest NDJSON line accepted from a stream (a runaway server cannot exhaust memory).
@@ -138,8 +137,8 @@ impl OllamaProvider {
         &self,
         req: &CompletionRequest,
         deltas: Option<mpsc::Sender<String>>,
-        budget: &CallBudget,
-    ) -> Result<(ChatMessage, Option<u32>, Option<u32>, Value), ProviderError> {
+        budget: CallBudget,
+    ) -> Result<Answer, ProviderError> {
         let body = self.body(req, deltas.is_some())?;
         let bytes = serde_json::to_vec(&body).map_err(|e| {
             ProviderError::InvalidRequest(format!("cannot encode the request: {e}"))
@@ -157,10 +156,9 @@ impl OllamaProvider {
             async move { request }
         };
         let response =
-            http::execute_with_retry(&self.http, &self.settings.retry, budget, None, build).await?;
-        let read_err = |e: reqwest::Error| {
-            http::transport_error(e, &self.shown_url, budget.attempts(), budget.timeout)
-        };
+            http::execute_with_retry(&self.http, &self.settings.retry, &budget, None, build)
+                .await?;
+        let read_err = |e: reqwest::Error| budget.transport_error(e, &self.shown_url);
         match deltas {
             None => {
                 let bytes = response.bytes().await.map_err(read_err)?;
@@ -182,8 +180,7 @@ impl OllamaProvider {
                     })?;
                 let mut acc = Assembly::default();
                 acc.add(parsed);
-                let (message, tokens_in, tokens_out) = acc.finish()?;
-                Ok((message, tokens_in, tokens_out, raw))
+                acc.finish(raw)
             }
             Some(tx) => {
                 let mut stream = response.bytes_stream();
@@ -252,15 +249,14 @@ impl OllamaProvider {
                         "the stream ended before the final (`done: true`) line".into(),
                     ));
                 }
-                let (message, tokens_in, tokens_out) = acc.finish()?;
-                let mut raw = last;
-                if let Some(obj) = raw.as_object_mut() {
+                let mut answer = acc.finish(last)?;
+                if let Some(obj) = answer.raw.as_object_mut() {
                     obj.insert(
                         "message".into(),
                         json!({
                             "role": "assistant",
-                            "content": message.content,
-                            "tool_calls": message.tool_calls.iter().map(|c| json!({
+                            "content": answer.message.content,
+                            "tool_calls": answer.message.tool_calls.iter().map(|c| json!({
                                 "function": {"name": c.name, "arguments": c.arguments}
                             })).collect::<Vec<_>>(),
                         }),
@@ -268,7 +264,7 @@ impl OllamaProvider {
                     obj.insert("streamed".into(), json!(true));
                     obj.insert("chunks".into(), json!(lines));
                 }
-                Ok((message, tokens_in, tokens_out, raw))
+                Ok(answer)
             }
         }
     }
@@ -311,7 +307,8 @@ impl Assembly {
         Some(text)
     }
 
-    fn finish(self) -> Result<(ChatMessage, Option<u32>, Option<u32>), ProviderError> {
+    /// The message, with `raw` (the response, or the stream's last line) as its raw answer.
+    fn finish(self, raw: Value) -> Result<Answer, ProviderError> {
         if let Some(c) = self.calls.iter().find(|c| c.name.is_empty()) {
             return Err(ProviderError::BadResponse(format!(
                 "tool call {} has no function name",
@@ -319,11 +316,12 @@ impl Assembly {
             )));
         }
         let (tokens_in, tokens_out) = self.tokens.unzip();
-        Ok((
-            ChatMessage::assistant_tool_calls(self.content, self.calls),
+        Ok(Answer {
+            message: ChatMessage::assistant_tool_calls(self.content, self.calls),
             tokens_in,
             tokens_out,
-        ))
+            raw,
+        })
     }
 }
 
@@ -347,29 +345,10 @@ impl Provider for OllamaProvider {
         req: &CompletionRequest,
         deltas: Option<mpsc::Sender<String>>,
     ) -> Result<Completion, ProviderError> {
-        req.check()?;
-        let started = Instant::now();
-        let budget = CallBudget::start(self.settings.timeout);
-        let (message, tokens_in, tokens_out, raw) =
-            match tokio::time::timeout_at(budget.deadline, self.run(req, deltas, &budget)).await {
-                Err(_) => return Err(budget.timed_out()),
-                Ok(r) => r?,
-            };
-        let latency = started.elapsed();
-        tracing::info!(
-            latency_ms = latency.as_millis() as u64,
-            tokens_in,
-            tokens_out,
-            attempts = budget.attempts(),
-            "provider call completed"
-        );
-        Ok(Completion {
-            message,
-            tokens_in,
-            tokens_out,
-            latency,
-            raw,
-            attempts: budget.attempts().max(1),
+        // Ollama takes no key: nothing to scrub from its answers.
+        http::complete(req, &self.settings, None, |budget| {
+            self.run(req, deltas, budget)
         })
+        .await
     }
 }

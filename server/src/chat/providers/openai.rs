@@ -1,7 +1,7 @@
 //! OpenAI-compatible chat completions (OpenAI, vLLM, llama.cpp server, LM Studio, Ollama's
 //! `/v1`…) through async-openai: its types build the request and read the answer, JSON or
 //! streamed (SSE), while the HTTP exchange runs through our tower service
-//! ([`super::http::execute_with_retry`]) for deadlines, retries and typed errors.
+//! (`http::execute_with_retry`) for deadlines, retries and typed errors.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,12 +25,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use super::http::{self, CallBudget};
-use super::provider::{
-    ApiKey, ChatMessage, Completion, CompletionRequest, Provider, ProviderError, ProviderSettings,
-    Role, ToolCall,
+use super::http::{self, Answer, CallBudget};
+use super::settings::{ApiKey, ProviderSettings};
+use super::types::{
+    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
 };
 
 /// A provider speaking the OpenAI chat completions API.
@@ -187,8 +186,8 @@ impl OpenAiProvider {
         &self,
         req: &CompletionRequest,
         deltas: Option<mpsc::Sender<String>>,
-        budget: &CallBudget,
-    ) -> Result<(ChatMessage, Option<u32>, Option<u32>, Value), ProviderError> {
+        budget: CallBudget,
+    ) -> Result<Answer, ProviderError> {
         let service = RetryingService {
             client: self.http.clone(),
             settings: self.settings.clone(),
@@ -203,7 +202,7 @@ impl OpenAiProvider {
                     .chat()
                     .create(self.request(req, false))
                     .await
-                    .map_err(|e| self.error(e, budget))?;
+                    .map_err(|e| self.error(e, &budget))?;
                 read_response(response)
             }
             Some(tx) => {
@@ -211,10 +210,10 @@ impl OpenAiProvider {
                     .chat()
                     .create_stream(self.request(req, true))
                     .await
-                    .map_err(|e| self.error(e, budget))?;
+                    .map_err(|e| self.error(e, &budget))?;
                 let mut acc = StreamAssembly::default();
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| self.error(e, budget))?;
+                    let chunk = chunk.map_err(|e| self.error(e, &budget))?;
                     if let Some(text) = acc.add(&chunk) {
                         // A closed receiver means nobody listens any more; the answer is still
                         // completed and recorded.
@@ -233,9 +232,7 @@ impl OpenAiProvider {
                 Ok(p) => *p,
                 Err(other) => ProviderError::BadResponse(http::redact(&other.to_string(), secret)),
             },
-            OpenAIError::Reqwest(e) => {
-                http::transport_error(e, &self.shown_url, budget.attempts(), budget.timeout)
-            }
+            OpenAIError::Reqwest(e) => budget.transport_error(e, &self.shown_url),
             OpenAIError::ApiError(api) => ProviderError::Http {
                 status: api.status_code.as_u16(),
                 body: http::redact(&api.api_error.to_string(), secret),
@@ -274,30 +271,10 @@ impl Provider for OpenAiProvider {
         req: &CompletionRequest,
         deltas: Option<mpsc::Sender<String>>,
     ) -> Result<Completion, ProviderError> {
-        req.check()?;
-        let started = Instant::now();
-        let budget = CallBudget::start(self.settings.timeout);
-        let (message, tokens_in, tokens_out, raw) =
-            match tokio::time::timeout_at(budget.deadline, self.run(req, deltas, &budget)).await {
-                Err(_) => return Err(budget.timed_out()),
-                Ok(r) => r?,
-            };
-        let latency = started.elapsed();
-        tracing::info!(
-            latency_ms = latency.as_millis() as u64,
-            tokens_in,
-            tokens_out,
-            attempts = budget.attempts(),
-            "provider call completed"
-        );
-        Ok(Completion {
-            message,
-            tokens_in,
-            tokens_out,
-            latency,
-            raw: scrub(raw, self.secret()),
-            attempts: budget.attempts().max(1),
+        http::complete(req, &self.settings, self.secret(), |budget| {
+            self.run(req, deltas, budget)
         })
+        .await
     }
 }
 
@@ -318,9 +295,7 @@ fn parse_arguments(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
-fn read_response(
-    response: CreateChatCompletionResponse,
-) -> Result<(ChatMessage, Option<u32>, Option<u32>, Value), ProviderError> {
+fn read_response(response: CreateChatCompletionResponse) -> Result<Answer, ProviderError> {
     let raw = serde_json::to_value(&response).unwrap_or(Value::Null);
     let choice = response
         .choices
@@ -347,12 +322,12 @@ fn read_response(
         .collect();
     let content = msg.content.or(msg.refusal).unwrap_or_default();
     let usage = response.usage;
-    Ok((
-        ChatMessage::assistant_tool_calls(content, tool_calls),
-        usage.as_ref().map(|u| u.prompt_tokens),
-        usage.as_ref().map(|u| u.completion_tokens),
+    Ok(Answer {
+        message: ChatMessage::assistant_tool_calls(content, tool_calls),
+        tokens_in: usage.as_ref().map(|u| u.prompt_tokens),
+        tokens_out: usage.as_ref().map(|u| u.completion_tokens),
         raw,
-    ))
+    })
 }
 
 /// A tool call being streamed: its id and name arrive first, its arguments in fragments.
@@ -426,7 +401,7 @@ impl StreamAssembly {
         }
     }
 
-    fn finish(self) -> Result<(ChatMessage, Option<u32>, Option<u32>, Value), ProviderError> {
+    fn finish(self) -> Result<Answer, ProviderError> {
         if self.chunks == 0 {
             return Err(ProviderError::BadResponse(
                 "the stream ended before any chunk arrived".into(),
@@ -477,26 +452,12 @@ impl StreamAssembly {
             "usage": self.usage,
         });
         let (tokens_in, tokens_out) = self.tokens.unzip();
-        Ok((message, tokens_in, tokens_out, raw))
-    }
-}
-
-/// Removes the API key from every string of a value (a server could echo it).
-pub(crate) fn scrub(value: Value, secret: Option<&str>) -> Value {
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
-        return value;
-    };
-    match value {
-        Value::String(s) if s.contains(secret) => Value::String(s.replace(secret, "[redacted]")),
-        Value::Array(items) => {
-            Value::Array(items.into_iter().map(|v| scrub(v, Some(secret))).collect())
-        }
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, scrub(v, Some(secret))))
-                .collect(),
-        ),
-        other => other,
+        Ok(Answer {
+            message,
+            tokens_in,
+            tokens_out,
+            raw,
+        })
     }
 }
 

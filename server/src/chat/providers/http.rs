@@ -1,8 +1,10 @@
 //! The HTTP transport shared by the providers: one place that sends a request, waits within
 //! the call's deadline, retries 429 and transient 5xx with backoff (or the server's
 //! `Retry-After`), and turns every failure into a typed [`ProviderError`] with a redacted body
-//! excerpt. The client libraries (async-openai, ollama-rs) build the requests and read the
-//! answers; they never decide about retries or lose a status code.
+//! excerpt; and [`complete`], the one call wrapper both HTTP providers run their
+//! [`Provider::complete`](super::types::Provider::complete) through. The client libraries
+//! (async-openai, ollama-rs) build the requests and read the answers; they never decide about
+//! retries or lose a status code.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,9 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
+use serde_json::Value;
 use tokio::time::Instant;
 
-use super::provider::{ProviderError, ProviderSettings, RetryPolicy};
+use super::settings::{ProviderSettings, RetryPolicy};
+use super::types::{ChatMessage, Completion, CompletionRequest, ProviderError};
 
 /// Longest body excerpt kept in an error.
 const EXCERPT_CHARS: usize = 500;
@@ -71,6 +75,25 @@ pub(crate) fn excerpt(body: &[u8], secret: Option<&str>) -> String {
         out.push('…');
     }
     out
+}
+
+/// Removes a secret from every string of a value (a server could echo it).
+pub(crate) fn scrub(value: Value, secret: Option<&str>) -> Value {
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return value;
+    };
+    match value {
+        Value::String(s) if s.contains(secret) => Value::String(s.replace(secret, "[redacted]")),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| scrub(v, Some(secret))).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, scrub(v, Some(secret))))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// `Retry-After` in seconds or as an HTTP date, or the `retry-after-ms` some servers send.
@@ -161,6 +184,58 @@ impl CallBudget {
             attempts: self.attempts().max(1),
         }
     }
+
+    /// A reqwest failure of this call (see [`transport_error`]), with its attempts so far.
+    pub fn transport_error(&self, e: reqwest::Error, url: &str) -> ProviderError {
+        transport_error(e, url, self.attempts(), self.timeout)
+    }
+}
+
+/// What a provider read from the model's answer, before the call wrapper times and records it.
+pub(crate) struct Answer {
+    pub message: ChatMessage,
+    pub tokens_in: Option<u32>,
+    pub tokens_out: Option<u32>,
+    /// The response (for a streamed answer: the assembled equivalent), secrets not yet removed.
+    pub raw: Value,
+}
+
+/// The call wrapper of the HTTP providers: checks the request, runs `run` (which sends through
+/// [`execute_with_retry`] and reads the answer) within the call's deadline and budget, logs the
+/// call, and returns the [`Completion`] with `secret` scrubbed from the raw response.
+pub(crate) async fn complete<F, Fut>(
+    req: &CompletionRequest,
+    settings: &ProviderSettings,
+    secret: Option<&str>,
+    run: F,
+) -> Result<Completion, ProviderError>
+where
+    F: FnOnce(CallBudget) -> Fut,
+    Fut: Future<Output = Result<Answer, ProviderError>>,
+{
+    req.check()?;
+    let started = Instant::now();
+    let budget = CallBudget::start(settings.timeout);
+    let answer = match tokio::time::timeout_at(budget.deadline, run(budget.clone())).await {
+        Err(_) => return Err(budget.timed_out()),
+        Ok(r) => r?,
+    };
+    let latency = started.elapsed();
+    tracing::info!(
+        latency_ms = latency.as_millis() as u64,
+        tokens_in = answer.tokens_in,
+        tokens_out = answer.tokens_out,
+        attempts = budget.attempts(),
+        "provider call completed"
+    );
+    Ok(Completion {
+        message: answer.message,
+        tokens_in: answer.tokens_in,
+        tokens_out: answer.tokens_out,
+        latency,
+        raw: scrub(answer.raw, secret),
+        attempts: budget.attempts().max(1),
+    })
 }
 
 /// Sends the request `build` makes (once per attempt) until it succeeds, fails for good, or the

@@ -1,0 +1,150 @@
+//! Which provider to use, read from configuration (`LOGLINE_PROVIDER`, `LOGLINE_MODEL`,
+//! `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OLLAMA_URL`, …) through a lookup function, and the
+//! factory that builds it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ollama::OllamaProvider;
+use super::openai::OpenAiProvider;
+use super::settings::{ApiKey, ProviderSettings};
+use super::types::{Provider, ProviderError};
+use crate::chat::offline::OfflineProvider;
+
+/// Which provider to use, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderConfig {
+    Offline,
+    OpenAi {
+        base_url: String,
+        api_key: Option<ApiKey>,
+        model: String,
+        settings: ProviderSettings,
+    },
+    Ollama {
+        url: String,
+        model: String,
+        settings: ProviderSettings,
+    },
+}
+
+/// The official endpoint, used when `OPENAI_BASE_URL` is not set.
+pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+impl ProviderConfig {
+    /// Reads the configuration through `get` (the process environment, or a map in tests):
+    /// - `LOGLINE_PROVIDER`: `offline` (default), `openai` or `ollama`;
+    /// - `LOGLINE_MODEL`: the model name (required for `openai` and `ollama`);
+    /// - `OPENAI_BASE_URL` (default the official API), `OPENAI_API_KEY` (required for the
+    ///   official API, optional for local OpenAI-compatible servers);
+    /// - `OLLAMA_URL` (required for `ollama`, e.g. `http://127.0.0.1:11434`);
+    /// - `LOGLINE_PROVIDER_TIMEOUT_SECS` (default 120, the whole call) and
+    ///   `LOGLINE_PROVIDER_MAX_ATTEMPTS` (default 3).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ProviderError> {
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let kind = get("LOGLINE_PROVIDER").unwrap_or_else(|| "offline".into());
+        let model = || {
+            get("LOGLINE_MODEL").ok_or_else(|| {
+                ProviderError::Config(format!(
+                    "LOGLINE_PROVIDER={kind} needs LOGLINE_MODEL (the model name, e.g. gpt-4o-mini or llama3.1)"
+                ))
+            })
+        };
+        let mut settings = ProviderSettings::default();
+        if let Some(v) = get("LOGLINE_PROVIDER_TIMEOUT_SECS") {
+            let secs: f64 = v.parse().ok().filter(|s: &f64| *s > 0.0 && *s <= 3600.0).ok_or_else(|| {
+                ProviderError::Config(format!(
+                    "LOGLINE_PROVIDER_TIMEOUT_SECS must be a number of seconds in (0, 3600], not `{v}`"
+                ))
+            })?;
+            settings.timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = get("LOGLINE_PROVIDER_MAX_ATTEMPTS") {
+            settings.retry.max_attempts = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=10).contains(n))
+                .ok_or_else(|| {
+                    ProviderError::Config(format!(
+                        "LOGLINE_PROVIDER_MAX_ATTEMPTS must be an integer from 1 to 10, not `{v}`"
+                    ))
+                })?;
+        }
+        match kind.as_str() {
+            "offline" => Ok(Self::Offline),
+            "openai" => {
+                let base_url =
+                    get("OPENAI_BASE_URL").unwrap_or_else(|| OPENAI_DEFAULT_BASE_URL.into());
+                check_url("OPENAI_BASE_URL", &base_url)?;
+                let api_key = get("OPENAI_API_KEY").map(ApiKey::new).transpose()?;
+                if api_key.is_none() && base_url.trim_end_matches('/') == OPENAI_DEFAULT_BASE_URL {
+                    return Err(ProviderError::Config(
+                        "LOGLINE_PROVIDER=openai with the official API needs OPENAI_API_KEY \
+                         (or set OPENAI_BASE_URL to a local OpenAI-compatible server)"
+                            .into(),
+                    ));
+                }
+                Ok(Self::OpenAi {
+                    base_url,
+                    api_key,
+                    model: model()?,
+                    settings,
+                })
+            }
+            "ollama" => {
+                let url = get("OLLAMA_URL").ok_or_else(|| {
+                    ProviderError::Config(
+                        "LOGLINE_PROVIDER=ollama needs OLLAMA_URL (e.g. http://127.0.0.1:11434)"
+                            .into(),
+                    )
+                })?;
+                check_url("OLLAMA_URL", &url)?;
+                Ok(Self::Ollama {
+                    url,
+                    model: model()?,
+                    settings,
+                })
+            }
+            other => Err(ProviderError::Config(format!(
+                "LOGLINE_PROVIDER must be offline, openai or ollama, not `{other}`"
+            ))),
+        }
+    }
+}
+
+fn check_url(var: &str, url: &str) -> Result<(), ProviderError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(()),
+        _ => Err(ProviderError::Config(format!(
+            "{var} must be an http:// or https:// URL, not `{url}`"
+        ))),
+    }
+}
+
+/// Builds the configured provider; `Offline` is the embedded [`OfflineProvider`], which is not
+/// a language model.
+pub fn provider_from_config(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    match config {
+        ProviderConfig::Offline => Ok(Arc::new(OfflineProvider::new())),
+        ProviderConfig::OpenAi {
+            base_url,
+            api_key,
+            model,
+            settings,
+        } => Ok(Arc::new(OpenAiProvider::new(
+            base_url,
+            api_key.clone(),
+            model,
+            settings.clone(),
+        )?)),
+        ProviderConfig::Ollama {
+            url,
+            model,
+            settings,
+        } => Ok(Arc::new(OllamaProvider::new(url, model, settings.clone())?)),
+    }
+}

@@ -1,0 +1,24 @@
+//! The model providers (DESIGN.md §7): the interface the chat loop codes against and the
+//! messages it exchanges ([`types`]), how an HTTP provider behaves on the wire ([`settings`]),
+//! the configuration that picks a provider and the factory that builds it ([`factory`]), and
+//! the OpenAI-compatible and Ollama implementations ([`openai`], [`ollama`]), which share one
+//! transport and call wrapper (`http`). The embedded offline provider lives in the chat
+//! module's `offline`.
+//!
+//! Imports point one way: the implementations and the factory use the types, never the reverse.
+
+pub mod factory;
+mod http;
+pub mod ollama;
+pub mod openai;
+pub mod settings;
+pub mod types;
+
+pub use factory::{OPENAI_DEFAULT_BASE_URL, ProviderConfig, provider_from_config};
+pub use ollama::OllamaProvider;
+pub use openai::OpenAiProvider;
+pub use settings::{ApiKey, ProviderSettings, RetryPolicy};
+pub use types::{
+    ChatMessage, CompiledPrompt, Completion, CompletionRequest, Provider, ProviderError, Role,
+    ToolCall, ToolSpec,
+};

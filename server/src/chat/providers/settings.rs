@@ -1,0 +1,94 @@
+//! How an HTTP provider behaves on the wire: its time limits, its retry policy and its API key
+//! (which never shows in `Debug`).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::types::ProviderError;
+
+/// Retries on HTTP 429 and transient 5xx: exponential backoff with jitter, or the server's
+/// `Retry-After` when it sends one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// A `Retry-After` longer than this is not waited for: the call fails as rate-limited and
+    /// the caller is told when to come back.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait before attempt `attempt + 1`, after `attempt` attempts failed.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_delay);
+        // Equal jitter: half fixed, half random, so clients that failed together spread out.
+        let half = capped / 2;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        half + half.mul_f64(f64::from(nanos % 1000) / 1000.0)
+    }
+}
+
+/// Time limits and retries shared by the HTTP providers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderSettings {
+    /// The whole call, retries and streaming included.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// An API key. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Refuses keys that cannot travel in an HTTP header.
+    pub fn new(key: impl Into<String>) -> Result<Self, ProviderError> {
+        let key = key.into();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ProviderError::Config(
+                "OPENAI_API_KEY must be non-empty printable ASCII without spaces".into(),
+            ));
+        }
+        Ok(Self(key))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
