@@ -1,11 +1,14 @@
 //! The filter spec of the model's `query_ledger` tool: JSON arguments validated into a typed
-//! [`QuerySpec`] that the stores compile to parameterized SQL.
+//! [`QuerySpec`] that one compiler (`store/spec_sql.rs`, shared by both stores) turns into
+//! parameterized SQL.
 //!
-//! The model is untrusted input. Nothing it sends becomes SQL text: fields come from a closed
-//! list or a path grammar (`content.<key>…`, keys `[A-Za-z0-9_]{1,64}`), operators from a closed
-//! list, and every value is bound as a parameter. The stores run the query read-only, with the
-//! caller's visibility, under a row limit ([`MAX_SPEC_ROWS`]) and a time limit
-//! ([`SPEC_TIMEOUT`]).
+//! The model is untrusted input. This module's half of the security argument: nothing it sends
+//! survives as text that could become SQL. Fields come from a closed list or a path grammar
+//! (`content.<key>…`, keys `[A-Za-z0-9_]{1,64}`), operators from a closed list, values become
+//! typed [`Scalar`]s, and sizes are bounded ([`MAX_CONDITIONS`], [`MAX_IN_VALUES`],
+//! [`MAX_PATH_KEYS`]). The compiler's half (every value bound as a parameter, the caller's
+//! visibility, redaction guards) is stated in its module doc; the stores run the query
+//! read-only under a row limit ([`MAX_SPEC_ROWS`]) and a time limit ([`SPEC_TIMEOUT`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -29,9 +32,6 @@ pub const MAX_PATH_KEYS: usize = 6;
 pub const MAX_KEY_LEN: usize = 64;
 /// How long one query may run before the store gives up on it.
 pub const SPEC_TIMEOUT: Duration = Duration::from_secs(2);
-/// Extra time the stores allow around the database's own limit before abandoning the call
-/// outright (waiting for a connection counts against it too).
-pub(crate) const SPEC_GRACE: Duration = Duration::from_millis(500);
 
 const TOP_KEYS: [&str; 14] = [
     "entity_type",
@@ -853,30 +853,6 @@ impl QuerySpec {
     }
 }
 
-/// The error of a query that ran out of time: `Io` of kind `TimedOut`, so callers can tell it
-/// from a broken store and tell the model to narrow its query.
-pub(crate) fn timed_out(limit: Duration) -> crate::error::StoreError {
-    crate::error::StoreError::Io(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!(
-            "query_ledger ran out of time ({} ms): narrow it with entity_type, since/until or \
-             exact matches, or lower the limit",
-            limit.as_millis()
-        ),
-    ))
-}
-
-/// The `$."a"."b"` path SQLite's JSON functions take, built only from validated keys.
-pub(crate) fn sqlite_json_path(keys: &[String]) -> String {
-    let mut p = String::from("$");
-    for k in keys {
-        p.push_str(".\"");
-        p.push_str(k);
-        p.push('"');
-    }
-    p
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1282,14 +1258,6 @@ mod tests {
             Test::Cmp(CmpOp::Eq, Scalar::Text(evil.into()))
         );
         assert_eq!(s.conditions()[1].test, Test::Contains("%_\\".into()));
-    }
-
-    #[test]
-    fn sqlite_paths_are_built_from_quoted_validated_keys() {
-        assert_eq!(
-            sqlite_json_path(&["content".into(), "a_1".into()]),
-            "$.\"content\".\"a_1\""
-        );
     }
 
     fn arbitrary_args() -> impl proptest::strategy::Strategy<Value = Value> {

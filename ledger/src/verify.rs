@@ -11,23 +11,7 @@ use uuid::Uuid;
 use crate::crypto::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::span::{StoredSpan, TrustedKeys};
-use crate::store::Store;
-
-/// A span as the auditor reads it: raw, with the indexed columns to cross-check.
-#[derive(Clone, Debug)]
-pub struct AuditRow {
-    pub chain_pos: i64,
-    pub id: Uuid,
-    pub seq: i64,
-    pub entity_type: String,
-    pub owner_id: String,
-    pub visibility: String,
-    pub envelope: String,
-    pub body: Option<String>,
-    pub redacted: bool,
-    pub curr_hash: String,
-    pub signature: String,
-}
+use crate::store::{AuditRow, Store};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Break {

@@ -3,6 +3,7 @@
 
 pub mod group;
 pub mod postgres;
+mod spec_sql;
 pub mod sqlite;
 
 use std::path::Path;
@@ -18,7 +19,23 @@ use crate::error::{AppendError, StoreError};
 use crate::query::{Filter, Page, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
 use crate::spec::{QuerySpec, SpecResult};
-use crate::verify::AuditRow;
+
+/// A span as the auditor reads it: raw, with the indexed columns to cross-check (see
+/// [`crate::verify`]).
+#[derive(Clone, Debug)]
+pub struct AuditRow {
+    pub chain_pos: i64,
+    pub id: Uuid,
+    pub seq: i64,
+    pub entity_type: String,
+    pub owner_id: String,
+    pub visibility: String,
+    pub envelope: String,
+    pub body: Option<String>,
+    pub redacted: bool,
+    pub curr_hash: String,
+    pub signature: String,
+}
 
 /// Results of one append call: one per draft, in order.
 pub type AppendResults = Vec<Result<Appended, AppendError>>;

@@ -12,16 +12,14 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
-use super::{AppendResults, Store, redaction_draft};
+use super::spec_sql::{self, Compiled, Dialect, List};
+use super::{AppendResults, AuditRow, Store, redaction_draft};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility};
-use crate::spec::{
-    CmpOp, Condition, Field, Output, QuerySpec, SPEC_GRACE, Scalar, SpecResult, Test, timed_out,
-};
-use crate::verify::AuditRow;
+use crate::spec::{QuerySpec, SpecResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/postgres");
 
@@ -473,14 +471,11 @@ impl Store for PgStore {
     ) -> Result<SpecResult, StoreError> {
         // The database cancels the statement at the limit; the outer timeout also bounds the
         // wait for a connection.
-        match tokio::time::timeout(spec.timeout() + SPEC_GRACE, self.run_spec(principal, spec))
-            .await
-        {
-            Err(_) => Err(timed_out(spec.timeout())),
-            Ok(Err(StoreError::Database(e))) if is_statement_timeout(&e) => {
-                Err(timed_out(spec.timeout()))
+        match spec_sql::bounded(spec, self.run_spec(principal, spec)).await {
+            Err(StoreError::Database(e)) if is_statement_timeout(&e) => {
+                Err(spec_sql::timed_out(spec.timeout()))
             }
-            Ok(result) => result,
+            result => result,
         }
     }
 
@@ -641,48 +636,84 @@ impl Store for PgStore {
 }
 
 // ---- the model's `query_ledger` specs ------------------------------------------------------
-//
-// Everything pushed as SQL text below is a fixed fragment chosen by the spec's typed fields;
-// every value and every JSON key is a bound parameter. RLS decides visibility, as for `query`.
 
-const SPEC_ROW: &str =
-    "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id";
+/// PostgreSQL's side of the one spec compiler (`spec_sql`). JSON keys are bound as `text`
+/// parameters of `->`; RLS decides visibility, as for `query`.
+impl Dialect for Postgres {
+    const SCHEMA: &'static str = "ledger.";
+    const TRUE: &'static str = "true";
+    const FALSE: &'static str = "false";
+    const NULL_TEXT: &'static str = "NULL::text";
+    const BYTE_ORDER: &'static str = " COLLATE \"C\"";
+    const POSITION: &'static str = "strpos";
+    const AT_AS_JSON: &'static str =
+        "to_jsonb(to_char(s.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text";
 
-/// The spans joined with their bodies and redactions. When the spec reads the body, it is parsed
-/// once per row (`OFFSET 0` keeps the planner from inlining the parse into every reference).
-fn push_spec_from(qb: &mut QueryBuilder<Postgres>, spec: &QuerySpec) {
-    qb.push(
-        " FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
-         LEFT JOIN ledger.redactions r ON r.target_id = s.id",
-    );
-    let reads_body = |f: &Field| matches!(f, Field::Body(_));
-    if spec.conditions().iter().any(|c| reads_body(&c.field))
-        || matches!(spec.output(), Output::Groups(f) if reads_body(f))
-    {
+    /// Row level security already limits every table to what the acting principal may see (the
+    /// transaction runs as `logline_app` with the principal set), `s2` included.
+    fn push_visible(qb: &mut QueryBuilder<Self>, _alias: &'static str, _principal: &Principal) {
+        qb.push("true");
+    }
+
+    /// Parses the body once per row (`OFFSET 0` keeps the planner from inlining the parse into
+    /// every reference).
+    fn push_body_join(qb: &mut QueryBuilder<Self>) {
         qb.push(" CROSS JOIN LATERAL (SELECT b.body::jsonb AS j OFFSET 0) bj");
     }
-    qb.push(" WHERE true");
-}
 
-/// The text column behind a field, if it is one.
-fn spec_column(field: &Field) -> Option<&'static str> {
-    match field {
-        Field::EntityType => Some("s.entity_type"),
-        Field::Status => Some("s.status"),
-        Field::OwnerId => Some("s.owner_id"),
-        Field::Who => Some("b.who"),
-        Field::Did => Some("b.did"),
-        Field::This => Some("b.this"),
-        Field::At | Field::Body(_) => None,
+    fn push_json_text(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        push_json_typed(qb, keys, "'string' THEN ", " #>> '{}' END)");
     }
-}
 
-/// Body fields vanish with redaction: conditions on them must never match a redacted span.
-fn spec_guarded(field: &Field) -> bool {
-    matches!(
-        field,
-        Field::Who | Field::Did | Field::This | Field::Body(_)
-    )
+    /// CASE keeps the cast from ever seeing text.
+    fn push_json_number(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        push_json_typed(qb, keys, "'number' THEN (", " #>> '{}')::numeric END)");
+    }
+
+    fn push_json_bool(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        push_json_typed(qb, keys, "'boolean' THEN ", " #>> '{}' END)");
+    }
+
+    fn push_json_present(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        qb.push("(");
+        push_json(qb, keys);
+        qb.push(" #>> '{}' IS NOT NULL)");
+    }
+
+    fn push_json_group_key(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        qb.push("NULLIF(");
+        push_json(qb, keys);
+        qb.push(", 'null'::jsonb)::text");
+    }
+
+    fn push_json_quote(qb: &mut QueryBuilder<Self>, col: &'static str) {
+        qb.push("to_jsonb(").push(col).push(")::text");
+    }
+
+    fn push_in(qb: &mut QueryBuilder<Self>, list: List) {
+        qb.push(" = ANY(");
+        match list {
+            List::Texts(v) => qb.push_bind(v).push("::text[])"),
+            List::Numbers(v) => qb.push_bind(v).push("::numeric[])"),
+            List::Times(v) => qb.push_bind(v).push("::timestamptz[])"),
+        };
+    }
+
+    fn bind_text(qb: &mut QueryBuilder<Self>, v: String) {
+        qb.push_bind(v);
+    }
+
+    fn bind_int(qb: &mut QueryBuilder<Self>, v: i64) {
+        qb.push_bind(v);
+    }
+
+    fn bind_number(qb: &mut QueryBuilder<Self>, v: f64) {
+        qb.push_bind(v).push("::numeric");
+    }
+
+    fn bind_time(qb: &mut QueryBuilder<Self>, v: DateTime<Utc>) {
+        qb.push_bind(v);
+    }
 }
 
 /// The jsonb at `keys` in the body (`->` with text keys: object members only, like SQLite).
@@ -694,247 +725,19 @@ fn push_json(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
     qb.push(")");
 }
 
-/// The JSON string at `keys` as text, NULL unless it is a string.
-fn push_json_text(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
+/// `(CASE WHEN jsonb_typeof(<json>) = <then><json><end>`: the value at `keys` only when its
+/// JSON type is the one named in `then`.
+fn push_json_typed(
+    qb: &mut QueryBuilder<Postgres>,
+    keys: &[String],
+    then: &'static str,
+    end: &'static str,
+) {
     qb.push("(CASE WHEN jsonb_typeof(");
     push_json(qb, keys);
-    qb.push(") = 'string' THEN ");
+    qb.push(") = ").push(then);
     push_json(qb, keys);
-    qb.push(" #>> '{}' END)");
-}
-
-/// The JSON number at `keys` as numeric, NULL unless it is a number (CASE keeps the cast from
-/// ever seeing text).
-fn push_json_number(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
-    qb.push("(CASE WHEN jsonb_typeof(");
-    push_json(qb, keys);
-    qb.push(") = 'number' THEN (");
-    push_json(qb, keys);
-    qb.push(" #>> '{}')::numeric END)");
-}
-
-/// `true`/`false` for a JSON boolean at `keys`, NULL otherwise.
-fn push_json_bool(qb: &mut QueryBuilder<Postgres>, keys: &[String]) {
-    qb.push("(CASE WHEN jsonb_typeof(");
-    push_json(qb, keys);
-    qb.push(") = 'boolean' THEN ");
-    push_json(qb, keys);
-    qb.push(" #>> '{}' END)");
-}
-
-/// A comparison (possibly NULL when the field is absent or of another type). Byte order for
-/// text (`COLLATE "C"`), as SQLite compares, so both stores agree on `lt`/`gt`.
-fn push_spec_cmp(qb: &mut QueryBuilder<Postgres>, field: &Field, op: CmpOp, value: &Scalar) {
-    match (field, value) {
-        (Field::At, Scalar::Time(t)) => {
-            qb.push("(s.at").push(op.sql()).push_bind(*t).push(")");
-        }
-        (Field::Body(keys), Scalar::Text(v)) => {
-            qb.push("(");
-            push_json_text(qb, keys);
-            qb.push(" COLLATE \"C\"")
-                .push(op.sql())
-                .push_bind(v.clone())
-                .push(")");
-        }
-        (Field::Body(keys), Scalar::Number(n)) => {
-            qb.push("(");
-            push_json_number(qb, keys);
-            qb.push(op.sql()).push_bind(*n).push("::numeric)");
-        }
-        (Field::Body(keys), Scalar::Bool(b)) => {
-            qb.push("(");
-            push_json_bool(qb, keys);
-            qb.push(op.sql()).push_bind(b.to_string()).push(")");
-        }
-        (f, Scalar::Text(v)) => match spec_column(f) {
-            Some(col) => {
-                qb.push("(")
-                    .push(col)
-                    .push(" COLLATE \"C\"")
-                    .push(op.sql())
-                    .push_bind(v.clone())
-                    .push(")");
-            }
-            None => {
-                qb.push("false");
-            }
-        },
-        // Combinations validation rules out (numbers on text columns, …) match nothing.
-        _ => {
-            qb.push("false");
-        }
-    }
-}
-
-fn push_spec_in(qb: &mut QueryBuilder<Postgres>, field: &Field, values: &[Scalar]) {
-    let texts: Vec<String> = values
-        .iter()
-        .filter_map(|v| match v {
-            Scalar::Text(s) => Some(s.clone()),
-            _ => None,
-        })
-        .collect();
-    let numbers: Vec<f64> = values
-        .iter()
-        .filter_map(|v| match v {
-            Scalar::Number(n) => Some(*n),
-            _ => None,
-        })
-        .collect();
-    let bools: Vec<String> = values
-        .iter()
-        .filter_map(|v| match v {
-            Scalar::Bool(b) => Some(b.to_string()),
-            _ => None,
-        })
-        .collect();
-    let times: Vec<DateTime<Utc>> = values
-        .iter()
-        .filter_map(|v| match v {
-            Scalar::Time(t) => Some(*t),
-            _ => None,
-        })
-        .collect();
-    qb.push("(false");
-    match field {
-        Field::At => {
-            if !times.is_empty() {
-                qb.push(" OR s.at = ANY(")
-                    .push_bind(times)
-                    .push("::timestamptz[])");
-            }
-        }
-        Field::Body(keys) => {
-            if !texts.is_empty() {
-                qb.push(" OR ");
-                push_json_text(qb, keys);
-                qb.push(" = ANY(").push_bind(texts).push("::text[])");
-            }
-            if !numbers.is_empty() {
-                qb.push(" OR ");
-                push_json_number(qb, keys);
-                qb.push(" = ANY(").push_bind(numbers).push("::numeric[])");
-            }
-            if !bools.is_empty() {
-                qb.push(" OR ");
-                push_json_bool(qb, keys);
-                qb.push(" = ANY(").push_bind(bools).push("::text[])");
-            }
-        }
-        f => {
-            if let (Some(col), false) = (spec_column(f), texts.is_empty()) {
-                qb.push(" OR ")
-                    .push(col)
-                    .push(" = ANY(")
-                    .push_bind(texts)
-                    .push("::text[])");
-            }
-        }
-    }
-    qb.push(")");
-}
-
-/// Whether the field is present (never NULL, so `NOT` of it is safe).
-fn push_spec_present(qb: &mut QueryBuilder<Postgres>, field: &Field) {
-    match field {
-        Field::Body(keys) => {
-            qb.push("(");
-            push_json(qb, keys);
-            qb.push(" #>> '{}' IS NOT NULL)");
-        }
-        f => match spec_column(f) {
-            Some(col) => {
-                qb.push("(").push(col).push(" IS NOT NULL)");
-            }
-            None => {
-                qb.push("true");
-            }
-        },
-    }
-}
-
-fn push_spec_condition(qb: &mut QueryBuilder<Postgres>, c: &Condition) {
-    qb.push(" AND ");
-    let guarded = spec_guarded(&c.field);
-    if guarded {
-        qb.push("(b.body IS NOT NULL AND r.redaction_id IS NULL AND ");
-    }
-    match &c.test {
-        Test::Cmp(CmpOp::Ne, v) => {
-            qb.push("NOT COALESCE(");
-            push_spec_cmp(qb, &c.field, CmpOp::Eq, v);
-            qb.push(", false)");
-        }
-        Test::Cmp(op, v) => push_spec_cmp(qb, &c.field, *op, v),
-        Test::In(vs) => push_spec_in(qb, &c.field, vs),
-        Test::Contains(needle) => {
-            qb.push("COALESCE(strpos(lower(");
-            match &c.field {
-                Field::Body(keys) => push_json_text(qb, keys),
-                f => {
-                    qb.push(spec_column(f).unwrap_or("NULL::text"));
-                }
-            }
-            qb.push("), lower(")
-                .push_bind(needle.clone())
-                .push(")) > 0, false)");
-        }
-        Test::Exists => push_spec_present(qb, &c.field),
-        Test::Missing => {
-            qb.push("NOT ");
-            push_spec_present(qb, &c.field);
-        }
-    }
-    if guarded {
-        qb.push(")");
-    }
-}
-
-fn push_spec_filters(qb: &mut QueryBuilder<Postgres>, spec: &QuerySpec) {
-    if spec.latest_only() {
-        // Under RLS `s2` holds only versions the principal may see: the newest visible wins.
-        qb.push(
-            " AND NOT EXISTS (SELECT 1 FROM ledger.spans s2 WHERE s2.id = s.id AND s2.seq > s.seq)",
-        );
-    }
-    for c in spec.conditions() {
-        push_spec_condition(qb, c);
-    }
-}
-
-/// The group key as JSON text (NULL when missing, null or redacted).
-fn push_spec_group_key(qb: &mut QueryBuilder<Postgres>, field: &Field) {
-    match field {
-        Field::Body(keys) => {
-            qb.push("(CASE WHEN r.redaction_id IS NULL THEN NULLIF(");
-            push_json(qb, keys);
-            qb.push(", 'null'::jsonb)::text END)");
-        }
-        Field::At => {
-            qb.push(
-                "to_jsonb(to_char(s.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text",
-            );
-        }
-        f => {
-            let col = spec_column(f).unwrap_or("NULL::text");
-            if spec_guarded(f) {
-                qb.push("(CASE WHEN r.redaction_id IS NULL THEN to_jsonb(")
-                    .push(col)
-                    .push(")::text END)");
-            } else {
-                qb.push("to_jsonb(").push(col).push(")::text");
-            }
-        }
-    }
-}
-
-/// A version appended after its span was redacted still has a body row: never hand it out.
-fn withheld(mut span: StoredSpan) -> StoredSpan {
-    if span.redacted_by.is_some() {
-        span.body = None;
-    }
-    span
+    qb.push(end);
 }
 
 fn is_statement_timeout(e: &sqlx::Error) -> bool {
@@ -956,52 +759,16 @@ impl PgStore {
             .bind(format!("{ms}ms"))
             .execute(&mut *tx)
             .await?;
-        let result = match spec.output() {
-            Output::Rows => {
-                let mut qb = QueryBuilder::<Postgres>::new(SPEC_ROW);
-                push_spec_from(&mut qb, spec);
-                push_spec_filters(&mut qb, spec);
-                qb.push(match spec.order() {
-                    Order::Asc => " ORDER BY s.at ASC, s.id ASC, s.seq ASC LIMIT ",
-                    Order::Desc => " ORDER BY s.at DESC, s.id DESC, s.seq DESC LIMIT ",
-                })
-                .push_bind(spec.limit() + 1);
+        let result = match spec_sql::compile::<Postgres>(spec, principal) {
+            Compiled::Rows(mut qb) => {
                 let rows = qb.build().fetch_all(&mut *tx).await?;
-                let mut spans: Vec<StoredSpan> =
-                    rows.iter().map(|r| withheld(to_row(r).span)).collect();
-                let truncated = spans.len() as i64 > spec.limit();
-                spans.truncate(spec.limit() as usize);
-                SpecResult::Rows { spans, truncated }
+                spec_sql::rows(spec, rows.iter().map(|r| to_row(r).span).collect())
             }
-            Output::Count => {
-                let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*)");
-                push_spec_from(&mut qb, spec);
-                push_spec_filters(&mut qb, spec);
-                let n: i64 = qb.build_query_scalar().fetch_one(&mut *tx).await?;
-                SpecResult::Count(n)
+            Compiled::Count(mut qb) => {
+                SpecResult::Count(qb.build_query_scalar().fetch_one(&mut *tx).await?)
             }
-            Output::Groups(field) => {
-                let mut qb = QueryBuilder::<Postgres>::new("SELECT g.k, g.n FROM (SELECT ");
-                push_spec_group_key(&mut qb, field);
-                qb.push(" AS k, count(*) AS n");
-                push_spec_from(&mut qb, spec);
-                push_spec_filters(&mut qb, spec);
-                qb.push(
-                    " GROUP BY 1) g ORDER BY g.n DESC, (g.k IS NULL), g.k COLLATE \"C\" LIMIT ",
-                )
-                .push_bind(spec.limit());
-                let rows = qb.build().fetch_all(&mut *tx).await?;
-                let mut groups = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    let key: Option<String> = r.get(0);
-                    let key = match key {
-                        None => serde_json::Value::Null,
-                        Some(k) => serde_json::from_str(&k)
-                            .map_err(|e| StoreError::Corrupt(format!("group key `{k}`: {e}")))?,
-                    };
-                    groups.push((key, r.get::<i64, _>(1)));
-                }
-                SpecResult::Groups(groups)
+            Compiled::Groups(mut qb) => {
+                spec_sql::groups(qb.build_query_as().fetch_all(&mut *tx).await?)?
             }
         };
         tx.commit().await?;

@@ -9,23 +9,20 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use super::{AppendResults, Store, redaction_draft};
+use super::spec_sql::{self, Compiled, Dialect, List};
+use super::{AppendResults, AuditRow, Store, redaction_draft};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
-use crate::spec::{
-    CmpOp, Condition, Field, Output, QuerySpec, SPEC_GRACE, Scalar, SpecResult, Test,
-    sqlite_json_path, timed_out,
-};
-use crate::verify::AuditRow;
+use crate::spec::{QuerySpec, SpecResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/sqlite");
 
@@ -312,10 +309,19 @@ const SELECT_SPAN: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, 
      FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
      LEFT JOIN redactions r ON r.target_id = s.id WHERE ";
 
-fn push_visible(qb: &mut QueryBuilder<Sqlite>, p: &Principal) {
-    qb.push("(s.visibility = 'public' OR (s.tenant_id = ")
-        .push_bind(p.tenant_id.clone())
-        .push(" AND (s.visibility = 'tenant' OR s.owner_id = ")
+/// The rows of `alias` (a spans alias) that `p` may see: public, or in `p`'s tenant and either
+/// tenant-visible or `p`'s own (the SQLite counterpart of PostgreSQL's RLS policy).
+fn push_visible(qb: &mut QueryBuilder<Sqlite>, alias: &'static str, p: &Principal) {
+    qb.push("(")
+        .push(alias)
+        .push(".visibility = 'public' OR (")
+        .push(alias);
+    qb.push(".tenant_id = ").push_bind(p.tenant_id.clone());
+    qb.push(" AND (")
+        .push(alias)
+        .push(".visibility = 'tenant' OR ")
+        .push(alias);
+    qb.push(".owner_id = ")
         .push_bind(p.user_id.clone())
         .push(")))");
 }
@@ -365,7 +371,7 @@ impl Store for SqliteStore {
         seq: Option<i64>,
     ) -> Result<Option<StoredSpan>, StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
-        push_visible(&mut qb, principal);
+        push_visible(&mut qb, "s", principal);
         qb.push(" AND s.id = ").push_bind(id.to_string());
         if let Some(seq) = seq {
             qb.push(" AND s.seq = ").push_bind(seq);
@@ -383,7 +389,7 @@ impl Store for SqliteStore {
         id: Uuid,
     ) -> Result<Vec<StoredSpan>, StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
-        push_visible(&mut qb, principal);
+        push_visible(&mut qb, "s", principal);
         qb.push(" AND s.id = ").push_bind(id.to_string());
         qb.push(" ORDER BY s.seq ASC");
         qb.build()
@@ -396,7 +402,7 @@ impl Store for SqliteStore {
 
     async fn query(&self, principal: &Principal, f: &Filter) -> Result<Page, StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
-        push_visible(&mut qb, principal);
+        push_visible(&mut qb, "s", principal);
         if let Some(v) = f.id {
             qb.push(" AND s.id = ").push_bind(v.to_string());
         }
@@ -472,12 +478,7 @@ impl Store for SqliteStore {
     ) -> Result<SpecResult, StoreError> {
         // The progress handler interrupts the statement at the limit; the outer timeout also
         // bounds the wait for a connection.
-        match tokio::time::timeout(spec.timeout() + SPEC_GRACE, self.run_spec(principal, spec))
-            .await
-        {
-            Err(_) => Err(timed_out(spec.timeout())),
-            Ok(result) => result,
-        }
+        spec_sql::bounded(spec, self.run_spec(principal, spec)).await
     }
 
     #[tracing::instrument(skip_all, fields(backend = "sqlite", %id))]
@@ -491,7 +492,7 @@ impl Store for SqliteStore {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "SELECT s.owner_id, s.visibility, (SELECT 1 FROM redactions r WHERE r.target_id = s.id) FROM spans s WHERE ",
         );
-        push_visible(&mut qb, principal);
+        push_visible(&mut qb, "s", principal);
         qb.push(" AND s.id = ")
             .push_bind(id.to_string())
             .push(" ORDER BY s.seq DESC LIMIT 1");
@@ -615,45 +616,106 @@ impl Store for SqliteStore {
 }
 
 // ---- the model's `query_ledger` specs ------------------------------------------------------
-//
-// Everything pushed as SQL text below is a fixed fragment chosen by the spec's typed fields;
-// every value is a bound parameter, and JSON paths are bound `$."key"…` strings built only from
-// keys the spec grammar validated. Visibility is the same predicate `query` applies.
 
-const SPEC_FROM: &str = " FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
-     LEFT JOIN redactions r ON r.target_id = s.id WHERE ";
+/// SQLite's side of the one spec compiler (`spec_sql`). JSON paths are bound `$."key"…` strings
+/// ([`json_path`]); visibility is the same predicate `query` applies.
+impl Dialect for Sqlite {
+    const SCHEMA: &'static str = "";
+    const TRUE: &'static str = "1";
+    const FALSE: &'static str = "0";
+    const NULL_TEXT: &'static str = "NULL";
+    /// SQLite compares text bytewise already.
+    const BYTE_ORDER: &'static str = "";
+    const POSITION: &'static str = "instr";
+    const AT_AS_JSON: &'static str = "json_quote(s.at)";
 
-/// The text column behind a field, if it is one.
-fn spec_column(field: &Field) -> Option<&'static str> {
-    match field {
-        Field::EntityType => Some("s.entity_type"),
-        Field::Status => Some("s.status"),
-        Field::OwnerId => Some("s.owner_id"),
-        Field::Who => Some("b.who"),
-        Field::Did => Some("b.did"),
-        Field::This => Some("b.this"),
-        Field::At | Field::Body(_) => None,
+    fn push_visible(qb: &mut QueryBuilder<Self>, alias: &'static str, principal: &Principal) {
+        push_visible(qb, alias, principal);
+    }
+
+    /// The JSON functions read `b.body` directly.
+    fn push_body_join(_qb: &mut QueryBuilder<Self>) {}
+
+    fn push_json_text(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        push_json_typed(qb, keys, "('text')");
+    }
+
+    fn push_json_number(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        push_json_typed(qb, keys, "('integer', 'real')");
+    }
+
+    /// `json_type` names booleans `true` and `false`.
+    fn push_json_bool(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        push_json_type(qb, keys);
+    }
+
+    fn push_json_present(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        qb.push("(COALESCE(");
+        push_json_type(qb, keys);
+        qb.push(", 'null') <> 'null')");
+    }
+
+    fn push_json_group_key(qb: &mut QueryBuilder<Self>, keys: &[String]) {
+        qb.push("NULLIF(b.body -> ")
+            .push_bind(json_path(keys))
+            .push(", 'null')");
+    }
+
+    fn push_json_quote(qb: &mut QueryBuilder<Self>, col: &'static str) {
+        qb.push("json_quote(").push(col).push(")");
+    }
+
+    /// `x IN (one bound JSON array)`.
+    fn push_in(qb: &mut QueryBuilder<Self>, list: List) {
+        let list: Vec<Value> = match list {
+            List::Texts(v) => v.into_iter().map(Value::String).collect(),
+            List::Numbers(v) => v
+                .into_iter()
+                .filter_map(|n| serde_json::Number::from_f64(n).map(Value::Number))
+                .collect(),
+            List::Times(v) => v
+                .into_iter()
+                .map(|t| Value::String(format_time(t)))
+                .collect(),
+        };
+        qb.push(" IN (SELECT value FROM json_each(")
+            .push_bind(Value::Array(list).to_string())
+            .push("))");
+    }
+
+    fn bind_text(qb: &mut QueryBuilder<Self>, v: String) {
+        qb.push_bind(v);
+    }
+
+    fn bind_int(qb: &mut QueryBuilder<Self>, v: i64) {
+        qb.push_bind(v);
+    }
+
+    fn bind_number(qb: &mut QueryBuilder<Self>, v: f64) {
+        qb.push_bind(v);
+    }
+
+    /// `at` is stored as the ledger's fixed-width UTC text, which orders as time does.
+    fn bind_time(qb: &mut QueryBuilder<Self>, v: DateTime<Utc>) {
+        qb.push_bind(format_time(v));
     }
 }
 
-/// Body fields vanish with redaction: conditions on them must never match a redacted span.
-fn spec_guarded(field: &Field) -> bool {
-    matches!(
-        field,
-        Field::Who | Field::Did | Field::This | Field::Body(_)
-    )
+/// The `$."a"."b"` path SQLite's JSON functions take, built only from validated keys.
+fn json_path(keys: &[String]) -> String {
+    let mut p = String::from("$");
+    for k in keys {
+        p.push_str(".\"");
+        p.push_str(k);
+        p.push('"');
+    }
+    p
 }
 
 /// `json_type(b.body, <path>)`: NULL when absent, 'null', 'text', 'integer', 'real', …
 fn push_json_type(qb: &mut QueryBuilder<Sqlite>, keys: &[String]) {
     qb.push("json_type(b.body, ")
-        .push_bind(sqlite_json_path(keys))
-        .push(")");
-}
-
-fn push_json_value(qb: &mut QueryBuilder<Sqlite>, keys: &[String]) {
-    qb.push("json_extract(b.body, ")
-        .push_bind(sqlite_json_path(keys))
+        .push_bind(json_path(keys))
         .push(")");
 }
 
@@ -661,223 +723,11 @@ fn push_json_value(qb: &mut QueryBuilder<Sqlite>, keys: &[String]) {
 fn push_json_typed(qb: &mut QueryBuilder<Sqlite>, keys: &[String], types: &'static str) {
     qb.push("(CASE WHEN ");
     push_json_type(qb, keys);
-    qb.push(" IN ").push(types).push(" THEN ");
-    push_json_value(qb, keys);
-    qb.push(" END)");
-}
-
-const TEXT: &str = "('text')";
-const NUMBER: &str = "('integer', 'real')";
-
-/// A comparison (possibly NULL when the field is absent or of another type). SQLite compares
-/// text bytewise, as the PostgreSQL store does with `COLLATE "C"`.
-fn push_spec_cmp(qb: &mut QueryBuilder<Sqlite>, field: &Field, op: CmpOp, value: &Scalar) {
-    match (field, value) {
-        (Field::At, Scalar::Time(t)) => {
-            qb.push("(s.at")
-                .push(op.sql())
-                .push_bind(format_time(*t))
-                .push(")");
-        }
-        (Field::Body(keys), Scalar::Text(v)) => {
-            qb.push("(");
-            push_json_typed(qb, keys, TEXT);
-            qb.push(op.sql()).push_bind(v.clone()).push(")");
-        }
-        (Field::Body(keys), Scalar::Number(n)) => {
-            qb.push("(");
-            push_json_typed(qb, keys, NUMBER);
-            qb.push(op.sql()).push_bind(*n).push(")");
-        }
-        (Field::Body(keys), Scalar::Bool(b)) => {
-            qb.push("(");
-            push_json_type(qb, keys);
-            qb.push(op.sql()).push_bind(b.to_string()).push(")");
-        }
-        (f, Scalar::Text(v)) => match spec_column(f) {
-            Some(col) => {
-                qb.push("(")
-                    .push(col)
-                    .push(op.sql())
-                    .push_bind(v.clone())
-                    .push(")");
-            }
-            None => {
-                qb.push("0");
-            }
-        },
-        // Combinations validation rules out (numbers on text columns, …) match nothing.
-        _ => {
-            qb.push("0");
-        }
-    }
-}
-
-/// `x IN (one bound JSON array)`, so the statement has a fixed number of placeholders.
-fn push_in_list(qb: &mut QueryBuilder<Sqlite>, list: Value) {
-    qb.push(" IN (SELECT value FROM json_each(")
-        .push_bind(list.to_string())
-        .push("))");
-}
-
-fn push_spec_in(qb: &mut QueryBuilder<Sqlite>, field: &Field, values: &[Scalar]) {
-    let pick = |f: &dyn Fn(&Scalar) -> Option<Value>| -> Vec<Value> {
-        values.iter().filter_map(f).collect()
-    };
-    let texts = pick(&|v| match v {
-        Scalar::Text(s) => Some(Value::String(s.clone())),
-        _ => None,
-    });
-    let numbers = pick(&|v| match v {
-        Scalar::Number(n) => serde_json::Number::from_f64(*n).map(Value::Number),
-        _ => None,
-    });
-    let bools = pick(&|v| match v {
-        Scalar::Bool(b) => Some(Value::String(b.to_string())),
-        _ => None,
-    });
-    let times = pick(&|v| match v {
-        Scalar::Time(t) => Some(Value::String(format_time(*t))),
-        _ => None,
-    });
-    qb.push("(0");
-    match field {
-        Field::At => {
-            if !times.is_empty() {
-                qb.push(" OR s.at");
-                push_in_list(qb, Value::Array(times));
-            }
-        }
-        Field::Body(keys) => {
-            if !texts.is_empty() {
-                qb.push(" OR ");
-                push_json_typed(qb, keys, TEXT);
-                push_in_list(qb, Value::Array(texts));
-            }
-            if !numbers.is_empty() {
-                qb.push(" OR ");
-                push_json_typed(qb, keys, NUMBER);
-                push_in_list(qb, Value::Array(numbers));
-            }
-            if !bools.is_empty() {
-                qb.push(" OR ");
-                push_json_type(qb, keys);
-                push_in_list(qb, Value::Array(bools));
-            }
-        }
-        f => {
-            if let (Some(col), false) = (spec_column(f), texts.is_empty()) {
-                qb.push(" OR ").push(col);
-                push_in_list(qb, Value::Array(texts));
-            }
-        }
-    }
-    qb.push(")");
-}
-
-/// Whether the field is present (never NULL, so `NOT` of it is safe).
-fn push_spec_present(qb: &mut QueryBuilder<Sqlite>, field: &Field) {
-    match field {
-        Field::Body(keys) => {
-            qb.push("(COALESCE(");
-            push_json_type(qb, keys);
-            qb.push(", 'null') <> 'null')");
-        }
-        f => match spec_column(f) {
-            Some(col) => {
-                qb.push("(").push(col).push(" IS NOT NULL)");
-            }
-            None => {
-                qb.push("1");
-            }
-        },
-    }
-}
-
-fn push_spec_condition(qb: &mut QueryBuilder<Sqlite>, c: &Condition) {
-    qb.push(" AND ");
-    let guarded = spec_guarded(&c.field);
-    if guarded {
-        qb.push("(b.body IS NOT NULL AND r.redaction_id IS NULL AND ");
-    }
-    match &c.test {
-        Test::Cmp(CmpOp::Ne, v) => {
-            qb.push("NOT COALESCE(");
-            push_spec_cmp(qb, &c.field, CmpOp::Eq, v);
-            qb.push(", 0)");
-        }
-        Test::Cmp(op, v) => push_spec_cmp(qb, &c.field, *op, v),
-        Test::In(vs) => push_spec_in(qb, &c.field, vs),
-        Test::Contains(needle) => {
-            // instr, not LIKE: the needle has no wildcards to escape.
-            qb.push("COALESCE(instr(lower(");
-            match &c.field {
-                Field::Body(keys) => push_json_typed(qb, keys, TEXT),
-                f => {
-                    qb.push(spec_column(f).unwrap_or("NULL"));
-                }
-            }
-            qb.push("), lower(")
-                .push_bind(needle.clone())
-                .push(")) > 0, 0)");
-        }
-        Test::Exists => push_spec_present(qb, &c.field),
-        Test::Missing => {
-            qb.push("NOT ");
-            push_spec_present(qb, &c.field);
-        }
-    }
-    if guarded {
-        qb.push(")");
-    }
-}
-
-fn push_spec_filters(qb: &mut QueryBuilder<Sqlite>, principal: &Principal, spec: &QuerySpec) {
-    push_visible(qb, principal);
-    if spec.latest_only() {
-        // The newest version among those the principal may see, as `get` picks it.
-        qb.push(
-            " AND NOT EXISTS (SELECT 1 FROM spans s2 WHERE s2.id = s.id AND s2.seq > s.seq \
-             AND (s2.visibility = 'public' OR (s2.tenant_id = ",
-        )
-        .push_bind(principal.tenant_id.clone())
-        .push(" AND (s2.visibility = 'tenant' OR s2.owner_id = ")
-        .push_bind(principal.user_id.clone())
-        .push("))))");
-    }
-    for c in spec.conditions() {
-        push_spec_condition(qb, c);
-    }
-}
-
-/// The group key as JSON text (NULL when missing, null or redacted).
-fn push_spec_group_key(qb: &mut QueryBuilder<Sqlite>, field: &Field) {
-    match field {
-        Field::Body(keys) => {
-            qb.push("(CASE WHEN r.redaction_id IS NULL THEN NULLIF(b.body -> ")
-                .push_bind(sqlite_json_path(keys))
-                .push(", 'null') END)");
-        }
-        Field::At => {
-            qb.push("json_quote(s.at)");
-        }
-        f => {
-            let col = spec_column(f).unwrap_or("NULL");
-            qb.push("(CASE WHEN ").push(col).push(" IS NOT NULL");
-            if spec_guarded(f) {
-                qb.push(" AND r.redaction_id IS NULL");
-            }
-            qb.push(" THEN json_quote(").push(col).push(") END)");
-        }
-    }
-}
-
-/// A version appended after its span was redacted still has a body row: never hand it out.
-fn withheld(mut span: StoredSpan) -> StoredSpan {
-    if span.redacted_by.is_some() {
-        span.body = None;
-    }
-    span
+    qb.push(" IN ")
+        .push(types)
+        .push(" THEN json_extract(b.body, ")
+        .push_bind(json_path(keys))
+        .push(") END)");
 }
 
 /// Turns off a progress handler left on a pooled connection if the call is abandoned midway.
@@ -894,54 +744,22 @@ async fn run_spec_on(
     principal: &Principal,
     spec: &QuerySpec,
 ) -> Result<SpecResult, StoreError> {
-    match spec.output() {
-        Output::Rows => {
-            let mut qb = QueryBuilder::<Sqlite>::new(SELECT_SPAN);
-            push_spec_filters(&mut qb, principal, spec);
-            qb.push(match spec.order() {
-                Order::Asc => " ORDER BY s.at ASC, s.id ASC, s.seq ASC LIMIT ",
-                Order::Desc => " ORDER BY s.at DESC, s.id DESC, s.seq DESC LIMIT ",
-            })
-            .push_bind(spec.limit() + 1);
-            let mut spans = qb
-                .build()
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|r| to_row(r).map(|r| withheld(r.span)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let truncated = spans.len() as i64 > spec.limit();
-            spans.truncate(spec.limit() as usize);
-            Ok(SpecResult::Rows { spans, truncated })
-        }
-        Output::Count => {
-            let mut qb = QueryBuilder::<Sqlite>::new("SELECT count(*)");
-            qb.push(SPEC_FROM);
-            push_spec_filters(&mut qb, principal, spec);
-            let n: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
-            Ok(SpecResult::Count(n))
-        }
-        Output::Groups(field) => {
-            let mut qb = QueryBuilder::<Sqlite>::new("SELECT g.k, g.n FROM (SELECT ");
-            push_spec_group_key(&mut qb, field);
-            qb.push(" AS k, count(*) AS n").push(SPEC_FROM);
-            push_spec_filters(&mut qb, principal, spec);
-            qb.push(" GROUP BY 1) g ORDER BY g.n DESC, (g.k IS NULL), g.k LIMIT ")
-                .push_bind(spec.limit());
+    Ok(match spec_sql::compile::<Sqlite>(spec, principal) {
+        Compiled::Rows(mut qb) => {
             let rows = qb.build().fetch_all(&mut *conn).await?;
-            let mut groups = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let key: Option<String> = r.get(0);
-                let key = match key {
-                    None => Value::Null,
-                    Some(k) => serde_json::from_str(&k)
-                        .map_err(|e| StoreError::Corrupt(format!("group key `{k}`: {e}")))?,
-                };
-                groups.push((key, r.get::<i64, _>(1)));
-            }
-            Ok(SpecResult::Groups(groups))
+            let spans = rows
+                .iter()
+                .map(|r| to_row(r).map(|r| r.span))
+                .collect::<Result<Vec<_>, _>>()?;
+            spec_sql::rows(spec, spans)
         }
-    }
+        Compiled::Count(mut qb) => {
+            SpecResult::Count(qb.build_query_scalar().fetch_one(&mut *conn).await?)
+        }
+        Compiled::Groups(mut qb) => {
+            spec_sql::groups(qb.build_query_as().fetch_all(&mut *conn).await?)?
+        }
+    })
 }
 
 impl SqliteStore {
@@ -967,9 +785,22 @@ impl SqliteStore {
         drop(disarm);
         match result {
             Err(StoreError::Database(_)) if Instant::now() >= deadline => {
-                Err(timed_out(spec.timeout()))
+                Err(spec_sql::timed_out(spec.timeout()))
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths_are_built_from_quoted_validated_keys() {
+        assert_eq!(
+            json_path(&["content".into(), "a_1".into()]),
+            "$.\"content\".\"a_1\""
+        );
     }
 }
