@@ -8,7 +8,7 @@
 //! [`NATIVE`] lists the kernels in boot order. Stage-0 checks kernel spans through that list
 //! alone, and the runtimes read their verified config through the same [`Kernel::read`].
 //!
-//! The declarations live here, apart from the runtimes (`crate::run_code`, …), because several
+//! The declarations live here, apart from the runtimes (`run_code.rs`, …), because several
 //! runtimes ask Stage-0 before they run: were `run_code`'s declaration in `run_code.rs`, Stage-0
 //! would import the module that imports it.
 

@@ -1,5 +1,5 @@
 //! The `observer_bot` kernel (DESIGN §5; seed 001, §12.2): turns scheduled functions into
-//! `request` spans, which [`crate::request_worker`] executes.
+//! `request` spans, which the `request_worker` kernel executes.
 //!
 //! A function is scheduled when the newest seq of its `function` span has `status =
 //! "scheduled"` and `content.schedule = {"every_seconds": N, "input": …}` (N ≥ 1; `input` is

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{ConfigError, Kernel, Setting};
 use crate::midnight_ruler::resolve_zone;
 
-/// The `midnight_ruler` kernel (its runtime is [`crate::midnight_ruler::catch_up`]).
+/// The `midnight_ruler` kernel (its runtime is `midnight_ruler::catch_up`).
 pub struct MidnightRulerKernel;
 
 /// `midnight_ruler`'s settings as its kernel span stores them.

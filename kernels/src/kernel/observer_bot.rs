@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{ConfigError, Kernel, Setting};
 
-/// The `observer_bot` kernel (its runtime is [`crate::observer_bot::ObserverBot`]).
+/// The `observer_bot` kernel (its runtime is `observer_bot::ObserverBot`).
 pub struct ObserverBotKernel;
 
 /// `observer_bot`'s settings as its kernel span stores them.

@@ -13,7 +13,7 @@ use crate::sandbox::Limits;
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
-/// The `policy_agent` kernel (its runtime is [`crate::policy_agent::PolicyAgent`]).
+/// The `policy_agent` kernel (its runtime is `policy_agent::PolicyAgent`).
 pub struct PolicyAgentKernel;
 
 /// `policy_agent`'s settings as its kernel span stores them.

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{ConfigError, Kernel, Setting};
 
-/// The `request_worker` kernel (its runtime is [`crate::request_worker::RequestWorker`]).
+/// The `request_worker` kernel (its runtime is `request_worker::RequestWorker`).
 pub struct RequestWorkerKernel;
 
 /// `request_worker`'s settings as its kernel span stores them.

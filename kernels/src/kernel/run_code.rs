@@ -16,7 +16,7 @@ const MIB: u64 = 1024 * 1024;
 /// span (error text, bookkeeping) must still fit under the ledger's span size limit.
 const PAYLOAD_BUDGET: u64 = (MAX_SPAN_BYTES as u64) * 3 / 4;
 
-/// The `run_code` kernel (its runtime is [`crate::run_code::RunCode`]).
+/// The `run_code` kernel (its runtime is `run_code::RunCode`).
 pub struct RunCodeKernel;
 
 /// `run_code`'s settings as its kernel span stores them, in milliseconds and bytes.
