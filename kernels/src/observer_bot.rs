@@ -1,5 +1,5 @@
 //! The `observer_bot` kernel (DESIGN §5; seed 001, §12.2): turns scheduled functions into
-//! `request` spans, which [`crate::request_worker`] executes.
+//! `request` spans, which the `request_worker` kernel executes.
 //!
 //! A function is scheduled when the newest seq of its `function` span has `status =
 //! "scheduled"` and `content.schedule = {"every_seconds": N, "input": …}` (N ≥ 1; `input` is
@@ -14,67 +14,22 @@
 //! function must be visible to the tenant (`tenant` or `public`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ledger::query::MAX_LIMIT;
 use ledger::span::format_time;
 use ledger::store::{self, SYSTEM_TENANT};
 use ledger::{Draft, Filter, Principal, Store, StoreError};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use thiserror::Error;
 use uuid::Uuid;
 
+pub use crate::kernel::observer_bot::{ObserverConfig, default_config};
 use crate::sandbox::Clock;
 
 /// The `entity_type` of requests.
 pub const REQUEST: &str = "request";
 /// The user the bot looks for functions as, in each tenant.
 pub const OBSERVER_USER: &str = "observer_bot";
-
-/// The bot's configuration (the `config` of its kernel span).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObserverConfig {
-    pub interval: Duration,
-    /// Most scheduled functions read per tenant per pass.
-    pub batch: i64,
-}
-
-/// The configuration seeded into the `observer_bot` kernel span.
-pub fn default_config() -> Value {
-    json!({"interval_ms": 1000, "batch": 100})
-}
-
-impl ObserverConfig {
-    pub fn from_value(config: &Value) -> Result<Self, String> {
-        let empty = Map::new();
-        let obj = match config {
-            Value::Null => &empty,
-            Value::Object(o) => o,
-            _ => return Err("config must be an object".into()),
-        };
-        if let Some(k) = obj
-            .keys()
-            .find(|k| !["interval_ms", "batch"].contains(&k.as_str()))
-        {
-            return Err(format!("unknown setting `{k}` (known: interval_ms, batch)"));
-        }
-        let get = |k: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
-            match obj.get(k) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| format!("`{k}` must be an integer from {min} to {max}")),
-            }
-        };
-        Ok(Self {
-            interval: Duration::from_millis(get("interval_ms", 1000, 10, 86_400_000)?),
-            batch: i64::try_from(get("batch", 100, 1, MAX_LIMIT.unsigned_abs())?)
-                .unwrap_or(MAX_LIMIT),
-        })
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum ObserverError {
@@ -274,7 +229,5 @@ mod tests {
         assert_eq!(format_time(s.slot_at(t)), "2026-11-20T10:00:00.000000Z");
         assert!(Schedule::from_content(&json!({"schedule": {"every_seconds": 0}})).is_err());
         assert!(Schedule::from_content(&json!({})).is_err());
-        assert!(ObserverConfig::from_value(&default_config()).is_ok());
-        assert!(ObserverConfig::from_value(&json!({"every": 1})).is_err());
     }
 }

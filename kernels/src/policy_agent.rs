@@ -68,7 +68,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ledger::error::AppendError;
@@ -83,6 +83,9 @@ use thiserror::Error;
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
+use crate::kernel::Kernel;
+use crate::kernel::policy_agent::PolicyAgentKernel;
+pub use crate::kernel::policy_agent::{PolicyAgentConfig, default_config};
 use crate::run_code::{self, Outcome, RunCode};
 use crate::sandbox::{Clock, Host, LedgerHost, Limits, RunError, Sandbox};
 use crate::stage0::{self, State};
@@ -102,89 +105,8 @@ pub const AGENT_USER: &str = "policy_agent";
 /// Most actions one span may produce.
 pub const MAX_ACTIONS: usize = 100;
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * 1024;
-
 /// Thrown by the wrapper when the source defines no `on`; read back as a policy-level failure.
 const NO_ON: &str = "policy defines no function on(span, ctx)";
-
-/// The agent's configuration (the `config` of its kernel span).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyAgentConfig {
-    /// Pause between two passes over the policies.
-    pub interval: Duration,
-    /// Most spans one policy takes per claim.
-    pub batch: i64,
-    /// Sandbox limits for one `on(span)` call.
-    pub limits: Limits,
-    /// How long a claim on a batch holds before another process may take it over.
-    pub lease: Duration,
-}
-
-/// The configuration seeded into the `policy_agent` kernel span.
-pub fn default_config() -> Value {
-    json!({
-        "interval_ms": 1000,
-        "batch": 500,
-        "time_ms": 3000,
-        "memory_bytes": 16 * MIB,
-        "lease_ms": 60_000,
-    })
-}
-
-impl PolicyAgentConfig {
-    /// Reads a kernel span's config; missing fields take the defaults, unknown fields and
-    /// out-of-range values are errors (Stage-0 then refuses the kernel).
-    pub fn from_value(config: &Value) -> Result<Self, String> {
-        let empty = Map::new();
-        let obj = match config {
-            Value::Null => &empty,
-            Value::Object(o) => o,
-            _ => return Err("config must be an object".into()),
-        };
-        let defaults = default_config();
-        if let Some(k) = obj.keys().find(|k| defaults.get(k.as_str()).is_none()) {
-            return Err(format!(
-                "unknown setting `{k}` (known: interval_ms, batch, time_ms, memory_bytes, lease_ms)"
-            ));
-        }
-        let get = |k: &str, min: u64, max: u64| -> Result<u64, String> {
-            let v = match obj.get(k) {
-                None | Some(Value::Null) => defaults.get(k).and_then(Value::as_u64).unwrap_or(0),
-                Some(v) => v
-                    .as_u64()
-                    .ok_or_else(|| format!("`{k}` must be a non-negative integer"))?,
-            };
-            if v < min || v > max {
-                return Err(format!("`{k}` must be between {min} and {max}, not {v}"));
-            }
-            Ok(v)
-        };
-        let interval = get("interval_ms", 10, 24 * 3600 * 1000)?;
-        let batch = get("batch", 1, MAX_LIMIT.unsigned_abs())?;
-        let time_ms = get("time_ms", 1, 60_000)?;
-        let memory = get("memory_bytes", MIB, 1024 * MIB)?;
-        let lease = get("lease_ms", 1000, 24 * 3600 * 1000)?;
-        if lease < 2 * time_ms {
-            return Err(format!(
-                "`lease_ms` ({lease}) must be at least twice `time_ms` ({time_ms}), so a claim outlives one evaluation"
-            ));
-        }
-        Ok(Self {
-            interval: Duration::from_millis(interval),
-            batch: i64::try_from(batch).unwrap_or(MAX_LIMIT),
-            limits: Limits {
-                memory_bytes: usize::try_from(memory).unwrap_or(usize::MAX),
-                time: Duration::from_millis(time_ms),
-                stack_bytes: usize::try_from(512 * KIB).unwrap_or(usize::MAX),
-                output_bytes: usize::try_from(256 * KIB).unwrap_or(usize::MAX),
-                log_lines: 0,
-                log_bytes: 0,
-            },
-            lease: Duration::from_millis(lease),
-        })
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum PolicyError {
@@ -395,12 +317,13 @@ impl PolicyAgent {
     /// gives every active policy of every tenant one batch.
     #[tracing::instrument(skip_all, name = "policy_agent.pass")]
     pub async fn pass(&self) -> Result<PassReport, PolicyError> {
-        let (_, kernel) = stage0::inspect_kernel(self.store.as_ref(), "policy_agent").await?;
+        let (_, kernel) =
+            stage0::inspect_kernel(self.store.as_ref(), PolicyAgentKernel::NAME).await?;
         if kernel.state != State::Ready {
             return Err(PolicyError::KernelRefused(kernel.reason));
         }
-        let config =
-            PolicyAgentConfig::from_value(&kernel.config).map_err(PolicyError::KernelRefused)?;
+        let config = PolicyAgentKernel::read(&kernel.config)
+            .map_err(|e| PolicyError::KernelRefused(e.to_string()))?;
         self.pass_with(&config).await
     }
 
@@ -1371,20 +1294,6 @@ fn view_id_seq(view: &Value) -> (Uuid, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_config_is_valid_and_bad_settings_are_refused() {
-        let c = PolicyAgentConfig::from_value(&default_config()).unwrap();
-        assert_eq!(c.limits.time, Duration::from_millis(3000));
-        assert_eq!(c.batch, 500);
-        // The config seeded before this kernel had a body still reads.
-        let old = json!({"interval_ms": 1000, "batch": 500, "time_ms": 3000});
-        assert_eq!(PolicyAgentConfig::from_value(&old).unwrap(), c);
-        let e = PolicyAgentConfig::from_value(&json!({"speed": 1})).unwrap_err();
-        assert!(e.starts_with("unknown setting `speed`"), "{e}");
-        let e = PolicyAgentConfig::from_value(&json!({"lease_ms": 1000})).unwrap_err();
-        assert!(e.contains("at least twice"), "{e}");
-    }
 
     #[test]
     fn bindings_read_action_texts_and_names_alike() {

@@ -33,65 +33,20 @@ use ledger::query::MAX_LIMIT;
 use ledger::span::format_time;
 use ledger::store::{self, SYSTEM_TENANT};
 use ledger::{Draft, Filter, Principal, Store, StoreError};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::kernel::Kernel;
+pub use crate::kernel::request_worker::{WorkerConfig, default_config};
+use crate::kernel::run_code::RunCodeKernel;
 use crate::observer_bot::REQUEST;
-use crate::run_code::{Outcome, RunCode, RunCodeConfig, RunCodeError};
+use crate::run_code::{Outcome, RunCode, RunCodeError};
 use crate::sandbox::Clock;
 use crate::stage0;
 
 /// The user the worker looks for requests as, in each tenant.
 pub const WORKER_USER: &str = "request_worker";
-
-/// The worker's configuration (the `config` of its kernel span).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerConfig {
-    pub interval: Duration,
-    /// Most requests one pass runs.
-    pub batch: usize,
-    /// How long a claim holds (at least `run_code`'s `time_ms` + 2 s in effect).
-    pub lease: Duration,
-}
-
-/// The configuration seeded into the `request_worker` kernel span.
-pub fn default_config() -> Value {
-    json!({"interval_ms": 500, "batch": 10, "lease_ms": 30_000})
-}
-
-impl WorkerConfig {
-    pub fn from_value(config: &Value) -> Result<Self, String> {
-        let empty = Map::new();
-        let obj = match config {
-            Value::Null => &empty,
-            Value::Object(o) => o,
-            _ => return Err("config must be an object".into()),
-        };
-        if let Some(k) = obj
-            .keys()
-            .find(|k| !["interval_ms", "batch", "lease_ms"].contains(&k.as_str()))
-        {
-            return Err(format!(
-                "unknown setting `{k}` (known: interval_ms, batch, lease_ms)"
-            ));
-        }
-        let get = |k: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
-            match obj.get(k) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| format!("`{k}` must be an integer from {min} to {max}")),
-            }
-        };
-        Ok(Self {
-            interval: Duration::from_millis(get("interval_ms", 500, 10, 86_400_000)?),
-            batch: usize::try_from(get("batch", 10, 1, 1000)?).unwrap_or(10),
-            lease: Duration::from_millis(get("lease_ms", 30_000, 1000, 86_400_000)?),
-        })
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum WorkerError {
@@ -162,8 +117,9 @@ impl RequestWorker {
     /// One pass: claims and runs up to `batch` requests, oldest first, tenant by tenant.
     #[tracing::instrument(skip_all, name = "request_worker.pass")]
     pub async fn pass_with(&self, config: &WorkerConfig) -> Result<WorkerReport, WorkerError> {
-        let (_, run_code) = stage0::inspect_kernel(self.store.as_ref(), "run_code").await?;
-        let run_time = RunCodeConfig::from_value(&run_code.config)
+        let (_, run_code) =
+            stage0::inspect_kernel(self.store.as_ref(), RunCodeKernel::NAME).await?;
+        let run_time = RunCodeKernel::read(&run_code.config)
             .map(|c| c.limits.time)
             .unwrap_or(Duration::from_secs(5));
         let lease = config.lease.max(run_time + Duration::from_secs(2));
@@ -443,19 +399,5 @@ impl RequestWorker {
                 reason: "the store reported no result".into(),
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_config_is_valid_and_unknown_settings_are_refused() {
-        let c = WorkerConfig::from_value(&default_config()).unwrap();
-        assert_eq!(c.lease, Duration::from_secs(30));
-        // The config seeded before this kernel had a body still reads.
-        assert!(WorkerConfig::from_value(&json!({"interval_ms": 500, "batch": 10})).is_ok());
-        assert!(WorkerConfig::from_value(&json!({"lease": 1})).is_err());
     }
 }

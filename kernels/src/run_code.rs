@@ -37,20 +37,16 @@ use ledger::span::{MAX_SPAN_BYTES, format_time};
 use ledger::store;
 use ledger::verify::verify_span;
 use ledger::{Appended, Draft, Principal, Store, StoreError};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
-use crate::sandbox::{Clock, LedgerHost, Limits, RunError, RunOutput, Sandbox};
+use crate::kernel::Kernel;
+use crate::kernel::run_code::RunCodeKernel;
+pub use crate::kernel::run_code::{RunCodeConfig, default_config};
+use crate::sandbox::{Clock, LedgerHost, RunError, RunOutput, Sandbox};
 use crate::stage0::{self, State};
-
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * 1024;
-
-/// Room that output, logs and input may take together in an execution span: the rest of the
-/// span (error text, bookkeeping) must still fit under the ledger's span size limit.
-const PAYLOAD_BUDGET: u64 = (MAX_SPAN_BYTES as u64) * 3 / 4;
 
 /// Error messages and stacks kept in an execution span.
 const ERROR_TEXT_BYTES: usize = 4 * 1024;
@@ -58,83 +54,6 @@ const ERROR_TEXT_BYTES: usize = 4 * 1024;
 /// How many times a claim may lose the race before giving up. Every lost race means another
 /// run was claimed, so this only matters for very high limits under heavy contention.
 const CLAIM_ATTEMPTS: u32 = 10_000;
-
-/// `run_code`'s kernel configuration (the `config` of its kernel span).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunCodeConfig {
-    pub limits: Limits,
-    /// Largest input, as JSON text.
-    pub max_input_bytes: usize,
-}
-
-/// The configuration seeded into the `run_code` kernel span.
-pub fn default_config() -> Value {
-    json!({
-        "time_ms": 5000,
-        "memory_bytes": 16 * MIB,
-        "stack_bytes": 512 * KIB,
-        "output_bytes": 64 * KIB,
-        "log_lines": 200,
-        "log_bytes": 32 * KIB,
-        "max_input_bytes": 64 * KIB,
-    })
-}
-
-impl RunCodeConfig {
-    /// Reads a kernel span's config; missing fields take the defaults, unknown fields and
-    /// out-of-range values are errors (Stage-0 refuses the kernel rather than guess).
-    pub fn from_value(config: &Value) -> Result<Self, String> {
-        let empty = Map::new();
-        let obj = match config {
-            Value::Null => &empty,
-            Value::Object(o) => o,
-            _ => return Err("config must be an object".into()),
-        };
-        let defaults = default_config();
-        if let Some(k) = obj.keys().find(|k| defaults.get(k.as_str()).is_none()) {
-            return Err(format!(
-                "unknown setting `{k}` (known: time_ms, memory_bytes, stack_bytes, output_bytes, log_lines, log_bytes, max_input_bytes)"
-            ));
-        }
-        let get = |k: &str, min: u64, max: u64| -> Result<u64, String> {
-            let v = match obj.get(k) {
-                None | Some(Value::Null) => defaults.get(k).and_then(Value::as_u64).unwrap_or(0),
-                Some(v) => v
-                    .as_u64()
-                    .ok_or_else(|| format!("`{k}` must be a non-negative integer"))?,
-            };
-            if v < min || v > max {
-                return Err(format!("`{k}` must be between {min} and {max}, not {v}"));
-            }
-            Ok(v)
-        };
-        let time_ms = get("time_ms", 1, 10 * 60 * 1000)?;
-        let memory = get("memory_bytes", MIB, 4096 * MIB)?;
-        let stack = get("stack_bytes", 64 * KIB, 64 * MIB)?;
-        let output = get("output_bytes", 1, PAYLOAD_BUDGET)?;
-        let log_lines = get("log_lines", 0, 100_000)?;
-        let log_bytes = get("log_bytes", 0, PAYLOAD_BUDGET)?;
-        let input = get("max_input_bytes", 2, PAYLOAD_BUDGET)?;
-        if output + log_bytes + input > PAYLOAD_BUDGET {
-            return Err(format!(
-                "output_bytes + log_bytes + max_input_bytes is {}, over the {PAYLOAD_BUDGET} bytes an execution span can hold",
-                output + log_bytes + input
-            ));
-        }
-        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        Ok(Self {
-            limits: Limits {
-                memory_bytes: size(memory),
-                time: std::time::Duration::from_millis(time_ms),
-                stack_bytes: size(stack),
-                output_bytes: size(output),
-                log_lines: size(log_lines),
-                log_bytes: size(log_bytes),
-            },
-            max_input_bytes: size(input),
-        })
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum RunCodeError {
@@ -232,13 +151,13 @@ impl RunCode {
         input: Value,
     ) -> Result<Outcome, RunCodeError> {
         let store = self.store.as_ref();
-        let (manifest, kernel) = stage0::inspect_kernel(store, "run_code").await?;
+        let (manifest, kernel) = stage0::inspect_kernel(store, RunCodeKernel::NAME).await?;
         if kernel.state != State::Ready {
             return Err(RunCodeError::KernelRefused(kernel.reason));
         }
         let manifest = manifest.map_err(RunCodeError::KernelRefused)?;
-        let config =
-            RunCodeConfig::from_value(&kernel.config).map_err(RunCodeError::KernelRefused)?;
+        let config = RunCodeKernel::read(&kernel.config)
+            .map_err(|e| RunCodeError::KernelRefused(e.to_string()))?;
         let function = self.load_function(caller, function_id).await?;
         let input_size = serde_json::to_vec(&input).map_or(usize::MAX, |v| v.len());
         if input_size > config.max_input_bytes {
@@ -699,21 +618,6 @@ fn clip(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_config_is_valid_and_unknown_or_out_of_range_settings_are_refused() {
-        let c = RunCodeConfig::from_value(&default_config()).unwrap();
-        assert_eq!(c.limits.time, std::time::Duration::from_millis(5000));
-        assert_eq!(c.max_input_bytes, 64 * 1024);
-        let c = RunCodeConfig::from_value(&json!({"time_ms": 200})).unwrap();
-        assert_eq!(c.limits.time.as_millis(), 200);
-        let e = RunCodeConfig::from_value(&json!({"time": 200})).unwrap_err();
-        assert!(e.starts_with("unknown setting `time`"), "{e}");
-        let e = RunCodeConfig::from_value(&json!({"time_ms": 0})).unwrap_err();
-        assert_eq!(e, "`time_ms` must be between 1 and 600000, not 0");
-        let e = RunCodeConfig::from_value(&json!({"output_bytes": 190_000})).unwrap_err();
-        assert!(e.contains("over the"), "{e}");
-    }
 
     #[test]
     fn long_error_texts_are_clipped_on_a_character_boundary() {

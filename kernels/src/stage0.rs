@@ -10,6 +10,9 @@
 //! tampered, signed by a stranger, not allow-listed, of an unknown name or version, or badly
 //! configured does not start, and the refusal is written down as a `boot_event` span.
 //!
+//! Stage-0 knows the kernels only through [`crate::kernel::NATIVE`] (name, version, default
+//! config, config check); it imports none of their runtimes, which ask it before they run.
+//!
 //! [`inspect`] only reads, so `logline kernels status`, `logline run` and the server can all ask
 //! it as often as they like (each run re-reads the spans, which is how a new `seq` takes effect
 //! without a restart). Recording is separate ([`record_refusals`], [`record_boot`]) and
@@ -20,146 +23,18 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use ledger::error::AppendError;
 use ledger::span::format_time;
-use ledger::store::{self, NATIVE_KERNELS, system_principal};
+use ledger::store::{self, system_principal};
 use ledger::verify::{SealError, verify_span};
 use ledger::{Draft, Store, StoreError};
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::kernel::native_names;
 use crate::manifest::{self, Manifest, ManifestError, check_place};
-use crate::run_code::RunCodeConfig;
 
-/// A kernel this binary implements (or at least knows by name).
-pub struct NativeKernel {
-    pub name: &'static str,
-    /// The version this build implements; a span asking for another major version is refused.
-    pub version: &'static str,
-    /// Whether this build has a body for it yet. Kernels without one are verified and reported
-    /// as such, never pretended to run.
-    pub runtime: bool,
-    /// What "ready" means for it (how it runs), for `kernels status`.
-    pub ready: &'static str,
-    default_config: fn() -> Value,
-    check_config: fn(&Value) -> Result<(), String>,
-}
-
-impl NativeKernel {
-    /// Its well-known span id (the manifest may bind the name to another id).
-    pub fn id(&self) -> Uuid {
-        NATIVE_KERNELS
-            .iter()
-            .find(|(n, _)| *n == self.name)
-            .map(|(_, id)| *id)
-            .unwrap_or_default()
-    }
-
-    pub fn default_config(&self) -> Value {
-        (self.default_config)()
-    }
-}
-
-fn no_check(_: &Value) -> Result<(), String> {
-    Ok(())
-}
-
-fn check_run_code(config: &Value) -> Result<(), String> {
-    RunCodeConfig::from_value(config).map(|_| ())
-}
-
-/// The Midnight Ruler's config: how often `serve` catches up, and the zone named by
-/// `clock: midnight` without one (it must be in the tz database).
-fn check_midnight_ruler(config: &Value) -> Result<(), String> {
-    let empty = Map::new();
-    let obj = match config {
-        Value::Null => &empty,
-        Value::Object(o) => o,
-        _ => return Err("config must be an object".into()),
-    };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["interval_ms", "default_tz"].contains(&k.as_str()))
-    {
-        return Err(format!(
-            "unknown setting `{k}` (known: interval_ms, default_tz)"
-        ));
-    }
-    match obj.get("interval_ms") {
-        None | Some(Value::Null) => {}
-        Some(v) => match v.as_u64() {
-            Some(ms) if (1000..=86_400_000).contains(&ms) => {}
-            _ => return Err("`interval_ms` must be an integer from 1000 to 86400000".into()),
-        },
-    }
-    match obj.get("default_tz") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(tz)) if crate::midnight_ruler::resolve_zone(tz).is_some() => Ok(()),
-        Some(other) => Err(format!(
-            "`default_tz` must be an IANA zone such as Europe/Paris, not {other}"
-        )),
-    }
-}
-
-fn check_policy_agent(config: &Value) -> Result<(), String> {
-    crate::policy_agent::PolicyAgentConfig::from_value(config).map(|_| ())
-}
-
-/// The six native kernels, in boot order.
-pub const NATIVE: [NativeKernel; 6] = [
-    NativeKernel {
-        name: "run_code",
-        version: "1.0.0",
-        runtime: true,
-        ready: "verified; runs functions on demand (`logline run`, policies, requests)",
-        default_config: crate::run_code::default_config,
-        check_config: check_run_code,
-    },
-    NativeKernel {
-        name: "observer_bot",
-        version: "1.0.0",
-        runtime: true,
-        ready: "verified; `serve` turns scheduled functions into requests every interval_ms",
-        default_config: crate::observer_bot::default_config,
-        check_config: |c| crate::observer_bot::ObserverConfig::from_value(c).map(|_| ()),
-    },
-    NativeKernel {
-        name: "request_worker",
-        version: "1.0.0",
-        runtime: true,
-        ready: "verified; `serve` runs queued requests once each, oldest first, every interval_ms",
-        default_config: crate::request_worker::default_config,
-        check_config: |c| crate::request_worker::WorkerConfig::from_value(c).map(|_| ()),
-    },
-    NativeKernel {
-        name: "policy_agent",
-        version: "1.0.0",
-        runtime: true,
-        ready: "verified; `serve` runs the active policies every interval_ms",
-        default_config: crate::policy_agent::default_config,
-        check_config: check_policy_agent,
-    },
-    NativeKernel {
-        name: "provider_exec",
-        version: "1.0.0",
-        runtime: true,
-        ready: "verified; every model call of a chat turn goes through it and is recorded as a provider_execution span",
-        default_config: || json!({"timeout_ms": 60000}),
-        check_config: no_check,
-    },
-    NativeKernel {
-        name: "midnight_ruler",
-        version: "1.0.0",
-        runtime: true,
-        ready: "verified; `serve` rules each midnight and backfills missed ones every interval_ms",
-        default_config: || json!({"interval_ms": 60000, "default_tz": "Europe/Paris"}),
-        check_config: check_midnight_ruler,
-    },
-];
-
-/// The native kernel of that name.
-pub fn native(name: &str) -> Option<&'static NativeKernel> {
-    NATIVE.iter().find(|k| k.name == name)
-}
+/// The kernels Stage-0 checks (kept here too for callers that know them as `stage0::NATIVE`).
+pub use crate::kernel::{NATIVE, Native, native};
 
 /// Why a kernel did not start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,9 +191,7 @@ pub enum Stage0Error {
     Record(String),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error(
-        "no kernel named `{0}` (known: run_code, observer_bot, request_worker, policy_agent, provider_exec, midnight_ruler)"
-    )]
+    #[error("no kernel named `{0}` (known: {known})", known = native_names())]
     UnknownKernel(String),
     #[error("refusing to build on the `{name}` kernel span: {reason}")]
     Unverified { name: String, reason: String },
@@ -333,7 +206,7 @@ pub async fn seed(store: &dyn Store) -> Result<Vec<&'static str>, Stage0Error> {
     let principal = system_principal();
     let mut names = Vec::new();
     let mut drafts = Vec::new();
-    for k in &NATIVE {
+    for k in NATIVE {
         if store.get(&principal, k.id(), None).await?.is_some() {
             continue;
         }
@@ -343,28 +216,28 @@ pub async fn seed(store: &dyn Store) -> Result<Vec<&'static str>, Stage0Error> {
                 "seq": 0,
                 "entity_type": "kernel",
                 "visibility": "tenant",
-                "idempotency_key": format!("kernel:genesis:{}", k.name),
-                "name": k.name,
+                "idempotency_key": format!("kernel:genesis:{}", k.name()),
+                "name": k.name(),
                 "when": format_time(Utc::now()),
                 "who": principal.user_id,
                 "did": "defined kernel",
-                "this": format!("kernel {}", k.name),
+                "this": format!("kernel {}", k.name()),
                 "confirmed_by": "node key",
                 "if_ok": "boot it when the manifest allows it",
                 "if_doubt": "do not boot it; record a boot_event",
                 "if_not": "do not boot it; record a boot_event",
                 "status": "active",
-                "content": {"name": k.name, "version": k.version, "config": k.default_config()},
+                "content": {"name": k.name(), "version": k.version(), "config": k.default_config()},
             }),
             &principal,
             &[],
             Utc::now(),
         )
         .map_err(|e| Stage0Error::Seed {
-            name: k.name.into(),
+            name: k.name().into(),
             reason: e.to_string(),
         })?;
-        names.push(k.name);
+        names.push(k.name());
         drafts.push(draft);
     }
     if drafts.is_empty() {
@@ -418,9 +291,9 @@ async fn inspect_some(store: &dyn Store, only: Option<&str>) -> Result<BootRepor
             let reason = format!("the manifest cannot be trusted, so nothing boots: {e}");
             let kernels = NATIVE
                 .iter()
-                .filter(|k| only.is_none_or(|n| n == k.name))
+                .filter(|k| only.is_none_or(|n| n == k.name()))
                 .map(|k| KernelStatus {
-                    name: k.name.to_string(),
+                    name: k.name().to_string(),
                     id: k.id(),
                     seq: None,
                     version: None,
@@ -440,14 +313,14 @@ async fn inspect_some(store: &dyn Store, only: Option<&str>) -> Result<BootRepor
     // Which span id each kernel name boots from: the manifest's binding, else the native id.
     let mut bindings: BTreeMap<String, Uuid> = NATIVE
         .iter()
-        .map(|k| (k.name.to_string(), k.id()))
+        .map(|k| (k.name().to_string(), k.id()))
         .collect();
     bindings.extend(manifest.kernels.iter().map(|(n, id)| (n.clone(), *id)));
     let mut candidates: Vec<Uuid> = Vec::new();
     match only {
         Some(name) => candidates.extend(bindings.get(name)),
         None => {
-            let natives = NATIVE.iter().filter_map(|k| bindings.get(k.name));
+            let natives = NATIVE.iter().filter_map(|k| bindings.get(k.name()));
             for id in natives
                 .chain(manifest.kernels.values())
                 .chain(manifest.allowed_boot_ids.iter())
@@ -576,14 +449,14 @@ async fn inspect_one(
     }
     let major = |v: &str| v.split('.').next().unwrap_or_default().to_string();
     match &st.version {
-        Some(v) if major(v) == major(native.version) => {}
+        Some(v) if major(v) == major(native.version()) => {}
         other => {
             let asked = other.as_deref().unwrap_or("(none)");
             st.refuse(
                 Refusal::UnsupportedVersion,
                 format!(
                     "unsupported version {asked}: this build implements {name} {}.x",
-                    major(native.version)
+                    major(native.version())
                 ),
             );
             return Ok(st);
@@ -593,7 +466,7 @@ async fn inspect_one(
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(c) => c.clone(),
     };
-    if let Err(e) = (native.check_config)(&config) {
+    if let Err(e) = native.check_config(&config) {
         st.refuse(Refusal::InvalidConfig, format!("invalid config: {e}"));
         return Ok(st);
     }
@@ -605,9 +478,9 @@ async fn inspect_one(
         );
         return Ok(st);
     }
-    if native.runtime {
+    if native.runtime() {
         st.state = State::Ready;
-        st.reason = native.ready.into();
+        st.reason = native.ready().into();
     } else {
         st.state = State::NoRuntime;
         st.reason = "verified; not started: this build has no runtime for it yet".into();
@@ -791,10 +664,12 @@ pub async fn set_kernel(
                 problem: "must be an object".into(),
             });
         }
-        (native.check_config)(&config).map_err(|problem| Stage0Error::Invalid {
-            key: "config".into(),
-            problem,
-        })?;
+        native
+            .check_config(&config)
+            .map_err(|e| Stage0Error::Invalid {
+                key: "config".into(),
+                problem: e.to_string(),
+            })?;
         let keys: Vec<&str> = assignments.iter().map(|(k, _)| k.as_str()).collect();
         let draft = Draft::from_value(
             json!({
@@ -835,22 +710,4 @@ pub async fn set_kernel(
         }
     }
     Err(ManifestError::Contention(8).into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_native_kernel_has_a_well_known_id_and_a_valid_default_config() {
-        assert_eq!(NATIVE.len(), NATIVE_KERNELS.len());
-        for k in &NATIVE {
-            assert!(!k.id().is_nil(), "{} has no well-known id", k.name);
-            (k.check_config)(&k.default_config()).unwrap();
-        }
-        assert_eq!(
-            native("run_code").unwrap().id().to_string(),
-            "00000000-0000-4000-8000-000000000001"
-        );
-    }
 }
