@@ -7,6 +7,7 @@
 pub use ledger;
 
 pub mod contracts;
+pub mod demo;
 pub mod manifest;
 pub mod midnight_ruler;
 pub mod observer_bot;

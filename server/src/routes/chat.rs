@@ -29,7 +29,7 @@ use crate::chat::agent::{
 use crate::chat::record::append_one;
 use crate::chat::tools::{AMENDMENT, PROPOSAL, may_amend};
 use crate::error::{ApiError, Problem};
-use crate::serve::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
