@@ -131,8 +131,8 @@ pub async fn add(s: &Settings, file: Option<PathBuf>, format: AddFormat) -> Resu
     let mut failed = 0usize;
     let mut out = std::io::stdout().lock();
     for chunk in lines.chunks(ADD_BATCH) {
-        let (drafts, slots) = ingest::parse_lines(chunk, &p, &trusted, None);
-        let results = store::append(store.as_ref(), &p, drafts).await?;
+        let (drafts, slots) = ingest::parse_lines(chunk, p, &trusted, None);
+        let results = store::append(store.as_ref(), p, drafts).await?;
         for (line_no, result) in ingest::join(slots, &results) {
             if result.is_err() {
                 failed += 1;
@@ -278,7 +278,7 @@ pub async fn get(s: &Settings, id: Uuid, seq: Option<i64>, versions: bool) -> Re
     let store = s.store.open().await?;
     let p = &s.principal;
     let value = if versions {
-        let all = store.versions(&p, id).await?;
+        let all = store.versions(p, id).await?;
         if all.is_empty() {
             bail!(
                 "span {id} not found (or not visible to {} in tenant {})",
@@ -292,7 +292,7 @@ pub async fn get(s: &Settings, id: Uuid, seq: Option<i64>, versions: bool) -> Re
                 .collect::<Result<_>>()?,
         )
     } else {
-        match store.get(&p, id, seq).await? {
+        match store.get(p, id, seq).await? {
             Some(s) => s.to_view().map_err(|e| anyhow!(e))?,
             None => bail!(
                 "span {id}{} not found (or not visible to {} in tenant {})",
@@ -366,7 +366,7 @@ pub async fn export(s: &Settings, out: &str) -> Result<ExitCode> {
         ..Filter::default()
     };
     loop {
-        let page = store.query(&p, &filter).await?;
+        let page = store.query(p, &filter).await?;
         for row in &page.rows {
             let line = row.span.to_view().map_err(|e| anyhow!(e))?.to_string();
             hasher.update(line.as_bytes());
