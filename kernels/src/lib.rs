@@ -9,6 +9,7 @@
 pub use ledger;
 
 pub mod contracts;
+pub mod demo;
 pub mod kernel;
 pub mod manifest;
 pub mod midnight_ruler;

@@ -1646,3 +1646,42 @@ mod tests {
         assert_eq!(v, json!({"quorum": 3, "a": {"b": true}}));
     }
 }
+
+// ---- reading a midnight from text ------------------------------------------------------------
+
+/// A `--at` / `at` value that is neither a local date nor an RFC 3339 instant.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("`{0}` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant")]
+pub struct WhenError(pub String);
+
+/// `2026-03-07` is a local date; anything else must be an RFC 3339 instant. How a person (the
+/// CLI) or the model (the `simulate_law` tool) names the midnight to run or simulate.
+pub fn parse_when(s: &str) -> Result<When, WhenError> {
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(When::Date(d));
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| When::AtOrBefore(t.with_timezone(&Utc)))
+        .map_err(|_| WhenError(s.to_string()))
+}
+
+#[cfg(test)]
+mod when_tests {
+    use super::*;
+
+    #[test]
+    fn a_date_is_a_local_midnight_and_an_instant_the_one_before_it() {
+        assert_eq!(
+            parse_when("2026-03-07"),
+            Ok(When::Date(NaiveDate::from_ymd_opt(2026, 3, 7).unwrap()))
+        );
+        assert!(matches!(
+            parse_when("2026-03-07T12:00:00+01:00"),
+            Ok(When::AtOrBefore(_))
+        ));
+        assert_eq!(
+            parse_when("tomorrow").unwrap_err().to_string(),
+            "`tomorrow` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Read filters shared by the CLI, the HTTP API and (later) the model's `query_ledger` tool.
 //! Every field is a typed value that the stores bind as a parameter; nothing here is SQL.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -91,6 +91,24 @@ pub struct Page {
     pub next_cursor: Option<i64>,
 }
 
+/// A `since`/`until` bound that is neither a date nor an RFC 3339 instant.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant")]
+pub struct InstantError(pub String);
+
+/// Accepts `2026-11-01` (midnight UTC) or a full RFC 3339 instant: the bounds of a [`Filter`]
+/// as the CLI and the HTTP API take them.
+pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, InstantError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| InstantError(s.to_string()))
+}
+
 /// A newly stored span as the live-stream hub reads it (administrative: unfiltered).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TailRow {
@@ -99,4 +117,24 @@ pub struct TailRow {
     pub owner_id: String,
     pub visibility: String,
     pub span: StoredSpan,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_instants_parse_to_utc() {
+        assert_eq!(
+            parse_instant("2026-11-01").unwrap().to_rfc3339(),
+            "2026-11-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_instant("2026-11-01T12:00:00+01:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-01T11:00:00+00:00"
+        );
+        assert!(parse_instant("yesterday").is_err());
+    }
 }

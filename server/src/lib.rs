@@ -1,15 +1,12 @@
-//! The `logline` program: the CLI, and `logline serve`, the HTTP API over the ledger.
+//! The `logline` program: the HTTP API over the ledger (`serve`, `routes/`, `state`), the
+//! conversational agent (`chat/`), their settings (`config`), and the command line (`cli/`),
+//! which only parses arguments and prints: nothing in the library imports from it.
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod bench;
-pub mod bench_chat;
-pub mod bench_http;
 pub mod chat;
 pub mod cli;
-pub mod cli_governance;
-pub mod cli_kernels;
-pub mod cli_law;
+pub mod config;
 pub mod error;
 pub mod hub;
 pub mod ingest;
@@ -17,3 +14,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod serve;
+pub mod state;

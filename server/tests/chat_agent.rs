@@ -32,7 +32,7 @@ struct Setup {
 
 async fn setup(replies: Vec<Reply>) -> Setup {
     let (dir, store) = store().await;
-    server::cli_governance::seed_demo(store.as_ref(), TENANT, Utc::now())
+    kernels::demo::seed_demo(store.as_ref(), TENANT, Utc::now())
         .await
         .unwrap();
     let fake = FakeLlm::with(replies).await;
@@ -46,7 +46,9 @@ async fn setup(replies: Vec<Reply>) -> Setup {
         .unwrap(),
     );
     let writer: Arc<dyn SpanWriter> = Arc::new(GroupCommit::start(store.clone()));
-    let agent = Agent::new(store.clone(), writer, provider).await.unwrap();
+    let agent = Agent::new(store.clone(), writer, provider, None)
+        .await
+        .unwrap();
     Setup {
         _dir: dir,
         store,

@@ -810,23 +810,15 @@ fn strip_fences(s: &str) -> &str {
 }
 
 impl Agent {
-    /// The agent the server runs: the provider from `LOGLINE_PROVIDER` & co. (the offline
-    /// provider by default), the embedded prompt library published to the ledger (a changed
-    /// block becomes a new seq), and the answer schema compiled once.
-    pub async fn from_env(
-        store: Arc<dyn Store>,
-        writer: Arc<dyn SpanWriter>,
-    ) -> anyhow::Result<Self> {
-        let provider = super::providers::ProviderConfig::from_lookup(|k| std::env::var(k).ok())
-            .and_then(|config| super::providers::provider_from_config(&config))
-            .map_err(|e| anyhow::anyhow!("chat provider: {e}"))?;
-        Self::new(store, writer, provider).await
-    }
-
+    /// An agent on `provider`, with the embedded prompt library published to the ledger (a
+    /// changed block becomes a new seq) and the answer schema compiled once. `context_tokens`
+    /// is the model's context window when configured (`LOGLINE_CONTEXT_TOKENS`, read by
+    /// `config`); without it the budget comes from the model's name.
     pub async fn new(
         store: Arc<dyn Store>,
         writer: Arc<dyn SpanWriter>,
         provider: Arc<dyn Provider>,
+        context_tokens: Option<usize>,
     ) -> anyhow::Result<Self> {
         // The manifest and the kernel spans Stage-0 checks before model calls (idempotent, as
         // at every `serve` start).
@@ -836,11 +828,8 @@ impl Agent {
         let validator = jsonschema::validator_for(library.answer_schema())
             .map_err(|e| anyhow::anyhow!("the answer schema does not compile: {e}"))?;
         let (prompts, _) = library.publish(store.as_ref(), Utc::now()).await?;
-        let context = std::env::var("LOGLINE_CONTEXT_TOKENS")
-            .ok()
-            .and_then(|v| v.parse().ok());
         // The offline provider reads no context window; only a model's budget is real.
-        let context = context.or((provider.kind() == "offline").then_some(128_000));
+        let context = context_tokens.or((provider.kind() == "offline").then_some(128_000));
         let budget = Budget::for_model(provider.model(), context);
         super::prompt::warm_up();
         record_provider(store.as_ref(), provider.as_ref()).await?;

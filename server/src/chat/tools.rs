@@ -627,7 +627,7 @@ async fn simulate_law(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutput,
     let overrides: Vec<(String, Value)> = set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let when = match args.get("at").and_then(Value::as_str) {
         None => None,
-        Some(s) => match crate::cli_governance::parse_when(s) {
+        Some(s) => match midnight_ruler::parse_when(s) {
             Ok(w) => Some(w),
             Err(e) => return Ok(ToolOutput::error(format!("`at`: {e}"))),
         },

@@ -23,7 +23,7 @@ use crate::auth::Caller;
 use crate::chat::agent::{self, ChatError, ChatEvent, MemoryMode, TurnRequest};
 use crate::chat::proposals::{self, Actor, Confirmation, Decision, ProposalError};
 use crate::error::{ApiError, Problem};
-use crate::serve::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

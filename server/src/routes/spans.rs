@@ -1,5 +1,5 @@
-//! `POST /api/spans` (one JSON span, or NDJSON with one result per line), `GET /api/spans/{id}`
-//! and `GET /api/spans/{id}/versions`.
+//! `POST /api/spans` (one JSON span, or NDJSON with one result per line), `GET /api/spans/{id}`,
+//! `GET /api/spans/{id}/versions` and `GET /api/spans/{id}/verify` (one span's seal).
 
 use std::sync::atomic::Ordering;
 
@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use ledger::verify::{SealError, verify_span as verify_seal};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -17,13 +18,14 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::ingest;
-use crate::serve::{AppState, location};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/spans", axum::routing::post(post_spans))
         .route("/api/spans/{id}", get(get_span))
         .route("/api/spans/{id}/versions", get(get_versions))
+        .route("/api/spans/{id}/verify", get(verify_span))
 }
 
 /// A span as submitted: one JSON object, at most 256 KiB. Every field is optional: a span
@@ -340,6 +342,27 @@ struct SeqParam {
     seq: Option<String>,
 }
 
+/// The version `seq` (the latest by default) of span `id`, if the caller may see it.
+async fn visible_span(
+    st: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    q: SeqParam,
+) -> Result<ledger::StoredSpan, ApiError> {
+    let seq = q
+        .seq
+        .map(|s| {
+            s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::BadRequest(format!("seq `{s}` is not a non-negative integer"))
+            })
+        })
+        .transpose()?;
+    st.store
+        .get(&caller.principal, id, seq)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("span {id} not found or not visible to you")))
+}
+
 /// Read a span
 ///
 /// The latest version the caller may see, or the version `seq`.
@@ -368,19 +391,7 @@ async fn get_span(
     Query(q): Query<SeqParam>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let seq = q
-        .seq
-        .map(|s| {
-            s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                ApiError::BadRequest(format!("seq `{s}` is not a non-negative integer"))
-            })
-        })
-        .transpose()?;
-    let span = st
-        .store
-        .get(&caller.principal, id, seq)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("span {id} not found or not visible to you")))?;
+    let span = visible_span(&st, &caller, id, q).await?;
     let view = span
         .to_view()
         .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
@@ -427,6 +438,101 @@ async fn get_versions(
     Ok(axum::Json(Versions {
         id,
         versions: views,
+    })
+    .into_response())
+}
+
+/// `Location` header value for a span.
+pub fn location(id: uuid::Uuid) -> HeaderValue {
+    HeaderValue::from_str(&format!("/api/spans/{id}"))
+        .unwrap_or(HeaderValue::from_static("/api/spans"))
+}
+
+/// Whether one stored span's seal holds, as the ledger checks it: its envelope hashes to
+/// `curr_hash`, its body (unless redacted) matches `body_digest`, and its signature verifies
+/// under a key the manifest trusts. Links to its chain neighbours are not checked here (see
+/// `GET /api/verify` for the whole chain).
+#[derive(Serialize, ToSchema)]
+pub struct SpanSeal {
+    #[schema(value_type = String, format = "uuid")]
+    pub id: Uuid,
+    #[schema(minimum = 0)]
+    pub seq: i64,
+    /// Position in the tenant's hash chain.
+    #[schema(minimum = 0)]
+    pub chain_pos: i64,
+    pub prev_hash: String,
+    pub curr_hash: String,
+    /// True when the hash and the signature both verify.
+    pub verified: bool,
+    /// The envelope hashes to `curr_hash` and the body to its digest.
+    pub hash_ok: bool,
+    /// Signed by a trusted key and the signature verifies (false when the hash already failed).
+    pub signature_ok: bool,
+    /// The body was withheld by a redaction span; the envelope is still checked.
+    pub redacted: bool,
+    /// Why it does not verify, for a person to read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Verify one span
+///
+/// Recomputes the hash of one span version and checks its signature. Answers `200` whether or
+/// not it verifies: `verified` says which.
+#[utoipa::path(
+    get,
+    path = "/api/spans/{id}/verify",
+    tag = "spans",
+    security(("bearer" = []), ()),
+    params(
+        ("id" = String, Path, format = "uuid", description = "The span id."),
+        ("seq" = Option<i64>, Query, minimum = 0, description = "A version of the span; the latest by default."),
+    ),
+    responses(
+        (status = 200, description = "The span's seal, verified or not.", body = SpanSeal),
+        (status = 400, description = "`id` is not a UUID or `seq` not a non-negative integer.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such span, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(span_id = %id))]
+async fn verify_span(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<SeqParam>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let span = visible_span(&st, &caller, id, q).await?;
+    let trusted = st.trusted_keys().await?;
+    // Positions come from the envelope as stored, readable even when the seal is broken.
+    let envelope: Value = serde_json::from_str(&span.envelope).unwrap_or(Value::Null);
+    let int = |k: &str| envelope.get(k).and_then(Value::as_i64).unwrap_or(-1).max(0);
+    let (hash_ok, signature_ok, detail) = match verify_seal(&span, &trusted) {
+        Ok(_) => (true, true, None),
+        Err(e @ SealError::Altered(_)) => (false, false, Some(e.to_string())),
+        Err(e @ (SealError::Untrusted(_) | SealError::Signature(_))) => {
+            (true, false, Some(e.to_string()))
+        }
+    };
+    Ok(axum::Json(SpanSeal {
+        id,
+        seq: int("seq"),
+        chain_pos: int("chain_pos"),
+        prev_hash: envelope
+            .get("prev_hash")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        curr_hash: span.curr_hash.clone(),
+        verified: hash_ok && signature_ok,
+        hash_ok,
+        signature_ok,
+        redacted: span.redacted_by.is_some(),
+        detail,
     })
     .into_response())
 }

@@ -1,4 +1,5 @@
-//! Health, readiness, metrics, the manifest, chain verification and the OpenAPI document.
+//! Health, readiness, metrics, the manifest and chain verification (the OpenAPI document is
+//! served by `openapi.rs`, which lists these handlers).
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -12,7 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::routes::spans::Span;
-use crate::serve::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -21,7 +22,6 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/manifest/{name}", get(manifest))
         .route("/api/verify", get(verify))
-        .route("/api/openapi.json", get(openapi))
 }
 
 /// The process is up.
@@ -172,15 +172,4 @@ async fn verify(State(st): State<AppState>, caller: Caller) -> Result<Response, 
         StatusCode::CONFLICT
     };
     Ok((status, axum::Json(report)).into_response())
-}
-
-/// This document
-#[utoipa::path(
-    get,
-    path = "/api/openapi.json",
-    tag = "system",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object, content_type = "application/json")),
-)]
-async fn openapi() -> Response {
-    axum::Json(crate::openapi::document()).into_response()
 }

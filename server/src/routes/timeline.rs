@@ -15,7 +15,7 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use futures::Stream;
-use ledger::query::MAX_LIMIT;
+use ledger::query::{MAX_LIMIT, parse_instant};
 use ledger::{Filter, Order, Principal, Store};
 use serde::Serialize;
 use serde_json::Value;
@@ -24,12 +24,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::cli::parse_instant;
 use crate::error::{ApiError, Problem};
 use crate::hub::HubEvent;
 use crate::metrics::ClientGuard;
 use crate::routes::spans::Span;
-use crate::serve::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

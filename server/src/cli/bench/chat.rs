@@ -114,11 +114,20 @@ pub async fn run(
     conversations: usize,
     turns: usize,
     think: Duration,
+    context_tokens: Option<usize>,
 ) -> Result<Value> {
     let tenant = format!("bench-chat-{}", Uuid::now_v7().simple());
-    crate::cli_governance::seed_demo(store.as_ref(), &tenant, Utc::now()).await?;
+    kernels::demo::seed_demo(store.as_ref(), &tenant, Utc::now()).await?;
     let writer: Arc<dyn SpanWriter> = Arc::new(GroupCommit::start(store.clone()));
-    let agent = Arc::new(Agent::new(store.clone(), writer, Arc::new(InstantProvider)).await?);
+    let agent = Arc::new(
+        Agent::new(
+            store.clone(),
+            writer,
+            Arc::new(InstantProvider),
+            context_tokens,
+        )
+        .await?,
+    );
     let principal = Principal::new("ana@padaria-lisboa.pt", tenant.as_str());
     // One warm-up turn: tokenizers, prepared statements, caches.
     let warm = agent.turn(&principal, &[], request(None), None).await?;

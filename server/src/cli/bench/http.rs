@@ -17,10 +17,12 @@ use ledger::Store;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::auth::Auth;
 use axum::serve::Listener;
 
-use crate::serve::{AppState, Limits, listen, router};
+use crate::auth::Auth;
+use crate::config::{self, ChatSettings, Limits};
+use crate::serve::{listen, router};
+use crate::state::AppState;
 
 type Conn = SendRequest<Full<Bytes>>;
 
@@ -73,10 +75,12 @@ async fn start(store: Arc<dyn Store>) -> Result<SocketAddr> {
         tenant_rps: 1_000_000,
         ..Limits::default()
     };
+    let chat = ChatSettings::from_lookup(config::env)?;
     let state = AppState::new(
         store,
         Auth::Local(ledger::Principal::new("bench", "bench")),
         &limits,
+        &chat,
         rx,
     )
     .await?;

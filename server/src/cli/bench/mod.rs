@@ -1,6 +1,12 @@
 //! `logline bench`: ingest and verify throughput with latency percentiles, printed as JSON
 //! lines (one per store × mode × writer count). The embedded store always runs (in a temporary
 //! directory); PostgreSQL runs when a database URL is given, in a fresh tenant of that database.
+//! The HTTP API ([`http`]), chat turns ([`chat`]) and the Midnight Ruler ([`ruler`]) have their
+//! own modules.
+
+mod chat;
+mod http;
+mod ruler;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +21,8 @@ use ledger::verify::verify_tenant;
 use ledger::{Draft, Principal};
 use serde_json::{Value, json};
 
-use crate::cli::{Global, progress};
+use crate::cli::progress;
+use crate::config::{self, Settings};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -69,17 +76,17 @@ pub enum BenchCommand {
     },
     /// The Midnight Ruler over this many contracts (PostgreSQL with --database-url, else the
     /// embedded store).
-    Ruler(crate::cli_governance::BenchRulerArgs),
+    Ruler(ruler::BenchRulerArgs),
 }
 
-pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCode> {
+pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process::ExitCode> {
     if let BenchCommand::Ruler(a) = what {
-        return crate::cli_governance::bench_ruler(g, a).await;
+        return ruler::run(settings, a).await;
     }
     let tmp = tempfile::tempdir()?;
     let mut stores: Vec<Arc<dyn Store>> =
         vec![store::open(None, tmp.path(), NodeKey::generate()).await?];
-    if let Some(url) = &g.database_url {
+    if let Some(url) = &settings.store.database_url {
         stores.push(store::open(Some(url), tmp.path(), NodeKey::generate()).await?);
     }
     for s in &stores {
@@ -117,7 +124,14 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
             for s in &stores {
                 println!(
                     "{}",
-                    crate::bench_chat::run(s.clone(), conversations, turns, think).await?
+                    chat::run(
+                        s.clone(),
+                        conversations,
+                        turns,
+                        think,
+                        config::context_tokens(config::env),
+                    )
+                    .await?
                 );
             }
         }
@@ -129,7 +143,7 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
             events,
         } => {
             for s in &stores {
-                for line in crate::bench_http::run(
+                for line in http::run(
                     s.clone(),
                     connections,
                     requests,
@@ -148,7 +162,7 @@ pub async fn run(g: &Global, what: BenchCommand) -> Result<std::process::ExitCod
                 let tenant = format!("bench-{}", uuid::Uuid::now_v7());
                 let p = Principal::new("bench", &tenant);
                 let gc = GroupCommit::start(s.clone());
-                let bar = progress(spans as u64, &format!("seeding {}", s.backend()));
+                let bar = progress::bar(spans as u64, &format!("seeding {}", s.backend()));
                 let mut left = spans;
                 while left > 0 {
                     let n = left.min(1000);
@@ -213,7 +227,7 @@ async fn ingest(
     let tenant = format!("bench-{}", uuid::Uuid::now_v7());
     let gc = GroupCommit::start(store);
     let per_writer = total.div_ceil(writers);
-    let bar = progress((per_writer * writers) as u64, "ingest");
+    let bar = progress::bar((per_writer * writers) as u64, "ingest");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
