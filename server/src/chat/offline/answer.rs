@@ -203,20 +203,28 @@ fn error_part(tool: Option<ToolName>, name: &str, args: &Value, error: &str) -> 
     let what = match tool {
         Some(ToolName::ExplainDecision) => format!(
             "explain the decision on {}",
-            typed::<explain::Args>(args).map(|a| a.contract).unwrap_or_default()
+            typed::<explain::Args>(args)
+                .map(|a| a.contract)
+                .unwrap_or_default()
         ),
         Some(ToolName::QueryLedger) => "query the ledger".to_string(),
         Some(ToolName::GetSpan) => format!(
             "read span {}",
-            typed::<get_span::Args>(args).map(|a| a.id.to_string()).unwrap_or_default()
+            typed::<get_span::Args>(args)
+                .map(|a| a.id.to_string())
+                .unwrap_or_default()
         ),
         Some(ToolName::ProposeAmendment) => format!(
             "propose the change to {}",
-            typed::<amend::Args>(args).map(|a| a.contract).unwrap_or_default()
+            typed::<amend::Args>(args)
+                .map(|a| a.contract)
+                .unwrap_or_default()
         ),
         Some(ToolName::SimulateLaw) => format!(
             "simulate law {}",
-            typed::<simulate::Args>(args).map(|a| a.law).unwrap_or_default()
+            typed::<simulate::Args>(args)
+                .map(|a| a.law)
+                .unwrap_or_default()
         ),
         None => format!("use {name}"),
     };
@@ -351,8 +359,7 @@ fn explain_part(out: explain::Output, args: Option<explain::Args>) -> Part {
     let latest = decisions
         .iter()
         .enumerate()
-        .max_by_key(|(i, d)| (d.seq, *i))
-        .map(|(i, d)| (i, d));
+        .max_by_key(|(i, d)| (d.seq, *i));
     let mut text_out;
     if let Some((li, d)) = latest {
         let law = text(d.law.name.as_ref()).unwrap_or_else(|| "an unnamed law".into());
@@ -538,7 +545,10 @@ fn query_part(out: query::Output, args: QueryArgs) -> Part {
                 (format!("There are no {entity}s"), Evidence::Nothing)
             } else {
                 let verb = if n == 1 { "is" } else { "are" };
-                (format!("There {verb} {}", plural(n, &entity)), Evidence::Found)
+                (
+                    format!("There {verb} {}", plural(n, &entity)),
+                    Evidence::Found,
+                )
             };
             return Part::new(sentence(&with_desc(text)), evidence);
         }

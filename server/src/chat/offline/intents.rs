@@ -351,7 +351,12 @@ fn show_span(q: &Question) -> Option<Classified> {
     let id = ws.iter().find(|w| is_uuid(&w.raw))?;
     let cued = has(ws, "span") || has(&ws[..ws.len().min(1)], SHOW_VERBS);
     (cued && !has(ws, NOT_SHOW))
-        .then(|| id.lower.parse().ok().map(|id| Classified::Known(Intent::GetSpan(id))))
+        .then(|| {
+            id.lower
+                .parse()
+                .ok()
+                .map(|id| Classified::Known(Intent::GetSpan(id)))
+        })
         .flatten()
 }
 
@@ -564,7 +569,6 @@ fn amend(ws: &[Word], named: Vec<String>) -> Classified {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,29 +619,104 @@ mod tests {
             ("what happened to D1?", vec![explain_d1.clone()]),
             ("Explain the decision on d1.", vec![explain_d1.clone()]),
             ("why was D1's contract held", vec![explain_d1.clone()]),
-            ("why were D1 and D4 terminated?", vec![explain_d1, (ExplainDecision, json!({"contract": "D4"}))]),
-            ("Which contracts have a guarantor who didn't respond within 24h?", vec![(QueryLedger, guarantor("now-24h"))]),
-            ("contracts where the guarantor hasn't answered", vec![(QueryLedger, guarantor("now-24h"))]),
-            ("guarantors that haven't responded in 48 hours", vec![(QueryLedger, guarantor("now-48h"))]),
-            ("Show contracts whose guarantor did not reply in 2 days", vec![(QueryLedger, guarantor("now-2d"))]),
-            ("which guarantors are silent for a week", vec![(QueryLedger, guarantor("now-7d"))]),
-            ("Which contracts are terminated?", vec![(QueryLedger, state("terminated", false))]),
-            ("how many contracts are open?", vec![(QueryLedger, state("open", true))]),
-            ("list held contracts", vec![(QueryLedger, state("held", false))]),
-            ("show me the contracts on hold", vec![(QueryLedger, state("held", false))]),
-            ("which contracts were accepted", vec![(QueryLedger, state("accepted", false))]),
-            ("List void contracts", vec![(QueryLedger, state("void", false))]),
-            ("which contracts are terminated or held?", vec![(QueryLedger, state("terminated", false)), (QueryLedger, state("held", false))]),
-            ("What if the quorum were 3?", vec![(SimulateLaw, json!({"law": "midnight_deadline", "set": {"quorum": 3}}))]),
-            ("if the quorum was 3 which contracts would change? what if", vec![(SimulateLaw, json!({"law": "midnight_deadline", "set": {"quorum": 3}}))]),
-            ("what if the grace hours were 6 under law late_delivery", vec![(SimulateLaw, json!({"law": "late_delivery", "set": {"grace_hours": 6}}))]),
-            ("simulate midnight_deadline with quorum=1", vec![(SimulateLaw, json!({"law": "midnight_deadline", "set": {"quorum": 1}}))]),
-            ("what if loan_return's quorum were two?", vec![(SimulateLaw, json!({"law": "loan_return", "set": {"quorum": 2}}))]),
+            (
+                "why were D1 and D4 terminated?",
+                vec![explain_d1, (ExplainDecision, json!({"contract": "D4"}))],
+            ),
+            (
+                "Which contracts have a guarantor who didn't respond within 24h?",
+                vec![(QueryLedger, guarantor("now-24h"))],
+            ),
+            (
+                "contracts where the guarantor hasn't answered",
+                vec![(QueryLedger, guarantor("now-24h"))],
+            ),
+            (
+                "guarantors that haven't responded in 48 hours",
+                vec![(QueryLedger, guarantor("now-48h"))],
+            ),
+            (
+                "Show contracts whose guarantor did not reply in 2 days",
+                vec![(QueryLedger, guarantor("now-2d"))],
+            ),
+            (
+                "which guarantors are silent for a week",
+                vec![(QueryLedger, guarantor("now-7d"))],
+            ),
+            (
+                "Which contracts are terminated?",
+                vec![(QueryLedger, state("terminated", false))],
+            ),
+            (
+                "how many contracts are open?",
+                vec![(QueryLedger, state("open", true))],
+            ),
+            (
+                "list held contracts",
+                vec![(QueryLedger, state("held", false))],
+            ),
+            (
+                "show me the contracts on hold",
+                vec![(QueryLedger, state("held", false))],
+            ),
+            (
+                "which contracts were accepted",
+                vec![(QueryLedger, state("accepted", false))],
+            ),
+            (
+                "List void contracts",
+                vec![(QueryLedger, state("void", false))],
+            ),
+            (
+                "which contracts are terminated or held?",
+                vec![
+                    (QueryLedger, state("terminated", false)),
+                    (QueryLedger, state("held", false)),
+                ],
+            ),
+            (
+                "What if the quorum were 3?",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
+                )],
+            ),
+            (
+                "if the quorum was 3 which contracts would change? what if",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
+                )],
+            ),
+            (
+                "what if the grace hours were 6 under law late_delivery",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "late_delivery", "set": {"grace_hours": 6}}),
+                )],
+            ),
+            (
+                "simulate midnight_deadline with quorum=1",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "midnight_deadline", "set": {"quorum": 1}}),
+                )],
+            ),
+            (
+                "what if loan_return's quorum were two?",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "loan_return", "set": {"quorum": 2}}),
+                )],
+            ),
         ];
         for (q, want) in cases {
             check(q, &want);
         }
-        check(&format!("explain {D3}"), &[(ExplainDecision, json!({"contract": D3}))]);
+        check(
+            &format!("explain {D3}"),
+            &[(ExplainDecision, json!({"contract": D3}))],
+        );
         let show = format!("show span {}", D1.to_uppercase());
         check(&show, &[(GetSpan, json!({"id": D1}))]);
         for (q, d) in [
@@ -646,7 +725,10 @@ mod tests {
             ("postpone D1 by two days", "+2d"),
             ("please extend the deadline for D1 by a week", "+7d"),
             ("set D1's deadline to 2030-01-31", "2030-01-31"),
-            ("move D1's deadline to 2030-01-31T18:00:00Z", "2030-01-31T18:00:00Z"),
+            (
+                "move D1's deadline to 2030-01-31T18:00:00Z",
+                "2030-01-31T18:00:00Z",
+            ),
             ("bring D1's deadline forward by 1 day", "-1d"),
         ] {
             check(q, &[(ProposeAmendment, amend(q, d))]);
@@ -658,9 +740,17 @@ mod tests {
         assert!(
             matches!(classify("extend D1's deadline"), Classified::Unclear(h) if h.contains("by how much"))
         );
-        assert!(matches!(classify("extend the deadline by 2 days"), Classified::Unclear(h) if h.contains("which contract")));
-        assert!(matches!(classify("what if it rained?"), Classified::Unclear(_)));
+        assert!(
+            matches!(classify("extend the deadline by 2 days"), Classified::Unclear(h) if h.contains("which contract"))
+        );
+        assert!(matches!(
+            classify("what if it rained?"),
+            Classified::Unclear(_)
+        ));
         assert_eq!(classify("hello there"), Classified::Unknown);
-        assert_eq!(classify("Write me a poem about croissants"), Classified::Unknown);
+        assert_eq!(
+            classify("Write me a poem about croissants"),
+            Classified::Unknown
+        );
     }
 }

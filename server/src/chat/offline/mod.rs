@@ -303,10 +303,10 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::chat::tools::ToolName;
     use crate::chat::blocks::EMBEDDED_ANSWER_SCHEMA;
     use crate::chat::prompt::CompiledPrompt;
     use crate::chat::provider::{ProviderConfig, ToolSpec, provider_from_config};
+    use crate::chat::tools::ToolName;
 
     fn tools() -> Vec<ToolSpec> {
         ToolName::ALL
@@ -782,5 +782,4 @@ mod tests {
         assert_eq!(a.message.tool_calls[0].id, "call_1");
         assert_eq!(a.message.tool_calls[0].name, "query_ledger");
     }
-
 }

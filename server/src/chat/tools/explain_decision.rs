@@ -131,7 +131,7 @@ fn summary(v: &ContractVersion) -> Summary {
 pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput, StoreError> {
     let reference = match non_empty("contract", &args.contract) {
         Ok(r) => r,
-        Err(e) => return Ok(e),
+        Err(e) => return Ok(ToolOutput::error(e)),
     };
     let Some(contract) = find_contract(ctx, reference).await? else {
         return Ok(ToolOutput::error(format!(

@@ -213,34 +213,34 @@ pub async fn run(ctx: &ToolContext<'_>, call: &ToolCall) -> Result<ToolOutput, S
         ToolName::QueryLedger => query_ledger::run(ctx, args).await,
         ToolName::GetSpan => match parse_args(tool, args) {
             Ok(a) => get_span::run(ctx, a).await,
-            Err(e) => Ok(e),
+            Err(e) => Ok(ToolOutput::error(e)),
         },
         ToolName::ExplainDecision => match parse_args(tool, args) {
             Ok(a) => explain_decision::run(ctx, a).await,
-            Err(e) => Ok(e),
+            Err(e) => Ok(ToolOutput::error(e)),
         },
         ToolName::ProposeAmendment => match parse_args(tool, args) {
             Ok(a) => propose_amendment::run(ctx, a).await,
-            Err(e) => Ok(e),
+            Err(e) => Ok(ToolOutput::error(e)),
         },
         ToolName::SimulateLaw => match parse_args(tool, args) {
             Ok(a) => simulate_law::run(ctx, a).await,
-            Err(e) => Ok(e),
+            Err(e) => Ok(ToolOutput::error(e)),
         },
     }
 }
 
 /// A tool's arguments as its `Args` type; serde's message names the field at fault (an
 /// unknown field also lists the allowed ones).
-fn parse_args<A: DeserializeOwned>(tool: ToolName, args: &Value) -> Result<A, ToolOutput> {
-    A::deserialize(args).map_err(|e| ToolOutput::error(format!("invalid arguments for {tool}: {e}")))
+fn parse_args<A: DeserializeOwned>(tool: ToolName, args: &Value) -> Result<A, String> {
+    A::deserialize(args).map_err(|e| format!("invalid arguments for {tool}: {e}"))
 }
 
 /// A string argument trimmed, refused when empty.
-fn non_empty<'a>(key: &str, s: &'a str) -> Result<&'a str, ToolOutput> {
+fn non_empty<'a>(key: &str, s: &'a str) -> Result<&'a str, String> {
     let s = s.trim();
     if s.is_empty() {
-        Err(ToolOutput::error(format!("`{key}` must be a non-empty string")))
+        Err(format!("`{key}` must be a non-empty string"))
     } else {
         Ok(s)
     }
@@ -364,14 +364,16 @@ mod tests {
 
     #[test]
     fn bad_arguments_name_the_field_at_fault() {
-        let e = parse_args::<get_span::Args>(ToolName::GetSpan, &json!({"id": Uuid::nil(), "sq": 1}))
-            .err()
-            .and_then(|o| o.error)
-            .unwrap_or_default();
-        assert!(e.contains("unknown field `sq`") && e.contains("`seq`"), "{e}");
+        let e =
+            parse_args::<get_span::Args>(ToolName::GetSpan, &json!({"id": Uuid::nil(), "sq": 1}))
+                .err()
+                .unwrap_or_default();
+        assert!(
+            e.contains("unknown field `sq`") && e.contains("`seq`"),
+            "{e}"
+        );
         let e = parse_args::<explain_decision::Args>(ToolName::ExplainDecision, &json!({}))
             .err()
-            .and_then(|o| o.error)
             .unwrap_or_default();
         assert!(e.contains("missing field `contract`"), "{e}");
     }

@@ -210,7 +210,7 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
         non_empty("reason", &args.reason),
     ) {
         (Ok(c), Ok(r)) => (c, r),
-        (Err(e), _) | (_, Err(e)) => return Ok(e),
+        (Err(e), _) | (_, Err(e)) => return Ok(ToolOutput::error(e)),
     };
     let Some(contract) = find_contract(ctx, reference).await? else {
         return Ok(ToolOutput::error(format!(
@@ -235,11 +235,10 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
             latest.label()
         )));
     }
-    let (after_content, changes) =
-        match amended_content(latest, &args.changes) {
-            Ok(x) => x,
-            Err(e) => return Ok(ToolOutput::error(e)),
-        };
+    let (after_content, changes) = match amended_content(latest, &args.changes) {
+        Ok(x) => x,
+        Err(e) => return Ok(ToolOutput::error(e)),
+    };
     let keys: Vec<&str> = {
         let mut k: Vec<&str> = changes
             .as_object()
@@ -297,9 +296,7 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
             before,
             after,
             summary: Some(summary),
-            requires: Some(
-                "confirmation by a party to the contract or an administrator".into(),
-            ),
+            requires: Some("confirmation by a party to the contract or an administrator".into()),
         },
         vec![contract.id, appended.id],
     );

@@ -75,7 +75,7 @@ pub struct Change {
 pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput, StoreError> {
     let law = match non_empty("law", &args.law) {
         Ok(l) => l,
-        Err(e) => return Ok(e),
+        Err(e) => return Ok(ToolOutput::error(e)),
     };
     let set = &args.set;
     if set.is_empty() {
