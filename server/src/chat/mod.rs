@@ -7,7 +7,6 @@
 
 pub mod agent;
 pub mod blocks;
-pub mod offline;
 pub mod prompt;
 pub mod proposals;
 pub mod providers;

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::offline::OfflineProvider;
 use super::ollama::OllamaProvider;
 use super::openai::OpenAiProvider;
 use super::settings::{ApiKey, ProviderSettings};
 use super::types::{Provider, ProviderError};
-use crate::chat::offline::OfflineProvider;
 
 /// Which provider to use, as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]

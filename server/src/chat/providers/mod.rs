@@ -2,13 +2,15 @@
 //! messages it exchanges ([`types`]), how an HTTP provider behaves on the wire ([`settings`]),
 //! the configuration that picks a provider and the factory that builds it ([`factory`]), and
 //! the OpenAI-compatible and Ollama implementations ([`openai`], [`ollama`]), which share one
-//! transport and call wrapper (`http`). The embedded offline provider lives in the chat
-//! module's `offline`.
+//! transport and call wrapper (`http`); and the embedded offline provider ([`offline`]), which
+//! is not a language model but recognises the supported questions and answers from typed tool
+//! results.
 //!
 //! Imports point one way: the implementations and the factory use the types, never the reverse.
 
 pub mod factory;
 mod http;
+pub mod offline;
 pub mod ollama;
 pub mod openai;
 pub mod settings;

@@ -64,7 +64,9 @@ impl Provider for InstantProvider {
                 "",
                 vec![ToolCall {
                     id: "call_1".into(),
-                    name: "explain_decision".into(),
+                    name: crate::chat::tools::ToolName::ExplainDecision
+                        .as_str()
+                        .into(),
                     arguments: json!({"contract": "D1"}),
                 }],
             ),

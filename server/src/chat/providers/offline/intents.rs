@@ -1,0 +1,756 @@
+//! Recognising a question: which of the shapes the offline provider understands it has, and
+//! the tool calls a model would make for it. A table of rules ([`RULES`]), most specific first,
+//! each a set of cue words and a reader that pulls the details (contract names, durations, a
+//! parameter and its value) out of the question; the first rule that applies decides.
+
+use serde_json::{Map, Value, json};
+
+use crate::chat::tools::{ToolName, explain_decision, get_span, propose_amendment, simulate_law};
+
+/// The law a what-if question simulates when it names none.
+const DEFAULT_LAW: &str = "midnight_deadline";
+
+/// One word of the question: punctuation trimmed, a possessive `'s` removed.
+#[derive(Debug)]
+struct Word {
+    raw: String,
+    lower: String,
+    possessive: bool,
+}
+
+const TRIM: &[char] = &[
+    '?', '!', '.', ',', ';', ':', '"', '\'', '(', ')', '[', ']', '{', '}', '`', '“', '”', '‘', '’',
+    '«', '»',
+];
+
+fn words(question: &str) -> Vec<Word> {
+    question
+        .split_whitespace()
+        .filter_map(|w| {
+            let mut w = w.trim_matches(TRIM);
+            let mut possessive = false;
+            for suffix in ["'s", "’s", "'S", "’S"] {
+                if let Some(stem) = w.strip_suffix(suffix) {
+                    w = stem.trim_matches(TRIM);
+                    possessive = true;
+                    break;
+                }
+            }
+            (!w.is_empty()).then(|| Word {
+                raw: w.to_string(),
+                lower: w.to_lowercase(),
+                possessive,
+            })
+        })
+        .collect()
+}
+
+/// `8-4-4-4-12` hex digits, as the answer schema's citation pattern wants.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// A contract name like `D1`, `D12` or `AB-7`: 1–4 letters, an optional dash, 1–6 digits.
+fn is_contract_name(s: &str) -> bool {
+    let letters = s.chars().take_while(char::is_ascii_alphabetic).count();
+    let rest = &s[letters..];
+    let digits = rest.strip_prefix('-').unwrap_or(rest);
+    (1..=4).contains(&letters)
+        && (1..=6).contains(&digits.len())
+        && digits.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Contract names and UUIDs mentioned, in order, without repeats. A name written all in lower
+/// case (`d1`) is upper-cased, the way contract names are written.
+fn contracts(ws: &[Word]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in ws {
+        let name = if is_uuid(&w.raw) {
+            w.lower.clone()
+        } else if is_contract_name(&w.raw) {
+            if w.raw == w.lower {
+                w.raw.to_uppercase()
+            } else {
+                w.raw.clone()
+            }
+        } else {
+            continue;
+        };
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+fn number_word(s: &str) -> Option<u32> {
+    const WORDS: [&str; 13] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve",
+    ];
+    match s {
+        "a" | "an" => Some(1),
+        _ => s.parse().ok().or_else(|| {
+            WORDS
+                .iter()
+                .position(|w| *w == s)
+                .and_then(|i| u32::try_from(i).ok())
+        }),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unit {
+    Hours,
+    Days,
+}
+
+fn unit(s: &str) -> Option<(Unit, u32)> {
+    match s {
+        "h" | "hr" | "hrs" | "hour" | "hours" => Some((Unit::Hours, 1)),
+        "d" | "day" | "days" => Some((Unit::Days, 1)),
+        "w" | "wk" | "wks" | "week" | "weeks" => Some((Unit::Days, 7)),
+        _ => None,
+    }
+}
+
+/// Durations mentioned (`24h`, `24 hours`, `48-hour`, `a day`, `two weeks`), each with the
+/// index of its first word. Weeks become days.
+fn durations(ws: &[Word]) -> Vec<(usize, u32, Unit)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ws.len() {
+        let w = ws[i].lower.as_str();
+        let digits = w.chars().take_while(char::is_ascii_digit).count();
+        if digits > 0 && digits < w.len() {
+            let rest = w[digits..].trim_start_matches('-');
+            if let (Ok(n), Some((u, k))) = (w[..digits].parse::<u32>(), unit(rest)) {
+                out.push((i, n.saturating_mul(k), u));
+                i += 1;
+                continue;
+            }
+        }
+        if let (Some(n), Some(next)) = (number_word(w), ws.get(i + 1))
+            && let Some((u, k)) = unit(&next.lower)
+        {
+            out.push((i, n.saturating_mul(k), u));
+            i += 2;
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+pub(super) fn span_text(n: u32, u: Unit) -> String {
+    match (n, u) {
+        (1, Unit::Hours) => "1 hour".into(),
+        (1, Unit::Days) => "1 day".into(),
+        (n, Unit::Hours) => format!("{n} hours"),
+        (n, Unit::Days) => format!("{n} days"),
+    }
+}
+
+fn unit_letter(u: Unit) -> char {
+    match u {
+        Unit::Hours => 'h',
+        Unit::Days => 'd',
+    }
+}
+
+/// A date as the user wrote it, when it is `YYYY-MM-DD` or RFC 3339.
+fn is_date(s: &str) -> bool {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+        || chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
+
+fn is_identifier(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The question shapes the offline provider understands.
+#[derive(Debug, PartialEq)]
+pub(super) enum Intent {
+    GetSpan(uuid::Uuid),
+    Simulate {
+        law: String,
+        param: String,
+        value: Value,
+    },
+    Amend {
+        contracts: Vec<String>,
+        deadline: String,
+    },
+    Guarantor {
+        amount: u32,
+        unit: Unit,
+    },
+    Explain(Vec<String>),
+    States {
+        states: Vec<&'static str>,
+        count: bool,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) enum Classified {
+    Known(Intent),
+    /// Recognised in part; the hint says what is missing.
+    Unclear(String),
+    Unknown,
+}
+
+impl Intent {
+    pub(super) fn tool(&self) -> ToolName {
+        match self {
+            Self::GetSpan(_) => ToolName::GetSpan,
+            Self::Simulate { .. } => ToolName::SimulateLaw,
+            Self::Amend { .. } => ToolName::ProposeAmendment,
+            Self::Guarantor { .. } | Self::States { .. } => ToolName::QueryLedger,
+            Self::Explain(_) => ToolName::ExplainDecision,
+        }
+    }
+
+    /// The shape's name (recorded in `provider_execution` spans).
+    pub(super) fn shape(&self) -> &'static str {
+        match self {
+            Self::Guarantor { .. } => "guarantor_silent",
+            Self::States { .. } => "contracts_by_state",
+            other => other.tool().as_str(),
+        }
+    }
+
+    /// The calls a model would make, with their arguments written by the tools' own types.
+    pub(super) fn calls(&self, question: &str) -> Vec<(ToolName, Value)> {
+        let tool = self.tool();
+        let typed = |args: Result<Value, serde_json::Error>| (tool, args.unwrap_or(Value::Null));
+        match self {
+            Self::GetSpan(id) => vec![typed(serde_json::to_value(get_span::Args {
+                id: *id,
+                seq: None,
+            }))],
+            Self::Simulate { law, param, value } => {
+                let mut set = Map::new();
+                set.insert(param.clone(), value.clone());
+                vec![typed(serde_json::to_value(simulate_law::Args {
+                    law: law.clone(),
+                    set,
+                    at: None,
+                }))]
+            }
+            Self::Amend {
+                contracts,
+                deadline,
+            } => contracts
+                .iter()
+                .map(|c| {
+                    typed(serde_json::to_value(propose_amendment::Args {
+                        contract: c.clone(),
+                        changes: json!({"deadline_at": deadline}),
+                        reason: question.trim().into(),
+                    }))
+                })
+                .collect(),
+            Self::Explain(contracts) => contracts
+                .iter()
+                .map(|c| {
+                    typed(serde_json::to_value(explain_decision::Args {
+                        contract: c.clone(),
+                    }))
+                })
+                .collect(),
+            // `query_ledger` takes a ledger `QuerySpec`, written as the JSON a model would send.
+            Self::Guarantor { amount, unit } => vec![(
+                tool,
+                json!({
+                    "entity_type": "contract",
+                    "where": [
+                        {"path": "content.guarantor.who", "op": "exists"},
+                        {"path": "content.guarantor.responded_at", "op": "missing"},
+                        {
+                            "path": "content.guarantor.requested_at",
+                            "op": "lt",
+                            "value": format!("now-{amount}{}", unit_letter(*unit)),
+                        },
+                    ],
+                    "latest_only": true,
+                    "order": "desc",
+                    "limit": 50,
+                }),
+            )],
+            Self::States { states, count } => states
+                .iter()
+                .map(|s| {
+                    let mut args = json!({
+                        "entity_type": "contract",
+                        "where": [{"path": "content.state", "op": "eq", "value": s}],
+                        "latest_only": true,
+                    });
+                    if *count && let Some(o) = args.as_object_mut() {
+                        o.insert("count".into(), json!(true));
+                    }
+                    (tool, args)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Whether any word of the question is one of `cues` (words separated by spaces).
+fn has(ws: &[Word], cues: &str) -> bool {
+    ws.iter().any(|w| cues.split(' ').any(|c| c == w.lower))
+}
+
+fn has_phrase(ws: &[Word], phrase: &[&str]) -> bool {
+    ws.windows(phrase.len())
+        .any(|win| win.iter().zip(phrase).all(|(w, p)| w.lower == *p))
+}
+
+/// A question, read once.
+struct Question {
+    ws: Vec<Word>,
+    /// Contract names and UUIDs mentioned.
+    named: Vec<String>,
+}
+
+/// The rules, most specific first: the first that applies classifies the question.
+const RULES: [fn(&Question) -> Option<Classified>; 6] = [
+    show_span,
+    what_if,
+    change_deadline,
+    silent_guarantors,
+    explain,
+    by_state,
+];
+
+/// Sorts a question into one of the shapes.
+pub(super) fn classify(question: &str) -> Classified {
+    let ws = words(question);
+    let q = Question {
+        named: contracts(&ws),
+        ws,
+    };
+    RULES
+        .iter()
+        .find_map(|rule| rule(&q))
+        .unwrap_or(Classified::Unknown)
+}
+
+const SHOW_VERBS: &str = "show get open display fetch print";
+const NOT_SHOW: &str = "why explain happened decision decided";
+
+/// show/get span <uuid>: a UUID, the word `span` or a leading verb, and no why-question.
+fn show_span(q: &Question) -> Option<Classified> {
+    let ws = &q.ws;
+    let id = ws.iter().find(|w| is_uuid(&w.raw))?;
+    let cued = has(ws, "span") || has(&ws[..ws.len().min(1)], SHOW_VERBS);
+    (cued && !has(ws, NOT_SHOW))
+        .then(|| {
+            id.lower
+                .parse()
+                .ok()
+                .map(|id| Classified::Known(Intent::GetSpan(id)))
+        })
+        .flatten()
+}
+
+/// what if <param> were N, simulate <law> with <param>=N.
+fn what_if(q: &Question) -> Option<Classified> {
+    (has_phrase(&q.ws, &["what", "if"]) || has(&q.ws, "simulate simulation what-if"))
+        .then(|| simulate(&q.ws))
+}
+
+const AMEND_VERBS: &str =
+    "extend push postpone delay move set change shift bring pull give shorten update add prolong";
+
+/// extend/postpone the deadline of X by N days, set X's deadline to <date>.
+fn change_deadline(q: &Question) -> Option<Classified> {
+    let ws = &q.ws;
+    let deadline_word = has(ws, "deadline deadlines due");
+    (has(ws, AMEND_VERBS) && (deadline_word || has(ws, "extend postpone delay")))
+        .then(|| amend(ws, q.named.clone()))
+}
+
+const GUARANTOR: &str = "guarantor guarantors surety";
+const NO_RESPONSE: &str = "respond responded response answer answered reply replied confirm \
+    confirmed silent pending waiting unanswered ignored not no never hasn't haven't didn't hasnt \
+    havent didnt yet";
+
+/// contracts whose guarantor has not responded within N hours/days (24 hours by default).
+fn silent_guarantors(q: &Question) -> Option<Classified> {
+    let ws = &q.ws;
+    (has(ws, GUARANTOR) && has(ws, NO_RESPONSE)).then(|| {
+        let (amount, unit) = durations(ws)
+            .first()
+            .map_or((24, Unit::Hours), |&(_, n, u)| (n, u));
+        Classified::Known(Intent::Guarantor { amount, unit })
+    })
+}
+
+const EXPLAIN_CUES: &str = "why explain explanation happened happen reason reasons decided \
+    decision decisions status tell about what was is did got get terminated held accepted voided";
+
+/// why was X terminated, what happened to X, explain X: a contract named and a cue.
+fn explain(q: &Question) -> Option<Classified> {
+    (!q.named.is_empty() && has(&q.ws, EXPLAIN_CUES))
+        .then(|| Classified::Known(Intent::Explain(q.named.clone())))
+}
+
+/// which contracts are terminated, how many contracts are open.
+fn by_state(q: &Question) -> Option<Classified> {
+    let ws = &q.ws;
+    let mut states: Vec<&'static str> = Vec::new();
+    for w in ws {
+        let s = match w.lower.as_str() {
+            "terminated" | "terminate" | "termination" | "terminations" => "terminated",
+            "open" | "opened" => "open",
+            "held" | "hold" => "held",
+            "accepted" | "accept" | "acceptance" => "accepted",
+            "void" | "voided" => "void",
+            _ => continue,
+        };
+        if !states.contains(&s) {
+            states.push(s);
+        }
+    }
+    let listed = has(ws, "contract contracts") || has(ws, "which list show what many");
+    (!states.is_empty() && listed).then(|| {
+        let count = has_phrase(ws, &["how", "many"]) || has(ws, "count number");
+        Classified::Known(Intent::States { states, count })
+    })
+}
+
+fn simulate(ws: &[Word]) -> Classified {
+    const FILLER: &[&str] = &[
+        "we", "you", "i", "they", "the", "a", "an", "set", "change", "changed", "raise", "raised",
+        "lower", "lowered", "its", "law", "with", "of",
+    ];
+    const VERBS: &[&str] = &[
+        "were", "was", "is", "are", "be", "equals", "equal", "=", "to", "became", "becomes",
+    ];
+    let unclear = || {
+        Classified::Unclear(
+            "I understood a what-if question, but not which parameter should take which value; \
+             ask it like \"what if the quorum were 3?\"."
+                .into(),
+        )
+    };
+    let mut law: Option<String> = None;
+    let mut param: Option<String> = None;
+    let mut value: Option<Value> = None;
+
+    // `quorum=3`, written as one word.
+    for w in ws {
+        if let Some((k, v)) = w.lower.split_once('=')
+            && is_identifier(k)
+            && !v.is_empty()
+        {
+            param = Some(k.to_string());
+            value = Some(parse_value(v));
+        }
+    }
+    // Law names: possessive identifiers, snake_case identifiers, the word after `law`/`under`.
+    for (i, w) in ws.iter().enumerate() {
+        let after_law = i > 0 && ["law", "under"].contains(&ws[i - 1].lower.as_str());
+        if is_identifier(&w.lower)
+            && (w.lower.contains('_') || w.possessive || after_law)
+            && !FILLER.contains(&w.lower.as_str())
+            && !VERBS.contains(&w.lower.as_str())
+            && !["if", "what", "which", "the"].contains(&w.lower.as_str())
+        {
+            law = Some(w.lower.clone());
+            break;
+        }
+    }
+    if param.is_none() {
+        let anchor = ws
+            .iter()
+            .position(|w| w.lower == "if")
+            .or_else(|| ws.iter().position(|w| w.lower == "with"));
+        if let Some(a) = anchor {
+            let mut name: Vec<&str> = Vec::new();
+            let mut i = a + 1;
+            while let Some(w) = ws.get(i) {
+                let l = w.lower.as_str();
+                if VERBS.contains(&l) || number_word(l).is_some_and(|_| l != "a" && l != "an") {
+                    break;
+                }
+                let is_law = law.as_deref() == Some(l);
+                if !FILLER.contains(&l) && !is_law {
+                    name.push(l);
+                }
+                i += 1;
+            }
+            if VERBS.contains(&ws.get(i).map_or("", |w| w.lower.as_str())) {
+                i += 1;
+            }
+            if let Some(v) = ws.get(i)
+                && !name.is_empty()
+                && name.len() <= 3
+                && name.iter().all(|n| is_identifier(n))
+            {
+                param = Some(name.join("_"));
+                value = Some(parse_value(&v.lower));
+            }
+        }
+    }
+    match (param, value) {
+        (Some(param), Some(value)) if law.as_deref() != Some(param.as_str()) => {
+            Classified::Known(Intent::Simulate {
+                law: law.unwrap_or_else(|| DEFAULT_LAW.into()),
+                param,
+                value,
+            })
+        }
+        _ => unclear(),
+    }
+}
+
+fn parse_value(s: &str) -> Value {
+    if let Ok(n) = s.parse::<i64>() {
+        return json!(n);
+    }
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+    {
+        return json!(f);
+    }
+    match s {
+        "true" | "yes" => json!(true),
+        "false" | "no" => json!(false),
+        _ => number_word(s)
+            .filter(|_| s != "a" && s != "an")
+            .map_or_else(|| json!(s), |n| json!(n)),
+    }
+}
+
+fn amend(ws: &[Word], named: Vec<String>) -> Classified {
+    if named.is_empty() {
+        return Classified::Unclear(
+            "I understood that you want to change a deadline, but not of which contract; name it \
+             like \"extend D1's deadline by 3 days\"."
+                .into(),
+        );
+    }
+    let earlier = has(ws, "earlier sooner shorten forward advance reduce");
+    let ds = durations(ws);
+    // Prefer the duration right after `by`; otherwise the first one mentioned.
+    let by = ds
+        .iter()
+        .find(|(i, _, _)| *i > 0 && ws[*i - 1].lower == "by")
+        .or_else(|| ds.first());
+    let deadline = if let Some(&(_, n, u)) = by.filter(|(_, n, _)| *n > 0) {
+        Some(format!(
+            "{}{n}{}",
+            if earlier { '-' } else { '+' },
+            unit_letter(u)
+        ))
+    } else {
+        ws.iter().find(|w| is_date(&w.raw)).map(|w| w.raw.clone())
+    };
+    match deadline {
+        Some(deadline) => Classified::Known(Intent::Amend {
+            contracts: named,
+            deadline,
+        }),
+        None => Classified::Unclear(format!(
+            "I understood that you want to change the deadline of {}, but not by how much; say \
+             e.g. \"extend {}'s deadline by 3 days\" or \"set {}'s deadline to 2030-01-31\".",
+            named.join(", "),
+            named[0],
+            named[0]
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "0195a1b2-0000-7000-8000-000000000001";
+    const D3: &str = "0195a1b2-0000-7000-8000-000000000003";
+
+    fn guarantor(within: &str) -> Value {
+        json!({
+            "entity_type": "contract",
+            "where": [
+                {"path": "content.guarantor.who", "op": "exists"},
+                {"path": "content.guarantor.responded_at", "op": "missing"},
+                {"path": "content.guarantor.requested_at", "op": "lt", "value": within},
+            ],
+            "latest_only": true, "order": "desc", "limit": 50,
+        })
+    }
+
+    fn state(s: &str, count: bool) -> Value {
+        let mut q = json!({"entity_type": "contract",
+            "where": [{"path": "content.state", "op": "eq", "value": s}], "latest_only": true});
+        if count {
+            q["count"] = json!(true);
+        }
+        q
+    }
+
+    fn amend(q: &str, deadline: &str) -> Value {
+        json!({"contract": "D1", "changes": {"deadline_at": deadline}, "reason": q})
+    }
+
+    fn check(q: &str, want: &[(ToolName, Value)]) {
+        let Classified::Known(intent) = classify(q) else {
+            panic!("{q}: not recognised");
+        };
+        assert_eq!(intent.calls(q), want, "{q}");
+    }
+
+    /// Question by question: the tool each one calls and the arguments it sends.
+    #[test]
+    fn each_question_makes_the_calls_a_model_would() {
+        use ToolName::*;
+        let explain_d1 = (ExplainDecision, json!({"contract": "D1"}));
+        let cases: Vec<(&str, Vec<(ToolName, Value)>)> = vec![
+            ("why was D1 terminated?", vec![explain_d1.clone()]),
+            ("Why did D1 get terminated", vec![explain_d1.clone()]),
+            ("what happened to D1?", vec![explain_d1.clone()]),
+            ("Explain the decision on d1.", vec![explain_d1.clone()]),
+            ("why was D1's contract held", vec![explain_d1.clone()]),
+            (
+                "why were D1 and D4 terminated?",
+                vec![explain_d1, (ExplainDecision, json!({"contract": "D4"}))],
+            ),
+            (
+                "Which contracts have a guarantor who didn't respond within 24h?",
+                vec![(QueryLedger, guarantor("now-24h"))],
+            ),
+            (
+                "contracts where the guarantor hasn't answered",
+                vec![(QueryLedger, guarantor("now-24h"))],
+            ),
+            (
+                "guarantors that haven't responded in 48 hours",
+                vec![(QueryLedger, guarantor("now-48h"))],
+            ),
+            (
+                "Show contracts whose guarantor did not reply in 2 days",
+                vec![(QueryLedger, guarantor("now-2d"))],
+            ),
+            (
+                "which guarantors are silent for a week",
+                vec![(QueryLedger, guarantor("now-7d"))],
+            ),
+            (
+                "Which contracts are terminated?",
+                vec![(QueryLedger, state("terminated", false))],
+            ),
+            (
+                "how many contracts are open?",
+                vec![(QueryLedger, state("open", true))],
+            ),
+            (
+                "list held contracts",
+                vec![(QueryLedger, state("held", false))],
+            ),
+            (
+                "show me the contracts on hold",
+                vec![(QueryLedger, state("held", false))],
+            ),
+            (
+                "which contracts were accepted",
+                vec![(QueryLedger, state("accepted", false))],
+            ),
+            (
+                "List void contracts",
+                vec![(QueryLedger, state("void", false))],
+            ),
+            (
+                "which contracts are terminated or held?",
+                vec![
+                    (QueryLedger, state("terminated", false)),
+                    (QueryLedger, state("held", false)),
+                ],
+            ),
+            (
+                "What if the quorum were 3?",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
+                )],
+            ),
+            (
+                "if the quorum was 3 which contracts would change? what if",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
+                )],
+            ),
+            (
+                "what if the grace hours were 6 under law late_delivery",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "late_delivery", "set": {"grace_hours": 6}}),
+                )],
+            ),
+            (
+                "simulate midnight_deadline with quorum=1",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "midnight_deadline", "set": {"quorum": 1}}),
+                )],
+            ),
+            (
+                "what if loan_return's quorum were two?",
+                vec![(
+                    SimulateLaw,
+                    json!({"law": "loan_return", "set": {"quorum": 2}}),
+                )],
+            ),
+        ];
+        for (q, want) in cases {
+            check(q, &want);
+        }
+        check(
+            &format!("explain {D3}"),
+            &[(ExplainDecision, json!({"contract": D3}))],
+        );
+        let show = format!("show span {}", D1.to_uppercase());
+        check(&show, &[(GetSpan, json!({"id": D1}))]);
+        for (q, d) in [
+            ("extend D1's deadline by 3 days", "+3d"),
+            ("Push the deadline of D1 by 12 hours.", "+12h"),
+            ("postpone D1 by two days", "+2d"),
+            ("please extend the deadline for D1 by a week", "+7d"),
+            ("set D1's deadline to 2030-01-31", "2030-01-31"),
+            (
+                "move D1's deadline to 2030-01-31T18:00:00Z",
+                "2030-01-31T18:00:00Z",
+            ),
+            ("bring D1's deadline forward by 1 day", "-1d"),
+        ] {
+            check(q, &[(ProposeAmendment, amend(q, d))]);
+        }
+    }
+
+    #[test]
+    fn unclear_requests_say_what_is_missing() {
+        assert!(
+            matches!(classify("extend D1's deadline"), Classified::Unclear(h) if h.contains("by how much"))
+        );
+        assert!(
+            matches!(classify("extend the deadline by 2 days"), Classified::Unclear(h) if h.contains("which contract"))
+        );
+        assert!(matches!(
+            classify("what if it rained?"),
+            Classified::Unclear(_)
+        ));
+        assert_eq!(classify("hello there"), Classified::Unknown);
+        assert_eq!(
+            classify("Write me a poem about croissants"),
+            Classified::Unknown
+        );
+    }
+}

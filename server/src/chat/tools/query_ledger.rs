@@ -1,0 +1,92 @@
+//! `query_ledger`: find, count or group the spans the caller may see. Its arguments are a
+//! [`QuerySpec`] (closed field and operator lists, binds only), whose parser and JSON schema
+//! live in `ledger::spec`.
+
+use ledger::StoreError;
+use ledger::spec::{QuerySpec, SpecResult};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{SpanBrief, ToolContext, ToolOutput};
+
+pub(super) const DESCRIPTION: &str = "Find spans in the ledger you may see: filter by entity type, status, \
+    who/did/this, name, time range and conditions on content fields; newest versions \
+    only by default; or count them, or count them per group. Read-only.";
+
+pub(super) fn schema() -> Value {
+    QuerySpec::json_schema()
+}
+
+/// What a query returns: rows, a count, or counts per group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Output {
+    Rows {
+        spans: Vec<SpanBrief>,
+        #[serde(default)]
+        returned: usize,
+        /// More matched than the limit.
+        #[serde(default)]
+        truncated: bool,
+    },
+    Count {
+        count: i64,
+    },
+    Groups {
+        groups: Vec<Group>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Group {
+    /// The group's value (null when the field is missing).
+    pub key: Value,
+    pub count: i64,
+}
+
+pub(super) async fn run(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutput, StoreError> {
+    let spec = match QuerySpec::from_json(args, ctx.now) {
+        Ok(s) => s,
+        Err(e) => return Ok(ToolOutput::error(format!("invalid query: {e}"))),
+    };
+    let out = match ctx.store.query_spec(ctx.principal, &spec).await {
+        Ok(r) => r,
+        Err(StoreError::Input(e)) => return Ok(ToolOutput::error(format!("invalid query: {e}"))),
+        Err(e) => return Err(e),
+    };
+    Ok(match out {
+        SpecResult::Rows { spans, truncated } => {
+            let mut rows = Vec::with_capacity(spans.len());
+            let mut ids = Vec::with_capacity(spans.len());
+            for s in &spans {
+                match s.to_view() {
+                    Ok(v) => {
+                        let brief = SpanBrief::of(&v);
+                        ids.extend(brief.id);
+                        rows.push(brief);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "query_ledger: unreadable span skipped"),
+                }
+            }
+            let returned = rows.len();
+            ToolOutput::ok(
+                &Output::Rows {
+                    spans: rows,
+                    returned,
+                    truncated,
+                },
+                ids,
+            )
+        }
+        SpecResult::Count(count) => ToolOutput::ok(&Output::Count { count }, Vec::new()),
+        SpecResult::Groups(groups) => ToolOutput::ok(
+            &Output::Groups {
+                groups: groups
+                    .into_iter()
+                    .map(|(key, count)| Group { key, count })
+                    .collect(),
+            },
+            Vec::new(),
+        ),
+    })
+}
