@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 use server::chat::agent::{Agent, BREAKER_TEXT, MemoryMode, Outcome, TurnRequest, TurnResult};
 use server::chat::openai::OpenAiProvider;
 use server::chat::{ApiKey, SpanWriter};
-use support::fake_llm::{FakeLlm, Reply, openai};
-use support::{fast_settings, store};
+use support::fast_settings;
+use testkit::fake_llm::{FakeLlm, Reply, openai};
+use testkit::{Backend, Fixture};
 use uuid::Uuid;
 
 const TENANT: &str = "demo";
@@ -32,7 +33,7 @@ struct Setup {
 }
 
 async fn setup(replies: Vec<Reply>) -> Setup {
-    let (dir, store) = store().await;
+    let Fixture { dir, store } = Fixture::empty(Backend::Sqlite).await;
     server::cli_governance::seed_demo(store.as_ref(), TENANT, Utc::now())
         .await
         .unwrap();
