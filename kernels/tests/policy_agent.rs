@@ -13,7 +13,7 @@ use kernels::stage0;
 use ledger::store::{self, Store};
 use ledger::{Appended, Draft, Filter, Principal};
 use serde_json::{Value, json};
-use testkit::{Backend, Fixture};
+use testkit::{Backend, Fixture, postgres};
 use uuid::Uuid;
 
 testkit::both_stores!(

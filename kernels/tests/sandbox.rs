@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use kernels::sandbox::{Host, LedgerHost, Limits, RunError, RunOutput, Sandbox, filter_from_spec};
-use ledger::crypto::NodeKey;
 use ledger::store::{self, Store};
 use ledger::{Filter, Principal};
 use serde_json::{Value, json};
