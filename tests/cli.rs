@@ -1,20 +1,17 @@
 //! End-to-end tests of the `logline` binary: every test runs the real executable as a user
 //! would, against the embedded SQLite store (a temporary data dir) and against PostgreSQL (a
-//! fresh database from `support/pg.rs` plus a temporary data dir for the node key).
+//! fresh database from `testkit::pg` plus a temporary data dir for the node key).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pg.rs"]
-mod pg;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use sqlx::Connection;
+use testkit::{Backend, Ledger, Run, finish};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_logline");
@@ -24,120 +21,41 @@ const MANIFEST_ID: &str = "00000000-0000-7000-8000-6d616e696673";
 const USER: &str = "ana";
 const TENANT: &str = "bakery";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// One ledger under test: a data dir (the embedded store and the node key) and, for
-/// PostgreSQL, the URL of a fresh database of its own.
-struct Ledger {
-    dir: tempfile::TempDir,
-    url: Option<String>,
-}
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    /// Asserts exit 0 and returns stdout.
-    fn ok(&self) -> &str {
-        assert!(
-            self.success(),
-            "logline failed (exit {:?})\n--- stdout\n{}\n--- stderr\n{}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        &self.stdout
-    }
-
-    /// Stdout and stderr together, for checking messages wherever they were printed.
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-
-    /// Stdout as NDJSON values.
-    fn ndjson(&self) -> Vec<Value> {
-        ndjson(&self.stdout)
-    }
-}
-
-fn ndjson(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-impl Ledger {
-    async fn new(backend: Backend) -> Self {
-        let url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(pg::fresh_database().await),
-        };
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            url,
-        }
-    }
-
-    fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn key_path(&self) -> PathBuf {
-        self.data_dir().join("node.key")
-    }
-
-    fn command(&self, user: &str, tenant: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        for var in [
-            "LOGLINE_DATA_DIR",
-            "LOGLINE_DATABASE_URL",
-            "LOGLINE_USER",
-            "LOGLINE_TENANT",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.arg("--data-dir").arg(self.data_dir());
-        if let Some(url) = &self.url {
-            cmd.arg("--database-url").arg(url);
-        }
-        cmd.args(["--as", user, "--tenant", tenant]).args(args);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
+/// What these tests do with a ledger, through the binary.
+trait Cli {
+    fn command(&self, user: &str, tenant: &str, args: &[&str]) -> Command;
     /// Starts the binary without waiting for it.
+    fn spawn_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Child;
+    fn run_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Run;
+    /// Runs as ana of tenant bakery.
+    fn run(&self, args: &[&str], stdin: &str) -> Run;
+    fn init(&self) -> Run;
+    /// `add --format ndjson` as a given principal; returns the per-line results.
+    fn add_as(&self, user: &str, tenant: &str, spans: &[Value]) -> (Run, Vec<Value>);
+    /// Appends spans as ana@bakery, all of which must be accepted; returns their results.
+    fn add_ok(&self, spans: &[Value]) -> Vec<Value>;
+    /// `query --format ndjson` plus extra filters, as a principal.
+    fn query_as(&self, user: &str, tenant: &str, filters: &[&str]) -> Vec<Value>;
+    fn get_as(&self, user: &str, tenant: &str, id: &str) -> Run;
+    /// `verify --format json`: (exit code success, report).
+    fn verify_json(&self) -> (bool, Value);
+    /// The span count of one tenant's chain according to `verify --format json`.
+    fn chain_len(&self, tenant: &str) -> i64;
+}
+
+impl Cli for Ledger {
+    fn command(&self, user: &str, tenant: &str, args: &[&str]) -> Command {
+        self.logline_as(BIN, user, tenant, args)
+    }
+
     fn spawn_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Child {
-        let mut child = self.command(user, tenant, args).spawn().unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        let input = stdin.to_string();
-        // A writer thread, so a large input never deadlocks against the child's output.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(input.as_bytes());
-        });
-        child
+        testkit::spawn(self.command(user, tenant, args), stdin)
     }
 
     fn run_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Run {
         finish(self.spawn_as(user, tenant, args, stdin))
     }
 
-    /// Runs as ana of tenant bakery.
     fn run(&self, args: &[&str], stdin: &str) -> Run {
         self.run_as(USER, TENANT, args, stdin)
     }
@@ -148,7 +66,6 @@ impl Ledger {
         r
     }
 
-    /// `add --format ndjson` as a given principal; returns the per-line results.
     fn add_as(&self, user: &str, tenant: &str, spans: &[Value]) -> (Run, Vec<Value>) {
         let r = self.run_as(
             user,
@@ -160,7 +77,6 @@ impl Ledger {
         (r, results)
     }
 
-    /// Appends spans as ana@bakery, all of which must be accepted; returns their results.
     fn add_ok(&self, spans: &[Value]) -> Vec<Value> {
         let (r, results) = self.add_as(USER, TENANT, spans);
         r.ok();
@@ -175,7 +91,6 @@ impl Ledger {
         results
     }
 
-    /// `query --format ndjson` plus extra filters, as a principal.
     fn query_as(&self, user: &str, tenant: &str, filters: &[&str]) -> Vec<Value> {
         let mut args = vec!["query", "--format", "ndjson", "--limit", "1000"];
         args.extend_from_slice(filters);
@@ -188,7 +103,6 @@ impl Ledger {
         self.run_as(user, tenant, &["get", id], "")
     }
 
-    /// `verify --format json`: (exit code success, report).
     fn verify_json(&self) -> (bool, Value) {
         let r = self.run(&["verify", "--format", "json"], "");
         let report: Value = serde_json::from_str(r.stdout.trim())
@@ -196,20 +110,10 @@ impl Ledger {
         (r.success(), report)
     }
 
-    /// The span count of one tenant's chain according to `verify --format json`.
     fn chain_len(&self, tenant: &str) -> i64 {
         let (ok, report) = self.verify_json();
         assert!(ok, "verify failed: {report}");
         tenant_report(&report, tenant)["spans"].as_i64().unwrap()
-    }
-}
-
-fn finish(child: Child) -> Run {
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -250,23 +154,7 @@ fn id_of(result: &Value) -> String {
     result["id"].as_str().unwrap().to_string()
 }
 
-/// Runs a behaviour as one test per store: `name::sqlite` and `name::postgres`.
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-both_stores!(
+testkit::both_stores!(
     init_creates_a_private_node_key_and_a_manifest_and_never_exports_the_key,
     add_reads_stdin_and_files_and_reports_every_line,
     add_refuses_bad_lines_precisely_by_line_number_and_keeps_the_good_ones,

@@ -3,42 +3,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pg.rs"]
-mod pg;
-
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use testkit::{Backend, Ledger};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logline");
 const TENANT: &str = "demo";
 
-struct Ledger {
-    dir: tempfile::TempDir,
-    url: Option<String>,
+/// What these tests do with a ledger: run the binary configured through the environment.
+trait Governance {
+    fn run(&self, args: &[&str]) -> String;
+    fn query(&self, entity_type: &str) -> Vec<Value>;
+    /// Spans in the demo tenant's chain.
+    fn spans(&self) -> u64;
 }
 
-impl Ledger {
-    async fn sqlite() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            url: None,
-        }
-    }
-
-    async fn postgres() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            url: Some(pg::fresh_database().await),
-        }
-    }
-
+impl Governance for Ledger {
     fn run(&self, args: &[&str]) -> String {
         let mut c = Command::new(BIN);
         c.args(args)
             .env_remove("LOGLINE_DATABASE_URL")
-            .env("LOGLINE_DATA_DIR", self.dir.path().join("data"))
+            .env("LOGLINE_DATA_DIR", self.data_dir().join("data"))
             .env("LOGLINE_USER", "auditor")
             .env("LOGLINE_TENANT", TENANT)
             .env_remove("LOGLINE_JWT_SECRET")
@@ -73,16 +59,11 @@ impl Ledger {
             .clone()
     }
 
-    /// Spans in the demo tenant's chain.
     fn spans(&self) -> u64 {
         let out = self.run(&["verify", "--only-tenant", TENANT, "--format", "json"]);
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["ok"], true, "{v}");
         v["tenants"][0]["spans"].as_u64().unwrap()
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
@@ -148,22 +129,22 @@ async fn demo_seed_terminates_d1_citing_midnight_deadline(l: Ledger) {
     assert!(again.contains("spans written: 0"), "{again}");
     assert!(again.contains("already there"), "{again}");
     assert_eq!(l.spans(), before);
-    let _ = l.dir();
+    let _ = l.data_dir();
 }
 
 #[tokio::test]
 async fn demo_seed_then_d1_is_terminated_with_a_decision_citing_midnight_deadline() {
-    demo_seed_terminates_d1_citing_midnight_deadline(Ledger::sqlite().await).await;
+    demo_seed_terminates_d1_citing_midnight_deadline(Ledger::new(Backend::Sqlite).await).await;
 }
 
 #[tokio::test]
 async fn demo_seed_on_postgres_then_d1_is_terminated_with_a_decision_citing_midnight_deadline() {
-    demo_seed_terminates_d1_citing_midnight_deadline(Ledger::postgres().await).await;
+    demo_seed_terminates_d1_citing_midnight_deadline(Ledger::new(Backend::Postgres).await).await;
 }
 
 #[tokio::test]
 async fn ruler_run_prints_the_utc_instant_and_the_counts_and_is_idempotent() {
-    let l = Ledger::sqlite().await;
+    let l = Ledger::new(Backend::Sqlite).await;
     l.run(&["demo", "seed"]);
     let ruled: Vec<Value> = l.query("demo_seed");
     let m = ruled[0]["content"]["ruled_at"]
@@ -198,7 +179,7 @@ async fn ruler_run_prints_the_utc_instant_and_the_counts_and_is_idempotent() {
     assert_eq!(v["laws"][0]["scheduled_at"], "2027-03-28T22:00:00Z");
     let bad = Command::new(BIN)
         .args(["ruler", "run", "--at", "tomorrow"])
-        .env("LOGLINE_DATA_DIR", l.dir().join("data"))
+        .env("LOGLINE_DATA_DIR", l.data_dir().join("data"))
         .output()
         .unwrap();
     assert!(!bad.status.success());
@@ -207,7 +188,7 @@ async fn ruler_run_prints_the_utc_instant_and_the_counts_and_is_idempotent() {
 
 #[tokio::test]
 async fn law_simulate_prints_the_changed_contracts_and_leaves_the_ledger_unchanged() {
-    let l = Ledger::sqlite().await;
+    let l = Ledger::new(Backend::Sqlite).await;
     l.run(&["demo", "seed"]);
     let before = l.spans();
     let decisions = l.query("law.decision").len();

@@ -1,20 +1,17 @@
 //! End-to-end tests of the manifest, Stage-0 and `run_code` through the real `logline` binary,
 //! against the embedded SQLite store (a temporary data dir) and PostgreSQL (a fresh database
-//! from `support/pg.rs` plus a temporary data dir for the node key).
+//! from `testkit::pg` plus a temporary data dir for the node key).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pg.rs"]
-mod pg;
-
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use sqlx::Connection;
+use testkit::{Backend, Ledger, Run, finish};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logline");
 const MANIFEST_ID: &str = "00000000-0000-7000-8000-6d616e696673";
@@ -33,90 +30,42 @@ const RUNNING: [&str; 6] = [
 const USER: &str = "ana";
 const TENANT: &str = "bakery";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
+/// An initialised ledger on `backend`.
+async fn ledger(backend: Backend) -> Ledger {
+    let l = Ledger::new(backend).await;
+    l.run(&["init"]).ok();
+    l
 }
 
-struct Ledger {
-    dir: tempfile::TempDir,
-    url: Option<String>,
+/// What these tests do with a ledger, through the binary.
+trait Kernels {
+    fn command(&self, user: &str, tenant: &str, args: &[&str]) -> Command;
+    fn spawn_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Child;
+    fn run_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Run;
+    fn run(&self, args: &[&str]) -> Run;
+    /// `kernels status --format json`: (exit success, report).
+    fn status(&self) -> (bool, Value);
+    fn kernel(&self, report: &Value, id: &str) -> Value;
+    /// Spans of one entity type as a principal sees them.
+    fn query_as(&self, user: &str, tenant: &str, entity_type: &str) -> Vec<Value>;
+    /// The system tenant's boot events (kernel and boot_event spans are visible to it only).
+    fn boot_events(&self) -> Vec<Value>;
+    /// Appends a tenant-visible `function` span as `user`@bakery; returns its id.
+    fn function(&self, user: &str, source: &str) -> String;
+    /// Appends a tenant-visible `function` span as `user`@`tenant`; returns its id.
+    fn function_in(&self, user: &str, tenant: &str, source: &str) -> String;
+    /// Runs SQL behind the ledger's back: on the SQLite file (statements in order), or as
+    /// superuser on the PostgreSQL database with triggers disabled.
+    async fn raw_sql(&self, sqlite: &[String], pg: &str) -> Result<u64>;
 }
 
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "logline failed\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout,
-            self.stderr
-        );
-        &self.stdout
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-}
-
-impl Ledger {
-    async fn new(backend: Backend) -> Self {
-        let url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(pg::fresh_database().await),
-        };
-        let l = Self {
-            dir: tempfile::tempdir().unwrap(),
-            url,
-        };
-        l.run(&["init"]).ok();
-        l
-    }
-
-    fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
+impl Kernels for Ledger {
     fn command(&self, user: &str, tenant: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        for var in [
-            "LOGLINE_DATA_DIR",
-            "LOGLINE_DATABASE_URL",
-            "LOGLINE_USER",
-            "LOGLINE_TENANT",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.arg("--data-dir").arg(self.data_dir());
-        if let Some(url) = &self.url {
-            cmd.arg("--database-url").arg(url);
-        }
-        cmd.args(["--as", user, "--tenant", tenant]).args(args);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
+        self.logline_as(BIN, user, tenant, args)
     }
 
     fn spawn_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Child {
-        let mut child = self.command(user, tenant, args).spawn().unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        let input = stdin.to_string();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = pipe.write_all(input.as_bytes());
-        });
-        child
+        testkit::spawn(self.command(user, tenant, args), stdin)
     }
 
     fn run_as(&self, user: &str, tenant: &str, args: &[&str], stdin: &str) -> Run {
@@ -127,7 +76,6 @@ impl Ledger {
         self.run_as(USER, TENANT, args, "")
     }
 
-    /// `kernels status --format json`: (exit success, report).
     fn status(&self) -> (bool, Value) {
         let r = self.run(&["kernels", "status", "--format", "json"]);
         (r.code == Some(0), r.json())
@@ -143,7 +91,6 @@ impl Ledger {
             .clone()
     }
 
-    /// Spans of one entity type as a principal sees them.
     fn query_as(&self, user: &str, tenant: &str, entity_type: &str) -> Vec<Value> {
         let r = self.run_as(
             user,
@@ -165,17 +112,14 @@ impl Ledger {
             .collect()
     }
 
-    /// The system tenant's boot events (kernel and boot_event spans are visible to it only).
     fn boot_events(&self) -> Vec<Value> {
         self.query_as("node", "system", "boot_event")
     }
 
-    /// Appends a tenant-visible `function` span as `user`@bakery; returns its id.
     fn function(&self, user: &str, source: &str) -> String {
         self.function_in(user, TENANT, source)
     }
 
-    /// Appends a tenant-visible `function` span as `user`@`tenant`; returns its id.
     fn function_in(&self, user: &str, tenant: &str, source: &str) -> String {
         let span = json!({
             "entity_type": "function", "name": "f", "visibility": "tenant",
@@ -193,8 +137,6 @@ impl Ledger {
         result["id"].as_str().unwrap().to_string()
     }
 
-    /// Runs SQL behind the ledger's back: on the SQLite file (statements in order), or as
-    /// superuser on the PostgreSQL database with triggers disabled.
     async fn raw_sql(&self, sqlite: &[String], pg: &str) -> Result<u64> {
         match &self.url {
             None => {
@@ -227,31 +169,7 @@ impl Ledger {
     }
 }
 
-fn finish(child: Child) -> Run {
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-both_stores!(
+testkit::both_stores!(
     manifest_set_appends_a_new_signed_seq_and_show_prints_it,
     init_seeds_six_kernel_spans_that_stage0_verifies,
     a_tampered_kernel_span_is_refused_with_a_boot_event_naming_why,
@@ -266,7 +184,7 @@ both_stores!(
 // manifest ----------------------------------------------------------------------------------
 
 async fn manifest_set_appends_a_new_signed_seq_and_show_prints_it(backend: Backend) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     let first = l.run(&["manifest", "show"]).json();
     ensure!(
         first["id"] == json!(MANIFEST_ID) && first["seq"] == json!(0),
@@ -345,7 +263,7 @@ async fn manifest_set_appends_a_new_signed_seq_and_show_prints_it(backend: Backe
 // Stage-0 -----------------------------------------------------------------------------------
 
 async fn init_seeds_six_kernel_spans_that_stage0_verifies(backend: Backend) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     let (ok, report) = l.status();
     ensure!(ok, "{report}");
     let kernels = report["kernels"].as_array().context("kernels")?;
@@ -404,7 +322,7 @@ async fn init_seeds_six_kernel_spans_that_stage0_verifies(backend: Backend) -> R
 async fn a_tampered_kernel_span_is_refused_with_a_boot_event_naming_why(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     let replace = r#"replace(body, '"interval_ms":1000', '"interval_ms":1')"#;
     let changed = l
         .raw_sql(
@@ -465,7 +383,7 @@ async fn a_tampered_kernel_span_is_refused_with_a_boot_event_naming_why(
 async fn an_unlisted_kernel_does_not_start_and_the_refusal_is_recorded(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     let listed: Vec<String> = ["1", "2", "3", "5", "6"]
         .iter()
         .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
@@ -508,7 +426,7 @@ async fn an_unlisted_kernel_does_not_start_and_the_refusal_is_recorded(
 async fn logline_run_returns_the_function_output_in_an_execution_span(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     let f = l.function(
         USER,
         r#"function main(input, ctx) {
@@ -561,7 +479,7 @@ async fn logline_run_returns_the_function_output_in_an_execution_span(
 async fn an_endless_loop_yields_an_error_execution_span_within_the_time_limit(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     // Tuning a kernel is a new seq of its span; slow runs are flagged past policy.slow_ms.
     ensure!(
         l.run(&["kernels", "set", "run_code", "config.time_ms=300"])
@@ -617,7 +535,7 @@ const MARKER: &str = r#"function main(input, ctx) {
 async fn with_a_limit_of_two_the_third_run_of_the_day_writes_a_policy_violation_and_does_not_run(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     l.run(&["manifest", "set", "throttle.per_tenant_daily_exec_limit=2"])
         .ok();
     let f = l.function(USER, MARKER);
@@ -665,7 +583,7 @@ async fn with_a_limit_of_two_the_third_run_of_the_day_writes_a_policy_violation_
 async fn three_processes_racing_with_a_limit_of_two_leave_exactly_two_executions(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     l.run(&["manifest", "set", "throttle.per_tenant_daily_exec_limit=2"])
         .ok();
     let f = l.function(USER, MARKER);
@@ -711,7 +629,7 @@ async fn three_processes_racing_with_a_limit_of_two_leave_exactly_two_executions
 async fn serve_boots_verified_kernels_and_notices_a_new_manifest_seq_without_a_restart(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     let mut child = l.spawn_as(USER, TENANT, &["serve", "--bind", "127.0.0.1:0"], "");
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();

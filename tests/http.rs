@@ -1,13 +1,10 @@
 //! End-to-end tests of `logline serve`: every test starts the real binary on 127.0.0.1 (port 0,
 //! read back from its `logline listening on …` line) and talks to it over real HTTP, against
 //! the embedded SQLite store (a temporary data dir) and against PostgreSQL (a fresh database
-//! from `support/pg.rs` plus a temporary data dir for the node key). The server process is
+//! from `testkit::pg` plus a temporary data dir for the node key). The server process is
 //! killed when its `Server` guard drops.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/pg.rs"]
-mod pg;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
@@ -21,6 +18,7 @@ use futures::{Stream, StreamExt};
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
+use testkit::{Backend, Ledger};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_logline");
@@ -35,20 +33,6 @@ const STARTUP: Duration = Duration::from_secs(30);
 const EVENT_WAIT: Duration = Duration::from_secs(3);
 /// How long a stream must stay silent to count as "nothing more came".
 const QUIET: Duration = Duration::from_millis(800);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// One ledger under test: a data dir (the embedded store and the node key) and, for
-/// PostgreSQL, the URL of a fresh database of its own. It can be served more than once.
-struct Ledger {
-    dir: tempfile::TempDir,
-    url: Option<String>,
-    backend: Backend,
-}
 
 /// How to start a server.
 #[derive(Clone, Debug)]
@@ -83,38 +67,21 @@ impl Opts {
     }
 }
 
-impl Ledger {
-    async fn new(backend: Backend) -> Self {
-        let url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(pg::fresh_database().await),
-        };
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            url,
-            backend,
-        }
-    }
+/// What these tests do with a ledger: serve it, issue tokens for it.
+trait Http {
+    /// The binary on this ledger's store with `args`, stdout and stderr piped.
+    fn command(&self, args: &[&str]) -> Command;
+    /// Starts `logline serve` and waits for its listening line.
+    async fn serve(&self, opts: Opts) -> Result<Server>;
+    /// `logline token issue` with the test secret; the token is the last line of stdout.
+    fn token(&self, user: &str, tenant: &str, ttl: &str) -> String;
+    fn token_signed_with(&self, secret: &str, user: &str, tenant: &str, ttl: &str) -> String;
+    fn token_with(&self, secret: &str, user: &str, tenant: &str, role: &str, ttl: &str) -> String;
+}
 
-    fn store_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
-
-    /// The binary with a clean `LOGLINE_*` environment, this ledger's store and `args`.
+impl Http for Ledger {
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("LOGLINE_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.arg("--data-dir").arg(self.dir.path());
-        if let Some(url) = &self.url {
-            cmd.arg("--database-url").arg(url);
-        }
+        let mut cmd = self.logline(BIN);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -122,7 +89,6 @@ impl Ledger {
         cmd
     }
 
-    /// Starts `logline serve` and waits for its listening line.
     async fn serve(&self, opts: Opts) -> Result<Server> {
         let mut args = vec!["serve".to_string(), "--bind".into(), opts.bind.clone()];
         if let Some(n) = opts.body_limit {
@@ -159,7 +125,6 @@ impl Ledger {
         })
     }
 
-    /// `logline token issue` with the test secret; the token is the last line of stdout.
     fn token(&self, user: &str, tenant: &str, ttl: &str) -> String {
         self.token_signed_with(SECRET, user, tenant, ttl)
     }
@@ -695,23 +660,8 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Runs a behaviour as one test per store: `name::sqlite` and `name::postgres`.
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-both_stores!(
+testkit::both_stores!(
+    threads = 2;
     ingest_answers_201_for_a_span_per_line_results_for_ndjson_and_refuses_bad_input_precisely,
     the_same_idempotency_key_returns_the_original_span_with_200_and_duplicate_true,
     every_error_is_a_problem_document_with_type_title_status_and_detail,
@@ -1863,7 +1813,8 @@ async fn a_closed_stream_stops_counting_as_a_stream_client(backend: Backend) -> 
 
 // chat -------------------------------------------------------------------------------------
 
-both_stores!(
+testkit::both_stores!(
+    threads = 2;
     the_offline_agent_answers_the_demo_questions_with_citations_and_confirm_applies_an_amendment,
     chat_streams_tool_calls_and_the_answer_as_server_sent_events,
     chat_refuses_bad_input_and_other_tenants_and_non_reviewers_precisely,
@@ -1873,8 +1824,12 @@ both_stores!(
 
 const ANA: &str = "ana@padaria-lisboa.pt";
 
-impl Ledger {
+trait SeedDemo {
     /// `logline --tenant demo demo seed`.
+    fn seed_demo(&self);
+}
+
+impl SeedDemo for Ledger {
     fn seed_demo(&self) {
         let out = self
             .command(&["--tenant", "demo", "demo", "seed"])

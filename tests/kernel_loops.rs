@@ -6,51 +6,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pg.rs"]
-mod pg;
-
 use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
+use testkit::{Backend, Ledger, finish};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logline");
 const USER: &str = "ana";
 const TENANT: &str = "bakery";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-both_stores!(
+testkit::both_stores!(
     serve_runs_active_policies_and_pauses_and_resumes_with_kernel_seqs,
     serve_backfills_the_midnights_the_ledger_missed,
 );
-
-struct Ledger {
-    dir: tempfile::TempDir,
-    url: Option<String>,
-}
 
 struct Server(Child);
 
@@ -61,70 +33,46 @@ impl Drop for Server {
     }
 }
 
-impl Ledger {
-    async fn new(backend: Backend) -> Self {
-        let url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(pg::fresh_database().await),
-        };
-        let l = Self {
-            dir: tempfile::tempdir().unwrap(),
-            url,
-        };
-        l.run(&["init"], "");
-        l
-    }
+/// An initialised ledger on `backend`.
+async fn ledger(backend: Backend) -> Ledger {
+    let l = Ledger::new(backend).await;
+    l.run(&["init"], "");
+    l
+}
 
-    fn command(&self, tenant: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        for var in [
-            "LOGLINE_DATA_DIR",
-            "LOGLINE_DATABASE_URL",
-            "LOGLINE_USER",
-            "LOGLINE_TENANT",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.arg("--data-dir").arg(self.dir.path());
-        if let Some(url) = &self.url {
-            cmd.arg("--database-url").arg(url);
-        }
-        cmd.args(["--as", USER, "--tenant", tenant]).args(args);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
+/// What these tests do with a ledger, through the binary (as ana).
+trait Loops {
+    fn command(&self, tenant: &str, args: &[&str]) -> Command;
     /// Runs a command to completion; panics unless it succeeds. Returns stdout.
+    fn run_in(&self, tenant: &str, args: &[&str], stdin: &str) -> String;
+    fn run(&self, args: &[&str], stdin: &str) -> String;
+    /// Appends one complete, tenant-visible span; returns its id.
+    fn add(&self, span: Value) -> String;
+    /// Appends complete, tenant-visible spans in one call; returns their ids.
+    fn add_many(&self, spans: Vec<Value>) -> Vec<String>;
+    fn query_in(&self, tenant: &str, entity_type: &str) -> Vec<Value>;
+    fn query(&self, entity_type: &str) -> Vec<Value>;
+    fn serve(&self) -> Server;
+}
+
+impl Loops for Ledger {
+    fn command(&self, tenant: &str, args: &[&str]) -> Command {
+        self.logline_as(BIN, USER, tenant, args)
+    }
+
     fn run_in(&self, tenant: &str, args: &[&str], stdin: &str) -> String {
-        let mut child = self.command(tenant, args).spawn().unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        let input = stdin.to_string();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = pipe.write_all(input.as_bytes());
-        });
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "logline {args:?} failed\n--- stdout\n{}\n--- stderr\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let run = finish(testkit::spawn(self.command(tenant, args), stdin));
+        run.ok().to_string()
     }
 
     fn run(&self, args: &[&str], stdin: &str) -> String {
         self.run_in(TENANT, args, stdin)
     }
 
-    /// Appends one complete, tenant-visible span; returns its id.
     fn add(&self, span: Value) -> String {
         self.add_many(vec![span]).remove(0)
     }
 
-    /// Appends complete, tenant-visible spans in one call; returns their ids.
     fn add_many(&self, spans: Vec<Value>) -> Vec<String> {
         let mut lines = String::new();
         for span in spans {
@@ -226,7 +174,7 @@ const FLAG_BIG: &str = "function on(s) { return s.entity_type === 'order' && s.c
 async fn serve_runs_active_policies_and_pauses_and_resumes_with_kernel_seqs(
     backend: Backend,
 ) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     l.run(
         &["kernels", "set", "policy_agent", "config.interval_ms=100"],
         "",
@@ -272,7 +220,7 @@ async fn serve_runs_active_policies_and_pauses_and_resumes_with_kernel_seqs(
 }
 
 async fn serve_backfills_the_midnights_the_ledger_missed(backend: Backend) -> Result<()> {
-    let l = Ledger::new(backend).await;
+    let l = ledger(backend).await;
     // The demo rules one midnight three nights ago by hand and leaves the later ones undone.
     l.run_in("demo", &["demo", "seed"], "");
     let state = |name: &str| {
@@ -339,7 +287,7 @@ const SLOW_ECHO: &str = "function main(i) { const end = Date.now() + 400; while 
 #[tokio::test]
 async fn three_servers_execute_every_request_exactly_once_though_one_is_killed_mid_run()
 -> Result<()> {
-    let l = Ledger::new(Backend::Postgres).await;
+    let l = ledger(Backend::Postgres).await;
     for (kernel, setting) in [
         ("request_worker", "config.interval_ms=50"),
         ("request_worker", "config.batch=1"),

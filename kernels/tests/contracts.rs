@@ -13,6 +13,7 @@ use kernels::contracts::{
 };
 use kernels::midnight_ruler::{self, run_midnight};
 use serde_json::{Value, json};
+use testkit::sqlite;
 
 /// 2026-03-07 00:00 Europe/Paris, after every fixture's deadline.
 const MIDNIGHT: &str = "2026-03-06T23:00:00Z";

@@ -13,6 +13,7 @@ use kernels::midnight_ruler::{self, When, catch_up, run_midnight, run_when, simu
 use ledger::Draft;
 use ledger::store::{self, Store};
 use serde_json::{Value, json};
+use testkit::{postgres, sqlite};
 
 fn date(s: &str) -> NaiveDate {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()

@@ -4,42 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Fixture, postgres, sqlite};
 use kernels::policy_agent::{self, PolicyAgent, PolicyAgentConfig, PolicyError};
 use kernels::sandbox::Clock;
 use kernels::stage0;
 use ledger::store::{self, Store};
 use ledger::{Appended, Draft, Filter, Principal};
 use serde_json::{Value, json};
+use testkit::{Backend, Fixture, postgres};
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-both_stores!(
+testkit::both_stores!(
+    threads = 4;
     a_javascript_policy_emits_one_span_per_matching_span_and_never_twice,
     a_run_action_runs_the_function_once_with_the_span_as_input,
     failures_become_policy_errors_and_the_cursor_moves_on,
@@ -52,10 +30,7 @@ both_stores!(
 );
 
 async fn ledger(backend: Backend) -> Fixture {
-    let f = match backend {
-        Backend::Sqlite => sqlite().await,
-        Backend::Postgres => postgres().await,
-    };
+    let f = Fixture::new(backend).await;
     stage0::seed(f.store.as_ref()).await.unwrap();
     f
 }

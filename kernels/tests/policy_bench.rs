@@ -13,8 +13,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Instant;
 
 use chrono::Utc;
@@ -128,9 +126,9 @@ async fn bench(store: std::sync::Arc<dyn Store>, language: &str) -> Value {
 async fn policy_evaluation_latency_per_span() {
     let mut lines = Vec::new();
     for language in ["javascript", "law"] {
-        let l = common::sqlite().await;
+        let l = testkit::sqlite().await;
         lines.push(bench(l.store.clone(), language).await);
-        let l = common::postgres().await;
+        let l = testkit::postgres().await;
         lines.push(bench(l.store.clone(), language).await);
     }
     for line in &lines {

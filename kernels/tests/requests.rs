@@ -4,12 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Fixture, postgres, sqlite};
 use kernels::observer_bot::{self, ObserverBot, ObserverConfig};
 use kernels::request_worker::{self, RequestWorker, WorkerConfig};
 use kernels::run_code::RunCode;
@@ -18,40 +15,18 @@ use kernels::stage0;
 use ledger::store::{self, Store};
 use ledger::{Appended, Draft, Filter, Principal};
 use serde_json::{Value, json};
+use testkit::{Backend, Fixture};
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-both_stores!(
+testkit::both_stores!(
+    threads = 4;
     the_observer_makes_one_request_per_function_and_slot_however_many_observe,
     workers_run_each_request_once_oldest_first,
     a_lapsed_claim_is_retried_and_a_run_that_already_happened_is_not_repeated,
 );
 
 async fn ledger(backend: Backend) -> Fixture {
-    let f = match backend {
-        Backend::Sqlite => sqlite().await,
-        Backend::Postgres => postgres().await,
-    };
+    let f = Fixture::new(backend).await;
     stage0::seed(f.store.as_ref()).await.unwrap();
     f
 }

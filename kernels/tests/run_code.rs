@@ -16,21 +16,14 @@ use ledger::crypto::NodeKey;
 use ledger::store::{self, Store, system_principal};
 use ledger::{Draft, Filter, Principal};
 use serde_json::{Value, json};
+use testkit::Fixture;
 use uuid::Uuid;
 
-struct Ledger {
-    store: Arc<dyn Store>,
-    dir: tempfile::TempDir,
-}
-
-async fn ledger() -> Ledger {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(None, dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    stage0::seed(store.as_ref()).await.unwrap();
-    Ledger { store, dir }
+/// A seeded embedded ledger.
+async fn ledger() -> Fixture {
+    let l = testkit::sqlite().await;
+    stage0::seed(l.store.as_ref()).await.unwrap();
+    l
 }
 
 fn ana() -> Principal {

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use kernels::sandbox::{Host, LedgerHost, Limits, RunError, RunOutput, Sandbox, filter_from_spec};
-use ledger::crypto::NodeKey;
 use ledger::store::{self, Store};
 use ledger::{Filter, Principal};
 use serde_json::{Value, json};
+use testkit::sqlite;
 
 /// A scripted host that records what the function asked for.
 #[derive(Default)]
@@ -500,20 +500,6 @@ fn query_specs_map_to_filters_and_refuse_what_they_do_not_know() {
 }
 
 // ---- LedgerHost against a real SQLite store -------------------------------------------------
-
-struct Ledger {
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
-
-async fn sqlite() -> Ledger {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(None, dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    Ledger { store, _dir: dir }
-}
 
 fn span(who: &str, did: &str, visibility: &str) -> Value {
     json!({"entity_type": "delivery", "who": who, "did": did, "this": "delivery 312",

@@ -2,42 +2,13 @@
 //! the same way on the embedded SQLite file and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/support/pg.rs"]
-mod pg;
-
-use std::sync::Arc;
-
 use chrono::Utc;
-use ledger::crypto::NodeKey;
 use ledger::store::{self, Store};
 use ledger::verify::verify_tenant;
 use ledger::{AppendError, Draft, Filter, Order, Principal, StoreError};
 use serde_json::{Value, json};
+use testkit::Fixture;
 use uuid::Uuid;
-
-struct Fixture {
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
-
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(None, dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    Fixture { store, _dir: dir }
-}
-
-async fn postgres() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let url = pg::fresh_database().await;
-    let store = store::open(Some(&url), dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    Fixture { store, _dir: dir }
-}
 
 fn ana() -> Principal {
     Principal::new("ana", "bakery")
@@ -534,18 +505,8 @@ async fn the_manifest_is_a_signed_public_span_naming_the_node_key(f: Fixture) {
     );
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $( #[tokio::test] async fn $name() { super::$name(super::sqlite().await).await } )*
-        }
-        mod on_postgres {
-            $( #[tokio::test] async fn $name() { super::$name(super::postgres().await).await } )*
-        }
-    };
-}
-
-conformance!(
+testkit::both_stores!(
+    mod on_sqlite, on_postgres; open = testkit::Fixture::new;
     appended_spans_read_back_signed_and_hashed,
     ghosts_are_kept_and_say_what_is_missing,
     versions_grow_by_seq_and_the_latest_wins,

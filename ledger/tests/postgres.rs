@@ -3,9 +3,6 @@
 //! chain under concurrent writers with separate connection pools.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/support/pg.rs"]
-mod pg;
-
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -16,6 +13,7 @@ use ledger::{Draft, Principal};
 use serde_json::{Value, json};
 use sqlx::Row;
 use sqlx::postgres::PgListener;
+use testkit::pg;
 
 async fn open(url: &str) -> PgStore {
     let s = PgStore::connect(url, NodeKey::generate()).await.unwrap();

@@ -2,43 +2,15 @@
 //! versions, counts and groups, limits, visibility, redaction, and values that look like SQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/support/pg.rs"]
-mod pg;
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ledger::crypto::NodeKey;
 use ledger::span::format_time;
 use ledger::store::{self, Store};
 use ledger::{Draft, Principal, QuerySpec, SpecError, SpecResult, StoreError};
 use serde_json::{Value, json};
+use testkit::Fixture;
 use uuid::Uuid;
-
-struct Fixture {
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
-
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(None, dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    Fixture { store, _dir: dir }
-}
-
-async fn postgres() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let url = pg::fresh_database().await;
-    let store = store::open(Some(&url), dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    Fixture { store, _dir: dir }
-}
 
 /// The instant relative times resolve against (and the seed's times are relative to).
 fn now() -> DateTime<Utc> {
@@ -1045,18 +1017,8 @@ fn refusals_name_the_offending_field() {
     }
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $( #[tokio::test] async fn $name() { super::$name(super::sqlite().await).await } )*
-        }
-        mod on_postgres {
-            $( #[tokio::test] async fn $name() { super::$name(super::postgres().await).await } )*
-        }
-    };
-}
-
-on_both_stores!(
+testkit::both_stores!(
+    mod on_sqlite, on_postgres; open = testkit::Fixture::new;
     eq_and_ne_compare_by_type_and_ne_includes_missing_fields,
     ordering_operators_compare_numbers_numerically_and_strings_as_text,
     in_contains_exists_and_missing_behave_as_documented,

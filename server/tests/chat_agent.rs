@@ -16,8 +16,9 @@ use ledger::{Draft, Principal, Store};
 use serde_json::{Value, json};
 use server::chat::agent::{Agent, BREAKER_TEXT, MemoryMode, Outcome, TurnRequest, TurnResult};
 use server::chat::{ApiKey, OpenAiProvider, SpanWriter};
-use support::fake_llm::{FakeLlm, Reply, openai};
-use support::{fast_settings, store};
+use support::fast_settings;
+use testkit::fake_llm::{FakeLlm, Reply, openai};
+use testkit::{Backend, Fixture};
 use uuid::Uuid;
 
 const TENANT: &str = "demo";
@@ -31,7 +32,7 @@ struct Setup {
 }
 
 async fn setup(replies: Vec<Reply>) -> Setup {
-    let (dir, store) = store().await;
+    let Fixture { dir, store } = Fixture::empty(Backend::Sqlite).await;
     kernels::demo::seed_demo(store.as_ref(), TENANT, Utc::now())
         .await
         .unwrap();

@@ -5,8 +5,6 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use chrono::{TimeZone, Utc};
@@ -18,7 +16,7 @@ use server::chat::{
     ActivePrompts, Budget, ChatMessage, Layer, PromptBlock, PromptError, PromptInput,
     PromptLibrary, ToolCall, ToolSpec, build_prompt,
 };
-use support::store;
+use testkit::{Backend, Fixture};
 
 fn alice() -> Principal {
     Principal::new("alice", "acme")
@@ -40,7 +38,7 @@ fn tools() -> Vec<ToolSpec> {
 }
 
 async fn published() -> (tempfile::TempDir, ActivePrompts) {
-    let (dir, store) = store().await;
+    let Fixture { dir, store } = Fixture::empty(Backend::Sqlite).await;
     let (prompts, _) = PromptLibrary::embedded()
         .unwrap()
         .publish(&*store, Utc::now())
@@ -235,7 +233,7 @@ fn bad_block_files_are_refused_with_the_file_and_the_reason() {
 
 #[tokio::test]
 async fn blocks_are_published_once_and_a_changed_file_becomes_a_new_seq() {
-    let (_dir, store) = store().await;
+    let Fixture { dir: _dir, store } = Fixture::empty(Backend::Sqlite).await;
     let (prompts, first) = PromptLibrary::embedded()
         .unwrap()
         .publish(&*store, Utc::now())

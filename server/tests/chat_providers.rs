@@ -1,5 +1,5 @@
 //! The model providers against local fake servers speaking the OpenAI and Ollama wire
-//! protocols (tests/support/fake_llm.rs): answers, tool-call round trips, streaming, retries,
+//! protocols (`testkit::fake_llm`): answers, tool-call round trips, streaming, retries,
 //! timeouts, typed errors, and the `provider_execution` spans (never holding the API key).
 
 // Helpers outside #[test] functions unwrap too: a failure there is a failed test.
@@ -17,8 +17,9 @@ use server::chat::{
     OpenAiProvider, PromptInput, PromptLibrary, Provider, ProviderConfig, ProviderError, ToolSpec,
     build_prompt, provider_exec,
 };
-use support::fake_llm::{FakeLlm, Reply, ollama, openai};
-use support::{fast_settings, store};
+use support::fast_settings;
+use testkit::fake_llm::{FakeLlm, Reply, ollama, openai};
+use testkit::{Backend, Fixture};
 use tokio::time::Instant;
 
 const KEY: &str = "sk-test-0123456789abcdef";
@@ -638,7 +639,7 @@ fn span_texts(rows: &[ledger::query::Row]) -> Vec<String> {
 
 #[tokio::test]
 async fn every_call_is_recorded_and_the_api_key_appears_in_no_span() {
-    let (_dir, store) = store().await;
+    let Fixture { dir: _dir, store } = Fixture::empty(Backend::Sqlite).await;
     let fake = FakeLlm::with([
         // A careless server that echoes the Authorization header, in an error and in an answer.
         Reply::EchoAuthorization { status: 401 },
@@ -736,7 +737,7 @@ async fn every_call_is_recorded_and_the_api_key_appears_in_no_span() {
 
 #[tokio::test]
 async fn the_system_message_sent_is_exactly_the_compiled_prompt_whose_hash_is_recorded() {
-    let (_dir, store) = store().await;
+    let Fixture { dir: _dir, store } = Fixture::empty(Backend::Sqlite).await;
     let (prompts, _) = PromptLibrary::embedded()
         .unwrap()
         .publish(&*store, Utc::now())

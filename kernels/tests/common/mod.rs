@@ -1,43 +1,14 @@
-//! Shared fixtures of the governance tests: stores, laws, contracts at fixed instants.
+//! Shared fixtures of the governance tests: laws and contracts at fixed instants (the stores
+//! come from `testkit`).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kernels::contracts::{self, ContractVersion, Party, ReputationGate, Terms, Witness};
 use kernels::midnight_ruler;
 use ledger::Principal;
-use ledger::crypto::NodeKey;
-use ledger::store::{self, Store};
+use ledger::store::Store;
 use serde_json::Value;
-
-#[path = "../../../tests/support/pg.rs"]
-pub mod pg;
-
-pub struct Fixture {
-    pub store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
-
-pub async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(None, dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    Fixture { store, _dir: dir }
-}
-
-pub async fn postgres() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let url = pg::fresh_database().await;
-    let store = store::open(Some(&url), dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    store::ensure_manifest(store.as_ref()).await.unwrap();
-    Fixture { store, _dir: dir }
-}
 
 pub const TENANT: &str = "bakery";
 

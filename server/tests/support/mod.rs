@@ -1,25 +1,9 @@
-//! Shared helpers of the server's integration tests.
+//! What the server's integration tests share beyond `testkit`: settings of the server's own
+//! provider types (which `testkit` cannot name without depending on the server).
 
-// Each test crate uses a different part of this module.
-#![allow(dead_code)]
-
-pub mod fake_llm;
-
-use std::sync::Arc;
 use std::time::Duration;
 
-use ledger::Store;
-use ledger::crypto::NodeKey;
 use server::chat::{ProviderSettings, RetryPolicy};
-
-/// A fresh embedded ledger in a temporary directory (kept alive by the returned guard).
-pub async fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = ledger::store::open(None, dir.path(), NodeKey::generate())
-        .await
-        .unwrap();
-    (dir, store)
-}
 
 /// Provider settings for tests: short backoff, a 5 s call limit.
 pub fn fast_settings() -> ProviderSettings {

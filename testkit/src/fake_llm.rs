@@ -5,10 +5,8 @@
 //!
 //! Each test queues [`Reply`]s; every request pops the next one (an empty script answers 500
 //! "script exhausted", so a test notices an unexpected call). Requests are recorded with their
-//! headers and JSON bodies for assertions. Builders below make protocol-correct bodies.
-
-// Each test crate uses a different part of this module.
-#![allow(dead_code)]
+//! headers and JSON bodies for assertions. Builders below make protocol-correct bodies, as
+//! plain JSON values: the fake depends on no crate of ours, so any crate's tests can use it.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
-use axum::serve::Listener;
+use axum::serve::{Listener, ListenerExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -182,9 +180,12 @@ impl FakeLlm {
             .route("/v1/chat/completions", post(handle))
             .route("/api/chat", post(handle))
             .with_state(script.clone());
-        let listener = server::serve::listen("127.0.0.1:0".parse().unwrap())
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .unwrap();
+            .unwrap()
+            .tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

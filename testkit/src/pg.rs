@@ -2,8 +2,6 @@
 //! leave nothing shared behind. Needs `LOGLINE_TEST_DATABASE_URL` (a superuser URL; the README's
 //! test command sets it): without it the test fails, it never silently skips.
 
-#![allow(dead_code)]
-
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
@@ -40,12 +38,7 @@ pub fn with_db(url: &str, db: &str) -> String {
 fn template_name() -> String {
     let mut h = blake3::Hasher::new();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/postgres");
-    let dir = if std::path::Path::new(dir).exists() {
-        dir.to_string()
-    } else {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/sql/postgres").to_string()
-    };
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {dir}: {e}"))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
