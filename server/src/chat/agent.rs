@@ -29,6 +29,7 @@ use super::providers::{ChatMessage, Provider, ProviderError, ToolCall};
 use super::record::{
     ExecContext, SpanWriter, TurnRecord, append_one, prompt_run_draft, provider_call,
 };
+pub use super::record::{MemoryMode, Outcome};
 use super::tools::{self, ToolContext, ToolOutput};
 
 /// The 6th tool call of a turn engages the circuit breaker.
@@ -72,27 +73,6 @@ pub struct TurnRequest {
     pub memory: MemoryMode,
 }
 
-/// `X-LogLine-Memory`: off (default), session-only, on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MemoryMode {
-    #[default]
-    Off,
-    SessionOnly,
-    On,
-}
-
-impl MemoryMode {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "off" => Some(Self::Off),
-            "session-only" | "session" => Some(Self::SessionOnly),
-            "on" => Some(Self::On),
-            _ => None,
-        }
-    }
-}
-
 /// What the client sees while a turn runs (SSE events; the JSON answer is the last one).
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -114,27 +94,6 @@ pub enum ChatEvent {
     Breaker { block_id: Uuid },
     /// The answer did not validate; the model is asked once to repair it.
     Repair { errors: Vec<String> },
-}
-
-/// How a turn ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Answered,
-    Escalated,
-    InsufficientEvidence,
-    ProviderError,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Answered => "answered",
-            Self::Escalated => "escalated",
-            Self::InsufficientEvidence => "insufficient_evidence",
-            Self::ProviderError => "provider_error",
-        }
-    }
 }
 
 /// A finished turn.

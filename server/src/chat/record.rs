@@ -13,12 +13,12 @@ use ledger::span::MAX_SPAN_BYTES;
 use ledger::store::AppendResults;
 use ledger::store::group::GroupCommit;
 use ledger::{Appended, Draft, InputError, Principal, Store, StoreError, Visibility};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::agent::{MemoryMode, Outcome};
 use super::providers::{Completion, CompletionRequest, Provider, ProviderError};
 
 /// Raw responses larger than this (as JSON) are kept as a truncated excerpt, so the span stays
@@ -330,6 +330,48 @@ fn bounded(raw: Value) -> Value {
     }
     let excerpt: String = text.chars().take(MAX_RAW_BYTES / 2).collect();
     json!({"truncated": true, "bytes": text.len(), "excerpt": excerpt})
+}
+
+/// `X-LogLine-Memory`: off (default), session-only, on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryMode {
+    #[default]
+    Off,
+    SessionOnly,
+    On,
+}
+
+impl MemoryMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Some(Self::Off),
+            "session-only" | "session" => Some(Self::SessionOnly),
+            "on" => Some(Self::On),
+            _ => None,
+        }
+    }
+}
+
+/// How a turn ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Answered,
+    Escalated,
+    InsufficientEvidence,
+    ProviderError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Escalated => "escalated",
+            Self::InsufficientEvidence => "insufficient_evidence",
+            Self::ProviderError => "provider_error",
+        }
+    }
 }
 
 #[cfg(test)]
