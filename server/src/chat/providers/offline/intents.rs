@@ -146,15 +146,6 @@ fn durations(ws: &[Word]) -> Vec<(usize, u32, Unit)> {
     out
 }
 
-pub(super) fn span_text(n: u32, u: Unit) -> String {
-    match (n, u) {
-        (1, Unit::Hours) => "1 hour".into(),
-        (1, Unit::Days) => "1 day".into(),
-        (n, Unit::Hours) => format!("{n} hours"),
-        (n, Unit::Days) => format!("{n} days"),
-    }
-}
-
 fn unit_letter(u: Unit) -> char {
     match u {
         Unit::Hours => 'h',

@@ -416,219 +416,201 @@ mod tests {
         assert_eq!(p.base_url(), None);
     }
 
+    /// Question, canned results, text fragments, citations, confidence: one row per behaviour.
     #[tokio::test]
-    async fn offline_answers_why_from_the_decision() {
-        let result = json!({
-            "contract": {"id": D1, "name": "D1", "title": "300 pastéis de nata", "state": "terminated", "deadline_at": "2025-03-08T17:00:00Z"},
-            "history": [{"id": HIST, "seq": 1, "at": "2025-03-04T09:00:00Z", "state": "open", "status": "ok", "reason": null}],
+    async fn offline_answers_from_typed_results() {
+        let decision = json!({
+            "contract": {"id": D1, "name": "D1", "title": "300 pastéis de nata", "state": "terminated"},
+            "history": [{"id": HIST, "seq": 1, "at": "2025-03-04T09:00:00Z", "state": "open"}],
             "decisions": [{
                 "id": DECISION, "seq": 4, "at": "2025-03-11T00:00:01Z", "scheduled_at": "2025-03-11T00:00:00Z",
-                "law": {"id": LAW, "seq": 2, "hash": "blake3:00", "name": "midnight_deadline"},
-                "triage": "not",
+                "law": {"id": LAW, "seq": 2, "name": "midnight_deadline"}, "triage": "not",
                 "actions": [{"type": "terminate", "reason": "deadline passed without acceptance"}],
                 "variables": {"now": "2025-03-11T00:00:00Z", "accepted": false, "deadline_at": "2025-03-08T17:00:00Z"},
             }],
-            "laws": [{"id": LAW, "seq": 2, "name": "midnight_deadline", "curr_hash": "blake3:00"}],
+            "laws": [{"id": LAW, "seq": 2, "name": "midnight_deadline"}],
         });
-        let (a, done) = answer_with("why was D1 terminated?", &[result]).await;
-        let text = a["text"].as_str().unwrap();
-        assert!(text.starts_with("D1 (\"300 pastéis de nata\") was terminated at the midnight of 2025-03-11T00:00:00Z by law midnight_deadline (seq 2): triage `not` because deadline_at 2025-03-08T17:00:00Z, accepted false"), "{text}");
-        assert!(
-            text.contains("terminate(reason=deadline passed without acceptance)"),
-            "{text}"
-        );
-        assert_eq!(citations(&a), [DECISION, LAW, D1]);
-        assert!(!text.contains("missing"), "{text}");
-        assert_eq!(a["confidence"], json!(0.9));
-        assert_eq!(a["telemetry"]["tool_use_count"], json!(1));
-        assert_eq!(done.raw["shape"], json!("explain_decision"));
-        assert_eq!(done.attempts, 1);
-        assert!(done.tokens_in.unwrap() > 0 && done.tokens_out.unwrap() > 0);
-    }
-
-    #[tokio::test]
-    async fn offline_names_what_a_doubtful_law_could_not_read() {
-        let result = json!({
-            "contract": {"id": D3, "name": "D3", "state": "held"},
-            "history": [],
+        let doubt = json!({
+            "contract": {"id": D3, "name": "D3", "state": "held"}, "history": [], "laws": [],
             "decisions": [{
                 "id": DECISION, "seq": 2, "scheduled_at": "2025-03-12T00:00:00Z",
-                "law": {"id": LAW, "seq": 1, "name": "guarantor_response"},
-                "triage": "doubt", "actions": [{"type": "hold"}],
-                "variables": {"quorum": 1}, "missing": ["guarantor.responded_at"], "fail_closed": true,
+                "law": {"id": LAW, "seq": 1, "name": "guarantor_response"}, "triage": "doubt",
+                "actions": [{"type": "hold"}], "variables": {"quorum": 1},
+                "missing": ["guarantor.responded_at"], "fail_closed": true,
             }],
-            "laws": [],
         });
-        let (a, _) = answer_with("why is D3 held?", &[result]).await;
-        let text = a["text"].as_str().unwrap();
-        assert!(text.contains("D3 was put on hold at the midnight of 2025-03-12T00:00:00Z by law guarantor_response (seq 1): triage `doubt` because quorum 1 (missing: guarantor.responded_at) (the law failed closed); actions: hold."), "{text}");
-        assert_eq!(citations(&a), [DECISION, LAW, D3]);
-    }
-
-    #[tokio::test]
-    async fn offline_describes_the_history_when_no_law_decided() {
-        let result = json!({
+        let history = json!({
             "contract": {"id": D5, "name": "D5", "title": "menu photos", "state": "open", "deadline_at": "2025-03-14T00:00:00Z"},
             "history": [{"id": HIST, "seq": 1, "at": "2025-03-06T11:00:00Z", "state": "open", "status": "ok", "reason": "created"}],
-            "decisions": [],
-            "laws": [],
-        });
-        let (a, _) = answer_with("what happened to D5?", &[result]).await;
-        let text = a["text"].as_str().unwrap();
-        assert!(text.contains("No law decision about D5"), "{text}");
-        assert!(
-            text.contains("seq 1 at 2025-03-06T11:00:00Z: `open` (ok) — created"),
-            "{text}"
-        );
-        assert_eq!(citations(&a), [HIST, D5]);
-    }
-
-    #[tokio::test]
-    async fn offline_lists_silent_guarantors() {
-        let result = json!({
-            "spans": [{
-                "id": D3, "seq": 1, "entity_type": "contract", "name": "D3", "who": "ana", "did": "proposed",
-                "this": "contract", "status": "ok", "at": "2025-03-10T08:00:00Z",
-                "content": {"title": "the bakery's delivery van", "state": "open",
-                    "guarantor": {"who": "pedro", "requested_at": "2025-03-10T08:00:00Z"}},
-            }],
-            "returned": 1, "truncated": false,
-        });
-        let (a, _) = answer_with(
-            "which contracts have a guarantor who hasn't responded in 24h?",
-            &[result],
-        )
-        .await;
-        let text = a["text"].as_str().unwrap();
-        assert!(
-            text.contains("1 contract whose guarantor has not responded within 24 hours"),
-            "{text}"
-        );
-        assert!(text.contains("D3 \"the bakery's delivery van\" — state `open`; guarantor pedro, asked at 2025-03-10T08:00:00Z"), "{text}");
-        assert_eq!(citations(&a), [D3]);
-        assert_eq!(a["confidence"], json!(0.9));
-    }
-
-    #[tokio::test]
-    async fn offline_says_so_when_a_query_finds_nothing() {
-        let (a, _) = answer_with(
-            "which contracts are void?",
-            &[json!({"spans": [], "returned": 0, "truncated": false})],
-        )
-        .await;
-        assert_eq!(a["text"], json!("I found no contracts in state `void`."));
-        assert_eq!(a["confidence"], json!(0.8));
-        assert!(citations(&a).is_empty());
-
-        let (a, _) =
-            answer_with("how many contracts are terminated?", &[json!({"count": 2})]).await;
-        assert_eq!(
-            a["text"],
-            json!("There are 2 contracts in state `terminated`.")
-        );
-        assert_eq!(a["confidence"], json!(0.9));
-    }
-
-    #[tokio::test]
-    async fn offline_amendments_await_confirmation() {
-        let result = json!({
-            "proposal_id": PROPOSAL, "status": "pending",
-            "contract": {"id": D1, "name": "D1"},
-            "before": {"deadline_at": "2025-03-08T17:00:00Z"},
-            "after": {"deadline_at": "2025-03-11T17:00:00Z"},
-            "summary": "Move D1's deadline from 2025-03-08T17:00:00Z to 2025-03-11T17:00:00Z",
-        });
-        let (a, _) = answer_with("extend D1's deadline by 3 days", &[result]).await;
-        assert_eq!(
-            a["actions"],
-            json!([{
-                "type": "propose_amendment",
-                "summary": "Move D1's deadline from 2025-03-08T17:00:00Z to 2025-03-11T17:00:00Z",
-                "target": "D1",
-                "proposal_id": PROPOSAL,
-            }])
-        );
-        assert_eq!(citations(&a), [D1]);
-        assert!(
-            a["text"]
-                .as_str()
-                .unwrap()
-                .contains("awaits your confirmation")
-        );
-    }
-
-    #[tokio::test]
-    async fn offline_reports_what_a_simulation_would_change() {
-        let result = json!({
-            "law": {"id": LAW, "seq": 2, "name": "midnight_deadline"},
-            "evaluated": 5,
-            "changes": [{"contract_id": D5, "name": "D5", "from": "ok", "to": "doubt"}],
-        });
-        let (a, _) = answer_with("what if the quorum were 3?", &[result]).await;
-        let text = a["text"].as_str().unwrap();
-        assert!(text.contains("Simulating law midnight_deadline (seq 2) with quorum = 3 over 5 contracts: 1 contract would change triage:\n- D5: `ok` → `doubt`"), "{text}");
-        assert_eq!(citations(&a), [LAW, D5]);
-    }
-
-    #[tokio::test]
-    async fn offline_shows_a_span() {
-        let result = json!({"span": {"id": D4, "seq": 1, "entity_type": "contract", "name": "D4",
-            "who": "marta", "did": "proposed", "this": "contract", "status": "ok",
-            "at": "2025-03-04T15:00:00Z", "content": {"title": "30-second advert", "state": "open"}}});
-        let (a, _) = answer_with(&format!("show span {D4}"), &[result]).await;
-        assert!(
-            a["text"]
-                .as_str()
-                .unwrap()
-                .contains("Title \"30-second advert\"")
-        );
-        assert_eq!(citations(&a), [D4]);
-    }
-
-    #[tokio::test]
-    async fn offline_explains_tool_errors_and_cites_nothing() {
-        let (a, _) = answer_with(
-            "why was D9 terminated?",
-            &[json!({"error": "no contract named D9 is visible to you"})],
-        )
-        .await;
-        assert_eq!(
-            a["text"],
-            json!(
-                "I could not explain the decision on D9: no contract named D9 is visible to you."
-            )
-        );
-        assert_eq!(a["confidence"], json!(0.3));
-        assert!(citations(&a).is_empty());
-        assert!(a["follow_up_question"].is_string());
-
-        // One of two results failed: the other still counts, cited; confidence drops.
-        let ok = json!({"contract": {"id": D1, "name": "D1", "state": "open"}, "history": [], "decisions": [], "laws": []});
-        let (a, _) = answer_with(
-            "why were D1 and D9 terminated?",
-            &[ok, json!({"error": "not found"})],
-        )
-        .await;
-        assert_eq!(a["confidence"], json!(0.7));
-        assert_eq!(citations(&a), [D1]);
-        assert_eq!(a["telemetry"]["tool_use_count"], json!(2));
-    }
-
-    #[tokio::test]
-    async fn offline_never_cites_ids_outside_id_fields() {
-        // An id that appears only in free text must not be cited.
-        let result = json!({
-            "contract": {"name": "D1", "state": "open"},
-            "history": [{"id": HIST, "seq": 1, "at": "x", "state": "open", "reason": format!("see {D5}")}],
             "decisions": [], "laws": [],
         });
-        let (a, _) = answer_with("why is D1 open?", &[result]).await;
-        assert_eq!(citations(&a), [HIST]);
-        // A malformed id makes the result unreadable as the tool's output: nothing is cited.
-        let bad = json!({"contract": {"id": "not-a-uuid", "name": "D1"}});
-        let (a, _) = answer_with("why is D1 open?", &[bad]).await;
-        assert!(citations(&a).is_empty());
-        assert_eq!(a["confidence"], json!(0.3));
+        let silent = json!({"spans": [{
+            "id": D3, "seq": 1, "entity_type": "contract", "name": "D3", "at": "2025-03-10T08:00:00Z",
+            "content": {"title": "the bakery's delivery van", "state": "open",
+                "guarantor": {"who": "pedro", "requested_at": "2025-03-10T08:00:00Z"}},
+        }], "returned": 1, "truncated": false});
+        let proposal = json!({
+            "proposal_id": PROPOSAL, "status": "pending", "contract": {"id": D1, "name": "D1"},
+            "before": {"deadline_at": "2025-03-08T17:00:00Z"}, "after": {"deadline_at": "2025-03-11T17:00:00Z"},
+            "summary": "Move D1's deadline from 2025-03-08T17:00:00Z to 2025-03-11T17:00:00Z",
+        });
+        let simulation = json!({"law": {"id": LAW, "seq": 2, "name": "midnight_deadline"}, "evaluated": 5,
+            "changes": [{"contract_id": D5, "name": "D5", "from": "ok", "to": "doubt"}]});
+        let span = json!({"span": {"id": D4, "seq": 1, "entity_type": "contract", "name": "D4",
+            "who": "marta", "did": "proposed", "this": "contract", "status": "ok",
+            "at": "2025-03-04T15:00:00Z", "content": {"title": "30-second advert", "state": "open"}}});
+        let open = json!({"contract": {"id": D1, "name": "D1", "state": "open"}, "history": [], "decisions": [], "laws": []});
+        // An id that appears only in free text is not cited; a malformed id makes the result
+        // unreadable as the tool's output.
+        let free_text = json!({"contract": {"name": "D1", "state": "open"}, "decisions": [], "laws": [],
+            "history": [{"id": HIST, "seq": 1, "at": "x", "state": "open", "reason": format!("see {D5}")}]});
+        let empty = json!({"spans": [], "returned": 0, "truncated": false});
+        let span_q = format!("show span {D4}");
+        let cases: Vec<(&str, Vec<Value>, Vec<&str>, Vec<&str>, f64)> = vec![
+            (
+                "why was D1 terminated?",
+                vec![decision],
+                vec![
+                    "D1 (\"300 pastéis de nata\") was terminated at the midnight of 2025-03-11T00:00:00Z by law midnight_deadline (seq 2): triage `not` because deadline_at 2025-03-08T17:00:00Z, accepted false, now 2025-03-11T00:00:00Z; actions: terminate(reason=deadline passed without acceptance). Its current state is `terminated`.",
+                ],
+                vec![DECISION, LAW, D1],
+                0.9,
+            ),
+            (
+                "why is D3 held?",
+                vec![doubt],
+                vec![
+                    "D3 was put on hold at the midnight of 2025-03-12T00:00:00Z by law guarantor_response (seq 1): triage `doubt` because quorum 1 (missing: guarantor.responded_at) (the law failed closed); actions: hold.",
+                ],
+                vec![DECISION, LAW, D3],
+                0.9,
+            ),
+            (
+                "what happened to D5?",
+                vec![history],
+                vec![
+                    "No law decision about D5 (\"menu photos\") is recorded; it is `open`. Its deadline is 2025-03-14T00:00:00Z. History:\n- seq 1 at 2025-03-06T11:00:00Z: `open` (ok) — created",
+                ],
+                vec![HIST, D5],
+                0.9,
+            ),
+            (
+                "which contracts have a guarantor who hasn't responded in 24h?",
+                vec![silent],
+                vec![
+                    "1 contract whose guarantor has not responded within 24 hours:\n- D3 \"the bakery's delivery van\" — state `open`; guarantor pedro, asked at 2025-03-10T08:00:00Z",
+                ],
+                vec![D3],
+                0.9,
+            ),
+            (
+                "which contracts are void?",
+                vec![empty],
+                vec!["I found no contracts in state `void`."],
+                vec![],
+                0.8,
+            ),
+            (
+                "how many contracts are terminated?",
+                vec![json!({"count": 2})],
+                vec!["There are 2 contracts in state `terminated`."],
+                vec![],
+                0.9,
+            ),
+            (
+                "extend D1's deadline by 3 days",
+                vec![proposal],
+                vec![
+                    "I proposed a change to D1: Move D1's deadline from 2025-03-08T17:00:00Z to 2025-03-11T17:00:00Z (deadline_at 2025-03-08T17:00:00Z → 2025-03-11T17:00:00Z). Nothing has changed yet: the proposal 0195a1b2-0000-7000-8000-0000000000f1 is pending and awaits your confirmation.",
+                ],
+                vec![D1],
+                0.9,
+            ),
+            (
+                "what if the quorum were 3?",
+                vec![simulation],
+                vec![
+                    "Simulating law midnight_deadline (seq 2) with quorum = 3 over 5 contracts: 1 contract would change triage:\n- D5: `ok` → `doubt`\nThis is a simulation",
+                ],
+                vec![LAW, D5],
+                0.9,
+            ),
+            (
+                &span_q,
+                vec![span],
+                vec![
+                    "Span 0195a1b2-0000-7000-8000-000000000004 (contract `D4`, seq 1): marta proposed contract at 2025-03-04T15:00:00Z, status ok. Title \"30-second advert\". State `open`.",
+                ],
+                vec![D4],
+                0.9,
+            ),
+            (
+                "why was D9 terminated?",
+                vec![json!({"error": "no contract named D9 is visible to you"})],
+                vec![
+                    "I could not explain the decision on D9: no contract named D9 is visible to you.",
+                ],
+                vec![],
+                0.3,
+            ),
+            // One of two results failed: the other still counts, cited; confidence drops.
+            (
+                "why were D1 and D9 terminated?",
+                vec![open, json!({"error": "not found"})],
+                vec!["I could not explain the decision on D9: not found."],
+                vec![D1],
+                0.7,
+            ),
+            (
+                "why is D1 open?",
+                vec![free_text],
+                vec!["see 0195a1b2"],
+                vec![HIST],
+                0.9,
+            ),
+            (
+                "why is D1 open?",
+                vec![json!({"contract": {"id": "not-a-uuid", "name": "D1"}})],
+                vec!["not in the shape I expected"],
+                vec![],
+                0.3,
+            ),
+        ];
+        for (question, results, texts, cites, confidence) in cases {
+            let n = results.len();
+            let (a, done) = answer_with(question, &results).await;
+            let text = a["text"].as_str().unwrap();
+            for t in texts {
+                assert!(text.contains(t), "{question}: {t:?} not in {text:?}");
+            }
+            assert_eq!(citations(&a), cites, "{question}");
+            assert_eq!(a["confidence"], json!(confidence), "{question}");
+            assert_eq!(
+                a["follow_up_question"].is_string(),
+                confidence < 0.9 && confidence != 0.8
+            );
+            assert_eq!(a["telemetry"]["tool_use_count"], json!(n));
+            let actions = a["actions"].as_array().unwrap();
+            assert_eq!(
+                actions.len(),
+                usize::from(question.starts_with("extend")),
+                "{question}"
+            );
+            assert!(
+                done.attempts == 1 && done.tokens_in.unwrap() > 0 && done.tokens_out.unwrap() > 0
+            );
+        }
+        let (a, done) = answer_with(
+            "extend D1's deadline by 3 days",
+            &[json!({
+            "proposal_id": PROPOSAL, "contract": {"id": D1, "name": "D1"}, "summary": "Move it"})],
+        )
+        .await;
+        assert_eq!(
+            a["actions"],
+            json!([{"type": "propose_amendment", "summary": "Move it", "target": "D1", "proposal_id": PROPOSAL}])
+        );
+        assert_eq!(done.raw["shape"], json!("propose_amendment"));
     }
 
     #[tokio::test]
