@@ -564,180 +564,92 @@ fn amend(ws: &[Word], named: Vec<String>) -> Classified {
 mod tests {
     use super::*;
 
-    const D1: &str = "0195a1b2-0000-7000-8000-000000000001";
-    const D3: &str = "0195a1b2-0000-7000-8000-000000000003";
+    /// Question by question: the calls it makes, as `tool {arguments}`, one per line; `@G`
+    /// is the guarantor query, `@S` the query by state.
+    const CASES: &str = r#"
+why was D1 terminated? => explain_decision {"contract": "D1"}
+Why did D1 get terminated => explain_decision {"contract": "D1"}
+what happened to D1? => explain_decision {"contract": "D1"}
+Explain the decision on d1. => explain_decision {"contract": "D1"}
+why was D1's contract held => explain_decision {"contract": "D1"}
+why were D1 and D4 terminated? => explain_decision {"contract": "D1"}
+  | explain_decision {"contract": "D4"}
+explain 0195A1B2-0000-7000-8000-000000000003
+  => explain_decision {"contract": "0195a1b2-0000-7000-8000-000000000003"}
+show span 0195A1B2-0000-7000-8000-000000000001
+  => get_span {"id": "0195a1b2-0000-7000-8000-000000000001"}
+Which contracts have a guarantor who didn't respond within 24h? => @G now-24h
+contracts where the guarantor hasn't answered => @G now-24h
+guarantors that haven't responded in 48 hours => @G now-48h
+Show contracts whose guarantor did not reply in 2 days => @G now-2d
+which guarantors are silent for a week => @G now-7d
+Which contracts are terminated? => @S "terminated"}]
+how many contracts are open? => @S "open"}], "count": true
+list held contracts => @S "held"}]
+show me the contracts on hold => @S "held"}]
+which contracts were accepted => @S "accepted"}]
+List void contracts => @S "void"}]
+which contracts are terminated or held? => @S "terminated"}] | @S "held"}]
+What if the quorum were 3? => simulate_law {"law": "midnight_deadline", "set": {"quorum": 3}}
+if the quorum was 3 which contracts would change? what if
+  => simulate_law {"law": "midnight_deadline", "set": {"quorum": 3}}
+what if the grace hours were 6 under law late_delivery
+  => simulate_law {"law": "late_delivery", "set": {"grace_hours": 6}}
+simulate midnight_deadline with quorum=1
+  => simulate_law {"law": "midnight_deadline", "set": {"quorum": 1}}
+what if loan_return's quorum were two?
+  => simulate_law {"law": "loan_return", "set": {"quorum": 2}}
+extend D1's deadline by 3 days => @A +3d
+Push the deadline of D1 by 12 hours. => @A +12h
+postpone D1 by two days => @A +2d
+please extend the deadline for D1 by a week => @A +7d
+set D1's deadline to 2030-01-31 => @A 2030-01-31
+move D1's deadline to 2030-01-31T18:00:00Z => @A 2030-01-31T18:00:00Z
+bring D1's deadline forward by 1 day => @A -1d
+"#;
 
-    fn guarantor(within: &str) -> Value {
-        json!({
-            "entity_type": "contract",
-            "where": [
-                {"path": "content.guarantor.who", "op": "exists"},
-                {"path": "content.guarantor.responded_at", "op": "missing"},
-                {"path": "content.guarantor.requested_at", "op": "lt", "value": within},
-            ],
-            "latest_only": true, "order": "desc", "limit": 50,
-        })
-    }
-
-    fn state(s: &str, count: bool) -> Value {
-        let mut q = json!({"entity_type": "contract",
-            "where": [{"path": "content.state", "op": "eq", "value": s}], "latest_only": true});
-        if count {
-            q["count"] = json!(true);
-        }
-        q
-    }
-
-    fn amend(q: &str, deadline: &str) -> Value {
-        json!({"contract": "D1", "changes": {"deadline_at": deadline}, "reason": q})
-    }
-
-    fn check(q: &str, want: &[(ToolName, Value)]) {
-        let Classified::Known(intent) = classify(q) else {
-            panic!("{q}: not recognised");
-        };
-        assert_eq!(intent.calls(q), want, "{q}");
-    }
-
-    /// Question by question: the tool each one calls and the arguments it sends.
+    /// Each question makes the calls a model would, with the arguments the tools' types write.
     #[test]
     fn each_question_makes_the_calls_a_model_would() {
-        use ToolName::*;
-        let explain_d1 = (ExplainDecision, json!({"contract": "D1"}));
-        let cases: Vec<(&str, Vec<(ToolName, Value)>)> = vec![
-            ("why was D1 terminated?", vec![explain_d1.clone()]),
-            ("Why did D1 get terminated", vec![explain_d1.clone()]),
-            ("what happened to D1?", vec![explain_d1.clone()]),
-            ("Explain the decision on d1.", vec![explain_d1.clone()]),
-            ("why was D1's contract held", vec![explain_d1.clone()]),
-            (
-                "why were D1 and D4 terminated?",
-                vec![explain_d1, (ExplainDecision, json!({"contract": "D4"}))],
-            ),
-            (
-                "Which contracts have a guarantor who didn't respond within 24h?",
-                vec![(QueryLedger, guarantor("now-24h"))],
-            ),
-            (
-                "contracts where the guarantor hasn't answered",
-                vec![(QueryLedger, guarantor("now-24h"))],
-            ),
-            (
-                "guarantors that haven't responded in 48 hours",
-                vec![(QueryLedger, guarantor("now-48h"))],
-            ),
-            (
-                "Show contracts whose guarantor did not reply in 2 days",
-                vec![(QueryLedger, guarantor("now-2d"))],
-            ),
-            (
-                "which guarantors are silent for a week",
-                vec![(QueryLedger, guarantor("now-7d"))],
-            ),
-            (
-                "Which contracts are terminated?",
-                vec![(QueryLedger, state("terminated", false))],
-            ),
-            (
-                "how many contracts are open?",
-                vec![(QueryLedger, state("open", true))],
-            ),
-            (
-                "list held contracts",
-                vec![(QueryLedger, state("held", false))],
-            ),
-            (
-                "show me the contracts on hold",
-                vec![(QueryLedger, state("held", false))],
-            ),
-            (
-                "which contracts were accepted",
-                vec![(QueryLedger, state("accepted", false))],
-            ),
-            (
-                "List void contracts",
-                vec![(QueryLedger, state("void", false))],
-            ),
-            (
-                "which contracts are terminated or held?",
-                vec![
-                    (QueryLedger, state("terminated", false)),
-                    (QueryLedger, state("held", false)),
-                ],
-            ),
-            (
-                "What if the quorum were 3?",
-                vec![(
-                    SimulateLaw,
-                    json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
-                )],
-            ),
-            (
-                "if the quorum was 3 which contracts would change? what if",
-                vec![(
-                    SimulateLaw,
-                    json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
-                )],
-            ),
-            (
-                "what if the grace hours were 6 under law late_delivery",
-                vec![(
-                    SimulateLaw,
-                    json!({"law": "late_delivery", "set": {"grace_hours": 6}}),
-                )],
-            ),
-            (
-                "simulate midnight_deadline with quorum=1",
-                vec![(
-                    SimulateLaw,
-                    json!({"law": "midnight_deadline", "set": {"quorum": 1}}),
-                )],
-            ),
-            (
-                "what if loan_return's quorum were two?",
-                vec![(
-                    SimulateLaw,
-                    json!({"law": "loan_return", "set": {"quorum": 2}}),
-                )],
-            ),
-        ];
-        for (q, want) in cases {
-            check(q, &want);
-        }
-        check(
-            &format!("explain {D3}"),
-            &[(ExplainDecision, json!({"contract": D3}))],
-        );
-        let show = format!("show span {}", D1.to_uppercase());
-        check(&show, &[(GetSpan, json!({"id": D1}))]);
-        for (q, d) in [
-            ("extend D1's deadline by 3 days", "+3d"),
-            ("Push the deadline of D1 by 12 hours.", "+12h"),
-            ("postpone D1 by two days", "+2d"),
-            ("please extend the deadline for D1 by a week", "+7d"),
-            ("set D1's deadline to 2030-01-31", "2030-01-31"),
-            (
-                "move D1's deadline to 2030-01-31T18:00:00Z",
-                "2030-01-31T18:00:00Z",
-            ),
-            ("bring D1's deadline forward by 1 day", "-1d"),
-        ] {
-            check(q, &[(ProposeAmendment, amend(q, d))]);
+        let g = r#"query_ledger {"entity_type": "contract", "where": [
+            {"path": "content.guarantor.who", "op": "exists"},
+            {"path": "content.guarantor.responded_at", "op": "missing"},
+            {"path": "content.guarantor.requested_at", "op": "lt", "value": "W"}],
+            "latest_only": true, "order": "desc", "limit": 50}"#;
+        let s = r#"query_ledger {"entity_type": "contract", "latest_only": true,
+            "where": [{"path": "content.state", "op": "eq", "value": "#;
+        let cases = CASES.trim().replace("\n  ", " ");
+        for line in cases.lines() {
+            let (q, want) = line.split_once(" => ").unwrap();
+            let want: Vec<(ToolName, Value)> = want
+                .split(" | ")
+                .map(|call| {
+                    let call = match call.split_once(' ') {
+                        Some(("@G", within)) => g.replace('W', within),
+                        Some(("@S", rest)) => format!("{s}{rest}}}"),
+                        Some(("@A", d)) => format!(
+                            r#"propose_amendment {{"contract": "D1", "changes": {{"deadline_at": "{d}"}}, "reason": "{q}"}}"#
+                        ),
+                        _ => call.to_string(),
+                    };
+                    let (tool, args) = call.split_once(' ').unwrap();
+                    (ToolName::parse(tool).unwrap(), serde_json::from_str(args).unwrap())
+                })
+                .collect();
+            let Classified::Known(intent) = classify(q) else {
+                panic!("{q}: not recognised");
+            };
+            assert_eq!(intent.calls(q), want, "{q}");
         }
     }
 
     #[test]
     fn unclear_requests_say_what_is_missing() {
-        assert!(
-            matches!(classify("extend D1's deadline"), Classified::Unclear(h) if h.contains("by how much"))
-        );
-        assert!(
-            matches!(classify("extend the deadline by 2 days"), Classified::Unclear(h) if h.contains("which contract"))
-        );
-        assert!(matches!(
-            classify("what if it rained?"),
-            Classified::Unclear(_)
-        ));
+        let unclear =
+            |q: &str, hint: &str| matches!(classify(q), Classified::Unclear(h) if h.contains(hint));
+        assert!(unclear("extend D1's deadline", "by how much"));
+        assert!(unclear("extend the deadline by 2 days", "which contract"));
+        assert!(unclear("what if it rained?", "what if the quorum were 3"));
         assert_eq!(classify("hello there"), Classified::Unknown);
         assert_eq!(
             classify("Write me a poem about croissants"),

@@ -304,74 +304,75 @@ mod tests {
 
     use super::*;
     use crate::chat::blocks::EMBEDDED_ANSWER_SCHEMA;
-    use crate::chat::providers::CompiledPrompt;
-    use crate::chat::providers::{ProviderConfig, ToolSpec, provider_from_config};
+    use crate::chat::providers::{CompiledPrompt, ProviderConfig, ToolSpec, provider_from_config};
     use crate::chat::tools::ToolName;
 
-    fn tools() -> Vec<ToolSpec> {
-        ToolName::ALL
+    fn tools(only: Option<&str>) -> Vec<ToolSpec> {
+        let names = ToolName::ALL
             .iter()
-            .map(|n| ToolSpec {
-                name: n.as_str().into(),
-                description: format!("the {n} tool"),
-                parameters: json!({"type": "object"}),
-            })
-            .collect()
+            .filter(|n| only.is_none_or(|o| n.as_str() == o));
+        let spec = |n: &ToolName| ToolSpec {
+            name: n.as_str().into(),
+            description: format!("the {n} tool"),
+            parameters: json!({"type": "object"}),
+        };
+        names.map(spec).collect()
     }
 
-    fn request(messages: Vec<ChatMessage>, tools: Vec<ToolSpec>) -> CompletionRequest {
-        CompletionRequest {
-            system: CompiledPrompt::new("You are LogLine."),
+    async fn complete(
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+        deltas: Option<tokio::sync::mpsc::Sender<String>>,
+    ) -> Completion {
+        let system = CompiledPrompt::new("You are LogLine.");
+        let req = CompletionRequest {
+            system,
             messages,
             tools,
             response_schema: None,
-        }
+        };
+        OfflineProvider::new().complete(&req, deltas).await.unwrap()
     }
 
-    async fn ask(question: &str) -> Completion {
-        OfflineProvider::new()
-            .complete(&request(vec![ChatMessage::user(question)], tools()), None)
-            .await
-            .unwrap()
+    /// The final answer of a completion, checked against the answer schema.
+    fn answer_of(c: &Completion) -> Value {
+        assert!(c.message.tool_calls.is_empty());
+        let answer: Value = serde_json::from_str(&c.message.content).unwrap();
+        let schema: Value = serde_json::from_str(EMBEDDED_ANSWER_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&answer)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?} in {answer:#}");
+        answer
     }
 
     /// Runs the second step: the question, the calls, the canned results.
     async fn answer_with(question: &str, results: &[Value]) -> (Value, Completion) {
-        let first = ask(question).await;
+        let first = complete(vec![ChatMessage::user(question)], tools(None), None).await;
         let calls = first.message.tool_calls.clone();
         assert_eq!(calls.len(), results.len(), "{question}");
         let mut messages = vec![ChatMessage::user(question), first.message];
         for (c, r) in calls.iter().zip(results) {
             messages.push(ChatMessage::tool_result(&c.id, r.to_string()));
         }
-        let done = OfflineProvider::new()
-            .complete(&request(messages, tools()), None)
-            .await
-            .unwrap();
-        assert!(done.message.tool_calls.is_empty());
-        let answer: Value = serde_json::from_str(&done.message.content).unwrap();
-        assert_valid(&answer);
-        assert_cites_only_result_ids(&answer, results);
+        let done = complete(messages, tools(None), None).await;
+        let answer = answer_of(&done);
+        let mut ids = HashSet::new();
+        results.iter().for_each(|r| ids_in(r, &mut ids));
+        for c in citations(&answer) {
+            assert!(ids.contains(c), "{c} was not returned");
+        }
         (answer, done)
     }
 
-    fn assert_valid(answer: &Value) {
-        let schema: Value = serde_json::from_str(EMBEDDED_ANSWER_SCHEMA).unwrap();
-        let validator = jsonschema::validator_for(&schema).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(answer)
-            .map(|e| e.to_string())
-            .collect();
-        assert!(errors.is_empty(), "{errors:?} in {answer:#}");
-    }
-
+    /// The values of `id` and `contract_id` fields: all a result lets an answer cite.
     fn ids_in(v: &Value, out: &mut HashSet<String>) {
         match v {
             Value::Object(o) => {
                 for (k, v) in o {
-                    if (k == "id" || k == "contract_id")
-                        && let Some(s) = v.as_str()
-                    {
+                    if let (true, Some(s)) = (k == "id" || k == "contract_id", v.as_str()) {
                         out.insert(s.to_string());
                     }
                     ids_in(v, out);
@@ -382,243 +383,164 @@ mod tests {
         }
     }
 
-    fn assert_cites_only_result_ids(answer: &Value, results: &[Value]) {
-        let mut ids = HashSet::new();
-        results.iter().for_each(|r| ids_in(r, &mut ids));
-        for c in answer["citations"].as_array().unwrap() {
-            assert!(ids.contains(c.as_str().unwrap()), "{c} was not returned");
-        }
-    }
-
     fn citations(answer: &Value) -> Vec<&str> {
-        answer["citations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect()
+        let cites = answer["citations"].as_array().unwrap();
+        cites.iter().map(|c| c.as_str().unwrap()).collect()
     }
 
-    const D1: &str = "0195a1b2-0000-7000-8000-000000000001";
-    const D3: &str = "0195a1b2-0000-7000-8000-000000000003";
-    const D4: &str = "0195a1b2-0000-7000-8000-000000000004";
-    const D5: &str = "0195a1b2-0000-7000-8000-000000000005";
-    const LAW: &str = "0195a1b2-0000-7000-8000-0000000000aa";
-    const DECISION: &str = "0195a1b2-0000-7000-8000-0000000000d1";
-    const HIST: &str = "0195a1b2-0000-7000-8000-0000000000e1";
-    const PROPOSAL: &str = "0195a1b2-0000-7000-8000-0000000000f1";
+    /// `@X` in the cases below: the span ids of the canned results.
+    const IDS: [(&str, &str); 8] = [
+        ("@D1", "0195a1b2-0000-7000-8000-000000000001"),
+        ("@D3", "0195a1b2-0000-7000-8000-000000000003"),
+        ("@D4", "0195a1b2-0000-7000-8000-000000000004"),
+        ("@D5", "0195a1b2-0000-7000-8000-000000000005"),
+        ("@LAW", "0195a1b2-0000-7000-8000-0000000000aa"),
+        ("@DEC", "0195a1b2-0000-7000-8000-0000000000d1"),
+        ("@HIST", "0195a1b2-0000-7000-8000-0000000000e1"),
+        ("@PROP", "0195a1b2-0000-7000-8000-0000000000f1"),
+    ];
 
-    #[tokio::test]
-    async fn offline_provider_says_what_it_is() {
-        let p = provider_from_config(&ProviderConfig::Offline).unwrap();
-        assert_eq!(p.kind(), "offline");
-        assert_eq!(p.model(), "logline-offline-1");
-        assert_eq!(p.base_url(), None);
-    }
+    /// One case per behaviour: a question, the tools' canned results, and the answer's text
+    /// (the concatenation of `text`), citations, confidence and actions.
+    const CASES: &str = r#"[
+{"q": "why was D1 terminated?", "results": [{
+  "contract": {"id": "@D1", "name": "D1", "title": "300 pastéis de nata", "state": "terminated"},
+  "history": [{"id": "@HIST", "seq": 1, "at": "2025-03-04T09:00:00Z", "state": "open"}],
+  "decisions": [{"id": "@DEC", "seq": 4, "at": "2025-03-11T00:00:01Z",
+    "scheduled_at": "2025-03-11T00:00:00Z", "triage": "not",
+    "law": {"id": "@LAW", "seq": 2, "name": "midnight_deadline"},
+    "actions": [{"type": "terminate", "reason": "deadline passed without acceptance"}],
+    "variables": {"now": "2025-03-11T00:00:00Z", "accepted": false,
+      "deadline_at": "2025-03-08T17:00:00Z"}}],
+  "laws": [{"id": "@LAW", "seq": 2, "name": "midnight_deadline"}]}],
+ "text": ["D1 (\"300 pastéis de nata\") was terminated at the midnight of 2025-03-11T00:00:00Z",
+   " by law midnight_deadline (seq 2): triage `not` because deadline_at 2025-03-08T17:00:00Z,",
+   " accepted false, now 2025-03-11T00:00:00Z; actions: terminate(reason=deadline passed",
+   " without acceptance). Its current state is `terminated`."],
+ "cites": ["@DEC", "@LAW", "@D1"]},
+{"q": "why is D3 held?", "results": [{
+  "contract": {"id": "@D3", "name": "D3", "state": "held"}, "history": [], "laws": [],
+  "decisions": [{"id": "@DEC", "seq": 2, "scheduled_at": "2025-03-12T00:00:00Z",
+    "law": {"id": "@LAW", "seq": 1, "name": "guarantor_response"}, "triage": "doubt",
+    "actions": [{"type": "hold"}], "variables": {"quorum": 1},
+    "missing": ["guarantor.responded_at"], "fail_closed": true}]}],
+ "text": ["D3 was put on hold at the midnight of 2025-03-12T00:00:00Z by law guarantor_response",
+   " (seq 1): triage `doubt` because quorum 1 (missing: guarantor.responded_at) (the law",
+   " failed closed); actions: hold. Its current state is `held`."],
+ "cites": ["@DEC", "@LAW", "@D3"]},
+{"q": "what happened to D5?", "results": [{"decisions": [], "laws": [],
+  "contract": {"id": "@D5", "name": "D5", "title": "menu photos", "state": "open",
+    "deadline_at": "2025-03-14T00:00:00Z"},
+  "history": [{"id": "@HIST", "seq": 1, "at": "2025-03-06T11:00:00Z", "state": "open",
+    "status": "ok", "reason": "created"}]}],
+ "text": ["No law decision about D5 (\"menu photos\") is recorded; it is `open`. Its deadline",
+   " is 2025-03-14T00:00:00Z. History:\n- seq 1 at 2025-03-06T11:00:00Z: `open` (ok) — created"],
+ "cites": ["@HIST", "@D5"]},
+{"q": "which contracts have a guarantor who hasn't responded in 24h?", "results": [{"spans": [{
+  "id": "@D3", "seq": 1, "entity_type": "contract", "name": "D3", "at": "2025-03-10T08:00:00Z",
+  "content": {"title": "the bakery's delivery van", "state": "open",
+    "guarantor": {"who": "pedro", "requested_at": "2025-03-10T08:00:00Z"}}}],
+  "returned": 1, "truncated": false}],
+ "text": ["1 contract whose guarantor has not responded within 24 hours:\n- D3 \"the bakery's",
+   " delivery van\" — state `open`; guarantor pedro, asked at 2025-03-10T08:00:00Z"],
+ "cites": ["@D3"]},
+{"q": "which contracts are void?", "results": [{"spans": [], "returned": 0, "truncated": false}],
+ "text": ["I found no contracts in state `void`."], "confidence": 0.8},
+{"q": "how many contracts are terminated?", "results": [{"count": 2}],
+ "text": ["There are 2 contracts in state `terminated`."]},
+{"q": "extend D1's deadline by 3 days", "results": [{"proposal_id": "@PROP",
+  "status": "pending", "contract": {"id": "@D1", "name": "D1"},
+  "before": {"deadline_at": "2025-03-08T17:00:00Z"},
+  "after": {"deadline_at": "2025-03-11T17:00:00Z"}, "summary": "Move D1's deadline"}],
+ "text": ["I proposed a change to D1: Move D1's deadline (deadline_at 2025-03-08T17:00:00Z → ",
+   "2025-03-11T17:00:00Z). Nothing has changed yet: the proposal @PROP is pending and awaits",
+   " your confirmation."],
+ "cites": ["@D1"], "actions": [{"type": "propose_amendment", "summary": "Move D1's deadline",
+   "target": "D1", "proposal_id": "@PROP"}]},
+{"q": "what if the quorum were 3?", "results": [{"evaluated": 5,
+  "law": {"id": "@LAW", "seq": 2, "name": "midnight_deadline"},
+  "changes": [{"contract_id": "@D5", "name": "D5", "from": "ok", "to": "doubt"}]}],
+ "text": ["Simulating law midnight_deadline (seq 2) with quorum = 3 over 5 contracts: 1 contract",
+   " would change triage:\n- D5: `ok` → `doubt`\nThis is a simulation: nothing was decided or",
+   " changed."],
+ "cites": ["@LAW", "@D5"]},
+{"q": "show span @D4", "results": [{"span": {"id": "@D4", "seq": 1, "entity_type": "contract",
+  "name": "D4", "who": "marta", "did": "proposed", "this": "contract", "status": "ok",
+  "at": "2025-03-04T15:00:00Z", "content": {"title": "30-second advert", "state": "open"}}}],
+ "text": ["Span @D4 (contract `D4`, seq 1): marta proposed contract at 2025-03-04T15:00:00Z,",
+   " status ok. Title \"30-second advert\". State `open`."],
+ "cites": ["@D4"]},
+{"q": "why was D9 terminated?", "results": [{"error": "no contract named D9 is visible to you"}],
+ "text": ["I could not explain the decision on D9: no contract named D9 is visible to you."],
+ "confidence": 0.3},
+{"q": "why were D1 and D9 terminated?", "results": [{"error": "not found"},
+  {"contract": {"id": "@D1", "name": "D1"}, "history": [], "decisions": [], "laws": []}],
+ "text": ["I could not explain the decision on D1: not found.\n\nNo law decision about D1 is",
+   " recorded. Its history is empty."],
+ "cites": ["@D1"], "confidence": 0.7},
+{"q": "why is D1 open?", "results": [{"contract": {"name": "D1"}, "decisions": [], "laws": [],
+  "history": [{"id": "@HIST", "seq": 1, "at": "x", "state": "open", "reason": "see @D5"}]}],
+ "text": ["No law decision about D1 is recorded. History:\n- seq 1 at x: `open` — see @D5"],
+ "cites": ["@HIST"]},
+{"q": "why is D1 open?", "results": [{"contract": {"id": "not-a-uuid", "name": "D1"}}],
+ "text": ["I could not explain the decision on D1: its answer was not in the shape I expected."],
+ "confidence": 0.3}
+]"#;
 
-    /// Question, canned results, text fragments, citations, confidence: one row per behaviour.
+    /// Every answer shape, from canned results: an id that appears only in free text is not
+    /// cited, a malformed id makes a result unreadable, a failed call lowers the confidence.
     #[tokio::test]
     async fn offline_answers_from_typed_results() {
-        let decision = json!({
-            "contract": {"id": D1, "name": "D1", "title": "300 pastéis de nata", "state": "terminated"},
-            "history": [{"id": HIST, "seq": 1, "at": "2025-03-04T09:00:00Z", "state": "open"}],
-            "decisions": [{
-                "id": DECISION, "seq": 4, "at": "2025-03-11T00:00:01Z", "scheduled_at": "2025-03-11T00:00:00Z",
-                "law": {"id": LAW, "seq": 2, "name": "midnight_deadline"}, "triage": "not",
-                "actions": [{"type": "terminate", "reason": "deadline passed without acceptance"}],
-                "variables": {"now": "2025-03-11T00:00:00Z", "accepted": false, "deadline_at": "2025-03-08T17:00:00Z"},
-            }],
-            "laws": [{"id": LAW, "seq": 2, "name": "midnight_deadline"}],
-        });
-        let doubt = json!({
-            "contract": {"id": D3, "name": "D3", "state": "held"}, "history": [], "laws": [],
-            "decisions": [{
-                "id": DECISION, "seq": 2, "scheduled_at": "2025-03-12T00:00:00Z",
-                "law": {"id": LAW, "seq": 1, "name": "guarantor_response"}, "triage": "doubt",
-                "actions": [{"type": "hold"}], "variables": {"quorum": 1},
-                "missing": ["guarantor.responded_at"], "fail_closed": true,
-            }],
-        });
-        let history = json!({
-            "contract": {"id": D5, "name": "D5", "title": "menu photos", "state": "open", "deadline_at": "2025-03-14T00:00:00Z"},
-            "history": [{"id": HIST, "seq": 1, "at": "2025-03-06T11:00:00Z", "state": "open", "status": "ok", "reason": "created"}],
-            "decisions": [], "laws": [],
-        });
-        let silent = json!({"spans": [{
-            "id": D3, "seq": 1, "entity_type": "contract", "name": "D3", "at": "2025-03-10T08:00:00Z",
-            "content": {"title": "the bakery's delivery van", "state": "open",
-                "guarantor": {"who": "pedro", "requested_at": "2025-03-10T08:00:00Z"}},
-        }], "returned": 1, "truncated": false});
-        let proposal = json!({
-            "proposal_id": PROPOSAL, "status": "pending", "contract": {"id": D1, "name": "D1"},
-            "before": {"deadline_at": "2025-03-08T17:00:00Z"}, "after": {"deadline_at": "2025-03-11T17:00:00Z"},
-            "summary": "Move D1's deadline from 2025-03-08T17:00:00Z to 2025-03-11T17:00:00Z",
-        });
-        let simulation = json!({"law": {"id": LAW, "seq": 2, "name": "midnight_deadline"}, "evaluated": 5,
-            "changes": [{"contract_id": D5, "name": "D5", "from": "ok", "to": "doubt"}]});
-        let span = json!({"span": {"id": D4, "seq": 1, "entity_type": "contract", "name": "D4",
-            "who": "marta", "did": "proposed", "this": "contract", "status": "ok",
-            "at": "2025-03-04T15:00:00Z", "content": {"title": "30-second advert", "state": "open"}}});
-        let open = json!({"contract": {"id": D1, "name": "D1", "state": "open"}, "history": [], "decisions": [], "laws": []});
-        // An id that appears only in free text is not cited; a malformed id makes the result
-        // unreadable as the tool's output.
-        let free_text = json!({"contract": {"name": "D1", "state": "open"}, "decisions": [], "laws": [],
-            "history": [{"id": HIST, "seq": 1, "at": "x", "state": "open", "reason": format!("see {D5}")}]});
-        let empty = json!({"spans": [], "returned": 0, "truncated": false});
-        let span_q = format!("show span {D4}");
-        let cases: Vec<(&str, Vec<Value>, Vec<&str>, Vec<&str>, f64)> = vec![
-            (
-                "why was D1 terminated?",
-                vec![decision],
-                vec![
-                    "D1 (\"300 pastéis de nata\") was terminated at the midnight of 2025-03-11T00:00:00Z by law midnight_deadline (seq 2): triage `not` because deadline_at 2025-03-08T17:00:00Z, accepted false, now 2025-03-11T00:00:00Z; actions: terminate(reason=deadline passed without acceptance). Its current state is `terminated`.",
-                ],
-                vec![DECISION, LAW, D1],
-                0.9,
-            ),
-            (
-                "why is D3 held?",
-                vec![doubt],
-                vec![
-                    "D3 was put on hold at the midnight of 2025-03-12T00:00:00Z by law guarantor_response (seq 1): triage `doubt` because quorum 1 (missing: guarantor.responded_at) (the law failed closed); actions: hold.",
-                ],
-                vec![DECISION, LAW, D3],
-                0.9,
-            ),
-            (
-                "what happened to D5?",
-                vec![history],
-                vec![
-                    "No law decision about D5 (\"menu photos\") is recorded; it is `open`. Its deadline is 2025-03-14T00:00:00Z. History:\n- seq 1 at 2025-03-06T11:00:00Z: `open` (ok) — created",
-                ],
-                vec![HIST, D5],
-                0.9,
-            ),
-            (
-                "which contracts have a guarantor who hasn't responded in 24h?",
-                vec![silent],
-                vec![
-                    "1 contract whose guarantor has not responded within 24 hours:\n- D3 \"the bakery's delivery van\" — state `open`; guarantor pedro, asked at 2025-03-10T08:00:00Z",
-                ],
-                vec![D3],
-                0.9,
-            ),
-            (
-                "which contracts are void?",
-                vec![empty],
-                vec!["I found no contracts in state `void`."],
-                vec![],
-                0.8,
-            ),
-            (
-                "how many contracts are terminated?",
-                vec![json!({"count": 2})],
-                vec!["There are 2 contracts in state `terminated`."],
-                vec![],
-                0.9,
-            ),
-            (
-                "extend D1's deadline by 3 days",
-                vec![proposal],
-                vec![
-                    "I proposed a change to D1: Move D1's deadline from 2025-03-08T17:00:00Z to 2025-03-11T17:00:00Z (deadline_at 2025-03-08T17:00:00Z → 2025-03-11T17:00:00Z). Nothing has changed yet: the proposal 0195a1b2-0000-7000-8000-0000000000f1 is pending and awaits your confirmation.",
-                ],
-                vec![D1],
-                0.9,
-            ),
-            (
-                "what if the quorum were 3?",
-                vec![simulation],
-                vec![
-                    "Simulating law midnight_deadline (seq 2) with quorum = 3 over 5 contracts: 1 contract would change triage:\n- D5: `ok` → `doubt`\nThis is a simulation",
-                ],
-                vec![LAW, D5],
-                0.9,
-            ),
-            (
-                &span_q,
-                vec![span],
-                vec![
-                    "Span 0195a1b2-0000-7000-8000-000000000004 (contract `D4`, seq 1): marta proposed contract at 2025-03-04T15:00:00Z, status ok. Title \"30-second advert\". State `open`.",
-                ],
-                vec![D4],
-                0.9,
-            ),
-            (
-                "why was D9 terminated?",
-                vec![json!({"error": "no contract named D9 is visible to you"})],
-                vec![
-                    "I could not explain the decision on D9: no contract named D9 is visible to you.",
-                ],
-                vec![],
-                0.3,
-            ),
-            // One of two results failed: the other still counts, cited; confidence drops.
-            (
-                "why were D1 and D9 terminated?",
-                vec![open, json!({"error": "not found"})],
-                vec!["I could not explain the decision on D9: not found."],
-                vec![D1],
-                0.7,
-            ),
-            (
-                "why is D1 open?",
-                vec![free_text],
-                vec!["see 0195a1b2"],
-                vec![HIST],
-                0.9,
-            ),
-            (
-                "why is D1 open?",
-                vec![json!({"contract": {"id": "not-a-uuid", "name": "D1"}})],
-                vec!["not in the shape I expected"],
-                vec![],
-                0.3,
-            ),
-        ];
-        for (question, results, texts, cites, confidence) in cases {
-            let n = results.len();
-            let (a, done) = answer_with(question, &results).await;
-            let text = a["text"].as_str().unwrap();
-            for t in texts {
-                assert!(text.contains(t), "{question}: {t:?} not in {text:?}");
-            }
-            assert_eq!(citations(&a), cites, "{question}");
-            assert_eq!(a["confidence"], json!(confidence), "{question}");
+        let cases = IDS
+            .iter()
+            .fold(CASES.to_string(), |s, (k, v)| s.replace(k, v));
+        let cases: Vec<Value> = serde_json::from_str(&cases).unwrap();
+        for case in &cases {
+            let (q, results) = (
+                case["q"].as_str().unwrap(),
+                case["results"].as_array().unwrap(),
+            );
+            let (a, done) = answer_with(q, results).await;
+            let text: Vec<&str> = case["text"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(Value::as_str)
+                .collect();
+            assert_eq!(a["text"], json!(text.concat()), "{q}");
             assert_eq!(
-                a["follow_up_question"].is_string(),
-                confidence < 0.9 && confidence != 0.8
+                a["citations"],
+                case.get("cites").cloned().unwrap_or(json!([])),
+                "{q}"
             );
-            assert_eq!(a["telemetry"]["tool_use_count"], json!(n));
-            let actions = a["actions"].as_array().unwrap();
+            let confidence = case.get("confidence").cloned().unwrap_or(json!(0.9));
+            assert_eq!(a["confidence"], confidence, "{q}");
+            let follow_up = confidence == json!(0.3) || confidence == json!(0.7);
+            assert_eq!(a["follow_up_question"].is_string(), follow_up, "{q}");
             assert_eq!(
-                actions.len(),
-                usize::from(question.starts_with("extend")),
-                "{question}"
+                a["actions"],
+                case.get("actions").cloned().unwrap_or(json!([])),
+                "{q}"
             );
-            assert!(
-                done.attempts == 1 && done.tokens_in.unwrap() > 0 && done.tokens_out.unwrap() > 0
-            );
+            assert_eq!(a["telemetry"]["tool_use_count"], json!(results.len()));
+            assert!(done.attempts == 1 && done.tokens_in > Some(0) && done.tokens_out > Some(0));
         }
-        let (a, done) = answer_with(
-            "extend D1's deadline by 3 days",
-            &[json!({
-            "proposal_id": PROPOSAL, "contract": {"id": D1, "name": "D1"}, "summary": "Move it"})],
-        )
-        .await;
-        assert_eq!(
-            a["actions"],
-            json!([{"type": "propose_amendment", "summary": "Move it", "target": "D1", "proposal_id": PROPOSAL}])
-        );
-        assert_eq!(done.raw["shape"], json!("propose_amendment"));
     }
 
     #[tokio::test]
-    async fn offline_admits_it_is_not_a_language_model() {
-        let c = ask("Write me a poem about croissants").await;
-        assert!(c.message.tool_calls.is_empty());
-        let a: Value = serde_json::from_str(&c.message.content).unwrap();
-        assert_valid(&a);
+    async fn offline_provider_says_what_it_is_and_admits_it_is_not_a_language_model() {
+        let p = provider_from_config(&ProviderConfig::Offline).unwrap();
+        assert_eq!(
+            (p.kind(), p.model(), p.base_url()),
+            ("offline", "logline-offline-1", None)
+        );
+        let c = complete(
+            vec![ChatMessage::user("Write me a poem")],
+            tools(None),
+            None,
+        )
+        .await;
+        let a = answer_of(&c);
         let text = a["text"].as_str().unwrap();
         for needle in [
             "not a language model",
@@ -633,135 +555,83 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle}: {text}");
         }
-        assert_eq!(a["confidence"], json!(0.9));
-        assert!(citations(&a).is_empty());
+        assert_eq!(
+            (&a["confidence"], &a["citations"]),
+            (&json!(0.9), &json!([]))
+        );
         assert!(a["follow_up_question"].as_str().unwrap().contains("D1"));
         assert_eq!(c.raw["shape"], json!("unknown"));
     }
 
     #[tokio::test]
-    async fn offline_without_the_needed_tool_falls_back_to_help() {
-        let only_query: Vec<ToolSpec> = tools()
-            .into_iter()
-            .filter(|t| t.name == "query_ledger")
-            .collect();
-        let c = OfflineProvider::new()
-            .complete(
-                &request(
-                    vec![ChatMessage::user("why was D1 terminated?")],
-                    only_query,
-                ),
-                None,
-            )
-            .await
-            .unwrap();
-        assert!(c.message.tool_calls.is_empty());
-        let a: Value = serde_json::from_str(&c.message.content).unwrap();
-        assert_valid(&a);
-        assert!(
-            a["text"]
-                .as_str()
-                .unwrap()
-                .contains("`explain_decision` tool")
+    async fn offline_without_the_needed_tool_or_any_tools_calls_nothing() {
+        let why = || vec![ChatMessage::user("why was D1 terminated?")];
+        let c = complete(why(), tools(Some("query_ledger")), None).await;
+        let text = answer_of(&c)["text"].to_string();
+        assert!(text.contains("`explain_decision` tool"), "{text}");
+        // No tools at all (the breaker removed them): an honest low-confidence answer.
+        let a = answer_of(&complete(why(), Vec::new(), None).await);
+        assert_eq!(
+            (&a["confidence"], &a["citations"]),
+            (&json!(0.3), &json!([]))
         );
-    }
-
-    #[tokio::test]
-    async fn offline_with_tools_removed_by_the_breaker_answers_without_calls() {
         // Results already in the turn, tools removed: answer from the results.
-        let question = "which contracts are terminated?";
+        let args = json!({"entity_type": "contract", "latest_only": true,
+            "where": [{"path": "content.state", "op": "eq", "value": "terminated"}]});
         let call = ToolCall {
             id: "call_1".into(),
             name: "query_ledger".into(),
-            arguments: json!({"entity_type": "contract", "where": [{"path": "content.state", "op": "eq", "value": "terminated"}], "latest_only": true}),
+            arguments: args,
         };
-        let result = json!({"spans": [{"id": D1, "name": "D1", "entity_type": "contract", "content": {"title": "pastéis", "state": "terminated"}}], "returned": 1, "truncated": false});
+        let result = json!({"spans": [{"id": IDS[0].1, "name": "D1", "content": {"state": "x"}}]});
         let messages = vec![
-            ChatMessage::user(question),
+            ChatMessage::user("which contracts are terminated?"),
             ChatMessage::assistant_tool_calls("", vec![call]),
             ChatMessage::tool_result("call_1", result.to_string()),
         ];
-        let c = OfflineProvider::new()
-            .complete(&request(messages, Vec::new()), None)
-            .await
-            .unwrap();
-        assert!(c.message.tool_calls.is_empty());
-        let a: Value = serde_json::from_str(&c.message.content).unwrap();
-        assert_valid(&a);
-        assert_eq!(citations(&a), [D1]);
-
-        // No results and no tools: no call, an honest low-confidence answer.
-        let c = OfflineProvider::new()
-            .complete(
-                &request(vec![ChatMessage::user(question)], Vec::new()),
-                None,
-            )
-            .await
-            .unwrap();
-        assert!(c.message.tool_calls.is_empty());
-        let a: Value = serde_json::from_str(&c.message.content).unwrap();
-        assert_valid(&a);
-        assert_eq!(a["confidence"], json!(0.3));
-        assert!(citations(&a).is_empty());
+        let a = answer_of(&complete(messages, Vec::new(), None).await);
+        assert_eq!(citations(&a), [IDS[0].1]);
     }
 
     #[tokio::test]
     async fn offline_streams_the_answer_but_not_tool_calls() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let c = OfflineProvider::new()
-            .complete(
-                &request(vec![ChatMessage::user("hello")], tools()),
-                Some(tx),
-            )
-            .await
-            .unwrap();
-        let mut streamed = String::new();
-        let mut pieces = 0;
+        let c = complete(vec![ChatMessage::user("hello")], tools(None), Some(tx)).await;
+        let mut streamed = Vec::new();
         while let Some(s) = rx.recv().await {
-            streamed.push_str(&s);
-            pieces += 1;
+            streamed.push(s);
         }
-        assert_eq!(streamed, c.message.content);
-        assert!(pieces > 1);
-
+        assert_eq!(streamed.concat(), c.message.content);
+        assert!(streamed.len() > 1);
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let c = OfflineProvider::new()
-            .complete(
-                &request(vec![ChatMessage::user("why was D1 terminated?")], tools()),
-                Some(tx),
-            )
-            .await
-            .unwrap();
+        let why = vec![ChatMessage::user("why was D1 terminated?")];
+        let c = complete(why, tools(None), Some(tx)).await;
         assert_eq!(c.message.tool_calls.len(), 1);
         assert_eq!(rx.recv().await, None);
     }
 
     #[tokio::test]
     async fn offline_answers_are_deterministic_and_read_only_the_current_turn() {
+        let args = json!({"contract": "D4"});
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "explain_decision".into(),
+            arguments: args,
+        };
         let earlier = vec![
             ChatMessage::user("why was D4 terminated?"),
-            ChatMessage::assistant_tool_calls(
-                "",
-                vec![ToolCall {
-                    id: "call_1".into(),
-                    name: "explain_decision".into(),
-                    arguments: json!({"contract": "D4"}),
-                }],
-            ),
+            ChatMessage::assistant_tool_calls("", vec![call]),
             ChatMessage::tool_result("call_1", json!({"error": "boom"}).to_string()),
             ChatMessage::assistant("{}"),
             ChatMessage::user("which contracts are open?"),
         ];
-        let a = OfflineProvider::new()
-            .complete(&request(earlier.clone(), tools()), None)
-            .await
-            .unwrap();
-        let b = OfflineProvider::new()
-            .complete(&request(earlier, tools()), None)
-            .await
-            .unwrap();
+        let a = complete(earlier.clone(), tools(None), None).await;
+        let b = complete(earlier, tools(None), None).await;
         assert_eq!(a.message, b.message);
-        assert_eq!(a.message.tool_calls[0].id, "call_1");
-        assert_eq!(a.message.tool_calls[0].name, "query_ledger");
+        let call = &a.message.tool_calls[0];
+        assert_eq!(
+            (call.id.as_str(), call.name.as_str()),
+            ("call_1", "query_ledger")
+        );
     }
 }
