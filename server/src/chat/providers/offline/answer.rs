@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Answer;
+use super::{Answer, Telemetry};
 use crate::chat::providers::ToolCall;
 use crate::chat::tools::{
     ToolError, ToolName, Truncated, explain_decision as explain, get_span,
@@ -89,7 +89,7 @@ pub(super) fn from_results(
             .filter(|c| seen.insert(*c))
             .map(|c| c.to_string())
             .collect(),
-        tool_use_count,
+        telemetry: Telemetry { tool_use_count },
     };
     (answer, shape.map_or("answer", ToolName::as_str))
 }
@@ -135,6 +135,11 @@ fn typed_args<A: for<'de> Deserialize<'de>>(args: &Value) -> Option<A> {
 /// `pre`, the value and `post`, or nothing when there is no value.
 fn opt(pre: &str, v: Option<impl Display>, post: &str) -> String {
     v.map(|v| format!("{pre}{v}{post}")).unwrap_or_default()
+}
+
+/// `items` joined by `sep` between `pre` and `post`, or nothing when there are none.
+fn joined(pre: &str, items: &[String], sep: &str, post: &str) -> String {
+    opt(pre, (!items.is_empty()).then(|| items.join(sep)), post)
 }
 
 /// `v`, or `?` for what the result did not say.
@@ -237,10 +242,7 @@ fn action_text(a: &Value) -> String {
             _ => args.push(format!("{k}={}", compact(v, 80))),
         }
     }
-    format!(
-        "{name}{}",
-        opt("(", (!args.is_empty()).then(|| args.join(", ")), ")")
-    )
+    format!("{name}{}", joined("(", &args, ", ", ")"))
 }
 
 fn actions_text(actions: Option<&Value>) -> String {
@@ -369,11 +371,7 @@ fn explain_part(out: explain::Output, args: Option<explain::Args>) -> Part {
     let because = format!(
         "{}{}{}",
         opt(" because ", (!vars.is_empty()).then_some(vars), ""),
-        opt(
-            " (missing: ",
-            (!missing.is_empty()).then(|| missing.join(", ")),
-            ")"
-        ),
+        joined(" (missing: ", &missing, ", ", ")"),
         if d.fail_closed == Some(json!(true)) {
             " (the law failed closed)"
         } else {
@@ -403,11 +401,7 @@ fn explain_part(out: explain::Output, args: Option<explain::Args>) -> Part {
         text(d.triage.as_ref()).unwrap_or_else(|| "unknown".into()),
         actions_text(d.actions.as_ref()),
         opt(" Its current state is `", c.state.as_ref(), "`."),
-        opt(
-            " Other decisions: ",
-            (!earlier.is_empty()).then(|| earlier.join("; ")),
-            "."
-        ),
+        joined(" Other decisions: ", &earlier, "; ", "."),
     );
     let cites = decisions.iter().flat_map(|d| [d.id, d.law.id]);
     part(
@@ -478,11 +472,7 @@ fn describe_where(clauses: &[Clause]) -> String {
             )
         })
         .collect();
-    opt(
-        "matching ",
-        (!parts.is_empty()).then(|| parts.join(" and ")),
-        "",
-    )
+    joined("matching ", &parts, " and ", "")
 }
 
 fn query_part(out: query::Output, args: QueryArgs) -> Part {
@@ -631,7 +621,7 @@ fn amend_part(out: amend::Output, args: Option<amend::Args>) -> Part {
         "I proposed a change to {name}: {}{}. Nothing has changed yet: the proposal{} is {} and \
          awaits your confirmation.",
         summary.trim_end_matches(['.', ' ']),
-        opt(" (", (!diffs.is_empty()).then(|| diffs.join("; ")), ")"),
+        joined(" (", &diffs, "; ", ")"),
         opt(" ", out.proposal_id, ""),
         out.status.as_deref().unwrap_or("pending"),
     );
@@ -684,7 +674,7 @@ fn simulate_part(out: simulate::Output, args: Option<simulate::Args>) -> Part {
     let text = format!(
         "Simulating law {name}{}{}{}: {changes}This is a simulation: nothing was decided or changed.",
         opt(" (seq ", law.seq, ")"),
-        opt(" with ", (!set.is_empty()).then(|| set.join(", ")), ""),
+        joined(" with ", &set, ", ", ""),
         opt(" over ", over, ""),
     );
     let evidence = if out.evaluated == Some(0) {

@@ -103,24 +103,20 @@ fn number_word(s: &str) -> Option<u32> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Unit {
-    Hours,
-    Days,
-}
-
-fn unit(s: &str) -> Option<(Unit, u32)> {
+/// A unit of time, as the letter `query_ledger` and `propose_amendment` read (`h`, `d`), and
+/// how many of it the word means.
+fn unit(s: &str) -> Option<(char, u32)> {
     match s {
-        "h" | "hr" | "hrs" | "hour" | "hours" => Some((Unit::Hours, 1)),
-        "d" | "day" | "days" => Some((Unit::Days, 1)),
-        "w" | "wk" | "wks" | "week" | "weeks" => Some((Unit::Days, 7)),
+        "h" | "hr" | "hrs" | "hour" | "hours" => Some(('h', 1)),
+        "d" | "day" | "days" => Some(('d', 1)),
+        "w" | "wk" | "wks" | "week" | "weeks" => Some(('d', 7)),
         _ => None,
     }
 }
 
 /// Durations mentioned (`24h`, `24 hours`, `48-hour`, `a day`, `two weeks`), each with the
 /// index of its first word. Weeks become days.
-fn durations(ws: &[Word]) -> Vec<(usize, u32, Unit)> {
+fn durations(ws: &[Word]) -> Vec<(usize, u32, char)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < ws.len() {
@@ -144,13 +140,6 @@ fn durations(ws: &[Word]) -> Vec<(usize, u32, Unit)> {
         i += 1;
     }
     out
-}
-
-fn unit_letter(u: Unit) -> char {
-    match u {
-        Unit::Hours => 'h',
-        Unit::Days => 'd',
-    }
 }
 
 /// A date as the user wrote it, when it is `YYYY-MM-DD` or RFC 3339.
@@ -180,7 +169,7 @@ pub(super) enum Intent {
     },
     Guarantor {
         amount: u32,
-        unit: Unit,
+        unit: char,
     },
     Explain(Vec<String>),
     States {
@@ -267,7 +256,7 @@ impl Intent {
                         {
                             "path": "content.guarantor.requested_at",
                             "op": "lt",
-                            "value": format!("now-{amount}{}", unit_letter(*unit)),
+                            "value": format!("now-{amount}{unit}"),
                         },
                     ],
                     "latest_only": true,
@@ -377,9 +366,7 @@ const NO_RESPONSE: &str = "respond responded response answer answered reply repl
 fn silent_guarantors(q: &Question) -> Option<Classified> {
     let ws = &q.ws;
     (has(ws, GUARANTOR) && has(ws, NO_RESPONSE)).then(|| {
-        let (amount, unit) = durations(ws)
-            .first()
-            .map_or((24, Unit::Hours), |&(_, n, u)| (n, u));
+        let (amount, unit) = durations(ws).first().map_or((24, 'h'), |&(_, n, u)| (n, u));
         Classified::Known(Intent::Guarantor { amount, unit })
     })
 }
@@ -537,11 +524,7 @@ fn amend(ws: &[Word], named: Vec<String>) -> Classified {
         .find(|(i, _, _)| *i > 0 && ws[*i - 1].lower == "by")
         .or_else(|| ds.first());
     let deadline = if let Some(&(_, n, u)) = by.filter(|(_, n, _)| *n > 0) {
-        Some(format!(
-            "{}{n}{}",
-            if earlier { '-' } else { '+' },
-            unit_letter(u)
-        ))
+        Some(format!("{}{n}{u}", if earlier { '-' } else { '+' }))
     } else {
         ws.iter().find(|w| is_date(&w.raw)).map(|w| w.raw.clone())
     };

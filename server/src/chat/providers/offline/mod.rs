@@ -173,7 +173,7 @@ fn respond(req: &CompletionRequest) -> Reply {
             ),
             actions: Vec::new(),
             citations: Vec::new(),
-            tool_use_count,
+            telemetry: Telemetry { tool_use_count },
         };
         return final_reply(answer, intent.shape(), "no_tools");
     }
@@ -206,27 +206,21 @@ fn respond(req: &CompletionRequest) -> Reply {
     }
 }
 
-fn final_reply(answer: Answer, shape: &str, step: &str) -> Reply {
-    let content = serde_json::to_string(&answer.into_json()).unwrap_or_default();
+fn final_reply(mut answer: Answer, shape: &str, step: &str) -> Reply {
+    if answer.text.trim().is_empty() {
+        answer.text = "I have nothing to report.".into();
+    }
+    answer.follow_up_question = answer.follow_up_question.filter(|q| !q.is_empty());
+    let content = serde_json::to_string(&answer).unwrap_or_default();
     Reply {
         message: ChatMessage::assistant(content),
         raw: json!({"offline": true, "model": OFFLINE_MODEL, "shape": shape, "step": step}),
     }
 }
 
-/// The answer object of `prompts/answer.schema.json`.
-struct Answer {
-    text: String,
-    confidence: f64,
-    follow_up_question: Option<String>,
-    actions: Vec<Value>,
-    citations: Vec<String>,
-    tool_use_count: usize,
-}
-
-/// [`Answer`] as written, in the schema's field order.
+/// The answer object of `prompts/answer.schema.json`, in the schema's field order.
 #[derive(Serialize)]
-struct AnswerJson {
+struct Answer {
     text: String,
     confidence: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,25 +233,6 @@ struct AnswerJson {
 #[derive(Serialize)]
 struct Telemetry {
     tool_use_count: usize,
-}
-
-impl Answer {
-    fn into_json(self) -> AnswerJson {
-        AnswerJson {
-            text: if self.text.trim().is_empty() {
-                "I have nothing to report.".into()
-            } else {
-                self.text
-            },
-            confidence: self.confidence,
-            follow_up_question: self.follow_up_question.filter(|q| !q.is_empty()),
-            actions: self.actions,
-            citations: self.citations,
-            telemetry: Telemetry {
-                tool_use_count: self.tool_use_count,
-            },
-        }
-    }
 }
 
 const EXAMPLES: [&str; 3] = [
@@ -295,7 +270,7 @@ fn help(hint: Option<&str>, tool_use_count: usize) -> Answer {
         follow_up_question: Some(format!("Would you like to try: \"{}\"", EXAMPLES[0])),
         actions: Vec::new(),
         citations: Vec::new(),
-        tool_use_count,
+        telemetry: Telemetry { tool_use_count },
     }
 }
 #[cfg(test)]
