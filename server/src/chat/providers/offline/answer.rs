@@ -17,6 +17,8 @@ use crate::chat::tools::{
     propose_amendment as amend, query_ledger as query, simulate_law as simulate,
 };
 use Evidence::{Error, Found, Nothing};
+use ToolName as T;
+use query::Output as Q;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Evidence {
@@ -170,19 +172,18 @@ fn compact(v: &Value, max: usize) -> String {
 
 fn sentence(s: &str) -> String {
     let s = s.trim();
-    if s.ends_with(['.', '!', '?']) {
-        s.to_string()
-    } else {
-        format!("{s}.")
-    }
+    format!(
+        "{s}{}",
+        if s.ends_with(['.', '!', '?']) {
+            ""
+        } else {
+            "."
+        }
+    )
 }
 
 fn plural(n: usize, one: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {one}s")
-    }
+    format!("{n} {one}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The count beyond `shown`, if any.
@@ -191,20 +192,12 @@ fn beyond(len: usize, shown: usize) -> Option<usize> {
 }
 
 /// What each tool was asked to do, and the argument that names its object.
-const ATTEMPTS: [(ToolName, &str, &str); 5] = [
-    (
-        ToolName::ExplainDecision,
-        "explain the decision on",
-        "contract",
-    ),
-    (ToolName::QueryLedger, "query the ledger", ""),
-    (ToolName::GetSpan, "read span", "id"),
-    (
-        ToolName::ProposeAmendment,
-        "propose the change to",
-        "contract",
-    ),
-    (ToolName::SimulateLaw, "simulate law", "law"),
+const ATTEMPTS: [(T, &str, &str); 5] = [
+    (T::ExplainDecision, "explain the decision on", "contract"),
+    (T::QueryLedger, "query the ledger", ""),
+    (T::GetSpan, "read span", "id"),
+    (T::ProposeAmendment, "propose the change to", "contract"),
+    (T::SimulateLaw, "simulate law", "law"),
 ];
 
 fn error_part(tool: Option<ToolName>, name: &str, args: &Value, error: &str) -> Part {
@@ -254,21 +247,17 @@ fn actions_text(actions: Option<&Value>) -> String {
 
 /// The variables a decision was made on, the usual decisive ones first.
 fn variables_text(vars: Option<&Value>) -> String {
-    const FIRST: [&str; 8] = [
-        "deadline_at",
-        "accepted",
-        "state",
-        "now",
-        "evidence",
-        "evidence_count",
-        "approvals",
-        "quorum",
-    ];
+    const FIRST: &str = "deadline_at accepted state now evidence evidence_count approvals quorum";
     let Some(o) = vars.and_then(Value::as_object) else {
         return String::new();
     };
-    let mut keys: Vec<&str> = FIRST.into_iter().filter(|k| o.contains_key(*k)).collect();
-    keys.extend(o.keys().map(String::as_str).filter(|k| !FIRST.contains(k)));
+    let first = || FIRST.split(' ');
+    let mut keys: Vec<&str> = first().filter(|k| o.contains_key(*k)).collect();
+    keys.extend(
+        o.keys()
+            .map(String::as_str)
+            .filter(|k| !first().any(|f| f == *k)),
+    );
     let shown: Vec<String> = keys
         .iter()
         .take(8)
@@ -475,56 +464,34 @@ fn describe_where(clauses: &[Clause]) -> String {
     joined("matching ", &parts, " and ", "")
 }
 
+const MORE_MATCHED: &str =
+    "\nMore matched than were returned; ask for a narrower list to see the rest.";
+
 fn query_part(out: query::Output, args: QueryArgs) -> Part {
     let entity = args.entity_type.unwrap_or_else(|| "span".into());
     let desc = describe_where(&args.clauses);
-    let with_desc = |s: String| {
-        if desc.is_empty() {
-            s
-        } else {
-            format!("{s} {desc}")
-        }
-    };
+    let with_desc =
+        |s: String| format!("{s}{}", opt(" ", Some(&desc).filter(|d| !d.is_empty()), ""));
+    let said = |s: String, evidence| part(sentence(&with_desc(s)), evidence, []);
     let (spans, truncated) = match out {
-        query::Output::Count { count: 0 } => {
-            return part(
-                sentence(&with_desc(format!("There are no {entity}s"))),
-                Nothing,
-                [],
-            );
-        }
-        query::Output::Count { count } => {
+        Q::Count { count: 0 } => return said(format!("There are no {entity}s"), Nothing),
+        Q::Count { count } => {
             let n = usize::try_from(count).unwrap_or(usize::MAX);
             let verb = if n == 1 { "is" } else { "are" };
-            return part(
-                sentence(&with_desc(format!("There {verb} {}", plural(n, &entity)))),
-                Found,
-                [],
-            );
+            return said(format!("There {verb} {}", plural(n, &entity)), Found);
         }
-        query::Output::Groups { groups } if groups.is_empty() => {
-            return part(sentence(&with_desc(format!("No {entity}s"))), Nothing, []);
-        }
-        query::Output::Groups { groups } => {
-            let lines: Vec<String> = groups
-                .iter()
+        Q::Groups { groups } if groups.is_empty() => return said(format!("No {entity}s"), Nothing),
+        Q::Groups { groups } => {
+            let lines: Vec<String> = (groups.iter())
                 .map(|g| format!("- {}: {}", compact(&g.key, 80), g.count))
                 .collect();
-            let text = format!(
-                "{}:\n{}",
-                with_desc(format!("{entity}s by group")),
-                lines.join("\n")
-            );
-            return part(text, Found, []);
+            let head = with_desc(format!("{entity}s by group"));
+            return part(format!("{head}:\n{}", lines.join("\n")), Found, []);
         }
-        query::Output::Rows { spans, .. } if spans.is_empty() => {
-            return part(
-                sentence(&with_desc(format!("I found no {entity}s"))),
-                Nothing,
-                [],
-            );
+        Q::Rows { spans, .. } if spans.is_empty() => {
+            return said(format!("I found no {entity}s"), Nothing);
         }
-        query::Output::Rows {
+        Q::Rows {
             spans, truncated, ..
         } => (spans, truncated),
     };
@@ -559,11 +526,7 @@ fn query_part(out: query::Output, args: QueryArgs) -> Part {
         with_desc(plural(spans.len(), &entity)),
         lines.join("\n"),
         opt("\n… and ", beyond(spans.len(), 50), " more."),
-        if truncated {
-            "\nMore matched than were returned; ask for a narrower list to see the rest."
-        } else {
-            ""
-        },
+        opt("", truncated.then_some(MORE_MATCHED), ""),
     );
     part(text, Found, spans.iter().map(|s| s.id))
 }
