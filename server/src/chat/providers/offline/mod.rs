@@ -108,51 +108,29 @@ struct Reply {
     raw: Value,
 }
 
-/// The current turn: the last user message and what followed it.
-struct Turn<'a> {
-    question: &'a str,
-    /// Tool calls the assistant made in this turn, in order.
-    calls: Vec<&'a ToolCall>,
-    /// Tool results of this turn, with the call each answers (when it can be found).
-    results: Vec<(Option<&'a ToolCall>, &'a str)>,
-}
+/// The current turn: the last user message, how many tool calls the assistant made since, and
+/// the tool results of the turn, each with the call it answers (when it can be found).
+type Turn<'a> = (&'a str, usize, Vec<(Option<&'a ToolCall>, &'a str)>);
 
 fn current_turn(messages: &[ChatMessage]) -> Turn<'_> {
     let start = messages.iter().rposition(|m| m.role == Role::User);
     let question = start.map_or("", |i| messages[i].content.as_str());
     let rest = start.map_or(messages, |i| &messages[i + 1..]);
-    let calls: Vec<&ToolCall> = rest
-        .iter()
-        .filter(|m| m.role == Role::Assistant)
-        .flat_map(|m| &m.tool_calls)
-        .collect();
-    let results = rest
-        .iter()
-        .filter(|m| m.role == Role::Tool)
-        .map(|m| {
-            let call = m
-                .tool_call_id
-                .as_deref()
-                .and_then(|id| calls.iter().copied().find(|c| c.id == id));
-            (call, m.content.as_str())
-        })
-        .collect();
-    Turn {
-        question,
-        calls,
-        results,
-    }
+    let by = |role: Role| rest.iter().filter(move |m| m.role == role);
+    let calls: Vec<&ToolCall> = by(Role::Assistant).flat_map(|m| &m.tool_calls).collect();
+    let call = |id: Option<&str>| calls.iter().copied().find(|c| Some(c.id.as_str()) == id);
+    let results = by(Role::Tool).map(|m| (call(m.tool_call_id.as_deref()), m.content.as_str()));
+    (question, calls.len(), results.collect())
 }
 
 /// The whole decision, pure and synchronous: tool calls, an answer from results, or help.
 fn respond(req: &CompletionRequest) -> Reply {
-    let turn = current_turn(&req.messages);
-    let tool_use_count = turn.calls.len();
-    if !turn.results.is_empty() {
-        let (answer, shape) = answer::from_results(&turn.results, tool_use_count);
+    let (question, tool_use_count, results) = current_turn(&req.messages);
+    if !results.is_empty() {
+        let (answer, shape) = answer::from_results(&results, tool_use_count);
         return final_reply(answer, shape, "answer");
     }
-    let intent = match intents::classify(turn.question) {
+    let intent = match intents::classify(question) {
         Classified::Known(intent) => intent,
         Classified::Unclear(hint) => {
             return final_reply(help(Some(&hint), tool_use_count), "unclear", "help");
@@ -161,20 +139,13 @@ fn respond(req: &CompletionRequest) -> Reply {
     };
     let tool = intent.tool();
     if req.tools.is_empty() {
-        let answer = Answer {
-            text: format!(
-                "I am LogLine's offline helper, not a language model. I recognise this as a \
-                 question for the `{tool}` tool, but no tools are available to me in this turn, \
-                 so I have no evidence from the ledger to answer with."
-            ),
-            confidence: 0.3,
-            follow_up_question: Some(
-                "Would you like to ask the same question again in a new turn?".into(),
-            ),
-            actions: Vec::new(),
-            citations: Vec::new(),
-            telemetry: Telemetry { tool_use_count },
-        };
+        let text = format!(
+            "I am LogLine's offline helper, not a language model. I recognise this as a question \
+             for the `{tool}` tool, but no tools are available to me in this turn, so I have no \
+             evidence from the ledger to answer with."
+        );
+        let again = "Would you like to ask the same question again in a new turn?";
+        let answer = Answer::plain(text, 0.3, again.into(), tool_use_count);
         return final_reply(answer, intent.shape(), "no_tools");
     }
     if !req.tools.iter().any(|t| t.name == tool.as_str()) {
@@ -183,7 +154,7 @@ fn respond(req: &CompletionRequest) -> Reply {
         return final_reply(help(Some(&hint), tool_use_count), intent.shape(), "help");
     }
     let calls: Vec<ToolCall> = intent
-        .calls(turn.question)
+        .calls(question)
         .into_iter()
         .enumerate()
         .map(|(i, (name, arguments))| ToolCall {
@@ -235,6 +206,20 @@ struct Telemetry {
     tool_use_count: usize,
 }
 
+impl Answer {
+    /// An answer from no evidence: nothing to cite, nothing to do.
+    fn plain(text: String, confidence: f64, follow_up: String, tool_use_count: usize) -> Self {
+        Self {
+            text,
+            confidence,
+            follow_up_question: Some(follow_up),
+            actions: Vec::new(),
+            citations: Vec::new(),
+            telemetry: Telemetry { tool_use_count },
+        }
+    }
+}
+
 const EXAMPLES: [&str; 3] = [
     "Why was D1 terminated?",
     "Which contracts have a guarantor who hasn't responded in 24h?",
@@ -243,36 +228,23 @@ const EXAMPLES: [&str; 3] = [
 
 /// What the offline provider is, what it understands, and how to configure a real model.
 fn help(hint: Option<&str>, tool_use_count: usize) -> Answer {
-    let mut text = String::new();
-    if let Some(h) = hint {
-        text.push_str(h);
-        text.push_str("\n\n");
-    }
-    text.push_str(
-        "I am LogLine's offline helper, not a language model: I only understand a few kinds of \
-         question about contracts and the ledger, and I did not recognise this one. For example:\n",
-    );
-    for e in EXAMPLES {
-        text.push_str(&format!("- \"{e}\"\n"));
-    }
-    text.push_str(
-        "I also understand \"which contracts are open?\" (or terminated, held, accepted, void), \
-         \"how many contracts are terminated?\", \"what happened to D4?\", \"what if the quorum \
-         were 3?\" and \"show span <id>\".\n\n\
+    let examples: String = EXAMPLES.iter().map(|e| format!("- \"{e}\"\n")).collect();
+    let text = format!(
+        "{}I am LogLine's offline helper, not a language model: I only understand a few kinds of \
+         question about contracts and the ledger, and I did not recognise this one. For \
+         example:\n{examples}I also understand \"which contracts are open?\" (or terminated, \
+         held, accepted, void), \"how many contracts are terminated?\", \"what happened to \
+         D4?\", \"what if the quorum were 3?\" and \"show span <id>\".\n\n\
          To talk to a real model, configure a provider: LOGLINE_PROVIDER=openai with \
          OPENAI_BASE_URL, OPENAI_API_KEY and LOGLINE_MODEL (any OpenAI-compatible server: \
          OpenAI, vLLM, llama.cpp server, LM Studio), or LOGLINE_PROVIDER=ollama with OLLAMA_URL \
          and LOGLINE_MODEL.",
+        hint.map(|h| format!("{h}\n\n")).unwrap_or_default(),
     );
-    Answer {
-        text,
-        confidence: 0.9,
-        follow_up_question: Some(format!("Would you like to try: \"{}\"", EXAMPLES[0])),
-        actions: Vec::new(),
-        citations: Vec::new(),
-        telemetry: Telemetry { tool_use_count },
-    }
+    let try_this = format!("Would you like to try: \"{}\"", EXAMPLES[0]);
+    Answer::plain(text, 0.9, try_this, tool_use_count)
 }
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
