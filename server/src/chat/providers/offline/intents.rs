@@ -3,7 +3,7 @@
 //! each a set of cue words and a reader that pulls the details (contract names, durations, a
 //! parameter and its value) out of the question; the first rule that applies decides.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, to_value};
 
 use crate::chat::tools::{ToolName, explain_decision, get_span, propose_amendment, simulate_law};
 
@@ -18,31 +18,24 @@ struct Word {
     possessive: bool,
 }
 
-const TRIM: &[char] = &[
-    '?', '!', '.', ',', ';', ':', '"', '\'', '(', ')', '[', ']', '{', '}', '`', '“', '”', '‘', '’',
-    '«', '»',
-];
+const TRIM: &str = "?!.,;:\"'()[]{}`“”‘’«»";
 
 fn words(question: &str) -> Vec<Word> {
-    question
-        .split_whitespace()
-        .filter_map(|w| {
-            let mut w = w.trim_matches(TRIM);
-            let mut possessive = false;
-            for suffix in ["'s", "’s", "'S", "’S"] {
-                if let Some(stem) = w.strip_suffix(suffix) {
-                    w = stem.trim_matches(TRIM);
-                    possessive = true;
-                    break;
-                }
-            }
-            (!w.is_empty()).then(|| Word {
-                raw: w.to_string(),
-                lower: w.to_lowercase(),
-                possessive,
-            })
+    let trim = |c: char| TRIM.contains(c);
+    let word = |w: &str| {
+        let w = w.trim_matches(trim);
+        let stem = ["'s", "’s", "'S", "’S"]
+            .iter()
+            .find_map(|s| w.strip_suffix(s));
+        let raw = stem.map_or(w, |s| s.trim_matches(trim));
+        let (lower, possessive) = (raw.to_lowercase(), stem.is_some());
+        (!raw.is_empty()).then(|| Word {
+            raw: raw.into(),
+            lower,
+            possessive,
         })
-        .collect()
+    };
+    question.split_whitespace().filter_map(word).collect()
 }
 
 /// `8-4-4-4-12` hex digits, as the answer schema's citation pattern wants.
@@ -88,17 +81,12 @@ fn contracts(ws: &[Word]) -> Vec<String> {
 }
 
 fn number_word(s: &str) -> Option<u32> {
-    const WORDS: [&str; 13] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-        "eleven", "twelve",
-    ];
+    const WORDS: &str = "zero one two three four five six seven eight nine ten eleven twelve";
     match s {
         "a" | "an" => Some(1),
         _ => s.parse().ok().or_else(|| {
-            WORDS
-                .iter()
-                .position(|w| *w == s)
-                .and_then(|i| u32::try_from(i).ok())
+            let n = WORDS.split(' ').position(|w| w == s)?;
+            u32::try_from(n).ok()
         }),
     }
 }
@@ -208,77 +196,58 @@ impl Intent {
 
     /// The calls a model would make, with their arguments written by the tools' own types.
     pub(super) fn calls(&self, question: &str) -> Vec<(ToolName, Value)> {
-        let tool = self.tool();
-        let typed = |args: Result<Value, serde_json::Error>| (tool, args.unwrap_or(Value::Null));
-        match self {
-            Self::GetSpan(id) => vec![typed(serde_json::to_value(get_span::Args {
-                id: *id,
-                seq: None,
-            }))],
+        let typed = |a: Result<Value, _>| a.unwrap_or(Value::Null);
+        let args: Vec<Value> = match self {
+            Self::GetSpan(id) => vec![typed(to_value(get_span::Args { id: *id, seq: None }))],
             Self::Simulate { law, param, value } => {
-                let mut set = Map::new();
-                set.insert(param.clone(), value.clone());
-                vec![typed(serde_json::to_value(simulate_law::Args {
-                    law: law.clone(),
-                    set,
-                    at: None,
-                }))]
+                let set = Map::from_iter([(param.clone(), value.clone())]);
+                let law = law.clone();
+                vec![typed(to_value(simulate_law::Args { law, set, at: None }))]
             }
             Self::Amend {
                 contracts,
                 deadline,
-            } => contracts
-                .iter()
+            } => (contracts.iter())
                 .map(|c| {
-                    typed(serde_json::to_value(propose_amendment::Args {
+                    typed(to_value(propose_amendment::Args {
                         contract: c.clone(),
                         changes: json!({"deadline_at": deadline}),
                         reason: question.trim().into(),
                     }))
                 })
                 .collect(),
-            Self::Explain(contracts) => contracts
-                .iter()
+            Self::Explain(contracts) => (contracts.iter())
                 .map(|c| {
-                    typed(serde_json::to_value(explain_decision::Args {
+                    typed(to_value(explain_decision::Args {
                         contract: c.clone(),
                     }))
                 })
                 .collect(),
             // `query_ledger` takes a ledger `QuerySpec`, written as the JSON a model would send.
-            Self::Guarantor { amount, unit } => vec![(
-                tool,
-                json!({
-                    "entity_type": "contract",
-                    "where": [
-                        {"path": "content.guarantor.who", "op": "exists"},
-                        {"path": "content.guarantor.responded_at", "op": "missing"},
-                        {
-                            "path": "content.guarantor.requested_at",
-                            "op": "lt",
-                            "value": format!("now-{amount}{unit}"),
-                        },
-                    ],
-                    "latest_only": true,
-                    "order": "desc",
-                    "limit": 50,
-                }),
-            )],
-            Self::States { states, count } => states
-                .iter()
+            Self::Guarantor { amount, unit } => vec![json!({
+                "entity_type": "contract",
+                "where": [
+                    {"path": "content.guarantor.who", "op": "exists"},
+                    {"path": "content.guarantor.responded_at", "op": "missing"},
+                    {"path": "content.guarantor.requested_at", "op": "lt",
+                        "value": format!("now-{amount}{unit}")},
+                ],
+                "latest_only": true,
+                "order": "desc",
+                "limit": 50,
+            })],
+            Self::States { states, count } => (states.iter())
                 .map(|s| {
-                    let mut args = json!({
-                        "entity_type": "contract",
-                        "where": [{"path": "content.state", "op": "eq", "value": s}],
-                        "latest_only": true,
-                    });
-                    if *count && let Some(o) = args.as_object_mut() {
-                        o.insert("count".into(), json!(true));
+                    let mut args = json!({"entity_type": "contract", "latest_only": true,
+                        "where": [{"path": "content.state", "op": "eq", "value": s}]});
+                    if *count {
+                        args["count"] = json!(true);
                     }
-                    (tool, args)
+                    args
                 })
                 .collect(),
-        }
+        };
+        args.into_iter().map(|a| (self.tool(), a)).collect()
     }
 }
 
@@ -380,23 +349,31 @@ fn explain(q: &Question) -> Option<Classified> {
         .then(|| Classified::Known(Intent::Explain(q.named.clone())))
 }
 
+/// The states a contract can be in, and the words that name each.
+const STATES: [(&str, &str); 5] = [
+    (
+        "terminated",
+        "terminated terminate termination terminations",
+    ),
+    ("open", "open opened"),
+    ("held", "held hold"),
+    ("accepted", "accepted accept acceptance"),
+    ("void", "void voided"),
+];
+
 /// which contracts are terminated, how many contracts are open.
 fn by_state(q: &Question) -> Option<Classified> {
     let ws = &q.ws;
-    let mut states: Vec<&'static str> = Vec::new();
-    for w in ws {
-        let s = match w.lower.as_str() {
-            "terminated" | "terminate" | "termination" | "terminations" => "terminated",
-            "open" | "opened" => "open",
-            "held" | "hold" => "held",
-            "accepted" | "accept" | "acceptance" => "accepted",
-            "void" | "voided" => "void",
-            _ => continue,
-        };
-        if !states.contains(&s) {
-            states.push(s);
-        }
-    }
+    // In the order the question names them.
+    let first = |cues: &str| {
+        ws.iter()
+            .position(|w| cues.split(' ').any(|c| c == w.lower))
+    };
+    let mut named: Vec<(usize, &'static str)> = (STATES.iter())
+        .filter_map(|(s, cues)| Some((first(cues)?, *s)))
+        .collect();
+    named.sort_unstable();
+    let states: Vec<&'static str> = named.into_iter().map(|(_, s)| s).collect();
     let listed = has(ws, "contract contracts") || has(ws, "which list show what many");
     (!states.is_empty() && listed).then(|| {
         let count = has_phrase(ws, &["how", "many"]) || has(ws, "count number");
