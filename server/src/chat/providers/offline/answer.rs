@@ -4,18 +4,21 @@
 //! title, a decision's actions and variables) is read as JSON.
 
 use std::collections::HashSet;
+use std::fmt::Display;
 
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Answer;
-use super::intents::{Unit, span_text};
+use super::{Answer, Telemetry};
 use crate::chat::providers::ToolCall;
 use crate::chat::tools::{
     ToolError, ToolName, Truncated, explain_decision as explain, get_span,
     propose_amendment as amend, query_ledger as query, simulate_law as simulate,
 };
+use Evidence::{Error, Found, Nothing};
+use ToolName as T;
+use query::Output as Q;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Evidence {
@@ -32,18 +35,13 @@ struct Part {
     evidence: Evidence,
 }
 
-impl Part {
-    fn new(text: String, evidence: Evidence) -> Self {
-        Self {
-            text,
-            citations: Vec::new(),
-            actions: Vec::new(),
-            evidence,
-        }
-    }
-
-    fn cite(&mut self, id: Option<Uuid>) {
-        self.citations.extend(id);
+fn part(text: String, evidence: Evidence, cites: impl IntoIterator<Item = Option<Uuid>>) -> Part {
+    let citations = cites.into_iter().flatten().collect();
+    Part {
+        text,
+        citations,
+        actions: Vec::new(),
+        evidence,
     }
 }
 
@@ -65,14 +63,8 @@ pub(super) fn from_results(
             Ok(v) => read(tool, name, args, &v),
         });
     }
-
     let has = |e: Evidence| parts.iter().any(|p| p.evidence == e);
-    let (found, nothing, error) = (
-        has(Evidence::Found),
-        has(Evidence::Nothing),
-        has(Evidence::Error),
-    );
-    let confidence = match (found, nothing, error) {
+    let confidence = match (has(Found), has(Nothing), has(Error)) {
         (true, _, false) => 0.9,
         // Part of the question rests on evidence, part failed: still above review.
         (true, _, true) => 0.7,
@@ -87,7 +79,7 @@ pub(super) fn from_results(
             .collect::<Vec<_>>()
             .join("\n\n"),
         confidence,
-        follow_up_question: error.then(|| {
+        follow_up_question: has(Error).then(|| {
             "Could you check the contract name or span id (or try again in a moment) and ask \
              again?"
                 .to_string()
@@ -99,7 +91,7 @@ pub(super) fn from_results(
             .filter(|c| seen.insert(*c))
             .map(|c| c.to_string())
             .collect(),
-        tool_use_count,
+        telemetry: Telemetry { tool_use_count },
     };
     (answer, shape.map_or("answer", ToolName::as_str))
 }
@@ -108,30 +100,23 @@ pub(super) fn from_results(
 /// return instead).
 fn read(tool: Option<ToolName>, name: &str, args: &Value, v: &Value) -> Part {
     if let Ok(ToolError { error }) = ToolError::deserialize(v) {
-        let e = error
-            .as_str()
-            .map_or_else(|| compact(&error, 300), |s| truncate(s, 300));
-        return error_part(tool, name, args, &e);
+        return error_part(tool, name, args, &compact(&error, 300));
     }
     let Some(tool) = tool else {
-        return Part::new(
-            format!("`{name}` returned: {}", compact(v, 300)),
-            Evidence::Found,
-        );
+        return part(format!("`{name}` returned: {}", compact(v, 300)), Found, []);
     };
     let part = match tool {
         ToolName::ExplainDecision => {
-            explain::Output::deserialize(v).map(|o| explain_part(o, typed(args)))
+            explain::Output::deserialize(v).map(|o| explain_part(o, typed_args(args)))
         }
-        ToolName::QueryLedger => {
-            query::Output::deserialize(v).map(|o| query_part(o, typed(args).unwrap_or_default()))
-        }
+        ToolName::QueryLedger => query::Output::deserialize(v)
+            .map(|o| query_part(o, typed_args(args).unwrap_or_default())),
         ToolName::GetSpan => get_span::Output::deserialize(v).map(get_span_part),
         ToolName::ProposeAmendment => {
-            amend::Output::deserialize(v).map(|o| amend_part(o, typed(args)))
+            amend::Output::deserialize(v).map(|o| amend_part(o, typed_args(args)))
         }
         ToolName::SimulateLaw => {
-            simulate::Output::deserialize(v).map(|o| simulate_part(o, typed(args)))
+            simulate::Output::deserialize(v).map(|o| simulate_part(o, typed_args(args)))
         }
     };
     part.unwrap_or_else(|_| {
@@ -145,18 +130,30 @@ fn read(tool: Option<ToolName>, name: &str, args: &Value, v: &Value) -> Part {
 }
 
 /// A call's arguments as the tool's `Args` (they are the offline provider's own).
-fn typed<A: for<'de> Deserialize<'de>>(args: &Value) -> Option<A> {
+fn typed_args<A: for<'de> Deserialize<'de>>(args: &Value) -> Option<A> {
     A::deserialize(args).ok()
+}
+
+/// `pre`, the value and `post`, or nothing when there is no value.
+fn opt(pre: &str, v: Option<impl Display>, post: &str) -> String {
+    v.map(|v| format!("{pre}{v}{post}")).unwrap_or_default()
+}
+
+/// `items` joined by `sep` between `pre` and `post`, or nothing when there are none.
+fn joined(pre: &str, items: &[String], sep: &str, post: &str) -> String {
+    opt(pre, (!items.is_empty()).then(|| items.join(sep)), post)
+}
+
+/// `v`, or `?` for what the result did not say.
+fn q(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "?".into())
 }
 
 /// The text of a value passed through from span content: strings as they are, other scalars
 /// and structures as compact JSON, nothing for null.
 fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(compact(other, 120)),
-    }
+    let v = v.filter(|v| !v.is_null())?;
+    Some(v.as_str().map_or_else(|| compact(v, 120), str::to_string))
 }
 
 /// [`text`] of the field at a dotted path.
@@ -164,73 +161,54 @@ fn at(v: Option<&Value>, path: &str) -> Option<String> {
     text(path.split('.').try_fold(v?, |cur, k| cur.get(k)))
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max).collect();
-        t.push('…');
-        t
-    }
-}
-
 /// A value for a person: strings as they are, anything else as compact JSON, cut at `max`.
 fn compact(v: &Value, max: usize) -> String {
-    match v {
-        Value::String(s) => truncate(s, max),
-        other => truncate(&other.to_string(), max),
+    let s = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    if s.chars().count() <= max {
+        return s;
     }
+    s.chars().take(max).chain(['…']).collect()
 }
 
 fn sentence(s: &str) -> String {
     let s = s.trim();
-    if s.ends_with(['.', '!', '?']) {
-        s.to_string()
-    } else {
-        format!("{s}.")
-    }
+    format!(
+        "{s}{}",
+        if s.ends_with(['.', '!', '?']) {
+            ""
+        } else {
+            "."
+        }
+    )
 }
 
 fn plural(n: usize, one: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {one}s")
-    }
+    format!("{n} {one}{}", if n == 1 { "" } else { "s" })
 }
 
+/// The count beyond `shown`, if any.
+fn beyond(len: usize, shown: usize) -> Option<usize> {
+    len.checked_sub(shown).filter(|n| *n > 0)
+}
+
+/// What each tool was asked to do, and the argument that names its object.
+const ATTEMPTS: [(T, &str, &str); 5] = [
+    (T::ExplainDecision, "explain the decision on", "contract"),
+    (T::QueryLedger, "query the ledger", ""),
+    (T::GetSpan, "read span", "id"),
+    (T::ProposeAmendment, "propose the change to", "contract"),
+    (T::SimulateLaw, "simulate law", "law"),
+];
+
 fn error_part(tool: Option<ToolName>, name: &str, args: &Value, error: &str) -> Part {
-    let what = match tool {
-        Some(ToolName::ExplainDecision) => format!(
-            "explain the decision on {}",
-            typed::<explain::Args>(args)
-                .map(|a| a.contract)
-                .unwrap_or_default()
-        ),
-        Some(ToolName::QueryLedger) => "query the ledger".to_string(),
-        Some(ToolName::GetSpan) => format!(
-            "read span {}",
-            typed::<get_span::Args>(args)
-                .map(|a| a.id.to_string())
-                .unwrap_or_default()
-        ),
-        Some(ToolName::ProposeAmendment) => format!(
-            "propose the change to {}",
-            typed::<amend::Args>(args)
-                .map(|a| a.contract)
-                .unwrap_or_default()
-        ),
-        Some(ToolName::SimulateLaw) => format!(
-            "simulate law {}",
-            typed::<simulate::Args>(args)
-                .map(|a| a.law)
-                .unwrap_or_default()
-        ),
+    let what = match ATTEMPTS.iter().find(|(t, ..)| Some(*t) == tool) {
+        Some((_, verb, key)) => format!("{verb} {}", at(Some(args), key).unwrap_or_default()),
         None => format!("use {name}"),
     };
-    Part::new(
+    part(
         sentence(&format!("I could not {}: {error}", what.trim())),
-        Evidence::Error,
+        Error,
+        [],
     )
 }
 
@@ -239,35 +217,25 @@ const ACTION_NAME_KEYS: [&str; 5] = ["type", "action", "kind", "name", "do"];
 
 /// Renders one action of a decision (free-form law output): `terminate(reason=…)`.
 fn action_text(a: &Value) -> String {
-    let Some(o) = a.as_object() else {
-        return compact(a, 120);
-    };
-    let Some((name_key, name)) = ACTION_NAME_KEYS
-        .iter()
-        .find_map(|k| o.get(*k).and_then(Value::as_str).map(|s| (*k, s)))
-    else {
+    let named = a.as_object().and_then(|o| {
+        let (key, name) = ACTION_NAME_KEYS
+            .iter()
+            .find_map(|k| o.get(*k).and_then(Value::as_str).map(|s| (*k, s)))?;
+        Some((o, key, name))
+    });
+    let Some((o, key, name)) = named else {
         return compact(a, 120);
     };
     let mut args = Vec::new();
-    for (k, v) in o {
-        if k == name_key {
-            continue;
-        }
-        match v {
-            Value::Object(inner)
-                if ["args", "params", "with", "arguments"].contains(&k.as_str()) =>
-            {
+    for (k, v) in o.iter().filter(|(k, v)| *k != key && !v.is_null()) {
+        match v.as_object() {
+            Some(inner) if ["args", "params", "with", "arguments"].contains(&k.as_str()) => {
                 args.extend(inner.iter().map(|(k, v)| format!("{k}={}", compact(v, 80))));
             }
-            Value::Null => {}
-            v => args.push(format!("{k}={}", compact(v, 80))),
+            _ => args.push(format!("{k}={}", compact(v, 80))),
         }
     }
-    if args.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name}({})", args.join(", "))
-    }
+    format!("{name}{}", joined("(", &args, ", ", ")"))
 }
 
 fn actions_text(actions: Option<&Value>) -> String {
@@ -279,38 +247,38 @@ fn actions_text(actions: Option<&Value>) -> String {
 
 /// The variables a decision was made on, the usual decisive ones first.
 fn variables_text(vars: Option<&Value>) -> String {
-    const FIRST: &[&str] = &[
-        "deadline_at",
-        "accepted",
-        "state",
-        "now",
-        "evidence",
-        "evidence_count",
-        "approvals",
-        "quorum",
-    ];
+    const FIRST: &str = "deadline_at accepted state now evidence evidence_count approvals quorum";
     let Some(o) = vars.and_then(Value::as_object) else {
         return String::new();
     };
-    let mut keys: Vec<&String> = FIRST
-        .iter()
-        .filter_map(|k| o.get_key_value(*k).map(|(k, _)| k))
-        .collect();
-    keys.extend(o.keys().filter(|k| !FIRST.contains(&k.as_str())));
+    let first = || FIRST.split(' ');
+    let mut keys: Vec<&str> = first().filter(|k| o.contains_key(*k)).collect();
+    keys.extend(
+        o.keys()
+            .map(String::as_str)
+            .filter(|k| !first().any(|f| f == *k)),
+    );
     let shown: Vec<String> = keys
         .iter()
         .take(8)
-        .filter_map(|k| o.get(k.as_str()).map(|v| format!("{k} {}", compact(v, 80))))
+        .map(|k| format!("{k} {}", compact(&o[*k], 80)))
         .collect();
-    let more = keys.len().saturating_sub(8);
-    if more > 0 {
-        format!("{} (and {more} more)", shown.join(", "))
-    } else {
-        shown.join(", ")
-    }
+    format!(
+        "{}{}",
+        shown.join(", "),
+        opt(" (and ", beyond(keys.len(), 8), " more)")
+    )
 }
 
+/// How a decision's first action reads in "D1 was … by law".
 fn outcome_verb(actions: Option<&Value>) -> &'static str {
+    const VERBS: [(&str, &str); 5] = [
+        ("terminate", "terminated"),
+        ("hold", "put on hold"),
+        ("accept", "accepted"),
+        ("void", "voided"),
+        ("", "evaluated"),
+    ];
     let first = actions
         .and_then(Value::as_array)
         .and_then(|a| a.first())
@@ -320,16 +288,12 @@ fn outcome_verb(actions: Option<&Value>) -> &'static str {
                     .iter()
                     .find_map(|k| a.get(*k).and_then(Value::as_str))
             })
-        })
-        .unwrap_or_default();
-    match first.to_lowercase().as_str() {
-        "terminate" => "terminated",
-        "hold" => "put on hold",
-        "accept" => "accepted",
-        "void" => "voided",
-        "" => "evaluated",
-        _ => "acted on",
-    }
+        });
+    let first = first.unwrap_or_default().to_lowercase();
+    VERBS
+        .iter()
+        .find(|(a, _)| *a == first)
+        .map_or("acted on", |(_, v)| v)
 }
 
 /// `scheduled_at`, else `at`, of a decision.
@@ -338,128 +302,102 @@ fn when(d: &explain::Decision) -> Option<String> {
 }
 
 fn explain_part(out: explain::Output, args: Option<explain::Args>) -> Part {
-    let contract = out.contract.clone().unwrap_or_default();
-    let name = contract
-        .name
-        .clone()
-        .or_else(|| args.map(|a| a.contract))
-        .unwrap_or_else(|| "the contract".into());
-    let title = text(contract.title.as_ref())
-        .map(|t| format!(" (\"{t}\")"))
-        .unwrap_or_default();
     let (decisions, history) = (&out.decisions, &out.history);
-    if out.contract.is_none() && decisions.is_empty() && history.is_empty() {
-        return Part::new(
-            format!("I found nothing about {name}: no contract, history or decision came back."),
-            Evidence::Nothing,
-        );
+    let found = out.contract.is_some() || !decisions.is_empty() || !history.is_empty();
+    let c = out.contract.clone().unwrap_or_default();
+    let name = c.name.clone().or_else(|| args.map(|a| a.contract));
+    let name = name.unwrap_or_else(|| "the contract".into());
+    if !found {
+        let text =
+            format!("I found nothing about {name}: no contract, history or decision came back.");
+        return part(text, Nothing, []);
     }
-    let mut part = Part::new(String::new(), Evidence::Found);
+    let title = opt(" (\"", text(c.title.as_ref()), "\")");
     // The latest decision (highest seq; the last one when seqs are missing) is the decisive one.
-    let latest = decisions
+    let Some((li, d)) = decisions
         .iter()
         .enumerate()
-        .max_by_key(|(i, d)| (d.seq, *i));
-    let mut text_out;
-    if let Some((li, d)) = latest {
-        let law = text(d.law.name.as_ref()).unwrap_or_else(|| "an unnamed law".into());
-        let seq = d.law.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
-        let triage = text(d.triage.as_ref()).unwrap_or_else(|| "unknown".into());
-        let vars = variables_text(d.variables.as_ref());
-        let mut because = if vars.is_empty() {
-            String::new()
-        } else {
-            format!(" because {vars}")
-        };
-        // Variables the law needed and could not read decide a `doubt` as much as those it saw.
-        let missing: Vec<String> = match &d.missing {
-            Some(Value::Array(a)) => a.iter().map(|m| compact(m, 60)).collect(),
-            Some(Value::Object(o)) => o.keys().cloned().collect(),
-            _ => Vec::new(),
-        };
-        if !missing.is_empty() {
-            because.push_str(&format!(" (missing: {})", missing.join(", ")));
-        }
-        if d.fail_closed == Some(Value::Bool(true)) {
-            because.push_str(" (the law failed closed)");
-        }
-        text_out = format!(
-            "{name}{title} was {} at the midnight of {} by law {law}{seq}: triage `{triage}`{because}; actions: {}.",
-            outcome_verb(d.actions.as_ref()),
-            when(d).unwrap_or_else(|| "an unrecorded time".into()),
-            actions_text(d.actions.as_ref()),
-        );
-        if let Some(s) = &contract.state {
-            text_out.push_str(&format!(" Its current state is `{s}`."));
-        }
-        let earlier: Vec<String> = decisions
+        .max_by_key(|(i, d)| (d.seq, *i))
+    else {
+        let lines: Vec<String> = history
             .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != li)
-            .take(5)
-            .map(|(_, e)| {
+            .take(20)
+            .map(|h| {
+                let (seq, at, state) =
+                    (h.seq.map(|s| s.to_string()), h.at.clone(), h.state.clone());
+                let status = opt(" (", h.status.as_ref(), ")");
                 format!(
-                    "{} by {}: triage `{}`",
-                    when(e).unwrap_or_else(|| "?".into()),
-                    text(e.law.name.as_ref()).unwrap_or_else(|| "?".into()),
-                    text(e.triage.as_ref()).unwrap_or_else(|| "?".into()),
+                    "- seq {} at {}: `{}`{status}{}",
+                    q(seq),
+                    q(at),
+                    q(state),
+                    opt(" — ", text(h.reason.as_ref()), "")
                 )
             })
             .collect();
-        if !earlier.is_empty() {
-            text_out.push_str(&format!(" Other decisions: {}.", earlier.join("; ")));
-        }
-        for d in decisions {
-            part.cite(d.id);
-            part.cite(d.law.id);
-        }
-        for l in &out.laws {
-            part.cite(l.id);
-        }
-    } else {
-        text_out = format!("No law decision about {name}{title} is recorded");
-        match &contract.state {
-            Some(s) => text_out.push_str(&format!("; it is `{s}`.")),
-            None => text_out.push('.'),
-        }
-        if let Some(dl) = text(contract.deadline_at.as_ref()) {
-            text_out.push_str(&format!(" Its deadline is {dl}."));
-        }
-        if history.is_empty() {
-            text_out.push_str(" Its history is empty.");
+        let more = opt("\n… and ", beyond(history.len(), 20), " more.");
+        let history_text = match lines.is_empty() {
+            true => " Its history is empty.".to_string(),
+            false => format!(" History:\n{}{more}", lines.join("\n")),
+        };
+        let state = c
+            .state
+            .as_ref()
+            .map_or(".".into(), |s| format!("; it is `{s}`."));
+        let deadline = opt(" Its deadline is ", text(c.deadline_at.as_ref()), ".");
+        let text = format!(
+            "No law decision about {name}{title} is recorded{state}{deadline}{history_text}"
+        );
+        return part(text, Found, history.iter().map(|h| h.id).chain([c.id]));
+    };
+    let vars = variables_text(d.variables.as_ref());
+    // Variables the law needed and could not read decide a `doubt` as much as those it saw.
+    let missing: Vec<String> = match &d.missing {
+        Some(Value::Array(a)) => a.iter().map(|m| compact(m, 60)).collect(),
+        Some(Value::Object(o)) => o.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let because = format!(
+        "{}{}{}",
+        opt(" because ", (!vars.is_empty()).then_some(vars), ""),
+        joined(" (missing: ", &missing, ", ", ")"),
+        if d.fail_closed == Some(json!(true)) {
+            " (the law failed closed)"
         } else {
-            let q = |s: Option<String>| s.unwrap_or_else(|| "?".into());
-            let lines: Vec<String> = history
-                .iter()
-                .take(20)
-                .map(|h| {
-                    let mut line = format!(
-                        "- seq {} at {}: `{}`",
-                        q(h.seq.map(|s| s.to_string())),
-                        q(h.at.clone()),
-                        q(h.state.clone()),
-                    );
-                    if let Some(s) = &h.status {
-                        line.push_str(&format!(" ({s})"));
-                    }
-                    if let Some(r) = text(h.reason.as_ref()) {
-                        line.push_str(&format!(" — {r}"));
-                    }
-                    line
-                })
-                .collect();
-            text_out.push_str(&format!(" History:\n{}", lines.join("\n")));
-            if history.len() > 20 {
-                text_out.push_str(&format!("\n… and {} more.", history.len() - 20));
-            }
-            for h in history {
-                part.cite(h.id);
-            }
-        }
-    }
-    part.cite(contract.id);
-    part.text = text_out;
-    part
+            ""
+        },
+    );
+    let earlier: Vec<String> = decisions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .take(5)
+        .map(|(_, e)| {
+            format!(
+                "{} by {}: triage `{}`",
+                q(when(e)),
+                q(text(e.law.name.as_ref())),
+                q(text(e.triage.as_ref()))
+            )
+        })
+        .collect();
+    let text = format!(
+        "{name}{title} was {} at the midnight of {} by law {}{}: triage `{}`{because}; actions: {}.{}{}",
+        outcome_verb(d.actions.as_ref()),
+        when(d).unwrap_or_else(|| "an unrecorded time".into()),
+        text(d.law.name.as_ref()).unwrap_or_else(|| "an unnamed law".into()),
+        opt(" (seq ", d.law.seq, ")"),
+        text(d.triage.as_ref()).unwrap_or_else(|| "unknown".into()),
+        actions_text(d.actions.as_ref()),
+        opt(" Its current state is `", c.state.as_ref(), "`."),
+        joined(" Other decisions: ", &earlier, "; ", "."),
+    );
+    let cites = decisions.iter().flat_map(|d| [d.id, d.law.id]);
+    part(
+        text,
+        Found,
+        cites.chain(out.laws.iter().map(|l| l.id)).chain([c.id]),
+    )
 }
 
 /// The `query_ledger` arguments the answer describes: the offline provider's own, so only the
@@ -482,106 +420,81 @@ struct Clause {
 
 /// `where` clauses, for a person.
 fn describe_where(clauses: &[Clause]) -> String {
-    if clauses
-        .iter()
-        .any(|c| c.path == "content.guarantor.responded_at")
-    {
-        let within = clauses
+    let value = |path: &str| {
+        clauses
             .iter()
-            .find(|c| c.path == "content.guarantor.requested_at")
-            .and_then(|c| text(c.value.as_ref()))
-            .and_then(|v| v.strip_prefix("now-").map(str::to_string))
-            .map(|d| {
+            .find(|c| c.path == path)
+            .map(|c| text(c.value.as_ref()))
+    };
+    if value("content.guarantor.responded_at").is_some() {
+        // `now-24h` reads "within 24 hours".
+        let within = value("content.guarantor.requested_at")
+            .flatten()
+            .and_then(|v| {
+                let d = v.strip_prefix("now-")?.to_string();
                 let digits = d.chars().take_while(char::is_ascii_digit).count();
-                match (d[..digits].parse::<u32>(), &d[digits..]) {
-                    (Ok(n), "h") => span_text(n, Unit::Hours),
-                    (Ok(n), "d") => span_text(n, Unit::Days),
-                    _ => d.clone(),
-                }
+                Some(match (d[..digits].parse::<usize>(), &d[digits..]) {
+                    (Ok(n), "h") => plural(n, "hour"),
+                    (Ok(n), "d") => plural(n, "day"),
+                    _ => d,
+                })
             });
-        return match within {
-            Some(w) => format!("whose guarantor has not responded within {w}"),
-            None => "whose guarantor has not responded".into(),
-        };
+        return format!(
+            "whose guarantor has not responded{}",
+            opt(" within ", within, "")
+        );
     }
     if let [c] = clauses
-        && c.path == "content.state"
-        && c.op == "eq"
+        && (c.path.as_str(), c.op.as_str()) == ("content.state", "eq")
         && let Some(s) = text(c.value.as_ref())
     {
         return format!("in state `{s}`");
     }
-    if clauses.is_empty() {
-        return String::new();
-    }
     let parts: Vec<String> = clauses
         .iter()
         .map(|c| {
-            let mut s = format!("{} {}", c.path, c.op);
-            if let Some(v) = &c.value {
-                s.push(' ');
-                s.push_str(&compact(v, 60));
-            }
-            s
+            format!(
+                "{} {}{}",
+                c.path,
+                c.op,
+                opt(" ", c.value.as_ref().map(|v| compact(v, 60)), "")
+            )
         })
         .collect();
-    format!("matching {}", parts.join(" and "))
+    joined("matching ", &parts, " and ", "")
 }
+
+const MORE_MATCHED: &str =
+    "\nMore matched than were returned; ask for a narrower list to see the rest.";
 
 fn query_part(out: query::Output, args: QueryArgs) -> Part {
     let entity = args.entity_type.unwrap_or_else(|| "span".into());
     let desc = describe_where(&args.clauses);
-    let with_desc = |s: String| {
-        if desc.is_empty() {
-            s
-        } else {
-            format!("{s} {desc}")
-        }
-    };
+    let with_desc =
+        |s: String| format!("{s}{}", opt(" ", Some(&desc).filter(|d| !d.is_empty()), ""));
+    let said = |s: String, evidence| part(sentence(&with_desc(s)), evidence, []);
     let (spans, truncated) = match out {
-        query::Output::Count { count } => {
+        Q::Count { count: 0 } => return said(format!("There are no {entity}s"), Nothing),
+        Q::Count { count } => {
             let n = usize::try_from(count).unwrap_or(usize::MAX);
-            let (text, evidence) = if n == 0 {
-                (format!("There are no {entity}s"), Evidence::Nothing)
-            } else {
-                let verb = if n == 1 { "is" } else { "are" };
-                (
-                    format!("There {verb} {}", plural(n, &entity)),
-                    Evidence::Found,
-                )
-            };
-            return Part::new(sentence(&with_desc(text)), evidence);
+            let verb = if n == 1 { "is" } else { "are" };
+            return said(format!("There {verb} {}", plural(n, &entity)), Found);
         }
-        query::Output::Groups { groups } if groups.is_empty() => {
-            return Part::new(
-                sentence(&with_desc(format!("No {entity}s"))),
-                Evidence::Nothing,
-            );
-        }
-        query::Output::Groups { groups } => {
-            let lines: Vec<String> = groups
-                .iter()
+        Q::Groups { groups } if groups.is_empty() => return said(format!("No {entity}s"), Nothing),
+        Q::Groups { groups } => {
+            let lines: Vec<String> = (groups.iter())
                 .map(|g| format!("- {}: {}", compact(&g.key, 80), g.count))
                 .collect();
-            return Part::new(
-                format!(
-                    "{}:\n{}",
-                    with_desc(format!("{entity}s by group")),
-                    lines.join("\n")
-                ),
-                Evidence::Found,
-            );
+            let head = with_desc(format!("{entity}s by group"));
+            return part(format!("{head}:\n{}", lines.join("\n")), Found, []);
         }
-        query::Output::Rows {
+        Q::Rows { spans, .. } if spans.is_empty() => {
+            return said(format!("I found no {entity}s"), Nothing);
+        }
+        Q::Rows {
             spans, truncated, ..
         } => (spans, truncated),
     };
-    if spans.is_empty() {
-        return Part::new(
-            sentence(&with_desc(format!("I found no {entity}s"))),
-            Evidence::Nothing,
-        );
-    }
     let guarantor = desc.contains("guarantor");
     let lines: Vec<String> = spans
         .iter()
@@ -590,95 +503,65 @@ fn query_part(out: query::Output, args: QueryArgs) -> Part {
             let content = s.content.as_ref();
             let name = text(s.name.as_ref())
                 .or_else(|| text(s.this.as_ref()))
-                .or_else(|| s.id.map(|id| id.to_string()))
-                .unwrap_or_else(|| "?".into());
-            let mut line = format!("- {name}");
-            if let Some(t) = at(content, "title") {
-                line.push_str(&format!(" \"{t}\""));
-            }
+                .or_else(|| s.id.map(|id| id.to_string()));
             let state = at(content, "state");
-            if let Some(st) = &state {
-                line.push_str(&format!(" — state `{st}`"));
-            } else if let Some(e) = text(s.entity_type.as_ref()).filter(|e| *e != entity) {
-                line.push_str(&format!(" ({e})"));
-            }
-            if guarantor {
-                if let Some(who) = at(content, "guarantor.who") {
-                    line.push_str(&format!("; guarantor {who}"));
-                }
-                if let Some(asked) = at(content, "guarantor.requested_at") {
-                    line.push_str(&format!(", asked at {asked}"));
-                }
-            }
-            if state.is_none()
-                && let Some(t) = text(s.at.as_ref())
-            {
-                line.push_str(&format!(", at {t}"));
-            }
-            line
+            let other = state
+                .is_none()
+                .then(|| text(s.entity_type.as_ref()).filter(|e| *e != entity));
+            let guarantor = |path| at(content, path).filter(|_| guarantor);
+            format!(
+                "- {}{}{}{}{}{}{}",
+                q(name),
+                opt(" \"", at(content, "title"), "\""),
+                opt(" — state `", state.as_ref(), "`"),
+                opt(" (", other.flatten(), ")"),
+                opt("; guarantor ", guarantor("guarantor.who"), ""),
+                opt(", asked at ", guarantor("guarantor.requested_at"), ""),
+                opt(", at ", text(s.at.as_ref()).filter(|_| state.is_none()), ""),
+            )
         })
         .collect();
-    let mut text_out = format!(
-        "{}:\n{}",
+    let text = format!(
+        "{}:\n{}{}{}",
         with_desc(plural(spans.len(), &entity)),
-        lines.join("\n")
+        lines.join("\n"),
+        opt("\n… and ", beyond(spans.len(), 50), " more."),
+        opt("", truncated.then_some(MORE_MATCHED), ""),
     );
-    if spans.len() > 50 {
-        text_out.push_str(&format!("\n… and {} more.", spans.len() - 50));
-    }
-    if truncated {
-        text_out.push_str(
-            "\nMore matched than were returned; ask for a narrower list to see the rest.",
-        );
-    }
-    let mut part = Part::new(text_out, Evidence::Found);
-    for s in &spans {
-        part.cite(s.id);
-    }
-    part
+    part(text, Found, spans.iter().map(|s| s.id))
 }
 
 fn get_span_part(out: get_span::Output) -> Part {
     let s = out.span;
-    let get = |v: Option<&Value>| text(v).unwrap_or_else(|| "?".into());
-    let id = s.id.map_or_else(|| "?".into(), |id| id.to_string());
-    let mut t = format!("Span {id} ({}", get(s.entity_type.as_ref()));
-    if let Some(n) = text(s.name.as_ref()) {
-        t.push_str(&format!(" `{n}`"));
-    }
-    if let Some(seq) = s.seq {
-        t.push_str(&format!(", seq {seq}"));
-    }
-    t.push_str(&format!(
-        "): {} {} {} at {}",
-        get(s.who.as_ref()),
-        get(s.did.as_ref()),
-        get(s.this.as_ref()),
-        get(s.at.as_ref())
-    ));
-    if let Some(st) = text(s.status.as_ref()) {
-        t.push_str(&format!(", status {st}"));
-    }
-    t.push('.');
+    let get = |v: &Option<Value>| q(text(v.as_ref()));
     let content = s.content.as_ref();
-    match (at(content, "title"), at(content, "state")) {
-        (None, None) => {
-            if let Some(c) = content.filter(|c| !c.is_null()) {
-                t.push_str(&format!(" Content: {}", compact(c, 300)));
-            }
-        }
-        (title, state) => {
-            if let Some(title) = title {
-                t.push_str(&format!(" Title \"{title}\"."));
-            }
-            if let Some(st) = state {
-                t.push_str(&format!(" State `{st}`."));
-            }
-        }
-    }
-    let mut part = Part::new(t, Evidence::Found);
-    part.cite(s.id);
-    part
+    let (title, state) = (at(content, "title"), at(content, "state"));
+    let body = if title.is_none() && state.is_none() {
+        opt(
+            " Content: ",
+            content.filter(|c| !c.is_null()).map(|c| compact(c, 300)),
+            "",
+        )
+    } else {
+        format!(
+            "{}{}",
+            opt(" Title \"", title, "\"."),
+            opt(" State `", state, "`.")
+        )
+    };
+    let text = format!(
+        "Span {} ({}{}{}): {} {} {} at {}{}.{body}",
+        q(s.id.map(|id| id.to_string())),
+        get(&s.entity_type),
+        opt(" `", text(s.name.as_ref()), "`"),
+        opt(", seq ", s.seq, ""),
+        get(&s.who),
+        get(&s.did),
+        get(&s.this),
+        get(&s.at),
+        opt(", status ", text(s.status.as_ref()), ""),
+    );
+    part(text, Found, [s.id])
 }
 
 fn amend_part(out: amend::Output, args: Option<amend::Args>) -> Part {
@@ -687,113 +570,86 @@ fn amend_part(out: amend::Output, args: Option<amend::Args>) -> Part {
         .name
         .or_else(|| args.map(|a| a.contract))
         .unwrap_or_else(|| "the contract".into());
-    let diffs: Vec<String> = out
-        .after
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, a)| match out.before.get(k) {
-                    Some(b) if b != a => format!("{k} {} → {}", compact(b, 80), compact(a, 80)),
-                    Some(_) => format!("{k} stays {}", compact(a, 80)),
-                    None => format!("{k} → {}", compact(a, 80)),
-                })
-                .collect()
+    let diffs: Vec<String> = (out.after.as_object().into_iter().flatten())
+        .map(|(k, a)| match out.before.get(k) {
+            Some(b) if b != a => format!("{k} {} → {}", compact(b, 80), compact(a, 80)),
+            Some(_) => format!("{k} stays {}", compact(a, 80)),
+            None => format!("{k} → {}", compact(a, 80)),
         })
-        .unwrap_or_default();
-    let summary = out
-        .summary
-        .filter(|s| !s.trim().is_empty())
+        .collect();
+    let summary = (out.summary.filter(|s| !s.trim().is_empty()))
         .or_else(|| (!diffs.is_empty()).then(|| format!("{name}: {}", diffs.join(", "))))
         .unwrap_or_else(|| format!("change {name}"));
-    let mut text = format!(
-        "I proposed a change to {name}: {}",
-        summary.trim_end_matches(['.', ' '])
+    let text = format!(
+        "I proposed a change to {name}: {}{}. Nothing has changed yet: the proposal{} is {} and \
+         awaits your confirmation.",
+        summary.trim_end_matches(['.', ' ']),
+        joined(" (", &diffs, "; ", ")"),
+        opt(" ", out.proposal_id, ""),
+        out.status.as_deref().unwrap_or("pending"),
     );
-    if !diffs.is_empty() {
-        text.push_str(&format!(" ({})", diffs.join("; ")));
-    }
-    text.push_str(". Nothing has changed yet: the proposal");
+    let mut action =
+        json!({"type": ToolName::ProposeAmendment.as_str(), "summary": summary, "target": name});
     if let Some(p) = out.proposal_id {
-        text.push_str(&format!(" {p}"));
+        action["proposal_id"] = json!(p);
     }
-    text.push_str(&format!(
-        " is {} and awaits your confirmation.",
-        out.status.as_deref().unwrap_or("pending")
-    ));
-    let mut action = Map::new();
-    action.insert("type".into(), json!(ToolName::ProposeAmendment.as_str()));
-    action.insert("summary".into(), json!(summary));
-    action.insert("target".into(), json!(name));
-    if let Some(p) = out.proposal_id {
-        action.insert("proposal_id".into(), json!(p));
-    }
-    let mut part = Part::new(text, Evidence::Found);
-    part.actions.push(Value::Object(action));
-    part.cite(contract.id);
+    let mut part = part(text, Found, [contract.id]);
+    part.actions.push(action);
     part
 }
 
 fn simulate_part(out: simulate::Output, args: Option<simulate::Args>) -> Part {
     let law = out.law.unwrap_or_default();
-    let set = args
-        .as_ref()
-        .map(|a| {
-            a.set
-                .iter()
-                .map(|(k, v)| format!("{k} = {}", compact(v, 60)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .filter(|s| !s.is_empty())
-        .map(|s| format!(" with {s}"))
-        .unwrap_or_default();
+    let set: Vec<String> = args
+        .iter()
+        .flat_map(|a| &a.set)
+        .map(|(k, v)| format!("{k} = {}", compact(v, 60)))
+        .collect();
     let name = law
         .name
         .or_else(|| args.map(|a| a.law))
         .unwrap_or_else(|| "the law".into());
-    let seq = law.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+    let lines: Vec<String> = (out.changes.iter())
+        .map(|c| {
+            let who = c
+                .name
+                .clone()
+                .or_else(|| c.contract_id.map(|id| id.to_string()));
+            format!(
+                "- {}: `{}` → `{}`",
+                q(who),
+                q(text(c.from.as_ref())),
+                q(text(c.to.as_ref()))
+            )
+        })
+        .collect();
+    let changes = match lines.is_empty() {
+        true => "no contract's triage would change. ".to_string(),
+        false => format!(
+            "{} would change triage:\n{}\n",
+            plural(lines.len(), "contract"),
+            lines.join("\n")
+        ),
+    };
     let over = out
         .evaluated
-        .map(|n| {
-            let n = usize::try_from(n).unwrap_or(usize::MAX);
-            format!(" over {}", plural(n, "contract"))
-        })
-        .unwrap_or_default();
-    let mut text_out = format!("Simulating law {name}{seq}{set}{over}: ");
-    if out.changes.is_empty() {
-        text_out.push_str("no contract's triage would change. ");
-    } else {
-        let lines: Vec<String> = out
-            .changes
-            .iter()
-            .map(|c| {
-                format!(
-                    "- {}: `{}` → `{}`",
-                    c.name
-                        .clone()
-                        .or_else(|| c.contract_id.map(|id| id.to_string()))
-                        .unwrap_or_else(|| "?".into()),
-                    text(c.from.as_ref()).unwrap_or_else(|| "?".into()),
-                    text(c.to.as_ref()).unwrap_or_else(|| "?".into()),
-                )
-            })
-            .collect();
-        text_out.push_str(&format!(
-            "{} would change triage:\n{}\n",
-            plural(out.changes.len(), "contract"),
-            lines.join("\n")
-        ));
-    }
-    text_out.push_str("This is a simulation: nothing was decided or changed.");
+        .map(|n| plural(usize::try_from(n).unwrap_or(usize::MAX), "contract"));
+    let text = format!(
+        "Simulating law {name}{}{}{}: {changes}This is a simulation: nothing was decided or changed.",
+        opt(" (seq ", law.seq, ")"),
+        joined(" with ", &set, ", ", ""),
+        opt(" over ", over, ""),
+    );
     let evidence = if out.evaluated == Some(0) {
-        Evidence::Nothing
+        Nothing
     } else {
-        Evidence::Found
+        Found
     };
-    let mut part = Part::new(text_out, evidence);
-    part.cite(law.id);
-    for c in &out.changes {
-        part.cite(c.contract_id);
-    }
-    part
+    part(
+        text,
+        evidence,
+        [law.id]
+            .into_iter()
+            .chain(out.changes.iter().map(|c| c.contract_id)),
+    )
 }
