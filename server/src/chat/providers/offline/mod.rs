@@ -108,9 +108,15 @@ struct Reply {
     raw: Value,
 }
 
-/// The current turn: the last user message, how many tool calls the assistant made since, and
-/// the tool results of the turn, each with the call it answers (when it can be found).
-type Turn<'a> = (&'a str, usize, Vec<(Option<&'a ToolCall>, &'a str)>);
+/// The current turn, read back from the conversation.
+struct Turn<'a> {
+    /// The last user message.
+    question: &'a str,
+    /// Tool calls the assistant made since.
+    tool_use_count: usize,
+    /// The turn's tool results, each with the call it answers (when it can be found).
+    results: Vec<(Option<&'a ToolCall>, &'a str)>,
+}
 
 fn current_turn(messages: &[ChatMessage]) -> Turn<'_> {
     let start = messages.iter().rposition(|m| m.role == Role::User);
@@ -120,12 +126,20 @@ fn current_turn(messages: &[ChatMessage]) -> Turn<'_> {
     let calls: Vec<&ToolCall> = by(Role::Assistant).flat_map(|m| &m.tool_calls).collect();
     let call = |id: Option<&str>| calls.iter().copied().find(|c| Some(c.id.as_str()) == id);
     let results = by(Role::Tool).map(|m| (call(m.tool_call_id.as_deref()), m.content.as_str()));
-    (question, calls.len(), results.collect())
+    Turn {
+        question,
+        tool_use_count: calls.len(),
+        results: results.collect(),
+    }
 }
 
 /// The whole decision, pure and synchronous: tool calls, an answer from results, or help.
 fn respond(req: &CompletionRequest) -> Reply {
-    let (question, tool_use_count, results) = current_turn(&req.messages);
+    let Turn {
+        question,
+        tool_use_count,
+        results,
+    } = current_turn(&req.messages);
     if !results.is_empty() {
         let (answer, shape) = answer::from_results(&results, tool_use_count);
         return final_reply(answer, shape, "answer");
