@@ -377,4 +377,36 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("missing field `contract`"), "{e}");
     }
+
+    /// The schema a model reads and the type its arguments are parsed into are one contract:
+    /// every property the schema offers is a field of `Args`, and nothing else is accepted.
+    fn schema_and_args_agree<A: serde::de::DeserializeOwned>(tool: ToolName) {
+        let spec = tool.spec();
+        let props = spec.parameters["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert!(!props.is_empty(), "{tool} offers no properties");
+        for key in props.keys() {
+            let e = parse_args::<A>(tool, &json!({ key: null }))
+                .err()
+                .unwrap_or_default();
+            assert!(!e.contains("unknown field"), "{tool}: `{key}`: {e}");
+        }
+        let e = parse_args::<A>(tool, &json!({"not_in_the_schema": 1}))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("unknown field `not_in_the_schema`"),
+            "{tool}: {e}"
+        );
+    }
+
+    #[test]
+    fn every_tool_schema_matches_its_argument_type() {
+        schema_and_args_agree::<get_span::Args>(ToolName::GetSpan);
+        schema_and_args_agree::<explain_decision::Args>(ToolName::ExplainDecision);
+        schema_and_args_agree::<propose_amendment::Args>(ToolName::ProposeAmendment);
+        schema_and_args_agree::<simulate_law::Args>(ToolName::SimulateLaw);
+    }
 }
