@@ -15,6 +15,7 @@ use ledger::{Principal, Store};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::pct;
 use crate::chat::agent::{Agent, MemoryMode, Outcome, TurnRequest};
 use crate::chat::providers::{
     ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
@@ -93,13 +94,6 @@ impl Provider for InstantProvider {
             attempts: 1,
         })
     }
-}
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 fn round(x: f64) -> f64 {

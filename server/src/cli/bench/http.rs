@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 
 use axum::serve::Listener;
 
+use super::pct;
 use crate::auth::Auth;
 use crate::config::{self, ChatSettings, Limits};
 use crate::serve::{listen, router};
@@ -53,13 +54,6 @@ fn span(marker: &str) -> String {
            "confirmed_by": "courier", "if_ok": "send receipt", "if_doubt": "ask", "if_not": "open incident",
            "status": "valid", "entity_type": "delivery", "visibility": "tenant"})
     .to_string()
-}
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 fn round(x: f64) -> f64 {

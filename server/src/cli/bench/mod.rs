@@ -195,6 +195,14 @@ fn merge(mut a: serde_json::Map<String, Value>, b: Value) -> Value {
     Value::Object(a)
 }
 
+/// The `q` quantile of an ascending sample (0 when empty), shared by every bench.
+pub(super) fn pct(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
 fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -262,13 +270,8 @@ async fn ingest(
     let secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     lat.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     Ok(
         json!({"spans": spans, "seconds": round(secs), "spans_per_sec": round(spans as f64 / secs),
-              "request_p50_ms": round(pct(0.5)), "request_p99_ms": round(pct(0.99))}),
+              "request_p50_ms": round(pct(&lat, 0.5)), "request_p99_ms": round(pct(&lat, 0.99))}),
     )
 }
