@@ -495,3 +495,365 @@ async fn a_user_of_another_tenant_gets_nothing_of_the_demo_tenant() {
     }
     assert_eq!(r.tool_results[2].result["returned"], 0);
 }
+
+// ------------------------------------------------------------------ issue 12: grounding
+
+/// The prompt_run span of a turn.
+async fn prompt_run(s: &Setup, r: &TurnResult) -> Value {
+    s.store
+        .get(&ana(), r.run_id, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_view()
+        .unwrap()
+}
+
+/// An answer object with actions, as a scripted reply.
+fn answer_with_actions(text: &str, confidence: f64, actions: Value) -> Reply {
+    Reply::json(openai::answer(
+        &json!({
+            "text": text,
+            "confidence": confidence,
+            "actions": actions,
+            "citations": [],
+            "telemetry": {"tool_use_count": 0}
+        })
+        .to_string(),
+    ))
+}
+
+fn last_user_message(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn rounds_that_offer_tools_carry_no_answer_schema_and_the_first_must_call_a_tool() {
+    let s = setup(vec![tool("c1", "explain_decision", json!({"contract": "D1"}))]).await;
+    let d1 = contract_id(s.store.as_ref(), "D1").await;
+    s.fake
+        .push(answer("D1 was terminated at midnight.", 0.9, &[d1]));
+    let r = ask(&s, &ana(), "why was D1 terminated?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+
+    let got = s.fake.received();
+    assert_eq!(got.len(), 2);
+    for (i, req) in got.iter().enumerate() {
+        let (_, tools) = system_and_tools(&req.body);
+        assert_eq!(tools.len(), 5, "request {i} offers the tools");
+        assert!(
+            req.body.get("response_format").is_none(),
+            "request {i}: no answer grammar while tools are offered: {}",
+            req.body
+        );
+        assert_eq!(req.body["max_tokens"], json!(1024), "request {i}");
+    }
+    assert_eq!(got[0].body["tool_choice"], "required", "first round");
+    assert!(got[1].body.get("tool_choice").is_none(), "after the tools");
+}
+
+#[tokio::test]
+async fn a_greeting_or_a_help_question_gets_a_plain_answer_with_no_tool_required() {
+    let s = setup(vec![
+        answer("Hello! I answer questions about your contracts.", 0.95, &[]),
+        answer("I can explain decisions, query contracts and propose changes.", 0.9, &[]),
+    ])
+    .await;
+    for q in ["hello", "what can you do?"] {
+        let r = ask(&s, &ana(), q).await;
+        assert_eq!(r.outcome, Outcome::Answered, "{q}: {}", r.answer);
+        assert!(r.answer["confidence"].as_f64().unwrap() >= 0.9);
+        let run = prompt_run(&s, &r).await;
+        assert_eq!(run["content"]["grounding"]["ledger_question"], false, "{q}");
+    }
+    let got = s.fake.received();
+    assert_eq!(got.len(), 2, "no repair");
+    assert!(got.iter().all(|r| r.body.get("tool_choice").is_none()));
+}
+
+#[tokio::test]
+async fn after_a_schema_repair_the_answer_round_has_the_schema_and_no_tools() {
+    let s = setup(vec![
+        Reply::json(openai::answer(r#"{"text": "Hello", "confidence": 7}"#)),
+        answer("Hello: nothing to cite.", 0.95, &[]),
+    ])
+    .await;
+    let r = ask(&s, &ana(), "hello").await;
+    assert_eq!(r.outcome, Outcome::Answered);
+    let got = s.fake.received();
+    assert!(got[0].body.get("response_format").is_none());
+    let (_, tools) = system_and_tools(&got[1].body);
+    assert!(tools.is_empty(), "the answer round offers no tools");
+    assert_eq!(got[1].body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        got[1].body["response_format"]["json_schema"]["schema"]["required"],
+        json!(["text", "confidence", "actions", "citations", "telemetry"])
+    );
+}
+
+#[tokio::test]
+async fn a_confident_answer_with_no_tool_call_is_asked_for_evidence_then_shown_as_unsupported() {
+    // "There are no contracts on hold" — D4 is held; the model never looked, and its repair
+    // is the same JSON again.
+    let fabricated = "There are no contracts on hold at this time.";
+    let s = setup(vec![
+        answer(fabricated, 0.95, &[]),
+        answer(fabricated, 0.95, &[]),
+    ])
+    .await;
+    let r = ask(&s, &ana(), "which contracts are on hold?").await;
+    assert_eq!(r.outcome, Outcome::Unsupported, "{}", r.answer);
+    assert!(!r.answer.to_string().contains(fabricated), "{}", r.answer);
+    assert_eq!(
+        r.answer["text"],
+        server::chat::grounding::UNSUPPORTED_TEXT,
+        "a decline"
+    );
+    assert!(r.answer["confidence"].as_f64().unwrap() < 0.6);
+    assert!(r.answer["follow_up_question"].is_string(), "a question back");
+    assert!(r.escalation_id.is_some(), "below the line: a reviewer sees it");
+
+    let got = s.fake.received();
+    assert_eq!(got.len(), 2, "one repair, not retried as new");
+    assert_eq!(
+        last_user_message(&got[1].body),
+        server::chat::agent::GROUNDING_REPAIR
+    );
+    let (_, tools) = system_and_tools(&got[1].body);
+    assert_eq!(tools.len(), 5, "the repair offers the tools");
+    assert_eq!(got[1].body["tool_choice"], "required");
+    assert!(got[1].body.get("response_format").is_none());
+
+    let run = prompt_run(&s, &r).await;
+    let c = &run["content"];
+    assert_eq!(c["outcome"], "unsupported");
+    assert_eq!(run["status"], "unsupported");
+    assert_eq!(c["repair"], "ungrounded");
+    assert_eq!(c["repair_identical"], true);
+    assert_eq!(c["grounding"]["ledger_question"], true);
+    assert_eq!(c["grounding"]["tool_evidence"], false);
+    assert_eq!(c["grounding"]["unsupported"], true);
+    assert_eq!(c["grounding"]["draft"]["text"], fabricated, "the draft is kept");
+}
+
+#[tokio::test]
+async fn a_what_if_answered_without_a_simulation_is_unsupported_even_when_reworded() {
+    let s = setup(vec![
+        answer("Contracts with a quorum of at least 3 would change.", 0.95, &[]),
+        answer("D2 and D5 would change if the quorum were 3.", 0.9, &[]),
+    ])
+    .await;
+    let r = ask(&s, &ana(), "which contracts would change if the quorum were at least 3?").await;
+    assert_eq!(r.outcome, Outcome::Unsupported, "{}", r.answer);
+    let run = prompt_run(&s, &r).await;
+    assert_eq!(run["content"]["repair_identical"], false);
+    assert_eq!(
+        run["content"]["grounding"]["draft"]["text"],
+        "D2 and D5 would change if the quorum were 3."
+    );
+}
+
+#[tokio::test]
+async fn a_grounding_repair_that_calls_a_tool_is_answered() {
+    let s = setup(vec![answer("No contract is on hold.", 0.95, &[])]).await;
+    let d4 = contract_id(s.store.as_ref(), "D4").await;
+    s.fake.push(tool(
+        "c1",
+        "query_ledger",
+        json!({"entity_type": "contract", "limit": 50}),
+    ));
+    s.fake.push(answer("D4 is on hold.", 0.9, &[d4]));
+    let r = ask(&s, &ana(), "which contracts are on hold?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    assert_eq!(r.answer["citations"], json!([d4]));
+    let run = prompt_run(&s, &r).await;
+    assert_eq!(run["content"]["repair"], "ungrounded");
+    assert_eq!(run["content"]["grounding"]["tool_evidence"], true);
+}
+
+#[tokio::test]
+async fn low_confidence_without_evidence_is_escalated_not_replaced() {
+    let s = setup(vec![answer(
+        "I am not sure which contracts are on hold.",
+        0.3,
+        &[],
+    )])
+    .await;
+    let r = ask(&s, &ana(), "which contracts are on hold?").await;
+    assert_eq!(r.outcome, Outcome::Escalated);
+    assert_eq!(r.answer["text"], "I am not sure which contracts are on hold.");
+    assert_eq!(s.fake.requests(), 1, "no repair");
+}
+
+#[tokio::test]
+async fn actions_naming_a_proposal_that_was_never_made_are_refused() {
+    let ghost = Uuid::now_v7();
+    let reply = answer_with_actions(
+        "D1 was extended with a new deadline of 2026-12-10.",
+        0.95,
+        json!([{"type": "propose_amendment", "summary": "extend D1", "proposal_id": ghost}]),
+    );
+    let s = setup(vec![reply.clone(), reply]).await;
+    let r = ask(&s, &ana(), "extend the deadline for D1 by 3 days").await;
+    assert_eq!(r.outcome, Outcome::InsufficientEvidence, "{}", r.answer);
+    assert!(r.proposals.is_empty());
+    let got = s.fake.received();
+    assert_eq!(got.len(), 2);
+    let repair = last_user_message(&got[1].body);
+    assert!(
+        repair.contains(&ghost.to_string()) && repair.contains("not a proposal made in this turn"),
+        "{repair}"
+    );
+    // No evidence yet: the repair round offers the tools and asks for a call.
+    assert_eq!(got[1].body["tool_choice"], "required");
+    let run = prompt_run(&s, &r).await;
+    assert_eq!(run["content"]["repair"], "invalid");
+    assert_eq!(run["content"]["repair_identical"], true);
+}
+
+#[tokio::test]
+async fn an_action_without_the_proposal_id_of_the_turn_is_repaired() {
+    let s = setup(vec![
+        tool(
+            "c1",
+            "propose_amendment",
+            json!({"contract": "D1", "changes": {"deadline_at": "+3d"}, "reason": "extend it"}),
+        ),
+        answer_with_actions(
+            "I proposed extending D1 by 3 days; it awaits your confirmation.",
+            0.9,
+            json!([{"type": "propose_amendment", "summary": "extend D1 by 3 days"}]),
+        ),
+        answer("I proposed extending D1 by 3 days; it awaits your confirmation.", 0.9, &[]),
+    ])
+    .await;
+    let r = ask(&s, &ana(), "extend the deadline for D1 by 3 days").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    assert_eq!(r.proposals.len(), 1);
+    let got = s.fake.received();
+    let repair = last_user_message(&got[2].body);
+    assert!(repair.contains("/actions/0"), "{repair}");
+    // Evidence is in hand: the repair is an answer round.
+    assert!(got[2].body.get("tools").is_none());
+    assert_eq!(got[2].body["response_format"]["type"], "json_schema");
+}
+
+#[tokio::test]
+async fn claiming_a_change_that_was_not_proposed_is_refused() {
+    let s = setup(vec![
+        answer("The ledger has been updated.", 1.0, &[]),
+        answer("The ledger has been updated.", 1.0, &[]),
+    ])
+    .await;
+    let before = latest_seq(s.store.as_ref(), "D1").await;
+    let r = ask(&s, &ana(), "delete D1").await;
+    assert_eq!(r.outcome, Outcome::InsufficientEvidence, "{}", r.answer);
+    assert_eq!(r.answer, json!({"error": "Insufficient evidence."}));
+    let repair = last_user_message(&s.fake.received()[1].body);
+    assert!(repair.contains("no change was proposed"), "{repair}");
+    assert_eq!(latest_seq(s.store.as_ref(), "D1").await, before);
+}
+
+#[tokio::test]
+async fn tool_calls_written_in_the_text_are_run() {
+    let s = setup(vec![Reply::json(openai::answer(
+        "I will look it up.\n```json\n{\"name\": \"explain_decision\", \"arguments\": {\"contract\": \"D1\"}}\n```",
+    ))])
+    .await;
+    let d1 = contract_id(s.store.as_ref(), "D1").await;
+    s.fake.push(Reply::json(openai::answer(
+        "<tool_call>{\"name\": \"get_span\", \"arguments\": {\"id\": \"ID\"}}</tool_call>"
+            .replace("ID", &d1.to_string())
+            .as_str(),
+    )));
+    s.fake
+        .push(answer("D1 was terminated at midnight.", 0.9, &[d1]));
+    let r = ask(&s, &ana(), "why was D1 terminated?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    let names: Vec<&str> = r.tool_results.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["explain_decision", "get_span"]);
+    assert!(r.tool_results.iter().all(|t| t.ok), "{:?}", r.tool_results);
+    // The calls went back to the model as real tool calls with their results.
+    let third = &s.fake.received()[2].body["messages"];
+    let roles: Vec<&str> = third
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["system", "user", "assistant", "tool", "assistant", "tool"]
+    );
+}
+
+#[tokio::test]
+async fn prompt_run_records_server_token_counts_and_a_failed_call_names_its_prompt() {
+    let mut body = openai::answer(
+        &json!({"text": "Hello.", "confidence": 0.9, "actions": [], "citations": [],
+                "telemetry": {"tool_use_count": 0}})
+        .to_string(),
+    );
+    body["usage"]["prompt_tokens_details"] = json!({"cached_tokens": 30});
+    let s = setup(vec![Reply::json(body)]).await;
+    let r = ask(&s, &ana(), "hello").await;
+    let run = prompt_run(&s, &r).await;
+    assert_eq!(run["content"]["tokens_in"], 42);
+    assert_eq!(run["content"]["tokens_cached"], 30);
+
+    // A call that fails for good still records which prompt it sent.
+    for _ in 0..3 {
+        s.fake
+            .push(Reply::status(500, json!({"error": {"message": "boom"}})));
+    }
+    let e = s
+        .agent
+        .turn(
+            &ana(),
+            &[],
+            TurnRequest {
+                message: "why was D1 terminated?".into(),
+                conversation_id: None,
+                variant: None,
+                memory: MemoryMode::Off,
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    let server::chat::agent::ChatError::Provider { run_id, .. } = e else {
+        panic!("{e}")
+    };
+    let run = s
+        .store
+        .get(&ana(), run_id, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_view()
+        .unwrap();
+    assert_eq!(run["content"]["outcome"], "provider_error");
+    assert!(
+        run["content"]["compiled_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("blake3:"),
+        "{run}"
+    );
+    let names: Vec<&str> = run["content"]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["doctrine", "product", "app_contracts", "task_answer"]);
+    assert_eq!(run["content"]["tokens_cached"], Value::Null);
+}

@@ -191,7 +191,7 @@ fn bad_block_files_are_refused_with_the_file_and_the_reason() {
         ),
         (
             "unknown key",
-            doctrine.replace("version: 1", "version: 1\nauthor: me"),
+            doctrine.replace("layer: doctrine", "layer: doctrine\nauthor: me"),
             "unknown front matter key",
         ),
         (
@@ -358,8 +358,18 @@ async fn blocks_are_compiled_by_priority_with_the_context_rendered_in() {
     assert!(text.contains("- `query_ledger`: Query spans with a typed filter."));
     assert!(text.contains("- `get_span`: Fetch one span by id."));
     assert!(
-        text.contains(r#""tool_use_count""#),
-        "the output schema is in the prompt"
+        text.contains("`tool_use_count`") && text.contains("`follow_up_question`"),
+        "the answer's fields are described in the prompt"
+    );
+    assert!(
+        !text.contains("\"$schema\"") && !text.contains("\"additionalProperties\""),
+        "no JSON schema is pasted into the prompt (response_format and validation enforce it)"
+    );
+    assert!(
+        !text
+            .split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+            .any(|w| w.len() == 36 && uuid::Uuid::parse_str(w).is_ok()),
+        "no literal span id a model could copy into its citations"
     );
     assert!(
         !text.contains("{{") && !text.contains("{%"),

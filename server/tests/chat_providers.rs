@@ -14,8 +14,8 @@ use ledger::{Filter, Principal};
 use serde_json::{Value, json};
 use server::chat::{
     ApiKey, Budget, ChatMessage, CompiledPrompt, CompletionRequest, ExecContext, OllamaProvider,
-    OpenAiProvider, PromptInput, PromptLibrary, Provider, ProviderConfig, ProviderError, ToolSpec,
-    build_prompt, provider_exec,
+    OpenAiProvider, PromptInput, PromptLibrary, Provider, ProviderConfig, ProviderError, ProviderSettings, ToolChoice,
+    ToolSpec, build_prompt, provider_exec,
 };
 use support::fast_settings;
 use testkit::fake_llm::{FakeLlm, Reply, ollama, openai};
@@ -37,14 +37,25 @@ fn get_span_tool() -> ToolSpec {
     }
 }
 
+/// A round that offers the `get_span` tool (and so no answer schema).
 fn request(messages: Vec<ChatMessage>) -> CompletionRequest {
     CompletionRequest {
         system: CompiledPrompt::new("You answer questions about the ledger."),
         messages,
         tools: vec![get_span_tool()],
+        response_schema: None,
+        tool_choice: ToolChoice::Auto,
+    }
+}
+
+/// An answer round: no tools, the answer constrained to a schema.
+fn answer_request(messages: Vec<ChatMessage>) -> CompletionRequest {
+    CompletionRequest {
+        tools: Vec::new(),
         response_schema: Some(
             json!({"type": "object", "properties": {"text": {"type": "string"}}}),
         ),
+        ..request(messages)
     }
 }
 
@@ -118,11 +129,102 @@ async fn openai_plain_answer_sends_the_compiled_prompt_first_with_the_key_as_bea
     );
     assert_eq!(body["tools"][0]["type"], json!("function"));
     assert_eq!(body["tools"][0]["function"]["name"], json!("get_span"));
-    assert_eq!(body["response_format"]["type"], json!("json_schema"));
+    // A round that offers tools is not constrained to the answer schema, and `auto` is the
+    // API default (not sent); the reply's length is always capped.
+    assert!(body.get("response_format").is_none(), "{body}");
+    assert!(body.get("tool_choice").is_none(), "{body}");
+    assert_eq!(body["max_tokens"], json!(1024));
+}
+
+#[tokio::test]
+async fn openai_answer_round_sends_the_schema_and_a_required_round_says_so() {
+    let fake = FakeLlm::with([
+        Reply::json(openai::answer(r#"{"text":"D1 ended."}"#)),
+        Reply::json(openai::answer(r#"{"text":"D1 ended."}"#)),
+    ])
+    .await;
+    let p = OpenAiProvider::new(
+        &fake.openai_base(),
+        None,
+        "qwen2.5-1.5b",
+        ProviderSettings {
+            max_tokens: 300,
+            ..fast_settings()
+        },
+    )
+    .unwrap();
+    let req = answer_request(vec![ChatMessage::user("why was D1 terminated?")]);
+    p.complete(&req, None).await.unwrap();
+    let required = CompletionRequest {
+        tool_choice: ToolChoice::Required,
+        ..request(vec![ChatMessage::user("why was D1 terminated?")])
+    };
+    p.complete(&required, None).await.unwrap();
+
+    let got = fake.received();
+    let answer_round = &got[0].body;
+    assert!(answer_round.get("tools").is_none(), "{answer_round}");
+    assert_eq!(answer_round["response_format"]["type"], json!("json_schema"));
     assert_eq!(
-        body["response_format"]["json_schema"]["schema"],
+        answer_round["response_format"]["json_schema"]["schema"],
         req.response_schema.clone().unwrap()
     );
+    assert_eq!(answer_round["max_tokens"], json!(300));
+    let tool_round = &got[1].body;
+    assert_eq!(tool_round["tool_choice"], json!("required"));
+    assert!(tool_round.get("response_format").is_none(), "{tool_round}");
+    assert_eq!(tool_round["max_tokens"], json!(300));
+}
+
+#[tokio::test]
+async fn a_request_that_offers_tools_and_constrains_the_answer_is_refused_before_sending() {
+    let fake = FakeLlm::start().await;
+    let both = CompletionRequest {
+        response_schema: answer_request(Vec::new()).response_schema,
+        ..request(vec![ChatMessage::user("hi")])
+    };
+    for p in [
+        Box::new(openai(&fake)) as Box<dyn Provider>,
+        Box::new(ollama(&fake)),
+    ] {
+        let e = p.complete(&both, None).await.unwrap_err();
+        assert!(matches!(e, ProviderError::InvalidRequest(_)), "{e}");
+    }
+    assert_eq!(fake.requests(), 0, "nothing was sent");
+}
+
+#[tokio::test]
+async fn tool_calls_written_as_text_are_read_as_calls() {
+    let hermes = "<tool_call>\n{\"name\": \"get_span\", \"arguments\": {\"id\": \"abc\"}}\n</tool_call>";
+    let fenced = "Checking.\n```json\n{\"name\": \"get_span\", \"arguments\": {\"id\": \"abc\"}}\n```";
+    let llama = r#"{"name": "get_span", "parameters": {"id": "abc"}}"#;
+    let fake = FakeLlm::with([
+        Reply::json(openai::answer(hermes)),
+        Reply::json(openai::answer(fenced)),
+        Reply::json(ollama::answer(llama)),
+        // Not offered in an answer round: the same text stays text.
+        Reply::json(openai::answer(llama)),
+    ])
+    .await;
+    let req = request(vec![ChatMessage::user("show abc")]);
+    let o = openai(&fake);
+    for (provider, expect_rest) in [
+        (&o as &dyn Provider, ""),
+        (&o as &dyn Provider, "Checking."),
+        (&ollama(&fake) as &dyn Provider, ""),
+    ] {
+        let c = provider.complete(&req, None).await.unwrap();
+        assert_eq!(c.message.tool_calls.len(), 1, "{:?}", c.message);
+        assert_eq!(c.message.tool_calls[0].name, "get_span");
+        assert_eq!(c.message.tool_calls[0].arguments, json!({"id": "abc"}));
+        assert_eq!(c.message.content, expect_rest);
+    }
+    let c = o
+        .complete(&answer_request(vec![ChatMessage::user("show abc")]), None)
+        .await
+        .unwrap();
+    assert!(c.message.tool_calls.is_empty());
+    assert_eq!(c.message.content, llama);
 }
 
 #[tokio::test]
@@ -454,7 +556,17 @@ async fn ollama_plain_answer_reads_text_and_counts() {
         sent.body["tools"][0]["function"]["parameters"],
         get_span_tool().parameters
     );
+    assert!(sent.body.get("format").is_none(), "tools offered: no format");
+    assert_eq!(sent.body["options"]["num_predict"], json!(1024));
+
+    // An answer round: no tools, the schema as `format`.
+    fake.push(Reply::json(ollama::answer(r#"{"text":"hello"}"#)));
+    let req = answer_request(vec![ChatMessage::user("hi")]);
+    p.complete(&req, None).await.unwrap();
+    let sent = &fake.received()[1];
     assert_eq!(sent.body["format"], req.response_schema.clone().unwrap());
+    assert!(sent.body.get("tools").is_none_or(|t| t.as_array().is_some_and(Vec::is_empty)));
+    assert_eq!(sent.body["options"]["num_predict"], json!(1024));
 }
 
 #[tokio::test]
@@ -760,7 +872,7 @@ async fn the_system_message_sent_is_exactly_the_compiled_prompt_whose_hash_is_re
         },
     )
     .unwrap();
-    let req = built.request(tools, Some(prompts.library().answer_schema().clone()));
+    let req = built.request(tools, None);
 
     for use_ollama in [false, true] {
         let fake = FakeLlm::with([Reply::json(if use_ollama {

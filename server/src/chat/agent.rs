@@ -3,6 +3,13 @@
 //! output schema (one repair round trip, then "Insufficient evidence."), refuse citations the
 //! tools did not return, escalate low confidence to a human, and record the turn.
 //!
+//! Grounding is enforced, not requested (issue 12; the rules live in [`grounding`]): a round
+//! that offers tools never carries the answer schema (a grammar-constrained server could not
+//! call a tool under it), the first round of a ledger question may require a tool call (the
+//! variant's `tool_choice`), a confident answer to a ledger question with no tool evidence is
+//! sent back once and then shown as `unsupported`, `actions[]` must be this turn's proposals,
+//! claims of a change need one, and a repair that returns the same reply is not retried.
+//!
 //! Records: every model call is a `provider_execution` span, every tool call a `tool_call`
 //! span, the turn a `prompt_run` span (its id is the `run_id`), all in the turn's trace. They
 //! are appended together when the turn ends — one commit instead of one per step — except
@@ -23,9 +30,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
+use super::grounding;
 use super::prompt::{Budget, PromptInput, build_prompt};
 use super::proposals::{self, ESCALATION_THRESHOLD, Escalation};
-use super::providers::{ChatMessage, Provider, ProviderError, ToolCall};
+use super::providers::{ChatMessage, Provider, ProviderError, ToolCall, ToolChoice};
 use super::record::{
     ExecContext, SpanWriter, TurnRecord, append_one, prompt_run_draft, provider_call,
 };
@@ -162,7 +170,19 @@ struct Turn<'a> {
     provider_time: Duration,
     tokens_in: u64,
     tokens_out: u64,
+    /// Cached prompt tokens, summed over the calls whose server reported them.
+    tokens_cached: Option<u64>,
     breaker: Option<(PromptBlock, i64)>,
+    /// The message asks about the ledger (`grounding::asks_about_ledger`).
+    ledger_question: bool,
+    /// The variant's tool choice for the first round of a ledger question.
+    tool_choice: ToolChoice,
+    /// A tool call ran without error in this turn: the answer has evidence to rest on.
+    grounded: bool,
+    /// The last compiled system prompt's hash and its blocks (`id`, `seq`, `name`), recorded
+    /// even when the call made with it failed.
+    compiled_hash: String,
+    blocks: Vec<Value>,
 }
 
 impl Agent {
@@ -192,10 +212,12 @@ impl Agent {
         }
         let variant = req.variant.as_deref().unwrap_or("default");
         // Refuse an unknown variant before anything is recorded.
-        self.prompts
+        let tool_choice = self
+            .prompts
             .library()
             .variant(variant)
-            .map_err(|e| ChatError::BadRequest(e.to_string()))?;
+            .map_err(|e| ChatError::BadRequest(e.to_string()))?
+            .tool_choice;
         self.provider_exec_allowed().await?;
         let conversation_id = req.conversation_id.unwrap_or_else(Uuid::now_v7);
         let run_id = Uuid::now_v7();
@@ -219,7 +241,13 @@ impl Agent {
             provider_time: Duration::ZERO,
             tokens_in: 0,
             tokens_out: 0,
+            tokens_cached: None,
             breaker: None,
+            ledger_question: grounding::asks_about_ledger(message),
+            tool_choice,
+            grounded: false,
+            compiled_hash: String::new(),
+            blocks: Vec::new(),
         };
         let mut history = self.history(principal, conversation_id).await?;
         history.push(ChatMessage::user(message));
@@ -232,9 +260,9 @@ impl Agent {
                 let failed = Settled {
                     answer: json!({"error": error.to_string()}),
                     outcome: Outcome::ProviderError,
-                    repaired: false,
-                    compiled_hash: String::new(),
-                    blocks: Vec::new(),
+                    repair: None,
+                    repair_identical: false,
+                    draft: None,
                 };
                 let run = t.prompt_run(&failed, started.elapsed())?;
                 t.records.push(run);
@@ -244,15 +272,20 @@ impl Agent {
             Err(e) => return Err(e),
         };
         let mut escalation_id = None;
-        if settled.outcome == Outcome::Answered
-            && settled
-                .answer
-                .get("confidence")
-                .and_then(Value::as_f64)
-                .is_some_and(|c| c < ESCALATION_THRESHOLD)
-        {
-            settled.outcome = Outcome::Escalated;
-            escalation_id = Some(t.escalate(&settled.answer).await?);
+        let low = settled
+            .answer
+            .get("confidence")
+            .and_then(Value::as_f64)
+            .is_some_and(|c| c < ESCALATION_THRESHOLD);
+        match settled.outcome {
+            Outcome::Answered if low => {
+                settled.outcome = Outcome::Escalated;
+                escalation_id = Some(t.escalate(&settled.answer).await?);
+            }
+            // Its confidence is capped below the line, so a reviewer sees it too; the outcome
+            // keeps saying why.
+            Outcome::Unsupported => escalation_id = Some(t.escalate(&settled.answer).await?),
+            _ => {}
         }
         if settled.outcome == Outcome::InsufficientEvidence {
             t.set_proposals("withdrawn", "the answer did not validate")
@@ -338,15 +371,33 @@ impl Agent {
 /// What the model loop settled on: the answer and how it was reached (the turn's `prompt_run`
 /// span records it).
 struct Settled {
-    /// The validated answer, or `{"error": …}`.
+    /// The validated answer, the decline that replaced an unsupported one, or `{"error": …}`.
     answer: Value,
     outcome: Outcome,
-    /// Whether the model was asked once to repair its answer.
-    repaired: bool,
-    /// The hash of the last compiled system prompt.
-    compiled_hash: String,
-    /// The prompt blocks it was compiled from (`id`, `seq`, `name`).
-    blocks: Vec<Value>,
+    /// Why the model was asked (once) to answer again, if it was.
+    repair: Option<Repair>,
+    /// The repair returned the very reply it was asked to repair (judged without a retry).
+    repair_identical: bool,
+    /// The model's own answer when it was replaced as unsupported (recorded, never shown).
+    draft: Option<Value>,
+}
+
+/// Why a turn's one repair round was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repair {
+    /// The reply was not a valid answer (JSON, schema, citations, actions, change claims).
+    Invalid,
+    /// A valid answer to a ledger question, confident, with no tool evidence.
+    Ungrounded,
+}
+
+impl Repair {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Ungrounded => "ungrounded",
+        }
+    }
 }
 
 impl Turn<'_> {
@@ -356,15 +407,23 @@ impl Turn<'_> {
         }
     }
 
+    /// The model loop. A round either offers the tools (no output constraint: a server that
+    /// compiles the answer schema into a grammar could not emit a tool call; `tool_choice:
+    /// required` on the first round of a ledger question when the variant says so) or is an
+    /// answer round (no tools, the answer schema as `response_format`): after the breaker, or
+    /// after a repair request when no more evidence is needed.
     async fn run(&mut self, history: &mut Vec<ChatMessage>) -> Result<Settled, ChatError> {
-        let mut repaired = false;
-        let mut last_hash = String::new();
-        let mut blocks = Vec::new();
+        let mut repair: Option<Repair> = None;
+        // The reply sent back for repair and what it was judged to be.
+        let mut repaired_reply: Option<(String, Option<Value>)> = None;
+        let mut answer_round = false;
+        let mut require_tool = self.ledger_question && self.tool_choice == ToolChoice::Required;
         for _ in 0..MAX_MODEL_CALLS {
-            let tools = if self.breaker.is_some() {
-                Vec::new()
-            } else {
+            let offer_tools = self.breaker.is_none() && !answer_round;
+            let tools = if offer_tools {
                 tools::specs()
+            } else {
+                Vec::new()
             };
             let extra: Vec<(PromptBlock, i64)> = self.breaker.iter().cloned().collect();
             let built = build_prompt(
@@ -381,16 +440,20 @@ impl Turn<'_> {
                     budget: self.agent.budget,
                 },
             )?;
-            last_hash = built.system.hash().to_string();
-            blocks = built
+            self.compiled_hash = built.system.hash().to_string();
+            self.blocks = built
                 .blocks
                 .iter()
                 .map(|b| json!({"id": b.id, "seq": b.seq, "name": b.name}))
                 .collect();
-            let request = built.request(
+            let mut request = built.request(
                 tools,
-                Some(self.agent.prompts.library().answer_schema().clone()),
+                (!offer_tools).then(|| self.agent.prompts.library().answer_schema().clone()),
             );
+            if offer_tools && require_tool {
+                request.tool_choice = ToolChoice::Required;
+            }
+            require_tool = false;
             let ctx = ExecContext {
                 trace_id: Some(self.trace_id.clone()),
                 parent_id: Some(self.run_id),
@@ -433,6 +496,9 @@ impl Turn<'_> {
             })?;
             self.tokens_in += u64::from(completion.tokens_in.unwrap_or(0));
             self.tokens_out += u64::from(completion.tokens_out.unwrap_or(0));
+            if let Some(cached) = cached_tokens(&completion.raw) {
+                *self.tokens_cached.get_or_insert(0) += cached;
+            }
             let msg = completion.message;
 
             if !msg.tool_calls.is_empty() {
@@ -447,10 +513,10 @@ impl Turn<'_> {
                             0,
                         );
                     }
-                    if repaired {
-                        return Ok(self.insufficient(repaired, last_hash, blocks));
+                    if repair.is_some() {
+                        return Ok(self.insufficient(repair, false));
                     }
-                    repaired = true;
+                    repair = Some(Repair::Invalid);
                     let errors = vec![
                         "tool calls are refused in this turn (circuit breaker); answer with the JSON object now"
                             .to_string(),
@@ -460,7 +526,7 @@ impl Turn<'_> {
                     })
                     .await;
                     history.push(ChatMessage::assistant(msg.content.clone()));
-                    history.push(ChatMessage::user(repair_prompt(&errors)));
+                    history.push(ChatMessage::user(repair_prompt(&errors, false)));
                     continue;
                 }
                 history.push(ChatMessage::assistant_tool_calls(
@@ -498,6 +564,8 @@ impl Turn<'_> {
                         self.citable.extend(out.citable.iter().copied());
                         self.proposals.extend(out.proposal);
                         let status = if out.error.is_some() { "error" } else { "ok" };
+                        // Evidence: a call that ran and answered, even with nothing found.
+                        self.grounded |= out.error.is_none();
                         self.record_tool(call, status, &out.result, ms);
                         out
                     };
@@ -519,42 +587,98 @@ impl Turn<'_> {
                 continue;
             }
 
+            // A repair that returns the reply it was asked to repair is judged as that reply
+            // was: asking again would only repeat it.
+            if let Some((before, judged)) = &repaired_reply
+                && same_reply(before, &msg.content)
+            {
+                tracing::info!(repair = ?repair, "the repair returned the same reply");
+                return Ok(match judged.clone() {
+                    Some(draft) => self.unsupported(draft, repair, true),
+                    None => self.insufficient(repair, true),
+                });
+            }
             match self.check(&msg.content) {
+                Ok(answer) if self.needs_evidence(&answer) => {
+                    if repair.is_some() {
+                        tracing::info!("the answer still rests on no tool result; shown as unsupported");
+                        return Ok(self.unsupported(answer, repair, false));
+                    }
+                    repair = Some(Repair::Ungrounded);
+                    let errors = vec![GROUNDING_REPAIR.to_string()];
+                    self.emit(ChatEvent::Repair {
+                        errors: errors.clone(),
+                    })
+                    .await;
+                    repaired_reply = Some((msg.content.clone(), Some(answer)));
+                    history.push(ChatMessage::assistant(msg.content.clone()));
+                    history.push(ChatMessage::user(GROUNDING_REPAIR));
+                    answer_round = self.breaker.is_some();
+                    require_tool = !answer_round;
+                }
                 Ok(answer) => {
                     return Ok(Settled {
                         answer,
                         outcome: Outcome::Answered,
-                        repaired,
-                        compiled_hash: last_hash,
-                        blocks,
+                        repair,
+                        repair_identical: false,
+                        draft: None,
                     });
                 }
-                Err(errors) if !repaired => {
-                    repaired = true;
+                Err(errors) if repair.is_none() => {
+                    repair = Some(Repair::Invalid);
                     tracing::info!(errors = ?errors, "answer did not validate; asking for a repair");
                     self.emit(ChatEvent::Repair {
                         errors: errors.clone(),
                     })
                     .await;
+                    // Still no evidence for a ledger question: the repair round offers the
+                    // tools again and asks for a call; otherwise it is an answer round.
+                    let gather = self.ledger_question && !self.grounded && self.breaker.is_none();
+                    repaired_reply = Some((msg.content.clone(), None));
                     history.push(ChatMessage::assistant(msg.content.clone()));
-                    history.push(ChatMessage::user(repair_prompt(&errors)));
+                    history.push(ChatMessage::user(repair_prompt(&errors, gather)));
+                    answer_round = !gather;
+                    require_tool = gather;
                 }
                 Err(errors) => {
                     tracing::info!(errors = ?errors, "repaired answer did not validate either");
-                    return Ok(self.insufficient(repaired, last_hash, blocks));
+                    return Ok(self.insufficient(repair, false));
                 }
             }
         }
-        Ok(self.insufficient(repaired, last_hash, blocks))
+        Ok(self.insufficient(repair, false))
     }
 
-    fn insufficient(&self, repaired: bool, hash: String, blocks: Vec<Value>) -> Settled {
+    /// A valid answer that may not stand as it is: a ledger question answered with confidence
+    /// at or above the escalation line by a turn in which no tool call ran (grounding.rs).
+    fn needs_evidence(&self, answer: &Value) -> bool {
+        self.ledger_question
+            && !self.grounded
+            && answer
+                .get("confidence")
+                .and_then(Value::as_f64)
+                .is_some_and(|c| c >= ESCALATION_THRESHOLD)
+    }
+
+    fn insufficient(&self, repair: Option<Repair>, identical: bool) -> Settled {
         Settled {
             answer: json!({ "error": INSUFFICIENT }),
             outcome: Outcome::InsufficientEvidence,
-            repaired,
-            compiled_hash: hash,
-            blocks,
+            repair,
+            repair_identical: identical,
+            draft: None,
+        }
+    }
+
+    /// The decline that replaces an answer with no evidence behind it.
+    fn unsupported(&self, draft: Value, repair: Option<Repair>, identical: bool) -> Settled {
+        Settled {
+            answer: grounding::unsupported_answer(&draft, self.tool_calls),
+            outcome: Outcome::Unsupported,
+            repair,
+            repair_identical: identical,
+            draft: Some(draft),
         }
     }
 
@@ -572,6 +696,20 @@ impl Turn<'_> {
                 format!("{}: {e}", if at.is_empty() { "/" } else { &at })
             })
             .collect();
+        errors.extend(grounding::action_errors(&answer, &self.proposals));
+        if self.proposals.is_empty()
+            && answer
+                .get("text")
+                .and_then(Value::as_str)
+                .is_some_and(grounding::claims_change)
+        {
+            errors.push(
+                "/text: it says something was changed, but no change was proposed in this turn; \
+                 you cannot change the ledger, only propose a change with propose_amendment (a \
+                 person confirms it)"
+                    .to_string(),
+            );
+        }
         if let Some(cites) = answer.get("citations").and_then(Value::as_array) {
             for (i, c) in cites.iter().enumerate() {
                 let ok = c
@@ -725,15 +863,23 @@ impl Turn<'_> {
             variant: self.variant,
             answer: &settled.answer,
             outcome: settled.outcome,
-            repaired: settled.repaired,
-            compiled_hash: &settled.compiled_hash,
-            blocks: &settled.blocks,
+            repair: settled.repair.map(Repair::as_str),
+            repair_identical: settled.repair_identical,
+            grounding: &json!({
+                "ledger_question": self.ledger_question,
+                "tool_evidence": self.grounded,
+                "unsupported": settled.outcome == Outcome::Unsupported,
+                "draft": settled.draft,
+            }),
+            compiled_hash: &self.compiled_hash,
+            blocks: &self.blocks,
             memory: self.memory,
             provider: self.agent.provider.as_ref(),
             elapsed,
             provider_time: self.provider_time,
             tokens_in: self.tokens_in,
             tokens_out: self.tokens_out,
+            tokens_cached: self.tokens_cached,
             tool_use_count: self.tool_calls,
             breaker: self.breaker.as_ref().map(|(b, _)| b.id),
             proposals: &self.proposals,
@@ -751,11 +897,42 @@ impl Turn<'_> {
     }
 }
 
-fn repair_prompt(errors: &[String]) -> String {
+/// What the model is told when its answer to a ledger question rests on no tool result.
+pub const GROUNDING_REPAIR: &str = "Your answer states facts about the ledger, but no tool returned evidence in this turn. Call a tool now (query_ledger, get_span, explain_decision, simulate_law, or propose_amendment for a change) and answer from its result. If no tool can tell, answer with confidence below 0.6 and ask a follow_up_question instead.";
+
+/// What the model is told when its reply is not a valid answer. `gather`: no tool has given
+/// evidence yet, so the model is asked to call one before answering.
+fn repair_prompt(errors: &[String], gather: bool) -> String {
+    let then = if gather {
+        "First call a tool to get the evidence, then reply with only the JSON answer object"
+    } else {
+        "Reply again with only the JSON answer object"
+    };
     format!(
-        "Your last reply is not a valid answer:\n- {}\nReply again with only the JSON object that follows the output schema, citing only span ids returned by tools in this turn.",
+        "Your last reply is not a valid answer:\n- {}\n{then}, citing only span ids returned by tools in this turn.",
         errors.join("\n- ")
     )
+}
+
+/// Two replies are the same when they are the same JSON value, or the same text.
+fn same_reply(a: &str, b: &str) -> bool {
+    let (a, b) = (strip_fences(a), strip_fences(b));
+    match (
+        serde_json::from_str::<Value>(a),
+        serde_json::from_str::<Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Prompt tokens the server served from its cache (OpenAI
+/// `usage.prompt_tokens_details.cached_tokens`; also read from llama.cpp's and vLLM's usage).
+fn cached_tokens(raw: &Value) -> Option<u64> {
+    raw.get("usage")?
+        .get("prompt_tokens_details")?
+        .get("cached_tokens")?
+        .as_u64()
 }
 
 /// Models often wrap JSON in a Markdown fence.

@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::providers::types::ToolChoice;
+
 /// The block files compiled into the binary, by path relative to the repository root. A test
 /// checks that this list and `prompts/blocks/` agree.
 pub const EMBEDDED_BLOCKS: &[(&str, &str)] = &[
@@ -260,6 +262,11 @@ pub struct Variant {
     pub description: String,
     /// Block names (file stems); their order here does not matter, priority decides.
     pub blocks: Vec<String>,
+    /// The first round of a question about the ledger: `required` makes the model call a tool
+    /// before it may answer (small models otherwise answer from nothing); `auto` (the default)
+    /// leaves it to the model.
+    #[serde(default)]
+    pub tool_choice: ToolChoice,
 }
 
 /// The parsed prompt files: blocks (templates checked), variants, the answer schema.

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod blocks;
+pub mod grounding;
 pub mod prompt;
 pub mod proposals;
 pub mod providers;
@@ -20,6 +21,6 @@ pub use prompt::{Budget, BuiltPrompt, PromptInput, TokenCounts, build_prompt};
 pub use providers::{
     ApiKey, ChatMessage, CompiledPrompt, Completion, CompletionRequest, OllamaProvider,
     OpenAiProvider, Provider, ProviderConfig, ProviderError, ProviderSettings, RetryPolicy, Role,
-    ToolCall, ToolSpec, provider_from_config,
+    ToolCall, ToolChoice, ToolSpec, provider_from_config,
 };
 pub use record::{ExecContext, Executed, SpanWriter, provider_exec};

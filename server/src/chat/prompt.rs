@@ -13,7 +13,9 @@ use tiktoken_rs::CoreBPE;
 use uuid::Uuid;
 
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
-use super::providers::{ChatMessage, CompiledPrompt, CompletionRequest, Role, ToolSpec};
+use super::providers::{
+    ChatMessage, CompiledPrompt, CompletionRequest, Role, ToolChoice, ToolSpec,
+};
 
 /// Which block version went into a prompt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -118,6 +120,7 @@ impl BuiltPrompt {
             messages: self.messages.clone(),
             tools,
             response_schema,
+            tool_choice: ToolChoice::Auto,
         }
     }
 }

@@ -242,8 +242,13 @@ pub struct TurnRecord<'a> {
     pub variant: &'a str,
     pub answer: &'a Value,
     pub outcome: Outcome,
-    /// Whether the model was asked once to repair its answer.
-    pub repaired: bool,
+    /// Why the model was asked (once) to answer again: `invalid` or `ungrounded`.
+    pub repair: Option<&'a str>,
+    /// The repair returned the same reply it was asked to repair.
+    pub repair_identical: bool,
+    /// Whether the message asked about the ledger, whether a tool gave evidence, and the
+    /// model's replaced answer when it was shown as unsupported.
+    pub grounding: &'a Value,
     /// The hash of the last compiled system prompt (empty if none was sent).
     pub compiled_hash: &'a str,
     /// The prompt blocks it was compiled from.
@@ -254,8 +259,11 @@ pub struct TurnRecord<'a> {
     pub elapsed: Duration,
     /// The part of it spent waiting for the provider.
     pub provider_time: Duration,
+    /// Prompt tokens as the servers reported them (summed over the turn's calls).
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of those, served from the server's prompt cache, when it said.
+    pub tokens_cached: Option<u64>,
     pub tool_use_count: usize,
     /// The circuit breaker's temporary block, if it engaged.
     pub breaker: Option<Uuid>,
@@ -297,9 +305,13 @@ pub fn prompt_run_draft(principal: &Principal, rec: &TurnRecord<'_>) -> Result<D
             "provider_ms": ms(rec.provider_time),
             "tokens_in": rec.tokens_in,
             "tokens_out": rec.tokens_out,
+            "tokens_cached": rec.tokens_cached,
             "tool_use_count": rec.tool_use_count,
             "breaker": rec.breaker,
-            "repaired": rec.repaired,
+            "repaired": rec.repair.is_some(),
+            "repair": rec.repair,
+            "repair_identical": rec.repair_identical,
+            "grounding": rec.grounding,
             "confidence": rec.answer.get("confidence"),
             "outcome": rec.outcome.as_str(),
             "memory": rec.memory,
@@ -360,6 +372,9 @@ pub enum Outcome {
     Answered,
     Escalated,
     InsufficientEvidence,
+    /// A ledger question answered with no tool evidence, even after a repair: shown as a
+    /// decline with its confidence capped below the escalation line (grounding.rs).
+    Unsupported,
     ProviderError,
 }
 
@@ -369,6 +384,7 @@ impl Outcome {
             Self::Answered => "answered",
             Self::Escalated => "escalated",
             Self::InsufficientEvidence => "insufficient_evidence",
+            Self::Unsupported => "unsupported",
             Self::ProviderError => "provider_error",
         }
     }

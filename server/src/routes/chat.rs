@@ -63,7 +63,9 @@ pub struct ChatAnswer {
     /// The trace every span of this turn carries.
     pub trace_id: String,
     /// `answered`, `escalated` (confidence below 0.6: a reviewer decides; nothing proposed
-    /// can be applied until then) or `insufficient_evidence`.
+    /// can be applied until then), `unsupported` (a ledger question the model answered with no
+    /// tool evidence: shown as a decline with a question back, and escalated) or
+    /// `insufficient_evidence`.
     pub outcome: String,
     /// The `escalation_request` span, when escalated.
     #[schema(value_type = Option<String>, format = "uuid")]

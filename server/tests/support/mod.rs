@@ -16,5 +16,6 @@ pub fn fast_settings() -> ProviderSettings {
             max_delay: Duration::from_millis(100),
             max_retry_after: Duration::from_secs(3),
         },
+        ..ProviderSettings::default()
     }
 }

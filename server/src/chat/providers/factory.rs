@@ -38,8 +38,9 @@ impl ProviderConfig {
     /// - `OPENAI_BASE_URL` (default the official API), `OPENAI_API_KEY` (required for the
     ///   official API, optional for local OpenAI-compatible servers);
     /// - `OLLAMA_URL` (required for `ollama`, e.g. `http://127.0.0.1:11434`);
-    /// - `LOGLINE_PROVIDER_TIMEOUT_SECS` (default 120, the whole call) and
-    ///   `LOGLINE_PROVIDER_MAX_ATTEMPTS` (default 3).
+    /// - `LOGLINE_PROVIDER_TIMEOUT_SECS` (default 120, the whole call),
+    ///   `LOGLINE_PROVIDER_MAX_ATTEMPTS` (default 3) and `LOGLINE_MAX_TOKENS` (default 1024,
+    ///   the longest reply asked of the model).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ProviderError> {
         let get = |k: &str| {
             get(k)
@@ -71,6 +72,17 @@ impl ProviderConfig {
                 .ok_or_else(|| {
                     ProviderError::Config(format!(
                         "LOGLINE_PROVIDER_MAX_ATTEMPTS must be an integer from 1 to 10, not `{v}`"
+                    ))
+                })?;
+        }
+        if let Some(v) = get("LOGLINE_MAX_TOKENS") {
+            settings.max_tokens = v
+                .parse()
+                .ok()
+                .filter(|n| (16..=131_072).contains(n))
+                .ok_or_else(|| {
+                    ProviderError::Config(format!(
+                        "LOGLINE_MAX_TOKENS must be an integer from 16 to 131072, not `{v}`"
                     ))
                 })?;
         }

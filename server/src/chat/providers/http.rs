@@ -15,6 +15,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::text_tools;
 use super::settings::{ProviderSettings, RetryPolicy};
 use super::types::{ChatMessage, Completion, CompletionRequest, ProviderError};
 
@@ -216,10 +217,19 @@ where
     req.check()?;
     let started = Instant::now();
     let budget = CallBudget::start(settings.timeout);
-    let answer = match tokio::time::timeout_at(budget.deadline, run(budget.clone())).await {
+    let mut answer = match tokio::time::timeout_at(budget.deadline, run(budget.clone())).await {
         Err(_) => return Err(budget.timed_out()),
         Ok(r) => r?,
     };
+    // A model that wrote its tool calls as text (its chat template's format) still called them;
+    // the raw response keeps the text as it came.
+    if answer.message.tool_calls.is_empty() && !req.tools.is_empty() {
+        let offered: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
+        if let Some((calls, rest)) = text_tools::extract(&answer.message.content, &offered) {
+            tracing::info!(calls = calls.len(), "tool calls read from the message text");
+            answer.message = ChatMessage::assistant_tool_calls(rest, calls);
+        }
+    }
     let latency = started.elapsed();
     tracing::info!(
         latency_ms = latency.as_millis() as u64,

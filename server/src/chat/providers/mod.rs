@@ -10,6 +10,7 @@
 
 pub mod factory;
 mod http;
+pub mod text_tools;
 pub mod offline;
 pub mod ollama;
 pub mod openai;
@@ -22,5 +23,5 @@ pub use openai::OpenAiProvider;
 pub use settings::{ApiKey, ProviderSettings, RetryPolicy};
 pub use types::{
     ChatMessage, CompiledPrompt, Completion, CompletionRequest, Provider, ProviderError, Role,
-    ToolCall, ToolSpec,
+    ToolCall, ToolChoice, ToolSpec,
 };

@@ -60,7 +60,9 @@ impl OllamaProvider {
     }
 
     /// The request body: ollama-rs's `ChatMessageRequest`, plus what it cannot express
-    /// (`stream`, and `tool_name` on tool results, which Ollama uses to pair them with calls).
+    /// (`stream`, `options.num_predict`, and `tool_name` on tool results, which Ollama uses to
+    /// pair them with calls). Ollama has no `tool_choice`: a required tool call is asked for by
+    /// the prompt alone.
     fn body(&self, req: &CompletionRequest, stream: bool) -> Result<Value, ProviderError> {
         let mut names: HashMap<&str, &str> = HashMap::new();
         let mut messages = vec![OllamaMessage::system(req.system.text().to_string())];
@@ -123,6 +125,11 @@ impl OllamaProvider {
             ProviderError::InvalidRequest(format!("cannot encode the request: {e}"))
         })?;
         body["stream"] = json!(stream);
+        // The reply's length cap (`LOGLINE_MAX_TOKENS`): Ollama reads it from the options.
+        if !body.get("options").is_some_and(Value::is_object) {
+            body["options"] = json!({});
+        }
+        body["options"]["num_predict"] = json!(self.settings.max_tokens);
         if let Some(list) = body.get_mut("messages").and_then(Value::as_array_mut) {
             for (msg, name) in list.iter_mut().zip(tool_names) {
                 if let (Some(obj), Some(name)) = (msg.as_object_mut(), name) {

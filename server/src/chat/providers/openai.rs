@@ -18,8 +18,9 @@ use async_openai::types::chat::{
     ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage,
     ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
     ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions, ChatCompletionTool,
-    ChatCompletionTools, CreateChatCompletionRequest, CreateChatCompletionResponse, FunctionCall,
-    FunctionObject, ResponseFormat, ResponseFormatJsonSchema,
+    ChatCompletionToolChoiceOption, ChatCompletionTools, CreateChatCompletionRequest,
+    CreateChatCompletionResponse, FunctionCall, FunctionObject, ResponseFormat,
+    ResponseFormatJsonSchema, ToolChoiceOptions,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -30,6 +31,7 @@ use super::http::{self, Answer, CallBudget};
 use super::settings::{ApiKey, ProviderSettings};
 use super::types::{
     ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
+    ToolChoice,
 };
 
 /// A provider speaking the OpenAI chat completions API.
@@ -158,9 +160,16 @@ impl OpenAiProvider {
                 })
             })
             .collect();
-        CreateChatCompletionRequest {
+        // `required` only means something when tools are offered; `auto` is the default and is
+        // not sent (some OpenAI-compatible servers reject fields they do not know).
+        let tool_choice = (!tools.is_empty() && req.tool_choice == ToolChoice::Required)
+            .then_some(ChatCompletionToolChoiceOption::Mode(
+                ToolChoiceOptions::Required,
+            ));
+        let mut request = CreateChatCompletionRequest {
             messages,
             model: self.model.clone(),
+            tool_choice,
             tools: (!tools.is_empty()).then_some(tools),
             response_format: req.response_schema.as_ref().map(|schema| {
                 ResponseFormat::JsonSchema {
@@ -179,7 +188,16 @@ impl OpenAiProvider {
                 include_obfuscation: None,
             }),
             ..Default::default()
+        };
+        #[expect(
+            deprecated,
+            reason = "`max_tokens` is the name llama.cpp, vLLM, LM Studio and Ollama's /v1 read; \
+                      `max_completion_tokens` is only OpenAI's newer alias"
+        )]
+        {
+            request.max_tokens = Some(self.settings.max_tokens);
         }
+        request
     }
 
     async fn run(

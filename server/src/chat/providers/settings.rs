@@ -47,13 +47,19 @@ impl RetryPolicy {
     }
 }
 
-/// Time limits and retries shared by the HTTP providers.
+/// The default cap on the tokens of one model reply (`LOGLINE_MAX_TOKENS`).
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// Time limits, retries and the reply length shared by the HTTP providers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderSettings {
     /// The whole call, retries and streaming included.
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Sent with every request (OpenAI `max_tokens`, Ollama `options.num_predict`): a small
+    /// model that never closes its JSON would otherwise write until its context is full.
+    pub max_tokens: u32,
 }
 
 impl Default for ProviderSettings {
@@ -62,6 +68,7 @@ impl Default for ProviderSettings {
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            max_tokens: DEFAULT_MAX_TOKENS,
         }
     }
 }

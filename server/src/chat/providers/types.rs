@@ -123,18 +123,43 @@ pub struct CompletionRequest {
     /// The conversation after the system prompt, oldest first (user, assistant, tool).
     pub messages: Vec<ChatMessage>,
     pub tools: Vec<ToolSpec>,
-    /// When set, the provider asks the model for JSON that follows this schema.
+    /// When set, the provider asks the model for JSON that follows this schema. The chat loop
+    /// sets it only on a round that offers no tools: a server that compiles the schema into an
+    /// output grammar (llama.cpp, Ollama's `format`) cannot emit a tool call under it.
     pub response_schema: Option<Value>,
+    /// Whether the model must call a tool in this round (ignored when no tools are offered).
+    pub tool_choice: ToolChoice,
+}
+
+/// What a round lets the model do with the tools it offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides (the API default).
+    #[default]
+    Auto,
+    /// The model must call at least one tool (OpenAI `tool_choice: "required"`; Ollama has no
+    /// equivalent and is told only by the prompt).
+    Required,
 }
 
 impl CompletionRequest {
-    /// Refuses system messages inside `messages`: the system prompt travels only as a
-    /// [`CompiledPrompt`], so what is sent is always what is hashed.
+    /// Refuses system messages inside `messages` (the system prompt travels only as a
+    /// [`CompiledPrompt`], so what is sent is always what is hashed) and a round that offers
+    /// tools while constraining the answer to a schema.
     pub fn check(&self) -> Result<(), ProviderError> {
         if let Some(i) = self.messages.iter().position(|m| m.role == Role::System) {
             return Err(ProviderError::InvalidRequest(format!(
                 "message {i} has role `system`: the system prompt must be the compiled prompt"
             )));
+        }
+        if !self.tools.is_empty() && self.response_schema.is_some() {
+            return Err(ProviderError::InvalidRequest(
+                "a round that offers tools cannot also constrain the answer to a schema: \
+                 servers that compile the schema into a grammar (llama.cpp, Ollama) could then \
+                 never call a tool"
+                    .into(),
+            ));
         }
         if let Some(i) = self
             .messages
@@ -154,6 +179,8 @@ impl CompletionRequest {
 pub struct Completion {
     /// The assistant message: text (possibly JSON) and/or tool calls.
     pub message: ChatMessage,
+    /// Prompt tokens as the server counted them (OpenAI `usage.prompt_tokens`, Ollama
+    /// `prompt_eval_count`); cached prompt tokens are read from `raw` when the server says.
     pub tokens_in: Option<u32>,
     pub tokens_out: Option<u32>,
     /// Wall time of the whole call, retries included.

@@ -291,6 +291,7 @@ mod tests {
             messages,
             tools,
             response_schema: None,
+            tool_choice: Default::default(),
         };
         OfflineProvider::new().complete(&req, deltas).await.unwrap()
     }
