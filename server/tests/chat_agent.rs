@@ -537,7 +537,12 @@ fn last_user_message(body: &Value) -> String {
 
 #[tokio::test]
 async fn rounds_that_offer_tools_carry_no_answer_schema_and_the_first_must_call_a_tool() {
-    let s = setup(vec![tool("c1", "explain_decision", json!({"contract": "D1"}))]).await;
+    let s = setup(vec![tool(
+        "c1",
+        "explain_decision",
+        json!({"contract": "D1"}),
+    )])
+    .await;
     let d1 = contract_id(s.store.as_ref(), "D1").await;
     s.fake
         .push(answer("D1 was terminated at midnight.", 0.9, &[d1]));
@@ -564,7 +569,11 @@ async fn rounds_that_offer_tools_carry_no_answer_schema_and_the_first_must_call_
 async fn a_greeting_or_a_help_question_gets_a_plain_answer_with_no_tool_required() {
     let s = setup(vec![
         answer("Hello! I answer questions about your contracts.", 0.95, &[]),
-        answer("I can explain decisions, query contracts and propose changes.", 0.9, &[]),
+        answer(
+            "I can explain decisions, query contracts and propose changes.",
+            0.9,
+            &[],
+        ),
     ])
     .await;
     for q in ["hello", "what can you do?"] {
@@ -618,8 +627,14 @@ async fn a_confident_answer_with_no_tool_call_is_asked_for_evidence_then_shown_a
         "a decline"
     );
     assert!(r.answer["confidence"].as_f64().unwrap() < 0.6);
-    assert!(r.answer["follow_up_question"].is_string(), "a question back");
-    assert!(r.escalation_id.is_some(), "below the line: a reviewer sees it");
+    assert!(
+        r.answer["follow_up_question"].is_string(),
+        "a question back"
+    );
+    assert!(
+        r.escalation_id.is_some(),
+        "below the line: a reviewer sees it"
+    );
 
     let got = s.fake.received();
     assert_eq!(got.len(), 2, "one repair, not retried as new");
@@ -641,17 +656,29 @@ async fn a_confident_answer_with_no_tool_call_is_asked_for_evidence_then_shown_a
     assert_eq!(c["grounding"]["ledger_question"], true);
     assert_eq!(c["grounding"]["tool_evidence"], false);
     assert_eq!(c["grounding"]["unsupported"], true);
-    assert_eq!(c["grounding"]["draft"]["text"], fabricated, "the draft is kept");
+    assert_eq!(
+        c["grounding"]["draft"]["text"], fabricated,
+        "the draft is kept"
+    );
 }
 
 #[tokio::test]
 async fn a_what_if_answered_without_a_simulation_is_unsupported_even_when_reworded() {
     let s = setup(vec![
-        answer("Contracts with a quorum of at least 3 would change.", 0.95, &[]),
+        answer(
+            "Contracts with a quorum of at least 3 would change.",
+            0.95,
+            &[],
+        ),
         answer("D2 and D5 would change if the quorum were 3.", 0.9, &[]),
     ])
     .await;
-    let r = ask(&s, &ana(), "which contracts would change if the quorum were at least 3?").await;
+    let r = ask(
+        &s,
+        &ana(),
+        "which contracts would change if the quorum were at least 3?",
+    )
+    .await;
     assert_eq!(r.outcome, Outcome::Unsupported, "{}", r.answer);
     let run = prompt_run(&s, &r).await;
     assert_eq!(run["content"]["repair_identical"], false);
@@ -689,7 +716,10 @@ async fn low_confidence_without_evidence_is_escalated_not_replaced() {
     .await;
     let r = ask(&s, &ana(), "which contracts are on hold?").await;
     assert_eq!(r.outcome, Outcome::Escalated);
-    assert_eq!(r.answer["text"], "I am not sure which contracts are on hold.");
+    assert_eq!(
+        r.answer["text"],
+        "I am not sure which contracts are on hold."
+    );
     assert_eq!(s.fake.requests(), 1, "no repair");
 }
 
@@ -732,7 +762,11 @@ async fn an_action_without_the_proposal_id_of_the_turn_is_repaired() {
             0.9,
             json!([{"type": "propose_amendment", "summary": "extend D1 by 3 days"}]),
         ),
-        answer("I proposed extending D1 by 3 days; it awaits your confirmation.", 0.9, &[]),
+        answer(
+            "I proposed extending D1 by 3 days; it awaits your confirmation.",
+            0.9,
+            &[],
+        ),
     ])
     .await;
     let r = ask(&s, &ana(), "extend the deadline for D1 by 3 days").await;
@@ -854,6 +888,9 @@ async fn prompt_run_records_server_token_counts_and_a_failed_call_names_its_prom
         .iter()
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["doctrine", "product", "app_contracts", "task_answer"]);
+    assert_eq!(
+        names,
+        ["doctrine", "product", "app_contracts", "task_answer"]
+    );
     assert_eq!(run["content"]["tokens_cached"], Value::Null);
 }

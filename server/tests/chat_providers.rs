@@ -14,8 +14,8 @@ use ledger::{Filter, Principal};
 use serde_json::{Value, json};
 use server::chat::{
     ApiKey, Budget, ChatMessage, CompiledPrompt, CompletionRequest, ExecContext, OllamaProvider,
-    OpenAiProvider, PromptInput, PromptLibrary, Provider, ProviderConfig, ProviderError, ProviderSettings, ToolChoice,
-    ToolSpec, build_prompt, provider_exec,
+    OpenAiProvider, PromptInput, PromptLibrary, Provider, ProviderConfig, ProviderError,
+    ProviderSettings, ToolChoice, ToolSpec, build_prompt, provider_exec,
 };
 use support::fast_settings;
 use testkit::fake_llm::{FakeLlm, Reply, ollama, openai};
@@ -164,7 +164,10 @@ async fn openai_answer_round_sends_the_schema_and_a_required_round_says_so() {
     let got = fake.received();
     let answer_round = &got[0].body;
     assert!(answer_round.get("tools").is_none(), "{answer_round}");
-    assert_eq!(answer_round["response_format"]["type"], json!("json_schema"));
+    assert_eq!(
+        answer_round["response_format"]["type"],
+        json!("json_schema")
+    );
     assert_eq!(
         answer_round["response_format"]["json_schema"]["schema"],
         req.response_schema.clone().unwrap()
@@ -195,8 +198,10 @@ async fn a_request_that_offers_tools_and_constrains_the_answer_is_refused_before
 
 #[tokio::test]
 async fn tool_calls_written_as_text_are_read_as_calls() {
-    let hermes = "<tool_call>\n{\"name\": \"get_span\", \"arguments\": {\"id\": \"abc\"}}\n</tool_call>";
-    let fenced = "Checking.\n```json\n{\"name\": \"get_span\", \"arguments\": {\"id\": \"abc\"}}\n```";
+    let hermes =
+        "<tool_call>\n{\"name\": \"get_span\", \"arguments\": {\"id\": \"abc\"}}\n</tool_call>";
+    let fenced =
+        "Checking.\n```json\n{\"name\": \"get_span\", \"arguments\": {\"id\": \"abc\"}}\n```";
     let llama = r#"{"name": "get_span", "parameters": {"id": "abc"}}"#;
     let fake = FakeLlm::with([
         Reply::json(openai::answer(hermes)),
@@ -556,7 +561,10 @@ async fn ollama_plain_answer_reads_text_and_counts() {
         sent.body["tools"][0]["function"]["parameters"],
         get_span_tool().parameters
     );
-    assert!(sent.body.get("format").is_none(), "tools offered: no format");
+    assert!(
+        sent.body.get("format").is_none(),
+        "tools offered: no format"
+    );
     assert_eq!(sent.body["options"]["num_predict"], json!(1024));
 
     // An answer round: no tools, the schema as `format`.
@@ -565,7 +573,11 @@ async fn ollama_plain_answer_reads_text_and_counts() {
     p.complete(&req, None).await.unwrap();
     let sent = &fake.received()[1];
     assert_eq!(sent.body["format"], req.response_schema.clone().unwrap());
-    assert!(sent.body.get("tools").is_none_or(|t| t.as_array().is_some_and(Vec::is_empty)));
+    assert!(
+        sent.body
+            .get("tools")
+            .is_none_or(|t| t.as_array().is_some_and(Vec::is_empty))
+    );
     assert_eq!(sent.body["options"]["num_predict"], json!(1024));
 }
 

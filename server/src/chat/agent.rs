@@ -601,7 +601,9 @@ impl Turn<'_> {
             match self.check(&msg.content) {
                 Ok(answer) if self.needs_evidence(&answer) => {
                     if repair.is_some() {
-                        tracing::info!("the answer still rests on no tool result; shown as unsupported");
+                        tracing::info!(
+                            "the answer still rests on no tool result; shown as unsupported"
+                        );
                         return Ok(self.unsupported(answer, repair, false));
                     }
                     repair = Some(Repair::Ungrounded);

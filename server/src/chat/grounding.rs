@@ -42,6 +42,7 @@ pub const UNSUPPORTED_QUESTION: &str =
 
 /// Word stems (prefixes) of the ledger's vocabulary. A word of the message that starts with
 /// one of them makes it a ledger question.
+#[rustfmt::skip]
 const STEMS: &[&str] = &[
     // English
     "contract", "agreement", "obligation", "ledger", "span", "decision", "decided", "deadline",
@@ -56,6 +57,7 @@ const STEMS: &[&str] = &[
 ];
 
 /// Whole words of the ledger's vocabulary (too short or too common to match as prefixes).
+#[rustfmt::skip]
 const WORDS: &[&str] = &[
     "law", "laws", "lei", "leis", "party", "hold", "held", "holds", "void", "accepted",
     "terminated", "open", "quorum", "change", "changed", "changes", "delete", "remove",
@@ -98,13 +100,12 @@ pub fn asks_about_ledger(message: &str) -> bool {
         return true;
     }
     ws.iter().any(|w| {
-        contract_like(w)
-            || WORDS.contains(&w.as_str())
-            || STEMS.iter().any(|s| w.starts_with(s))
+        contract_like(w) || WORDS.contains(&w.as_str()) || STEMS.iter().any(|s| w.starts_with(s))
     })
 }
 
 /// Past participles of changes a turn could claim to have made.
+#[rustfmt::skip]
 const CHANGED: &[&str] = &[
     "updated", "deleted", "extended", "changed", "modified", "removed", "applied", "amended",
     "cancelled", "canceled", "renewed", "postponed", "revoked", "rescheduled", "erased",
@@ -115,6 +116,7 @@ const CHANGED: &[&str] = &[
 ];
 
 /// First-person past tenses ("I updated", "I've extended").
+#[rustfmt::skip]
 const DID: &[&str] = &[
     "updated", "deleted", "extended", "changed", "modified", "removed", "applied", "amended",
     "cancelled", "canceled", "renewed", "postponed", "revoked", "rescheduled", "erased", "set",
@@ -143,7 +145,9 @@ pub fn claims_change(text: &str) -> bool {
             return true;
         }
         // I X · I have X · I've X · we X · we have X
-        if matches!(w, "i" | "we") && (DID.contains(&next) || (next == "have" && DID.contains(&after))) {
+        if matches!(w, "i" | "we")
+            && (DID.contains(&next) || (next == "have" && DID.contains(&after)))
+        {
             return true;
         }
         if matches!(w, "i've" | "we've") && DID.contains(&next) {
@@ -155,7 +159,13 @@ pub fn claims_change(text: &str) -> bool {
         }
         if matches!(
             w,
-            "atualizei" | "apaguei" | "excluí" | "prorroguei" | "alterei" | "removi" | "cancelei"
+            "atualizei"
+                | "apaguei"
+                | "excluí"
+                | "prorroguei"
+                | "alterei"
+                | "removi"
+                | "cancelei"
                 | "modifiquei"
         ) {
             return true;
@@ -275,7 +285,8 @@ mod tests {
         let ok = answer(json!({"type": "propose_amendment", "summary": "s", "proposal_id": p}));
         assert!(action_errors(&ok, &[p]).is_empty());
         assert_eq!(action_errors(&ok, &[]).len(), 1);
-        let wrong = answer(json!({"type": "propose_amendment", "summary": "s", "proposal_id": other}));
+        let wrong =
+            answer(json!({"type": "propose_amendment", "summary": "s", "proposal_id": other}));
         assert!(action_errors(&wrong, &[p])[0].contains("not a proposal made in this turn"));
         let bare = answer(json!({"type": "extend", "summary": "s"}));
         assert_eq!(action_errors(&bare, &[p]).len(), 1);

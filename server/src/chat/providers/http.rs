@@ -15,8 +15,8 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::text_tools;
 use super::settings::{ProviderSettings, RetryPolicy};
+use super::text_tools;
 use super::types::{ChatMessage, Completion, CompletionRequest, ProviderError};
 
 /// Longest body excerpt kept in an error.

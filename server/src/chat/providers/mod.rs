@@ -10,11 +10,11 @@
 
 pub mod factory;
 mod http;
-pub mod text_tools;
 pub mod offline;
 pub mod ollama;
 pub mod openai;
 pub mod settings;
+pub mod text_tools;
 pub mod types;
 
 pub use factory::{OPENAI_DEFAULT_BASE_URL, ProviderConfig, provider_from_config};

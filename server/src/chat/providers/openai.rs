@@ -30,8 +30,7 @@ use tokio::sync::mpsc;
 use super::http::{self, Answer, CallBudget};
 use super::settings::{ApiKey, ProviderSettings};
 use super::types::{
-    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
-    ToolChoice,
+    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall, ToolChoice,
 };
 
 /// A provider speaking the OpenAI chat completions API.
@@ -162,10 +161,9 @@ impl OpenAiProvider {
             .collect();
         // `required` only means something when tools are offered; `auto` is the default and is
         // not sent (some OpenAI-compatible servers reject fields they do not know).
-        let tool_choice = (!tools.is_empty() && req.tool_choice == ToolChoice::Required)
-            .then_some(ChatCompletionToolChoiceOption::Mode(
-                ToolChoiceOptions::Required,
-            ));
+        let tool_choice = (!tools.is_empty() && req.tool_choice == ToolChoice::Required).then_some(
+            ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Required),
+        );
         let mut request = CreateChatCompletionRequest {
             messages,
             model: self.model.clone(),

@@ -42,10 +42,12 @@ fn calls_in(v: &Value, offered: &[&str]) -> Option<Vec<ToolCall>> {
 }
 
 fn call(o: &Map<String, Value>, offered: &[&str]) -> Option<ToolCall> {
-    if !o
-        .keys()
-        .all(|k| matches!(k.as_str(), "name" | "arguments" | "parameters" | "id" | "type"))
-    {
+    if !o.keys().all(|k| {
+        matches!(
+            k.as_str(),
+            "name" | "arguments" | "parameters" | "id" | "type"
+        )
+    }) {
         return None;
     }
     let name = o.get("name")?.as_str()?.trim();
@@ -213,7 +215,10 @@ mod tests {
         assert!(names_args(&format!("```json\n{answer}\n```")).is_none());
         // A tool that was not offered.
         assert!(names_args(r#"{"name": "drop_table", "arguments": {}}"#).is_none());
-        assert!(names_args(r#"<tool_call>{"name": "drop_table", "arguments": {}}</tool_call>"#).is_none());
+        assert!(
+            names_args(r#"<tool_call>{"name": "drop_table", "arguments": {}}</tool_call>"#)
+                .is_none()
+        );
         // Extra keys: not a call.
         assert!(names_args(r#"{"name": "get_span", "arguments": {}, "text": "hi"}"#).is_none());
         assert!(names_args("D1 was terminated at midnight.").is_none());
