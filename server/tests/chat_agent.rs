@@ -660,6 +660,14 @@ async fn a_confident_answer_with_no_tool_call_is_asked_for_evidence_then_shown_a
         c["grounding"]["draft"]["text"], fabricated,
         "the draft is kept"
     );
+    // Each model call says what its round allowed.
+    let spans = trace(s.store.as_ref(), &ana(), &r.trace_id).await;
+    let calls = of_type(&spans, "provider_execution");
+    assert_eq!(calls.len(), 2);
+    for call in calls {
+        assert_eq!(call["input"]["tool_choice"], "required", "{call}");
+        assert_eq!(call["input"]["answer_schema"], false, "{call}");
+    }
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::providers::{Completion, CompletionRequest, Provider, ProviderError};
+use super::providers::{Completion, CompletionRequest, Provider, ProviderError, ToolChoice};
 
 /// Raw responses larger than this (as JSON) are kept as a truncated excerpt, so the span stays
 /// well under the ledger's size limit next to everything else it carries.
@@ -133,6 +133,8 @@ pub async fn provider_call(
             compiled_hash: request.system.hash(),
             messages: request.messages.len(),
             tools: request.tools.iter().map(|t| t.name.as_str()).collect(),
+            tool_choice: request.tool_choice,
+            answer_schema: request.response_schema.is_some(),
             streamed,
             latency,
             outcome: outcome.as_ref(),
@@ -152,6 +154,10 @@ pub struct ExecutionRecord<'a> {
     pub compiled_hash: &'a str,
     pub messages: usize,
     pub tools: Vec<&'a str>,
+    /// Whether the round required a tool call.
+    pub tool_choice: ToolChoice,
+    /// Whether the reply was constrained to the answer schema (an answer round).
+    pub answer_schema: bool,
     pub streamed: bool,
     pub latency: Duration,
     pub outcome: Result<&'a Completion, &'a ProviderError>,
@@ -187,6 +193,8 @@ pub fn provider_execution_draft(
             "compiled_hash": rec.compiled_hash,
             "messages": rec.messages,
             "tools": rec.tools,
+            "tool_choice": rec.tool_choice,
+            "answer_schema": rec.answer_schema,
             "streamed": rec.streamed,
         },
         "metadata": {
