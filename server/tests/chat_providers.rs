@@ -717,6 +717,17 @@ fn configuration_comes_from_the_environment_with_clear_errors() {
     ])
     .unwrap_err();
     assert!(e.to_string().contains("http://"), "{e}");
+    let e = config(&[("LOGLINE_MAX_TOKENS", "lots")]).unwrap_err();
+    assert!(e.to_string().contains("LOGLINE_MAX_TOKENS"), "{e}");
+    let ProviderConfig::Ollama { settings, .. } = config(&[
+        ("LOGLINE_PROVIDER", "ollama"),
+        ("LOGLINE_MODEL", "llama3.1"),
+        ("OLLAMA_URL", "http://127.0.0.1:11434"),
+    ])
+    .unwrap() else {
+        panic!("expected ollama")
+    };
+    assert_eq!(settings.max_tokens, 1024, "the default");
     let e = config(&[("LOGLINE_PROVIDER", "gpt")]).unwrap_err();
     assert!(e.to_string().contains("offline, openai or ollama"), "{e}");
 
@@ -726,6 +737,7 @@ fn configuration_comes_from_the_environment_with_clear_errors() {
         ("OPENAI_API_KEY", KEY),
         ("LOGLINE_PROVIDER_TIMEOUT_SECS", "7.5"),
         ("LOGLINE_PROVIDER_MAX_ATTEMPTS", "5"),
+        ("LOGLINE_MAX_TOKENS", "512"),
     ])
     .unwrap();
     let ProviderConfig::OpenAi {
@@ -740,6 +752,7 @@ fn configuration_comes_from_the_environment_with_clear_errors() {
     assert_eq!(base_url, "https://api.openai.com/v1");
     assert_eq!(settings.timeout, Duration::from_millis(7500));
     assert_eq!(settings.retry.max_attempts, 5);
+    assert_eq!(settings.max_tokens, 512);
     assert!(!format!("{c:?}").contains(KEY), "Debug hides the key");
     assert_eq!(api_key.as_ref().unwrap().expose(), KEY);
     let p = server::chat::provider_from_config(&c).unwrap();
