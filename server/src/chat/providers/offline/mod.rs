@@ -152,19 +152,16 @@ fn respond(req: &CompletionRequest) -> Reply {
         }
         Classified::Unknown => return final_reply(help(None, tool_use_count), "unknown", "help"),
     };
-    let tool = intent.tool();
+    let tool = intent.tool;
     if !req.tools.iter().any(|t| t.name == tool.as_str()) {
         let hint =
             format!("This question needs the `{tool}` tool, which is not available in this turn.");
-        return final_reply(help(Some(&hint), tool_use_count), intent.shape(), "help");
+        return final_reply(help(Some(&hint), tool_use_count), intent.shape, "help");
     }
-    let calls: Vec<ToolCall> = intent
-        .calls(question)
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, arguments))| ToolCall {
+    let calls: Vec<ToolCall> = (intent.args.into_iter().enumerate())
+        .map(|(i, arguments)| ToolCall {
             id: format!("call_{}", tool_use_count + i + 1),
-            name: name.as_str().to_string(),
+            name: tool.as_str().to_string(),
             arguments,
         })
         .collect();
@@ -172,7 +169,7 @@ fn respond(req: &CompletionRequest) -> Reply {
     let raw = json!({
         "offline": true,
         "model": OFFLINE_MODEL,
-        "shape": intent.shape(),
+        "shape": intent.shape,
         "step": "tool_calls",
         "tool_calls": names,
     });
