@@ -92,13 +92,7 @@ fn read(call: &ToolCall, content: &str) -> Part {
         Some(T::GetSpan) => get_span::Output::deserialize(&v).map(|o| get_span_part(o.span)),
         Some(T::ProposeAmendment) => amend::Output::deserialize(&v).map(amend_part),
         Some(T::SimulateLaw) => simulate::Output::deserialize(&v).map(simulate_part),
-        None => {
-            return part(
-                format!("`{}` returned: {}", call.name, compact(&v, 300)),
-                Found,
-                [],
-            );
-        }
+        None => Err(serde::de::Error::custom("not a tool")),
     };
     part.unwrap_or_else(|_| match Truncated::deserialize(&v) {
         Ok(_) => error_part(call, "its result was too large to read"),
@@ -119,13 +113,17 @@ fn error_part(call: &ToolCall, error: &str) -> Part {
     let (_, verb, key) = (ATTEMPTS.iter())
         .find(|(t, ..)| Some(*t) == T::parse(&call.name))
         .unwrap_or(&(T::QueryLedger, "use", ""));
-    let object = at(Some(&call.arguments), key).unwrap_or_default();
-    let what = format!("{verb} {object}");
-    part(
-        sentence(&format!("I could not {}: {error}", what.trim())),
-        Error,
-        [],
-    )
+    let what = format!(
+        "{verb} {}",
+        at(Some(&call.arguments), key).unwrap_or_default()
+    );
+    let text = format!("I could not {}: {}", what.trim(), error.trim());
+    let stop = if text.ends_with(['.', '!', '?']) {
+        ""
+    } else {
+        "."
+    };
+    part(format!("{text}{stop}"), Error, [])
 }
 
 /// `pre`, the value and `post`, or nothing when there is no value.
@@ -162,16 +160,6 @@ fn compact(v: &Value, max: usize) -> String {
         return s;
     }
     s.chars().take(max).chain(['…']).collect()
-}
-
-fn sentence(s: &str) -> String {
-    let s = s.trim();
-    let stop = if s.ends_with(['.', '!', '?']) {
-        ""
-    } else {
-        "."
-    };
-    format!("{s}{stop}")
 }
 
 fn plural(n: usize, one: &str) -> String {

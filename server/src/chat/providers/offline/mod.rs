@@ -55,11 +55,11 @@ impl Provider for OfflineProvider {
     ) -> Result<Completion, ProviderError> {
         let started = Instant::now();
         req.check()?;
-        let reply = respond(req);
+        let (message, raw) = respond(req);
         if let Some(tx) = deltas
-            && reply.message.tool_calls.is_empty()
+            && message.tool_calls.is_empty()
         {
-            for chunk in chunks(&reply.message.content, 3) {
+            for chunk in chunks(&message.content, 3) {
                 // A closed receiver only means nobody listens any more; the answer stands.
                 let _ = tx.send(chunk).await;
             }
@@ -83,13 +83,13 @@ impl Provider for OfflineProvider {
             .map(|m| message_tokens(bpe, m))
             .sum::<usize>()
             + tools;
-        let tokens_out = message_tokens(bpe, &reply.message);
+        let tokens_out = message_tokens(bpe, &message);
         Ok(Completion {
-            message: reply.message,
+            message,
             tokens_in: u32::try_from(tokens_in).ok(),
             tokens_out: u32::try_from(tokens_out).ok(),
             latency: started.elapsed(),
-            raw: reply.raw,
+            raw,
             attempts: 1,
         })
     }
@@ -103,10 +103,7 @@ fn chunks(text: &str, n: usize) -> Vec<String> {
 }
 
 /// What the provider answers: the assistant message and a small description of what it did.
-struct Reply {
-    message: ChatMessage,
-    raw: Value,
-}
+type Reply = (ChatMessage, Value);
 
 /// The current turn, read back from the conversation.
 struct Turn<'a> {
@@ -173,18 +170,13 @@ fn respond(req: &CompletionRequest) -> Reply {
         "step": "tool_calls",
         "tool_calls": names,
     });
-    Reply {
-        message: ChatMessage::assistant_tool_calls("", calls),
-        raw,
-    }
+    (ChatMessage::assistant_tool_calls("", calls), raw)
 }
 
 fn final_reply(answer: Answer, shape: &str, step: &str) -> Reply {
     let content = serde_json::to_string(&answer).unwrap_or_default();
-    Reply {
-        message: ChatMessage::assistant(content),
-        raw: json!({"offline": true, "model": OFFLINE_MODEL, "shape": shape, "step": step}),
-    }
+    let raw = json!({"offline": true, "model": OFFLINE_MODEL, "shape": shape, "step": step});
+    (ChatMessage::assistant(content), raw)
 }
 
 /// The answer object of `prompts/answer.schema.json`, in the schema's field order.
@@ -204,43 +196,30 @@ struct Telemetry {
     tool_use_count: usize,
 }
 
-impl Answer {
-    /// An answer from no evidence: nothing to cite, nothing to do.
-    fn plain(text: String, confidence: f64, follow_up: String, tool_use_count: usize) -> Self {
-        Self {
-            text,
-            confidence,
-            follow_up_question: Some(follow_up),
-            actions: Vec::new(),
-            citations: Vec::new(),
-            telemetry: Telemetry { tool_use_count },
-        }
-    }
-}
-
-const EXAMPLES: [&str; 3] = [
-    "Why was D1 terminated?",
-    "Which contracts have a guarantor who hasn't responded in 24h?",
-    "Extend D5's deadline by 3 days.",
-];
-
 /// What the offline provider is, what it understands, and how to configure a real model.
 fn help(hint: Option<&str>, tool_use_count: usize) -> Answer {
-    let examples: String = EXAMPLES.iter().map(|e| format!("- \"{e}\"\n")).collect();
+    const FIRST: &str = "Why was D1 terminated?";
     let text = format!(
         "{}I am LogLine's offline helper, not a language model: I only understand a few kinds of \
          question about contracts and the ledger, and I did not recognise this one. For \
-         example:\n{examples}I also understand \"which contracts are open?\" (or terminated, \
-         held, accepted, void), \"how many contracts are terminated?\", \"what happened to \
-         D4?\", \"what if the quorum were 3?\" and \"show span <id>\".\n\n\
+         example:\n- \"{FIRST}\"\n- \"Which contracts have a guarantor who hasn't responded in \
+         24h?\"\n- \"Extend D5's deadline by 3 days.\"\nI also understand \"which contracts are \
+         open?\" (or terminated, held, accepted, void), \"how many contracts are terminated?\", \
+         \"what happened to D4?\", \"what if the quorum were 3?\" and \"show span <id>\".\n\n\
          To talk to a real model, configure a provider: LOGLINE_PROVIDER=openai with \
          OPENAI_BASE_URL, OPENAI_API_KEY and LOGLINE_MODEL (any OpenAI-compatible server: \
          OpenAI, vLLM, llama.cpp server, LM Studio), or LOGLINE_PROVIDER=ollama with OLLAMA_URL \
          and LOGLINE_MODEL.",
         hint.map(|h| format!("{h}\n\n")).unwrap_or_default(),
     );
-    let try_this = format!("Would you like to try: \"{}\"", EXAMPLES[0]);
-    Answer::plain(text, 0.9, try_this, tool_use_count)
+    Answer {
+        text,
+        confidence: 0.9,
+        follow_up_question: Some(format!("Would you like to try: \"{FIRST}\"")),
+        actions: Vec::new(),
+        citations: Vec::new(),
+        telemetry: Telemetry { tool_use_count },
+    }
 }
 
 #[cfg(test)]
