@@ -11,7 +11,6 @@ use crate::chat::tools::{ToolName, explain_decision, get_span, propose_amendment
 const DEFAULT_LAW: &str = "midnight_deadline";
 
 /// One word of the question: punctuation trimmed, a possessive `'s` removed.
-#[derive(Debug)]
 struct Word {
     raw: String,
     lower: String,
@@ -139,14 +138,12 @@ fn is_identifier(s: &str) -> bool {
 
 /// A recognised question: its shape (recorded in `provider_execution` spans), the tool it
 /// needs and the arguments of each call, written by the tools' own `Args` types.
-#[derive(Debug, PartialEq)]
 pub(super) struct Intent {
     pub shape: &'static str,
     pub tool: ToolName,
     pub args: Vec<Value>,
 }
 
-#[derive(Debug, PartialEq)]
 pub(super) enum Classified {
     Known(Intent),
     /// Recognised in part; the hint says what is missing.
@@ -154,7 +151,9 @@ pub(super) enum Classified {
     Unknown,
 }
 
-fn known(tool: ToolName, shape: &'static str, args: Vec<Value>) -> Classified {
+/// A recognised question of a shape named after its tool, or a `query_ledger` one.
+fn known(shape: &'static str, args: Vec<Value>) -> Classified {
+    let tool = ToolName::parse(shape).unwrap_or(ToolName::QueryLedger);
     Classified::Known(Intent { shape, tool, args })
 }
 
@@ -214,7 +213,7 @@ fn show_span(q: &Question) -> Option<Classified> {
     let id = ws.iter().find(|w| is_uuid(&w.raw))?.lower.parse().ok()?;
     let cued = has(ws, "span") || has(&ws[..ws.len().min(1)], SHOW_VERBS);
     let args = vec![typed(get_span::Args { id, seq: None })];
-    (cued && !has(ws, NOT_SHOW)).then(|| known(ToolName::GetSpan, "get_span", args))
+    (cued && !has(ws, NOT_SHOW)).then(|| known("get_span", args))
 }
 
 /// what if <param> were N, simulate <law> with <param>=N.
@@ -257,7 +256,7 @@ fn silent_guarantors(q: &Question) -> Option<Classified> {
         "order": "desc",
         "limit": 50,
     });
-    Some(known(ToolName::QueryLedger, "guarantor_silent", vec![args]))
+    Some(known("guarantor_silent", vec![args]))
 }
 
 const EXPLAIN_CUES: &str = "why explain explanation happened happen reason reasons decided \
@@ -270,13 +269,8 @@ fn explain(q: &Question) -> Option<Classified> {
             contract: c.clone(),
         })
     });
-    (!q.named.is_empty() && has(&q.ws, EXPLAIN_CUES)).then(|| {
-        known(
-            ToolName::ExplainDecision,
-            "explain_decision",
-            args.collect(),
-        )
-    })
+    (!q.named.is_empty() && has(&q.ws, EXPLAIN_CUES))
+        .then(|| known("explain_decision", args.collect()))
 }
 
 /// The states a contract can be in, and the words that name each.
@@ -316,11 +310,7 @@ fn by_state(q: &Question) -> Option<Classified> {
         }
         args
     });
-    Some(known(
-        ToolName::QueryLedger,
-        "contracts_by_state",
-        args.collect(),
-    ))
+    Some(known("contracts_by_state", args.collect()))
 }
 
 fn simulate(ws: &[Word]) -> Classified {
@@ -331,13 +321,6 @@ fn simulate(ws: &[Word]) -> Classified {
     const VERBS: &[&str] = &[
         "were", "was", "is", "are", "be", "equals", "equal", "=", "to", "became", "becomes",
     ];
-    let unclear = || {
-        Classified::Unclear(
-            "I understood a what-if question, but not which parameter should take which value; \
-             ask it like \"what if the quorum were 3?\"."
-                .into(),
-        )
-    };
     let mut law: Option<String> = None;
     let mut param: Option<String> = None;
     let mut value: Option<Value> = None;
@@ -401,29 +384,33 @@ fn simulate(ws: &[Word]) -> Classified {
         (Some(param), Some(value)) if law.as_deref() != Some(param.as_str()) => {
             let law = law.unwrap_or_else(|| DEFAULT_LAW.into());
             let set = Map::from_iter([(param, value)]);
-            let args = vec![typed(simulate_law::Args { law, set, at: None })];
-            known(ToolName::SimulateLaw, "simulate_law", args)
+            known(
+                "simulate_law",
+                vec![typed(simulate_law::Args { law, set, at: None })],
+            )
         }
-        _ => unclear(),
+        _ => Classified::Unclear(
+            "I understood a what-if question, but not which parameter should take which value; \
+             ask it like \"what if the quorum were 3?\"."
+                .into(),
+        ),
     }
 }
 
 fn parse_value(s: &str) -> Value {
-    if let Ok(n) = s.parse::<i64>() {
-        return json!(n);
-    }
-    if let Ok(f) = s.parse::<f64>()
-        && f.is_finite()
-    {
-        return json!(f);
-    }
-    match s {
+    let float = || {
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Value::from)
+    };
+    let number = s.parse::<i64>().ok().map(Value::from).or_else(float);
+    number.unwrap_or_else(|| match s {
         "true" | "yes" => json!(true),
         "false" | "no" => json!(false),
-        _ => number_word(s)
-            .filter(|_| s != "a" && s != "an")
-            .map_or_else(|| json!(s), |n| json!(n)),
-    }
+        "a" | "an" => json!(s),
+        _ => number_word(s).map_or_else(|| json!(s), Value::from),
+    })
 }
 
 fn amend(q: &Question) -> Classified {
@@ -447,43 +434,21 @@ fn amend(q: &Question) -> Classified {
     } else {
         ws.iter().find(|w| is_date(&w.raw)).map(|w| w.raw.clone())
     };
-    match deadline {
-        Some(deadline) => {
-            let args = named.iter().map(|c| {
-                typed(propose_amendment::Args {
-                    contract: c.clone(),
-                    changes: json!({"deadline_at": deadline}),
-                    reason: q.text.trim().into(),
-                })
-            });
-            known(
-                ToolName::ProposeAmendment,
-                "propose_amendment",
-                args.collect(),
-            )
-        }
-        None => Classified::Unclear(format!(
+    let Some(deadline) = deadline else {
+        return Classified::Unclear(format!(
             "I understood that you want to change the deadline of {}, but not by how much; say \
              e.g. \"extend {}'s deadline by 3 days\" or \"set {}'s deadline to 2030-01-31\".",
             named.join(", "),
             named[0],
             named[0]
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The calls each question makes are in the golden test (`server/tests/offline_golden.txt`).
-    #[test]
-    fn unclear_requests_say_what_is_missing() {
-        let unclear =
-            |q: &str, hint: &str| matches!(classify(q), Classified::Unclear(h) if h.contains(hint));
-        assert!(unclear("extend D1's deadline", "by how much"));
-        assert!(unclear("extend the deadline by 2 days", "which contract"));
-        assert!(unclear("what if it rained?", "what if the quorum were 3"));
-        assert_eq!(classify("hello there"), Classified::Unknown);
-    }
+        ));
+    };
+    let args = named.iter().map(|c| {
+        typed(propose_amendment::Args {
+            contract: c.clone(),
+            changes: json!({"deadline_at": deadline}),
+            reason: q.text.trim().into(),
+        })
+    });
+    known("propose_amendment", args.collect())
 }
