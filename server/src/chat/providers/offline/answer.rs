@@ -192,13 +192,9 @@ fn variables_text(vars: Option<&Value>) -> String {
     let Some(o) = vars.and_then(Value::as_object) else {
         return String::new();
     };
-    let first = || FIRST.split(' ');
-    let mut keys: Vec<&str> = first().filter(|k| o.contains_key(*k)).collect();
-    keys.extend(
-        o.keys()
-            .map(String::as_str)
-            .filter(|k| !first().any(|f| f == *k)),
-    );
+    let mut keys: Vec<&str> = FIRST.split(' ').filter(|k| o.contains_key(*k)).collect();
+    let rest: Vec<&String> = o.keys().filter(|k| !keys.contains(&k.as_str())).collect();
+    keys.extend(rest.into_iter().map(String::as_str));
     let shown: Vec<String> = (keys.iter().take(8))
         .map(|k| format!("{k} {}", compact(&o[*k], 80)))
         .collect();
@@ -270,12 +266,9 @@ fn explain_part(out: explain::Output) -> Part {
             format!("{} by {}: triage `{}`", q(when(e)), q(law), q(triage))
         })
         .collect();
-    let actions = d
-        .actions
-        .as_ref()
-        .and_then(Value::as_array)
-        .map_or(&[][..], |a| a);
-    let actions_text: Vec<String> = actions.iter().map(action_text).collect();
+    let actions = (d.actions.as_ref().and_then(Value::as_array)).map_or(&[][..], |a| a);
+    let acts: Vec<String> = actions.iter().map(action_text).collect();
+    let acts = acts.join(", ");
     let text = format!(
         "{name}{title} was {} at the midnight of {} by law {}{}: triage `{}`{because}; actions: \
          {}.{}{}",
@@ -284,9 +277,7 @@ fn explain_part(out: explain::Output) -> Part {
         text(d.law.name.as_ref()).unwrap_or_else(|| "an unnamed law".into()),
         opt(" (seq ", d.law.seq, ")"),
         text(d.triage.as_ref()).unwrap_or_else(|| "unknown".into()),
-        Some(actions_text.join(", "))
-            .filter(|a| !a.is_empty())
-            .unwrap_or("none".into()),
+        if acts.is_empty() { "none" } else { &acts },
         opt(" Its current state is `", c.state.as_ref(), "`."),
         joined(" Other decisions: ", &earlier, "; ", "."),
     );
@@ -357,11 +348,7 @@ fn get_span_part(s: crate::chat::tools::SpanBrief) -> Part {
         let content = content.filter(|c| !c.is_null()).map(|c| compact(c, 300));
         opt(" Content: ", content, "")
     } else {
-        format!(
-            "{}{}",
-            opt(" Title \"", title, "\"."),
-            opt(" State `", state, "`.")
-        )
+        opt(" Title \"", title, "\".") + &opt(" State `", state, "`.")
     };
     let text = format!(
         "Span {} ({}{}{}): {} {} {} at {}{}.{body}",
@@ -415,13 +402,10 @@ fn simulate_part(out: simulate::Output) -> Part {
             format!("- {}: `{}` → `{}`", q(c.name.clone()), q(from), q(to))
         })
         .collect();
+    let (n, changes) = (plural(changes.len(), "contract"), changes.join("\n"));
     let changes = match changes.is_empty() {
         true => "no contract's triage would change. ".to_string(),
-        false => format!(
-            "{} would change triage:\n{}\n",
-            plural(changes.len(), "contract"),
-            changes.join("\n")
-        ),
+        false => format!("{n} would change triage:\n{changes}\n"),
     };
     let over =
         (out.evaluated).map(|n| plural(usize::try_from(n).unwrap_or(usize::MAX), "contract"));
