@@ -5,7 +5,9 @@
 
 use serde_json::{Map, Value, json, to_value};
 
-use crate::chat::tools::{ToolName, explain_decision, get_span, propose_amendment, simulate_law};
+use crate::chat::tools::{
+    ToolName, ToolName as T, explain_decision, get_span, propose_amendment, simulate_law,
+};
 
 /// The law a what-if question simulates when it names none.
 const DEFAULT_LAW: &str = "midnight_deadline";
@@ -23,9 +25,7 @@ fn words(question: &str) -> Vec<Word> {
     let trim = |c: char| TRIM.contains(c);
     let word = |w: &str| {
         let w = w.trim_matches(trim);
-        let stem = ["'s", "’s", "'S", "’S"]
-            .iter()
-            .find_map(|s| w.strip_suffix(s));
+        let stem = (["'s", "’s", "'S", "’S"].iter()).find_map(|s| w.strip_suffix(s));
         let raw = stem.map_or(w, |s| s.trim_matches(trim));
         let (lower, possessive) = (raw.to_lowercase(), stem.is_some());
         (!raw.is_empty()).then(|| Word {
@@ -151,9 +151,9 @@ pub(super) enum Classified {
     Unknown,
 }
 
-/// A recognised question of a shape named after its tool, or a `query_ledger` one.
-fn known(shape: &'static str, args: Vec<Value>) -> Classified {
-    let tool = ToolName::parse(shape).unwrap_or(ToolName::QueryLedger);
+/// A recognised question; its shape is named after its tool unless `shape` says otherwise.
+fn known(tool: T, shape: Option<&'static str>, args: Vec<Value>) -> Classified {
+    let shape = shape.unwrap_or(tool.as_str());
     Classified::Known(Intent { shape, tool, args })
 }
 
@@ -198,10 +198,7 @@ pub(super) fn classify(question: &str) -> Classified {
         named: contracts(&ws),
         ws,
     };
-    RULES
-        .iter()
-        .find_map(|rule| rule(&q))
-        .unwrap_or(Classified::Unknown)
+    (RULES.iter().find_map(|rule| rule(&q))).unwrap_or(Classified::Unknown)
 }
 
 const SHOW_VERBS: &str = "show get open display fetch print";
@@ -213,7 +210,7 @@ fn show_span(q: &Question) -> Option<Classified> {
     let id = ws.iter().find(|w| is_uuid(&w.raw))?.lower.parse().ok()?;
     let cued = has(ws, "span") || has(&ws[..ws.len().min(1)], SHOW_VERBS);
     let args = vec![typed(get_span::Args { id, seq: None })];
-    (cued && !has(ws, NOT_SHOW)).then(|| known("get_span", args))
+    (cued && !has(ws, NOT_SHOW)).then(|| known(T::GetSpan, None, args))
 }
 
 /// what if <param> were N, simulate <law> with <param>=N.
@@ -256,7 +253,7 @@ fn silent_guarantors(q: &Question) -> Option<Classified> {
         "order": "desc",
         "limit": 50,
     });
-    Some(known("guarantor_silent", vec![args]))
+    Some(known(T::QueryLedger, Some("guarantor_silent"), vec![args]))
 }
 
 const EXPLAIN_CUES: &str = "why explain explanation happened happen reason reasons decided \
@@ -270,7 +267,7 @@ fn explain(q: &Question) -> Option<Classified> {
         })
     });
     (!q.named.is_empty() && has(&q.ws, EXPLAIN_CUES))
-        .then(|| known("explain_decision", args.collect()))
+        .then(|| known(T::ExplainDecision, None, args.collect()))
 }
 
 /// The states a contract can be in, and the words that name each.
@@ -289,10 +286,7 @@ const STATES: [(&str, &str); 5] = [
 fn by_state(q: &Question) -> Option<Classified> {
     let ws = &q.ws;
     // In the order the question names them.
-    let first = |cues: &str| {
-        ws.iter()
-            .position(|w| cues.split(' ').any(|c| c == w.lower))
-    };
+    let first = |cues: &str| (ws.iter()).position(|w| cues.split(' ').any(|c| c == w.lower));
     let mut named: Vec<(usize, &'static str)> = (STATES.iter())
         .filter_map(|(s, cues)| Some((first(cues)?, *s)))
         .collect();
@@ -310,7 +304,8 @@ fn by_state(q: &Question) -> Option<Classified> {
         }
         args
     });
-    Some(known("contracts_by_state", args.collect()))
+    let shape = Some("contracts_by_state");
+    Some(known(T::QueryLedger, shape, args.collect()))
 }
 
 fn simulate(ws: &[Word]) -> Classified {
@@ -349,10 +344,8 @@ fn simulate(ws: &[Word]) -> Classified {
         }
     }
     if param.is_none() {
-        let anchor = ws
-            .iter()
-            .position(|w| w.lower == "if")
-            .or_else(|| ws.iter().position(|w| w.lower == "with"));
+        let pos = |word: &str| ws.iter().position(|w| w.lower == word);
+        let anchor = pos("if").or_else(|| pos("with"));
         if let Some(a) = anchor {
             let mut name: Vec<&str> = Vec::new();
             let mut i = a + 1;
@@ -384,10 +377,8 @@ fn simulate(ws: &[Word]) -> Classified {
         (Some(param), Some(value)) if law.as_deref() != Some(param.as_str()) => {
             let law = law.unwrap_or_else(|| DEFAULT_LAW.into());
             let set = Map::from_iter([(param, value)]);
-            known(
-                "simulate_law",
-                vec![typed(simulate_law::Args { law, set, at: None })],
-            )
+            let args = vec![typed(simulate_law::Args { law, set, at: None })];
+            known(T::SimulateLaw, None, args)
         }
         _ => Classified::Unclear(
             "I understood a what-if question, but not which parameter should take which value; \
@@ -399,8 +390,7 @@ fn simulate(ws: &[Word]) -> Classified {
 
 fn parse_value(s: &str) -> Value {
     let float = || {
-        s.parse::<f64>()
-            .ok()
+        (s.parse::<f64>().ok())
             .filter(|f| f.is_finite())
             .map(Value::from)
     };
@@ -425,10 +415,8 @@ fn amend(q: &Question) -> Classified {
     let earlier = has(ws, "earlier sooner shorten forward advance reduce");
     let ds = durations(ws);
     // Prefer the duration right after `by`; otherwise the first one mentioned.
-    let by = ds
-        .iter()
-        .find(|(i, _, _)| *i > 0 && ws[*i - 1].lower == "by")
-        .or_else(|| ds.first());
+    let after_by = (ds.iter()).find(|(i, _, _)| *i > 0 && ws[*i - 1].lower == "by");
+    let by = after_by.or_else(|| ds.first());
     let deadline = if let Some(&(_, n, u)) = by.filter(|(_, n, _)| *n > 0) {
         Some(format!("{}{n}{u}", if earlier { '-' } else { '+' }))
     } else {
@@ -450,5 +438,5 @@ fn amend(q: &Question) -> Classified {
             reason: q.text.trim().into(),
         })
     });
-    known("propose_amendment", args.collect())
+    known(T::ProposeAmendment, None, args.collect())
 }
