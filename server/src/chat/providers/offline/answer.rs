@@ -43,6 +43,9 @@ fn part(text: String, evidence: Evidence, cites: impl IntoIterator<Item = Option
     }
 }
 
+const FOLLOW_UP: &str =
+    "Could you check the contract name or span id (or try again in a moment) and ask again?";
+
 /// The answer from every result of the turn, each with the call it answers, and the shape: the
 /// tool of the first call.
 pub(super) fn from_results(
@@ -63,11 +66,7 @@ pub(super) fn from_results(
     let answer = Answer {
         text: texts.join("\n\n"),
         confidence,
-        follow_up_question: has(Error).then(|| {
-            "Could you check the contract name or span id (or try again in a moment) and ask \
-             again?"
-                .to_string()
-        }),
+        follow_up_question: has(Error).then(|| FOLLOW_UP.into()),
         actions: parts.iter().filter_map(|p| p.action.clone()).collect(),
         citations: (parts.iter().flat_map(|p| &p.citations))
             .filter(|c| seen.insert(**c))
@@ -249,15 +248,10 @@ fn explain_part(out: explain::Output) -> Part {
     };
     let vars = variables_text(d.variables.as_ref());
     // Variables the law needed and could not read decide a `doubt` as much as those it saw.
-    let missing: Vec<String> = (d.missing.as_ref().and_then(Value::as_array).into_iter())
-        .flatten()
-        .map(|m| compact(m, 60))
-        .collect();
-    let because = format!(
-        "{}{}",
-        opt(" because ", (!vars.is_empty()).then_some(vars), ""),
-        joined(" (missing: ", &missing, ", ", ")"),
-    );
+    let missing = (d.missing.as_ref().and_then(Value::as_array)).map_or(&[][..], |a| a);
+    let missing: Vec<String> = missing.iter().map(|m| compact(m, 60)).collect();
+    let missing = joined(" (missing: ", &missing, ", ", ")");
+    let because = opt(" because ", (!vars.is_empty()).then_some(vars), "") + &missing;
     let earlier: Vec<String> = (decisions.iter().enumerate())
         .filter(|(i, _)| *i != li)
         .take(5)
@@ -416,11 +410,8 @@ fn simulate_part(out: simulate::Output) -> Part {
         joined(" with ", &set, ", ", ""),
         opt(" over ", over, ""),
     );
-    let evidence = if out.evaluated == Some(0) {
-        Nothing
-    } else {
-        Found
-    };
+    let nothing = out.evaluated == Some(0);
+    let evidence = if nothing { Nothing } else { Found };
     let cites = out.changes.iter().map(|c| c.contract_id);
     part(text, evidence, [law.id].into_iter().chain(cites))
 }

@@ -270,16 +270,13 @@ fn explain(q: &Question) -> Option<Classified> {
         .then(|| known(T::ExplainDecision, None, args.collect()))
 }
 
-/// The states a contract can be in, and the words that name each.
-const STATES: [(&str, &str); 5] = [
-    (
-        "terminated",
-        "terminated terminate termination terminations",
-    ),
-    ("open", "open opened"),
-    ("held", "held hold"),
-    ("accepted", "accepted accept acceptance"),
-    ("void", "void voided"),
+/// The states a contract can be in (the first word), and the words that name each.
+const STATES: [&str; 5] = [
+    "terminated terminate termination terminations",
+    "open opened",
+    "held hold",
+    "accepted accept acceptance",
+    "void voided",
 ];
 
 /// which contracts are terminated, how many contracts are open.
@@ -287,9 +284,8 @@ fn by_state(q: &Question) -> Option<Classified> {
     let ws = &q.ws;
     // In the order the question names them.
     let first = |cues: &str| (ws.iter()).position(|w| cues.split(' ').any(|c| c == w.lower));
-    let mut named: Vec<(usize, &'static str)> = (STATES.iter())
-        .filter_map(|(s, cues)| Some((first(cues)?, *s)))
-        .collect();
+    let state = |cues: &'static str| Some((first(cues)?, cues.split(' ').next()?));
+    let mut named: Vec<(usize, &str)> = STATES.into_iter().filter_map(state).collect();
     named.sort_unstable();
     let listed = has(ws, "contract contracts") || has(ws, "which list show what many");
     if named.is_empty() || !listed {

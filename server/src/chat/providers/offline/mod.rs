@@ -69,18 +69,10 @@ impl Provider for OfflineProvider {
             role: Role::System,
             ..ChatMessage::user(req.system.text())
         };
-        let tools = if req.tools.is_empty() {
-            0
-        } else {
-            serde_json::to_string(&req.tools)
-                .map(|s| bpe.encode_ordinary(&s).len())
-                .unwrap_or(0)
-        };
-        let tokens_in = std::iter::once(&system)
-            .chain(&req.messages)
-            .map(|m| message_tokens(bpe, m))
-            .sum::<usize>()
-            + tools;
+        let tools = (serde_json::to_string(&req.tools).ok()).filter(|_| !req.tools.is_empty());
+        let tools = tools.map_or(0, |s| bpe.encode_ordinary(&s).len());
+        let messages = std::iter::once(&system).chain(&req.messages);
+        let tokens_in = messages.map(|m| message_tokens(bpe, m)).sum::<usize>() + tools;
         let tokens_out = message_tokens(bpe, &message);
         Ok(Completion {
             message,
