@@ -173,7 +173,8 @@ struct Turn<'a> {
     /// Cached prompt tokens, summed over the calls whose server reported them.
     tokens_cached: Option<u64>,
     breaker: Option<(PromptBlock, i64)>,
-    /// The message asks about the ledger (`grounding::asks_about_ledger`).
+    /// The message asks about the ledger (`grounding::asks_about_ledger`) and the provider is
+    /// a language model (`Provider::answers_only_from_tools`).
     ledger_question: bool,
     /// The variant's tool choice for the first round of a ledger question.
     tool_choice: ToolChoice,
@@ -243,7 +244,8 @@ impl Agent {
             tokens_out: 0,
             tokens_cached: None,
             breaker: None,
-            ledger_question: grounding::asks_about_ledger(message),
+            ledger_question: !self.provider.answers_only_from_tools()
+                && grounding::asks_about_ledger(message),
             tool_choice,
             grounded: false,
             compiled_hash: String::new(),

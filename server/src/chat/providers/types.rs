@@ -203,6 +203,13 @@ pub trait Provider: Send + Sync {
     fn base_url(&self) -> Option<&str> {
         None
     }
+    /// True for a provider that is not a language model and writes every answer from the
+    /// turn's tool results by construction (the offline helper): its help and "I did not
+    /// understand" answers state no ledger facts, so the grounding rules (grounding.rs) that
+    /// hold a model to evidence do not apply to it.
+    fn answers_only_from_tools(&self) -> bool {
+        false
+    }
     /// Runs one completion. When `deltas` is given the answer is streamed and each piece of
     /// assistant text is sent on it, in order, as it arrives; the returned [`Completion`] is the
     /// same as without streaming.

@@ -44,6 +44,10 @@ impl Provider for OfflineProvider {
         "offline"
     }
 
+    fn answers_only_from_tools(&self) -> bool {
+        true
+    }
+
     fn model(&self) -> &str {
         OFFLINE_MODEL
     }
