@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::auth::{Auth, Caller};
 use crate::chat::agent::Agent;
 use crate::chat::provider_from_config;
+use crate::chat::providers::{LocalServer, ProviderConfig, context};
 use crate::config::{ChatSettings, Limits};
 use crate::error::ApiError;
 use crate::hub::Hub;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The conversational agent (`POST /api/chat`).
     pub chat: Arc<Agent>,
+    /// The model server `LOGLINE_PROVIDER=local` started; it stops when the last clone goes.
+    pub local_model: Option<Arc<LocalServer>>,
     trusted: Arc<tokio::sync::RwLock<Option<TrustedCache>>>,
 }
 
@@ -58,19 +61,33 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         ledger::store::ensure_manifest(store.as_ref()).await?;
         let writer = GroupCommit::start(store.clone());
-        let provider = provider_from_config(&chat.provider)
-            .map_err(|e| anyhow::anyhow!("chat provider: {e}"))?;
+        let (provider, local_model) = match &chat.provider {
+            ProviderConfig::Local(model) => {
+                let server = LocalServer::start(model)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("chat provider: {e}"))?;
+                let provider = server.provider()?;
+                (provider, Some(Arc::new(server)))
+            }
+            other => (provider_from_config(other)?, None),
+        };
+        // The window the server reports beats a guess; LOGLINE_CONTEXT_TOKENS beats both.
+        let context_tokens = match chat.context_tokens {
+            Some(n) => Some(n),
+            None => context::probe(&chat.provider, local_model.as_deref()).await,
+        };
         let chat = Arc::new(
             Agent::new(
                 store.clone(),
                 Arc::new(writer.clone()),
                 provider,
-                chat.context_tokens,
+                context_tokens,
             )
             .await?,
         );
         Ok(Self {
             chat,
+            local_model,
             writer,
             hub: Hub::start(store.clone()).await?,
             store,

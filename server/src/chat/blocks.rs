@@ -93,7 +93,9 @@ pub enum PromptError {
     )]
     SystemInHistory(usize),
     #[error(
-        "the prompt needs {needed} tokens (blocks, tools and the current turn) but the budget is {budget}"
+        "the prompt needs {needed} tokens (blocks, tools and the current turn) but the budget is {budget}; \
+         shorten the message, or if the model's window is larger than assumed, set LOGLINE_CONTEXT_TOKENS \
+         (the budget is the window less a quarter, at most 4,096, kept for the answer)"
     )]
     OverBudget { needed: usize, budget: usize },
     #[error("publishing prompt blocks: {0}")]

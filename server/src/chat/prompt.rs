@@ -35,12 +35,15 @@ pub struct Budget {
     pub reserved_for_output: usize,
 }
 
-/// Context assumed for models tiktoken does not know (most local models have at least this).
-pub const DEFAULT_CONTEXT_TOKENS: usize = 8192;
+/// Context assumed when neither `LOGLINE_CONTEXT_TOKENS`, the model's server
+/// ([`providers::context`](super::providers::context)) nor tiktoken's table knows: room for the
+/// default prompt (~1,500 tokens), a long conversation and tool results, and the answer. Small
+/// local servers that allocate less report it, so this guess is only for servers that do not.
+pub const DEFAULT_CONTEXT_TOKENS: usize = 16_384;
 
 impl Budget {
     /// The model's known context size (or [`DEFAULT_CONTEXT_TOKENS`]), unless `override_tokens`
-    /// (`LOGLINE_CONTEXT_TOKENS`) says otherwise; a quarter of it, at most 4096, is kept for
+    /// (`LOGLINE_CONTEXT_TOKENS`, else what the server reported) says otherwise; a quarter of it, at most 4096, is kept for
     /// the answer.
     pub fn for_model(model: &str, override_tokens: Option<usize>) -> Self {
         let context_tokens = override_tokens

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::local::LocalModel;
 use super::offline::OfflineProvider;
 use super::ollama::OllamaProvider;
 use super::openai::OpenAiProvider;
@@ -26,6 +27,8 @@ pub enum ProviderConfig {
         model: String,
         settings: ProviderSettings,
     },
+    /// A GGUF model served by llama.cpp, which `serve` starts and supervises ([`super::local`]).
+    Local(LocalModel),
 }
 
 /// The official endpoint, used when `OPENAI_BASE_URL` is not set.
@@ -33,11 +36,13 @@ pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 impl ProviderConfig {
     /// Reads the configuration through `get` (the process environment, or a map in tests):
-    /// - `LOGLINE_PROVIDER`: `offline` (default), `openai` or `ollama`;
+    /// - `LOGLINE_PROVIDER`: `offline` (default), `openai`, `ollama` or `local`;
     /// - `LOGLINE_MODEL`: the model name (required for `openai` and `ollama`);
     /// - `OPENAI_BASE_URL` (default the official API), `OPENAI_API_KEY` (required for the
     ///   official API, optional for local OpenAI-compatible servers);
     /// - `OLLAMA_URL` (required for `ollama`, e.g. `http://127.0.0.1:11434`);
+    /// - for `local`: `LOGLINE_MODEL_PATH` (a GGUF file), `LOGLINE_MODEL_PYTHON`,
+    ///   `LOGLINE_MODEL_THREADS` (see [`LocalModel::from_lookup`]);
     /// - `LOGLINE_PROVIDER_TIMEOUT_SECS` (default 120, the whole call),
     ///   `LOGLINE_PROVIDER_MAX_ATTEMPTS` (default 3) and `LOGLINE_MAX_TOKENS` (default 1024,
     ///   the longest reply asked of the model).
@@ -121,8 +126,9 @@ impl ProviderConfig {
                     settings,
                 })
             }
+            "local" => Ok(Self::Local(LocalModel::from_lookup(get, settings)?)),
             other => Err(ProviderError::Config(format!(
-                "LOGLINE_PROVIDER must be offline, openai or ollama, not `{other}`"
+                "LOGLINE_PROVIDER must be offline, openai, ollama or local, not `{other}`"
             ))),
         }
     }
@@ -138,7 +144,8 @@ fn check_url(var: &str, url: &str) -> Result<(), ProviderError> {
 }
 
 /// Builds the configured provider; `Offline` is the embedded [`OfflineProvider`], which is not
-/// a language model.
+/// a language model. `Local` needs its server running first: see
+/// [`LocalServer`](super::local::LocalServer).
 pub fn provider_from_config(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
     match config {
         ProviderConfig::Offline => Ok(Arc::new(OfflineProvider::new())),
@@ -158,5 +165,8 @@ pub fn provider_from_config(config: &ProviderConfig) -> Result<Arc<dyn Provider>
             model,
             settings,
         } => Ok(Arc::new(OllamaProvider::new(url, model, settings.clone())?)),
+        ProviderConfig::Local(_) => Err(ProviderError::Config(
+            "LOGLINE_PROVIDER=local: start the model server first (LocalServer::start)".into(),
+        )),
     }
 }

@@ -8,8 +8,10 @@
 //!
 //! Imports point one way: the implementations and the factory use the types, never the reverse.
 
+pub mod context;
 pub mod factory;
 mod http;
+pub mod local;
 pub mod offline;
 pub mod ollama;
 pub mod openai;
@@ -18,6 +20,7 @@ pub mod text_tools;
 pub mod types;
 
 pub use factory::{OPENAI_DEFAULT_BASE_URL, ProviderConfig, provider_from_config};
+pub use local::{LocalModel, LocalServer};
 pub use ollama::OllamaProvider;
 pub use openai::OpenAiProvider;
 pub use settings::{ApiKey, ProviderSettings, RetryPolicy};
