@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Answer, Telemetry};
+use super::Answer;
 use crate::chat::providers::ToolCall;
 use crate::chat::tools::{
     ToolError, ToolName as T, Truncated, explain_decision as explain, get_span,
@@ -72,7 +72,7 @@ pub(super) fn from_results(
             .filter(|c| seen.insert(**c))
             .map(Uuid::to_string)
             .collect(),
-        telemetry: Telemetry { tool_use_count },
+        telemetry: json!({ "tool_use_count": tool_use_count }),
     };
     let shape = results.first().and_then(|(c, _)| T::parse(&c.name));
     (answer, shape.map_or("answer", T::as_str))

@@ -153,21 +153,19 @@ fn respond(req: &CompletionRequest) -> Reply {
             arguments,
         })
         .collect();
-    let names: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
-    let raw = json!({
-        "offline": true,
-        "model": OFFLINE_MODEL,
-        "shape": intent.shape,
-        "step": "tool_calls",
-        "tool_calls": names,
-    });
+    let mut raw = raw(intent.shape, "tool_calls");
+    raw["tool_calls"] = json!(calls.iter().map(|c| &c.name).collect::<Vec<_>>());
     (ChatMessage::assistant_tool_calls("", calls), raw)
 }
 
 fn final_reply(answer: Answer, shape: &str, step: &str) -> Reply {
     let content = serde_json::to_string(&answer).unwrap_or_default();
-    let raw = json!({"offline": true, "model": OFFLINE_MODEL, "shape": shape, "step": step});
-    (ChatMessage::assistant(content), raw)
+    (ChatMessage::assistant(content), raw(shape, step))
+}
+
+/// What the provider did, for the `provider_execution` span's raw response.
+fn raw(shape: &str, step: &str) -> Value {
+    json!({"offline": true, "model": OFFLINE_MODEL, "shape": shape, "step": step})
 }
 
 /// The answer object of `prompts/answer.schema.json`, in the schema's field order.
@@ -179,12 +177,8 @@ struct Answer {
     follow_up_question: Option<String>,
     actions: Vec<Value>,
     citations: Vec<String>,
-    telemetry: Telemetry,
-}
-
-#[derive(Serialize)]
-struct Telemetry {
-    tool_use_count: usize,
+    /// `{"tool_use_count": n}`.
+    telemetry: Value,
 }
 
 /// What the offline provider is, what it understands, and how to configure a real model.
@@ -209,7 +203,7 @@ fn help(hint: Option<&str>, tool_use_count: usize) -> Answer {
         follow_up_question: Some(format!("Would you like to try: \"{FIRST}\"")),
         actions: Vec::new(),
         citations: Vec::new(),
-        telemetry: Telemetry { tool_use_count },
+        telemetry: json!({ "tool_use_count": tool_use_count }),
     }
 }
 
