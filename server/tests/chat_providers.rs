@@ -729,7 +729,10 @@ fn configuration_comes_from_the_environment_with_clear_errors() {
     };
     assert_eq!(settings.max_tokens, 1024, "the default");
     let e = config(&[("LOGLINE_PROVIDER", "gpt")]).unwrap_err();
-    assert!(e.to_string().contains("offline, openai, ollama or local"), "{e}");
+    assert!(
+        e.to_string().contains("offline, openai, ollama or local"),
+        "{e}"
+    );
     let e = config(&[("LOGLINE_PROVIDER", "local")]).unwrap_err();
     assert!(e.to_string().contains("needs LOGLINE_MODEL_PATH"), "{e}");
     let e = config(&[
@@ -737,7 +740,11 @@ fn configuration_comes_from_the_environment_with_clear_errors() {
         ("LOGLINE_MODEL_PATH", "/nonexistent/model.gguf"),
     ])
     .unwrap_err();
-    assert!(e.to_string().contains("no model file at /nonexistent/model.gguf"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no model file at /nonexistent/model.gguf"),
+        "{e}"
+    );
 
     let c = config(&[
         ("LOGLINE_PROVIDER", "openai"),
