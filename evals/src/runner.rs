@@ -243,7 +243,15 @@ pub async fn run_suite(
     let mut attempts = Vec::new();
     let (mut ok, mut bad) = (0, 0);
     while let Some(r) = stream.next().await {
-        let a = r?;
+        let a = match r {
+            Ok(a) => a,
+            Err(e) => {
+                drop(stream);
+                bar.finish_and_clear();
+                abort(target.as_ref(), suite, &run_ids, &recorder, &e).await;
+                return Err(e);
+            }
+        };
         if a.skipped.is_none() {
             if a.pass {
                 ok += 1;
@@ -379,6 +387,47 @@ pub async fn run_suite(
         attempts,
         seconds,
     })
+}
+
+/// Best effort: each variant's `eval_run` gets a last seq saying why the run stopped (the
+/// error that stopped it is what the caller reports; a failure to record this is not).
+async fn abort(
+    target: &dyn Target,
+    suite: &Suite,
+    run_ids: &HashMap<String, Uuid>,
+    recorder: &Principal,
+    error: &TargetError,
+) {
+    for (variant, id) in run_ids {
+        let mut span = json!({
+            "id": id,
+            "entity_type": "eval_run",
+            "visibility": "private",
+            "trace_id": id.to_string(),
+            "name": suite.name,
+            "if_ok": "the suite passed its threshold",
+            "if_doubt": "repeat the run",
+            "if_not": "the suite failed",
+            "error": {"message": error.to_string()},
+            "content": {
+                "suite": suite.name,
+                "file": suite.path.display().to_string(),
+                "file_hash": suite.file_hash,
+                "variant": variant,
+                "error": error.to_string(),
+            },
+        });
+        nine(
+            &mut span,
+            "could not finish an evaluation run",
+            format!("suite {} variant {variant}", suite.name),
+            "error",
+            &recorder.user_id,
+        );
+        if let Err(e) = target.record(recorder, vec![span]).await {
+            tracing::warn!(error = %e, "cannot record that the eval run stopped");
+        }
+    }
 }
 
 fn target_provider(first: Option<&Attempt>, opts: &Options) -> (Option<String>, Option<String>) {

@@ -275,6 +275,13 @@ async fn a_provider_that_is_down_exits_1() {
         err.contains("could not run") && err.contains("provider"),
         "{err}"
     );
+    // The run says why it stopped.
+    let store = open(&ledger).await;
+    let ana = Principal::new("ana@padaria-lisboa.pt", "demo");
+    let runs = views(store.as_ref(), &ana, "eval_run").await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["status"], "error");
+    assert!(runs[0]["content"]["error"].as_str().unwrap().contains("provider"));
 }
 
 const VARIANTS: &str = "suite: variants
