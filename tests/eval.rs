@@ -1,6 +1,5 @@
 //! `logline eval` is `ll-eval`: the same suites, exit codes and records through the main binary,
 //! and the ledger still verifies after a run.
-#![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::process::Command;
 

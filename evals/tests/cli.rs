@@ -2,7 +2,10 @@
 //! run (a bad fixture with its file:line:col, a provider that is down); the run recorded as
 //! `eval_run` / `eval_case` spans private to the recorder; `--output` files; variants side by
 //! side, `--repeat`, `--filter`; and `--url` against a server on 127.0.0.1.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a fixture that cannot be built fails its test"
+)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -281,7 +284,12 @@ async fn a_provider_that_is_down_exits_1() {
     let runs = views(store.as_ref(), &ana, "eval_run").await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["status"], "error");
-    assert!(runs[0]["content"]["error"].as_str().unwrap().contains("provider"));
+    assert!(
+        runs[0]["content"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("provider")
+    );
 }
 
 const VARIANTS: &str = "suite: variants

@@ -1,7 +1,6 @@
 //! The shipped suites on the offline provider: `happy` passes every case; `stress` passes its
 //! threshold, and the only cases it may fail are those marked `needs-a-model` (questions a
 //! rule-based provider cannot read).
-#![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::BTreeSet;
 use std::path::Path;
