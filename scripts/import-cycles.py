@@ -14,7 +14,7 @@ import re
 import sys
 from collections import defaultdict
 root = sys.argv[1] if len(sys.argv) > 1 else '.'
-crates = sys.argv[2:] or ['ledger', 'kernels', 'server', 'testkit']
+crates = sys.argv[2:] or ['ledger', 'kernels', 'server', 'testkit', 'evals']
 
 def expand(tree):
     """Expand a use tree 'a::{b, c::{d, e}}' into paths."""
