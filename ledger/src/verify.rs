@@ -282,9 +282,8 @@ pub async fn verify_tenant(
                     stored: None,
                     signed: None,
                     reason: format!(
-                        "chain positions {expected_pos}..{} have no span: the next stored span \
-                         (id {}) is at {}",
-                        row.chain_pos - 1,
+                        "{}: the next stored span (id {}) is at {}",
+                        missing(expected_pos, row.chain_pos - 1),
                         row.id,
                         row.chain_pos
                     ),
@@ -348,8 +347,8 @@ pub async fn verify_tenant(
             stored: None,
             signed: None,
             reason: format!(
-                "chain positions {expected_pos}..{} have no span (the end of the chain was cut)",
-                end - 1
+                "{} (the end of the chain was cut)",
+                missing(expected_pos, end - 1)
             ),
         });
     }
@@ -358,6 +357,15 @@ pub async fn verify_tenant(
     let ledger = store.audit_idempotency(tenant).await?;
     check_idempotency(&mut findings, &ledger, &keyed);
     Ok(findings.report(checked))
+}
+
+/// `chain_pos 4 is missing` or `chain positions 4..=9 are missing`.
+fn missing(from: i64, to: i64) -> String {
+    if from == to {
+        format!("chain_pos {from} is missing")
+    } else {
+        format!("chain positions {from}..={to} are missing")
+    }
 }
 
 /// The chain head must point just past the last span, at its hash.
@@ -838,18 +846,17 @@ fn compare_columns(row: &AuditRow, tenant: &str, env: &Envelope<'_>, out: &mut V
     eq("spans", "at", &row.at, &env.at);
     eq("spans", "recorded_at", &row.recorded_at, &env.recorded_at);
     eq("spans", "status", &row.status, &env.status);
-    let opt = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_string);
     let mut eq_opt = |column: &'static str, stored: Option<&str>, signed: Option<&str>| {
         if stored != signed {
             out.push(mismatch("spans", column, show(stored), show(signed)));
         }
     };
-    eq_opt("parent_id", row.parent_id.as_deref(), opt(&env.parent_id).as_deref());
-    eq_opt("trace_id", row.trace_id.as_deref(), opt(&env.trace_id).as_deref());
+    eq_opt("parent_id", row.parent_id.as_deref(), env.parent_id.as_deref());
+    eq_opt("trace_id", row.trace_id.as_deref(), env.trace_id.as_deref());
     eq_opt(
         "idempotency_key",
         row.idempotency_key.as_deref(),
-        opt(&env.idempotency_key).as_deref(),
+        env.idempotency_key.as_deref(),
     );
     let related: Option<Vec<Cow<'_, str>>> = serde_json::from_str(&row.related_to).ok();
     if related.as_ref() != Some(&env.related_to) {
