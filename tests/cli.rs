@@ -1121,17 +1121,32 @@ async fn verify_names_a_tampered_status_column_that_query_reads_in_text_and_json
         .lines()
         .find(|line| line.starts_with("  - ") && line.contains("spans.status"))
         .context("verify does not list the problem")?;
-    ensure!(line.contains("chain_pos 3") && line.contains(&ids[3]), "{line}");
-    ensure!(line.contains("\"void\"") && line.contains("\"valid\""), "{line}");
+    ensure!(
+        line.contains("chain_pos 3") && line.contains(&ids[3]),
+        "{line}"
+    );
+    ensure!(
+        line.contains("\"void\"") && line.contains("\"valid\""),
+        "{line}"
+    );
 
     let (ok, report) = l.verify_json();
     ensure!(!ok);
     let t = tenant_report(&report, TENANT);
     let p = &t["problems"][0];
     ensure!(p["kind"] == json!("column_mismatch"), "{t}");
-    ensure!(p["table"] == json!("spans") && p["column"] == json!("status"), "{t}");
-    ensure!(p["chain_pos"] == json!(3) && p["span_id"] == json!(ids[3]), "{t}");
-    ensure!(p["stored"] == json!("void") && p["signed"] == json!("valid"), "{t}");
+    ensure!(
+        p["table"] == json!("spans") && p["column"] == json!("status"),
+        "{t}"
+    );
+    ensure!(
+        p["chain_pos"] == json!(3) && p["span_id"] == json!(ids[3]),
+        "{t}"
+    );
+    ensure!(
+        p["stored"] == json!("void") && p["signed"] == json!("valid"),
+        "{t}"
+    );
     Ok(())
 }
 

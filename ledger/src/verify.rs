@@ -145,7 +145,11 @@ impl TenantReport {
     /// The report without content values (see [`Problem::without_values`]).
     pub fn without_values(mut self) -> Self {
         self.first_break = self.first_break.map(Problem::without_values);
-        self.problems = self.problems.into_iter().map(Problem::without_values).collect();
+        self.problems = self
+            .problems
+            .into_iter()
+            .map(Problem::without_values)
+            .collect();
         self
     }
 }
@@ -296,7 +300,10 @@ pub async fn verify_tenant(
             for f in result.findings {
                 findings.push(f.at(Some(row.chain_pos), span_id));
             }
-            if linked_ok && let Some(linked) = &result.linked && *linked != prev_hash {
+            if linked_ok
+                && let Some(linked) = &result.linked
+                && *linked != prev_hash
+            {
                 findings.push(Problem {
                     kind: ProblemKind::BrokenLink,
                     chain_pos: Some(row.chain_pos),
@@ -386,7 +393,10 @@ fn check_head(findings: &mut Findings, head: &AuditHead, rows_end: i64, last: Op
                 "next_pos",
                 "NULL".into(),
                 rows_end.to_string(),
-                format!("the tenant has spans up to chain_pos {} but no chain head", rows_end - 1),
+                format!(
+                    "the tenant has spans up to chain_pos {} but no chain head",
+                    rows_end - 1
+                ),
             ));
         }
         return;
@@ -525,7 +535,11 @@ fn check_idempotency(
             continue;
         };
         if s.idempotency_key.as_deref() != Some(r.key.as_str()) {
-            findings.push(problem("key", r.key.clone(), show(s.idempotency_key.as_deref())));
+            findings.push(problem(
+                "key",
+                r.key.clone(),
+                show(s.idempotency_key.as_deref()),
+            ));
         }
         if s.id != r.id {
             findings.push(problem("id", r.id.clone(), s.id.clone()));
@@ -534,7 +548,11 @@ fn check_idempotency(
             findings.push(problem("seq", r.seq.to_string(), s.seq.to_string()));
         }
         if s.curr_hash != r.curr_hash {
-            findings.push(problem("curr_hash", r.curr_hash.clone(), s.curr_hash.clone()));
+            findings.push(problem(
+                "curr_hash",
+                r.curr_hash.clone(),
+                s.curr_hash.clone(),
+            ));
         }
         if s.status != r.status {
             findings.push(problem("status", r.status.clone(), s.status.clone()));
@@ -570,7 +588,12 @@ fn check_rows_parallel(rows: &[AuditRow], tenant: &str, trusted: &[String]) -> V
     std::thread::scope(|s| {
         let handles: Vec<_> = rows
             .chunks(chunk)
-            .map(|part| (part.len(), s.spawn(move || check_rows(part, tenant, trusted))))
+            .map(|part| {
+                (
+                    part.len(),
+                    s.spawn(move || check_rows(part, tenant, trusted)),
+                )
+            })
             .collect();
         handles
             .into_iter()
@@ -814,7 +837,14 @@ fn check_row(
             )
         });
     }
-    match check_seal(&env, row.body.as_deref(), &row.curr_hash, &row.signature, trusted, keys) {
+    match check_seal(
+        &env,
+        row.body.as_deref(),
+        &row.curr_hash,
+        &row.signature,
+        trusted,
+        keys,
+    ) {
         Ok(c) => (result, Some(c)),
         Err(e) => {
             result.findings.push(e.finding());
@@ -827,12 +857,22 @@ fn check_row(
 fn compare_columns(row: &AuditRow, tenant: &str, env: &Envelope<'_>, out: &mut Vec<Finding>) {
     let mut eq = |table: &'static str, column: &'static str, stored: &str, signed: &str| {
         if stored != signed {
-            out.push(mismatch(table, column, stored.to_string(), signed.to_string()));
+            out.push(mismatch(
+                table,
+                column,
+                stored.to_string(),
+                signed.to_string(),
+            ));
         }
     };
     eq("spans", "tenant_id", tenant, &env.tenant_id);
     if row.chain_pos != env.chain_pos {
-        eq("spans", "chain_pos", &row.chain_pos.to_string(), &env.chain_pos.to_string());
+        eq(
+            "spans",
+            "chain_pos",
+            &row.chain_pos.to_string(),
+            &env.chain_pos.to_string(),
+        );
     }
     if Uuid::parse_str(&row.id).ok() != Some(env.id) || row.id.len() != 36 {
         eq("spans", "id", &row.id, &env.id.to_string());
@@ -851,7 +891,11 @@ fn compare_columns(row: &AuditRow, tenant: &str, env: &Envelope<'_>, out: &mut V
             out.push(mismatch("spans", column, show(stored), show(signed)));
         }
     };
-    eq_opt("parent_id", row.parent_id.as_deref(), env.parent_id.as_deref());
+    eq_opt(
+        "parent_id",
+        row.parent_id.as_deref(),
+        env.parent_id.as_deref(),
+    );
     eq_opt("trace_id", row.trace_id.as_deref(), env.trace_id.as_deref());
     eq_opt(
         "idempotency_key",
@@ -1072,13 +1116,23 @@ mod tests {
             ("spans", "entity_type", |r| r.entity_type = "x".into()),
             ("spans", "owner_id", |r| r.owner_id = "x".into()),
             ("spans", "visibility", |r| r.visibility = "public".into()),
-            ("spans", "at", |r| r.at = "2001-01-01T00:00:00.000000Z".into()),
-            ("spans", "recorded_at", |r| r.recorded_at = "2001-01-01T00:00:00.000000Z".into()),
+            ("spans", "at", |r| {
+                r.at = "2001-01-01T00:00:00.000000Z".into()
+            }),
+            ("spans", "recorded_at", |r| {
+                r.recorded_at = "2001-01-01T00:00:00.000000Z".into()
+            }),
             ("spans", "status", |r| r.status = "void".into()),
-            ("spans", "parent_id", |r| r.parent_id = Some(Uuid::nil().to_string())),
-            ("spans", "related_to", |r| r.related_to = format!("[\"{}\"]", Uuid::nil())),
+            ("spans", "parent_id", |r| {
+                r.parent_id = Some(Uuid::nil().to_string())
+            }),
+            ("spans", "related_to", |r| {
+                r.related_to = format!("[\"{}\"]", Uuid::nil())
+            }),
             ("spans", "trace_id", |r| r.trace_id = Some("t".into())),
-            ("spans", "idempotency_key", |r| r.idempotency_key = Some("k".into())),
+            ("spans", "idempotency_key", |r| {
+                r.idempotency_key = Some("k".into())
+            }),
             ("spans", "seq", |r| r.seq = 7),
             ("span_bodies", "tenant_id", |r| {
                 if let Some(c) = &mut r.body_columns {

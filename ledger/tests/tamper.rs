@@ -126,10 +126,12 @@ impl Ledger {
                     "idempotency_no_update",
                     "idempotency_no_delete",
                 ] {
-                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER IF EXISTS {trigger}")))
-                        .execute(pool)
-                        .await
-                        .unwrap();
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP TRIGGER IF EXISTS {trigger}"
+                    )))
+                    .execute(pool)
+                    .await
+                    .unwrap();
                 }
                 sqlx::query(sqlx::AssertSqlSafe(sql.replace("{t}", "")))
                     .execute(pool)
@@ -176,7 +178,9 @@ impl Ledger {
         report
             .problems
             .iter()
-            .find(|p| p.kind == kind && p.table == table && p.column == column && p.chain_pos == pos)
+            .find(|p| {
+                p.kind == kind && p.table == table && p.column == column && p.chain_pos == pos
+            })
             .cloned()
             .unwrap_or_else(|| {
                 panic!("{what}: no {kind:?} in {table}.{column:?} at {pos:?}: {report:#?}")
@@ -188,8 +192,18 @@ impl Ledger {
 async fn every_tampered_span_column_is_named(backend: Backend) {
     let cases = [
         ("status", "'void'", "valid", "void"),
-        ("at", "'2001-01-01T00:00:00.000000Z'", "2026-11-20T10:00:00.000000Z", "2001-01-01T00:00:00.000000Z"),
-        ("recorded_at", "'2001-01-01T00:00:00.000000Z'", "", "2001-01-01T00:00:00.000000Z"),
+        (
+            "at",
+            "'2001-01-01T00:00:00.000000Z'",
+            "2026-11-20T10:00:00.000000Z",
+            "2001-01-01T00:00:00.000000Z",
+        ),
+        (
+            "recorded_at",
+            "'2001-01-01T00:00:00.000000Z'",
+            "",
+            "2001-01-01T00:00:00.000000Z",
+        ),
         ("related_to", "'[]'", "", "[]"),
         ("trace_id", "'trace-2'", "trace-1", "trace-2"),
         ("parent_id", "NULL", "", "NULL"),
@@ -198,7 +212,12 @@ async fn every_tampered_span_column_is_named(backend: Backend) {
         ("owner_id", "'bob'", "ana", "bob"),
         ("visibility", "'public'", "tenant", "public"),
         ("seq", "5", "0", "5"),
-        ("id", "'00000000-0000-4000-8000-000000000000'", "", "00000000-0000-4000-8000-000000000000"),
+        (
+            "id",
+            "'00000000-0000-4000-8000-000000000000'",
+            "",
+            "00000000-0000-4000-8000-000000000000",
+        ),
     ];
     for (column, value, signed, stored) in cases {
         let l = Ledger::new(backend).await;
@@ -209,7 +228,13 @@ async fn every_tampered_span_column_is_named(backend: Backend) {
             .await;
         assert_eq!(n, 1, "{column}");
         let p = l
-            .expect(column, ProblemKind::ColumnMismatch, "spans", Some(column), Some(1))
+            .expect(
+                column,
+                ProblemKind::ColumnMismatch,
+                "spans",
+                Some(column),
+                Some(1),
+            )
             .await;
         assert_eq!(p.span_id, Some(l.ids[1]), "{column}");
         assert_eq!(p.stored.as_deref(), Some(stored), "{column}");
@@ -234,7 +259,13 @@ async fn every_tampered_span_column_is_named(backend: Backend) {
         .unwrap();
     assert_eq!(page.rows.len(), 1, "the filter reads the column");
     let p = l
-        .expect("status", ProblemKind::ColumnMismatch, "spans", Some("status"), Some(4))
+        .expect(
+            "status",
+            ProblemKind::ColumnMismatch,
+            "spans",
+            Some("status"),
+            Some(4),
+        )
         .await;
     assert_eq!(p.span_id, Some(l.ids[4]));
 }
@@ -261,7 +292,13 @@ async fn every_tampered_body_column_is_named(backend: Backend) {
             .await;
         assert_eq!(n, 1, "{column}");
         let p = l
-            .expect(column, ProblemKind::ColumnMismatch, "span_bodies", Some(column), Some(1))
+            .expect(
+                column,
+                ProblemKind::ColumnMismatch,
+                "span_bodies",
+                Some(column),
+                Some(1),
+            )
             .await;
         assert_eq!(p.span_id, Some(l.ids[1]), "{column}");
         assert_eq!(p.signed.as_deref(), Some(signed), "{column}");
@@ -274,7 +311,13 @@ async fn every_tampered_body_column_is_named(backend: Backend) {
     ))
     .await;
     let p = l
-        .expect("body", ProblemKind::BodyAltered, "span_bodies", Some("body"), Some(5))
+        .expect(
+            "body",
+            ProblemKind::BodyAltered,
+            "span_bodies",
+            Some("body"),
+            Some(5),
+        )
         .await;
     assert_eq!(p.span_id, Some(l.ids[5]));
 }
@@ -296,8 +339,10 @@ async fn a_forged_redaction_is_reported_and_not_honoured_by_reads(backend: Backe
         ),
     };
     l.tamper(&insert).await;
-    l.tamper(&format!("DELETE FROM {{t}}span_bodies WHERE id = '{target}'"))
-        .await;
+    l.tamper(&format!(
+        "DELETE FROM {{t}}span_bodies WHERE id = '{target}'"
+    ))
+    .await;
     let span = l.store.get(&ana(), target, None).await.unwrap().unwrap();
     assert_eq!(span.redacted_by, None, "a forged redaction is not honoured");
     let view = span.to_view().unwrap();
@@ -362,7 +407,13 @@ async fn a_deleted_body_reads_as_missing_and_is_reported(backend: Backend) {
         .unwrap();
     assert_eq!(view["content"], json!({"missing": true}));
     let p = l
-        .expect("body", ProblemKind::BodyMissing, "span_bodies", Some("body"), Some(7))
+        .expect(
+            "body",
+            ProblemKind::BodyMissing,
+            "span_bodies",
+            Some("body"),
+            Some(7),
+        )
         .await;
     assert_eq!(p.span_id, Some(l.ids[7]));
 }
@@ -394,18 +445,36 @@ async fn a_cut_tail_is_reported_with_or_without_a_rolled_back_head(backend: Back
     let l = Ledger::new(backend).await;
     l.tamper("DELETE FROM {t}spans WHERE tenant_id = 'bakery' AND chain_pos >= 7")
         .await;
-    l.expect("no rollback", ProblemKind::MissingSpans, "spans", None, Some(7))
-        .await;
-    l.expect("no rollback", ProblemKind::ChainHead, "chain_heads", Some("next_pos"), None)
-        .await;
+    l.expect(
+        "no rollback",
+        ProblemKind::MissingSpans,
+        "spans",
+        None,
+        Some(7),
+    )
+    .await;
+    l.expect(
+        "no rollback",
+        ProblemKind::ChainHead,
+        "chain_heads",
+        Some("next_pos"),
+        None,
+    )
+    .await;
 
     let l = Ledger::new(backend).await;
     l.tamper("DELETE FROM {t}spans WHERE tenant_id = 'bakery' AND chain_pos >= 7")
         .await;
     l.tamper("UPDATE {t}chain_heads SET next_pos = 7 WHERE tenant_id = 'bakery'")
         .await;
-    l.expect("next_pos rolled back", ProblemKind::ChainHead, "chain_heads", Some("last_hash"), None)
-        .await;
+    l.expect(
+        "next_pos rolled back",
+        ProblemKind::ChainHead,
+        "chain_heads",
+        Some("last_hash"),
+        None,
+    )
+    .await;
 
     // A consistent rollback of both head columns leaves nothing in the rows to contradict it
     // except what the cut spans left elsewhere: here the idempotency key of chain_pos 1.
@@ -418,15 +487,27 @@ async fn a_cut_tail_is_reported_with_or_without_a_rolled_back_head(backend: Back
     ))
     .await;
     let p = l
-        .expect("consistent rollback", ProblemKind::Idempotency, "idempotency", Some("chain_pos"), Some(1))
+        .expect(
+            "consistent rollback",
+            ProblemKind::Idempotency,
+            "idempotency",
+            Some("chain_pos"),
+            Some(1),
+        )
         .await;
     assert_eq!(p.span_id, Some(l.ids[1]));
 
     let l = Ledger::new(backend).await;
     l.tamper("UPDATE {t}chain_heads SET next_pos = 7 WHERE tenant_id = 'bakery'")
         .await;
-    l.expect("rows beyond", ProblemKind::ChainHead, "chain_heads", Some("next_pos"), None)
-        .await;
+    l.expect(
+        "rows beyond",
+        ProblemKind::ChainHead,
+        "chain_heads",
+        Some("next_pos"),
+        None,
+    )
+    .await;
 }
 
 async fn a_changed_or_deleted_chain_head_is_reported(backend: Backend) {
@@ -438,7 +519,13 @@ async fn a_changed_or_deleted_chain_head_is_reported(backend: Backend) {
     )
     .await;
     let p = l
-        .expect("last_hash", ProblemKind::ChainHead, "chain_heads", Some("last_hash"), None)
+        .expect(
+            "last_hash",
+            ProblemKind::ChainHead,
+            "chain_heads",
+            Some("last_hash"),
+            None,
+        )
         .await;
     assert!(p.stored.unwrap().starts_with("blake3:1111"));
 
@@ -453,8 +540,14 @@ async fn a_changed_or_deleted_chain_head_is_reported(backend: Backend) {
             .unwrap()
             .contains(&TENANT.to_string())
     );
-    l.expect("deleted head", ProblemKind::ChainHead, "chain_heads", Some("next_pos"), None)
-        .await;
+    l.expect(
+        "deleted head",
+        ProblemKind::ChainHead,
+        "chain_heads",
+        Some("next_pos"),
+        None,
+    )
+    .await;
 }
 
 async fn a_tampered_idempotency_row_is_reported(backend: Backend) {
@@ -475,9 +568,12 @@ async fn a_tampered_idempotency_row_is_reported(backend: Backend) {
         let report = l.verify().await;
         assert!(!report.ok, "{column}");
         assert!(
-            report.problems.iter().any(|p| p.kind == ProblemKind::Idempotency
-                && p.table == "idempotency"
-                && p.span_id == Some(l.ids[1])),
+            report
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::Idempotency
+                    && p.table == "idempotency"
+                    && p.span_id == Some(l.ids[1])),
             "{column}: {report:#?}"
         );
     }
@@ -485,7 +581,13 @@ async fn a_tampered_idempotency_row_is_reported(backend: Backend) {
     l.tamper("DELETE FROM {t}idempotency WHERE tenant_id = 'bakery' AND key = 'order-1'")
         .await;
     let p = l
-        .expect("deleted", ProblemKind::Idempotency, "idempotency", Some("key"), Some(1))
+        .expect(
+            "deleted",
+            ProblemKind::Idempotency,
+            "idempotency",
+            Some("key"),
+            Some(1),
+        )
         .await;
     assert_eq!(p.span_id, Some(l.ids[1]));
 }
@@ -502,16 +604,34 @@ async fn flipped_hash_and_signature_bytes_are_reported(backend: Backend) {
     let l = Ledger::new(backend).await;
     l.tamper(&flip("signature")).await;
     let p = l
-        .expect("signature", ProblemKind::BadSignature, "spans", Some("signature"), Some(4))
+        .expect(
+            "signature",
+            ProblemKind::BadSignature,
+            "spans",
+            Some("signature"),
+            Some(4),
+        )
         .await;
     assert_eq!(p.span_id, Some(l.ids[4]));
 
     let l = Ledger::new(backend).await;
     l.tamper(&flip("curr_hash")).await;
-    l.expect("curr_hash", ProblemKind::EnvelopeAltered, "spans", Some("envelope"), Some(4))
-        .await;
-    l.expect("curr_hash", ProblemKind::BrokenLink, "spans", Some("prev_hash"), Some(5))
-        .await;
+    l.expect(
+        "curr_hash",
+        ProblemKind::EnvelopeAltered,
+        "spans",
+        Some("envelope"),
+        Some(4),
+    )
+    .await;
+    l.expect(
+        "curr_hash",
+        ProblemKind::BrokenLink,
+        "spans",
+        Some("prev_hash"),
+        Some(5),
+    )
+    .await;
 
     let l = Ledger::new(backend).await;
     l.tamper(
@@ -519,8 +639,14 @@ async fn flipped_hash_and_signature_bytes_are_reported(backend: Backend) {
          WHERE tenant_id = 'bakery' AND chain_pos = 4",
     )
     .await;
-    l.expect("envelope", ProblemKind::EnvelopeAltered, "spans", Some("envelope"), Some(4))
-        .await;
+    l.expect(
+        "envelope",
+        ProblemKind::EnvelopeAltered,
+        "spans",
+        Some("envelope"),
+        Some(4),
+    )
+    .await;
 }
 
 /// Real redactions, repeated versions and idempotency keys verify, and read as redacted.

@@ -137,7 +137,13 @@ pub(crate) fn honoured_redaction(
     proof: &[Option<String>; 4],
 ) -> Option<Uuid> {
     let claim = claim?;
-    let [Some(tenant_id), Some(envelope), Some(curr_hash), Some(signature)] = proof else {
+    let [
+        Some(tenant_id),
+        Some(envelope),
+        Some(curr_hash),
+        Some(signature),
+    ] = proof
+    else {
         return None;
     };
     RedactionProof {
