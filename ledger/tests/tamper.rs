@@ -481,10 +481,10 @@ async fn a_cut_tail_is_reported_with_or_without_a_rolled_back_head(backend: Back
     let l = Ledger::new(backend).await;
     l.tamper("DELETE FROM {t}spans WHERE tenant_id = 'bakery' AND chain_pos >= 1")
         .await;
-    l.tamper(&format!(
-        "UPDATE {{t}}chain_heads SET next_pos = 1, last_hash = (SELECT curr_hash FROM {{t}}spans \
-         WHERE tenant_id = 'bakery' AND chain_pos = 0) WHERE tenant_id = 'bakery'"
-    ))
+    l.tamper(
+        "UPDATE {t}chain_heads SET next_pos = 1, last_hash = (SELECT curr_hash FROM {t}spans \
+         WHERE tenant_id = 'bakery' AND chain_pos = 0) WHERE tenant_id = 'bakery'",
+    )
     .await;
     let p = l
         .expect(
