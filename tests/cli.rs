@@ -168,6 +168,7 @@ testkit::both_stores!(
     export_writes_visible_spans_with_a_trailer_whose_count_and_digest_match,
     verify_names_the_tenant_position_and_id_of_an_altered_span,
     verify_reports_the_position_of_a_span_deleted_from_the_middle,
+    verify_names_a_tampered_status_column_that_query_reads_in_text_and_json,
     the_database_itself_refuses_updates_and_deletes_of_spans,
     client_signed_spans_need_a_trusted_key_and_a_matching_signature,
     concurrent_add_processes_keep_one_gapless_chain_and_one_span_per_key,
@@ -1086,8 +1087,65 @@ async fn verify_reports_the_position_of_a_span_deleted_from_the_middle(
     let t = tenant_report(&report, TENANT);
     ensure!(t["first_break"]["chain_pos"] == json!(2), "{t}");
     ensure!(
-        t["spans"] == json!(2),
-        "two spans verified before the hole: {t}"
+        t["spans"] == json!(4),
+        "the four remaining spans are verified, past the hole: {t}"
+    );
+    ensure!(t["first_break"]["kind"] == json!("missing_spans"), "{t}");
+    Ok(())
+}
+
+/// The example of issue 14: the `status` column is what `query --status` filters on, so
+/// changing it must fail verify, naming the tenant, position, span, column and both values.
+async fn verify_names_a_tampered_status_column_that_query_reads_in_text_and_json(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.init();
+    let ids = five_spans(&l);
+    let changed = raw_sql(
+        &l,
+        true,
+        &[
+            "DROP TRIGGER spans_no_update",
+            "UPDATE spans SET status = 'void' WHERE tenant_id = 'bakery' AND chain_pos = 3",
+        ],
+        "UPDATE ledger.spans SET status = 'void' WHERE tenant_id = 'bakery' AND chain_pos = 3",
+    )
+    .await?;
+    ensure!(changed == 1);
+
+    let text = l.run(&["verify"], "");
+    ensure!(!text.success(), "verify passed a tampered status: {text:?}");
+    let line = text
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("  - ") && line.contains("spans.status"))
+        .context("verify does not list the problem")?;
+    ensure!(
+        line.contains("chain_pos 3") && line.contains(&ids[3]),
+        "{line}"
+    );
+    ensure!(
+        line.contains("\"void\"") && line.contains("\"valid\""),
+        "{line}"
+    );
+
+    let (ok, report) = l.verify_json();
+    ensure!(!ok);
+    let t = tenant_report(&report, TENANT);
+    let p = &t["problems"][0];
+    ensure!(p["kind"] == json!("column_mismatch"), "{t}");
+    ensure!(
+        p["table"] == json!("spans") && p["column"] == json!("status"),
+        "{t}"
+    );
+    ensure!(
+        p["chain_pos"] == json!(3) && p["span_id"] == json!(ids[3]),
+        "{t}"
+    );
+    ensure!(
+        p["stored"] == json!("void") && p["signed"] == json!("valid"),
+        "{t}"
     );
     Ok(())
 }

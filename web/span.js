@@ -105,7 +105,7 @@ async function load() {
   const redacted = span.redacted === true || isUuid(span.redacted_by) || (span.content && span.content.redacted === true && Object.keys(span.content).length === 1);
   const latest = versions && versions.length ? versions[versions.length - 1].seq : span.seq;
   const title = span.name || (span.content && span.content.name) || span.this || shortId(span.id);
-  const known = new Set([...LOGLINE, ...ENVELOPE, ...SEAL, "redacted"]);
+  const known = new Set([...LOGLINE, ...ENVELOPE, ...SEAL, "redacted", "integrity_warning"]);
   const other = Object.fromEntries(Object.entries(span).filter(([k]) => !known.has(k)));
   document.title = `${span.entity_type} ${title} · LogLine`;
 
@@ -117,6 +117,9 @@ async function load() {
     redacted
       ? el("p", { class: "notice warn", id: "redacted" }, el("strong", {}, "This span was redacted. "),
         "Its content is withheld; its envelope, hash and signature remain, so the chain still verifies.")
+      : null,
+    typeof span.integrity_warning === "string"
+      ? el("p", { class: "notice warn", id: "integrity" }, el("strong", {}, "Integrity warning. "), span.integrity_warning)
       : null,
     verifyPanel(seal),
     fields("What happened", LOGLINE, span, "h-logline"),

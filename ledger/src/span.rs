@@ -615,17 +615,66 @@ impl StoredSpan {
                     }
                 }
             }
-            (_, by) => {
+            (_, Some(by)) => {
                 out.insert("content".into(), json!({"redacted": true}));
                 out.insert("redacted".into(), json!(true));
-                if let Some(by) = by {
-                    out.insert("redacted_by".into(), json!(by));
-                }
+                out.insert("redacted_by".into(), json!(by));
+            }
+            // Gone without a redaction span that proves it was withheld: shown as missing,
+            // never as redacted, so a deletion behind the ledger's back cannot pass for one.
+            (None, None) => {
+                out.insert("content".into(), json!({"missing": true}));
+                out.insert("integrity_warning".into(), json!(MISSING_CONTENT));
             }
         }
         out.insert("curr_hash".into(), json!(self.curr_hash));
         out.insert("signature".into(), json!(self.signature));
         Ok(Value::Object(out))
+    }
+}
+
+/// What a reader is told about content that is gone without a valid redaction span.
+pub const MISSING_CONTENT: &str = "the content of this span is missing and no valid redaction \
+     span withheld it: the store was altered behind the ledger's back (run `logline verify`)";
+
+/// The columns of the redaction span a `redactions` row names, read alongside the span it
+/// claims to withhold.
+#[derive(Clone, Copy, Debug)]
+pub struct RedactionProof<'a> {
+    /// The tenant the `redactions` row was filed under.
+    pub tenant_id: &'a str,
+    pub envelope: &'a str,
+    pub curr_hash: &'a str,
+    pub signature: &'a str,
+}
+
+/// The envelope fields that make a span a redaction of something.
+#[derive(Deserialize)]
+struct RedactionEnvelope<'a> {
+    entity_type: std::borrow::Cow<'a, str>,
+    tenant_id: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    related_to: Vec<Uuid>,
+    public_key: std::borrow::Cow<'a, str>,
+}
+
+impl RedactionProof<'_> {
+    /// Whether this is a sealed `redaction` span of the row's tenant naming `target`: its
+    /// envelope hashes to its `curr_hash` and its signature verifies under the key it names.
+    /// Readers honour a `redactions` row only then (a forged row is ignored); whether that key
+    /// is trusted is for `verify`, which knows the manifest.
+    pub fn proves(&self, target: Uuid) -> bool {
+        if crypto::digest(self.envelope.as_bytes()) != self.curr_hash {
+            return false;
+        }
+        let Ok(env) = serde_json::from_str::<RedactionEnvelope<'_>>(self.envelope) else {
+            return false;
+        };
+        env.entity_type == "redaction"
+            && env.tenant_id == self.tenant_id
+            && env.related_to.contains(&target)
+            && crypto::verify_hash_signature(&env.public_key, self.curr_hash, self.signature)
+                .is_ok()
     }
 }
 

@@ -259,15 +259,23 @@ mod tests {
     #[test]
     fn the_verify_report_schema_matches_the_ledger_report() {
         let doc = document();
+        let problem = ledger::verify::Problem {
+            kind: ledger::verify::ProblemKind::ColumnMismatch,
+            chain_pos: Some(1),
+            span_id: None,
+            table: "spans",
+            column: Some("status"),
+            stored: None,
+            signed: None,
+            reason: "r".into(),
+        };
         let report = serde_json::to_value(ledger::verify::TenantReport {
             tenant_id: "t".into(),
             spans: 2,
             ok: false,
-            first_break: Some(ledger::verify::Break {
-                chain_pos: 1,
-                span_id: None,
-                reason: "r".into(),
-            }),
+            first_break: Some(problem.clone()),
+            problems: vec![problem],
+            problem_count: 1,
         })
         .unwrap();
         let s = schema(&doc, "VerifyReport");
@@ -276,5 +284,6 @@ mod tests {
         let b = schema(&doc, "ChainBreak");
         assert_eq!(keys(&report["first_break"]), keys(&b["properties"]));
         assert_eq!(keys(&report["first_break"]), strings(&b["required"]));
+        assert_eq!(keys(&report["problems"][0]), keys(&b["properties"]));
     }
 }

@@ -17,24 +17,143 @@ use uuid::Uuid;
 use crate::crypto::NodeKey;
 use crate::error::{AppendError, StoreError};
 use crate::query::{Filter, Page, TailRow};
-use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
+use crate::span::{
+    Appended, Draft, Principal, RedactionProof, StoredSpan, Visibility, format_time,
+};
 use crate::spec::{QuerySpec, SpecResult};
 
-/// A span as the auditor reads it: raw, with the indexed columns to cross-check (see
-/// [`crate::verify`]).
+/// A span as the auditor reads it: raw, with every indexed column of its `spans` and
+/// `span_bodies` rows to cross-check (see [`crate::verify`]). Columns are text as stored (ids,
+/// instants in the ledger's format, `related_to` as JSON) so that any alteration shows.
 #[derive(Clone, Debug)]
 pub struct AuditRow {
     pub chain_pos: i64,
-    pub id: Uuid,
+    pub id: String,
     pub seq: i64,
     pub entity_type: String,
     pub owner_id: String,
     pub visibility: String,
+    pub at: String,
+    pub recorded_at: String,
+    pub status: String,
+    pub parent_id: Option<String>,
+    /// JSON array text.
+    pub related_to: String,
+    pub trace_id: Option<String>,
+    pub idempotency_key: Option<String>,
     pub envelope: String,
     pub body: Option<String>,
-    pub redacted: bool,
+    /// The `span_bodies` row's own columns, when it exists.
+    pub body_columns: Option<BodyColumns>,
+    /// The `redactions` row naming this span's id, if any.
+    pub redaction: Option<RedactionRow>,
     pub curr_hash: String,
     pub signature: String,
+}
+
+/// The indexed columns of a `span_bodies` row (`owner_id` and `visibility` exist on PostgreSQL
+/// only, for row level security).
+#[derive(Clone, Debug)]
+pub struct BodyColumns {
+    pub tenant_id: String,
+    pub owner_id: Option<String>,
+    pub visibility: Option<String>,
+    pub who: Option<String>,
+    pub did: Option<String>,
+    pub this: Option<String>,
+}
+
+/// A `redactions` row (`visibility` on PostgreSQL only).
+#[derive(Clone, Debug)]
+pub struct RedactionRow {
+    pub redaction_id: String,
+    pub tenant_id: String,
+    pub visibility: Option<String>,
+}
+
+/// A tenant's chain head and its highest stored position, read in one statement.
+#[derive(Clone, Debug, Default)]
+pub struct AuditHead {
+    pub next_pos: Option<i64>,
+    pub last_hash: Option<String>,
+    pub max_pos: Option<i64>,
+}
+
+/// An idempotency row and the span stored at its `chain_pos`, if any.
+#[derive(Clone, Debug)]
+pub struct IdempotencyAudit {
+    pub key: String,
+    pub id: String,
+    pub seq: i64,
+    pub chain_pos: i64,
+    pub curr_hash: String,
+    pub status: String,
+    pub span: Option<IdempotencySpan>,
+}
+
+/// The columns of the span an idempotency row points at.
+#[derive(Clone, Debug)]
+pub struct IdempotencySpan {
+    pub id: String,
+    pub seq: i64,
+    pub curr_hash: String,
+    pub status: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// The columns every span read selects besides the span's own, and the joins they come from:
+/// the `redactions` row that claims the span is withheld and the redaction span it names, so
+/// the claim is honoured only when that span proves it ([`honoured_redaction`]). `{t}` is the
+/// schema prefix.
+macro_rules! redaction_columns {
+    () => {
+        ", s.id AS target, r.redaction_id, r.tenant_id AS r_tenant, rs.envelope AS r_envelope, \
+         rs.curr_hash AS r_hash, rs.signature AS r_signature"
+    };
+}
+pub(crate) use redaction_columns;
+
+/// The joins [`redaction_columns`] reads from, for the schema prefix `$t`.
+macro_rules! redaction_join {
+    ($t:literal) => {
+        concat!(
+            " LEFT JOIN ",
+            $t,
+            "redactions r ON r.target_id = s.id LEFT JOIN ",
+            $t,
+            "spans rs ON rs.id = r.redaction_id AND rs.seq = 0"
+        )
+    };
+}
+pub(crate) use redaction_join;
+
+/// The redaction a reader may honour: the `redactions` row's claim, only when the redaction
+/// span it names is sealed, of the row's tenant and names `target` (a forged row is ignored,
+/// and content gone without one reads as missing, see [`StoredSpan::to_view`]).
+/// `proof` holds the `r_tenant, r_envelope, r_hash, r_signature` columns.
+pub(crate) fn honoured_redaction(
+    target: Uuid,
+    claim: Option<Uuid>,
+    proof: &[Option<String>; 4],
+) -> Option<Uuid> {
+    let claim = claim?;
+    let [
+        Some(tenant_id),
+        Some(envelope),
+        Some(curr_hash),
+        Some(signature),
+    ] = proof
+    else {
+        return None;
+    };
+    RedactionProof {
+        tenant_id,
+        envelope,
+        curr_hash,
+        signature,
+    }
+    .proves(target)
+    .then_some(claim)
 }
 
 /// Results of one append call: one per draft, in order.
@@ -118,6 +237,16 @@ pub trait Store: Send + Sync + 'static {
         from_pos: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Every tenant that has a chain head or a span (administrative): a tenant whose head row
+    /// was deleted must still be verified.
+    async fn audit_tenants(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The tenant's chain head and highest stored position, in one consistent read.
+    async fn audit_head(&self, tenant: &str) -> Result<AuditHead, StoreError>;
+
+    /// The tenant's idempotency rows, each with the span at its `chain_pos`.
+    async fn audit_idempotency(&self, tenant: &str) -> Result<Vec<IdempotencyAudit>, StoreError>;
 }
 
 /// Opens the store named by `database_url`, or the embedded file under `data_dir`.

@@ -13,12 +13,15 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
 use super::spec_sql::{self, Compiled, Dialect, List};
-use super::{AppendResults, AuditRow, Store, redaction_draft};
+use super::{
+    AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, IdempotencySpan,
+    RedactionRow, Store, honoured_redaction, redaction_columns, redaction_draft, redaction_join,
+};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
-use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility};
+use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
 use crate::spec::{QuerySpec, SpecResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/postgres");
@@ -30,10 +33,14 @@ pub struct PgStore {
 
 type Tx = Transaction<'static, Postgres>;
 
-const TAIL_SELECT: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
-     s.tenant_id, s.owner_id, s.visibility \
-     FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
-     LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE ";
+const TAIL_SELECT: &str = concat!(
+    "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, s.tenant_id, s.owner_id, \
+     s.visibility",
+    redaction_columns!(),
+    " FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq",
+    redaction_join!("ledger."),
+    " WHERE "
+);
 
 impl PgStore {
     /// Runs a tail query (administrative: across tenants, as the auditor role).
@@ -50,9 +57,9 @@ impl PgStore {
                 let row = to_row(r);
                 TailRow {
                     ingest_id: row.ingest_id,
-                    tenant_id: r.get(6),
-                    owner_id: r.get(7),
-                    visibility: r.get(8),
+                    tenant_id: r.get(5),
+                    owner_id: r.get(6),
+                    visibility: r.get(7),
                     span: row.span,
                 }
             })
@@ -72,6 +79,15 @@ impl PgStore {
     /// The pool (owner role), for tests that must act behind the application's back.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Starts a transaction as the auditor, who reads every chain (and writes nothing).
+    async fn begin_auditor(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     /// Starts a transaction acting as `principal` under row level security.
@@ -319,11 +335,22 @@ fn parse_visibility(s: &str) -> Result<Visibility, StoreError> {
 }
 
 // RLS already limits rows to what the principal may see; the store adds no predicate of its own.
-const SELECT_SPAN: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id \
-     FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
-     LEFT JOIN ledger.redactions r ON r.target_id = s.id WHERE true";
+const SELECT_SPAN: &str = concat!(
+    "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature",
+    redaction_columns!(),
+    " FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq",
+    redaction_join!("ledger."),
+    " WHERE true"
+);
 
+/// A span row (`ingest_id, envelope, body, curr_hash, signature` and [`redaction_columns`]).
 fn to_row(r: &PgRow) -> PageRow {
+    let proof = [
+        r.get("r_tenant"),
+        r.get("r_envelope"),
+        r.get("r_hash"),
+        r.get("r_signature"),
+    ];
     PageRow {
         ingest_id: r.get(0),
         span: StoredSpan {
@@ -331,7 +358,7 @@ fn to_row(r: &PgRow) -> PageRow {
             body: r.get(2),
             curr_hash: r.get(3),
             signature: r.get(4),
-            redacted_by: r.get(5),
+            redacted_by: honoured_redaction(r.get("target"), r.get("redaction_id"), &proof),
         },
     }
 }
@@ -488,8 +515,8 @@ impl Store for PgStore {
     ) -> Result<Appended, StoreError> {
         let mut tx = self.begin_as(principal).await?;
         let row = sqlx::query(
-            "SELECT s.owner_id, s.visibility, EXISTS (SELECT 1 FROM ledger.redactions r WHERE r.target_id = s.id) \
-             FROM ledger.spans s WHERE s.id = $1 ORDER BY s.seq DESC LIMIT 1",
+            "SELECT s.owner_id, s.visibility, EXISTS (SELECT 1 FROM ledger.redactions r WHERE r.target_id = s.id), \
+             s.tenant_id FROM ledger.spans s WHERE s.id = $1 ORDER BY s.seq DESC LIMIT 1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -500,7 +527,9 @@ impl Store for PgStore {
         if row.get::<bool, _>(2) {
             return Err(StoreError::AlreadyRedacted(id));
         }
-        if owner != principal.user_id {
+        // Only the owner, in the span's own tenant: a public span of another tenant whose owner
+        // has the same user id is not the caller's (its redaction would land in the wrong chain).
+        if owner != principal.user_id || row.get::<String, _>(3) != principal.tenant_id {
             return Err(StoreError::NotOwner(id));
         }
         let draft = redaction_draft(principal, id, visibility, reason)?;
@@ -600,14 +629,14 @@ impl Store for PgStore {
         from_pos: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.begin_auditor().await?;
         let rows = sqlx::query(
-            "SELECT s.chain_pos, s.id, s.seq, s.entity_type, s.owner_id, s.visibility, s.envelope, b.body, \
-             EXISTS (SELECT 1 FROM ledger.redactions r WHERE r.target_id = s.id), s.curr_hash, s.signature \
+            "SELECT s.chain_pos, s.id::text, s.seq, s.entity_type, s.owner_id, s.visibility, s.at, \
+             s.recorded_at, s.status, s.parent_id::text, s.related_to::text, s.trace_id, \
+             s.idempotency_key, s.envelope, b.body, b.tenant_id, b.owner_id, b.visibility, b.who, \
+             b.did, b.this, r.redaction_id::text, r.tenant_id, r.visibility, s.curr_hash, s.signature \
              FROM ledger.spans s LEFT JOIN ledger.span_bodies b ON b.id = s.id AND b.seq = s.seq \
+             LEFT JOIN ledger.redactions r ON r.target_id = s.id \
              WHERE s.tenant_id = $1 AND s.chain_pos >= $2 ORDER BY s.chain_pos LIMIT $3",
         )
         .bind(tenant)
@@ -616,22 +645,118 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|r| AuditRow {
-                chain_pos: r.get(0),
-                id: r.get(1),
-                seq: r.get(2),
-                entity_type: r.get(3),
-                owner_id: r.get(4),
-                visibility: r.get(5),
-                envelope: r.get(6),
-                body: r.get(7),
-                redacted: r.get(8),
-                curr_hash: r.get(9),
-                signature: r.get(10),
+        rows.iter()
+            .map(|r| {
+                let body: Option<String> = r.try_get(14)?;
+                let redaction_id: Option<String> = r.try_get(21)?;
+                Ok(AuditRow {
+                    chain_pos: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    seq: r.try_get(2)?,
+                    entity_type: r.try_get(3)?,
+                    owner_id: r.try_get(4)?,
+                    visibility: r.try_get(5)?,
+                    at: format_time(r.try_get(6)?),
+                    recorded_at: format_time(r.try_get(7)?),
+                    status: r.try_get(8)?,
+                    parent_id: r.try_get(9)?,
+                    related_to: r.try_get(10)?,
+                    trace_id: r.try_get(11)?,
+                    idempotency_key: r.try_get(12)?,
+                    envelope: r.try_get(13)?,
+                    body_columns: match body {
+                        None => None,
+                        Some(_) => Some(BodyColumns {
+                            tenant_id: r.try_get(15)?,
+                            owner_id: Some(r.try_get(16)?),
+                            visibility: Some(r.try_get(17)?),
+                            who: r.try_get(18)?,
+                            did: r.try_get(19)?,
+                            this: r.try_get(20)?,
+                        }),
+                    },
+                    body,
+                    redaction: match redaction_id {
+                        None => None,
+                        Some(redaction_id) => Some(RedactionRow {
+                            redaction_id,
+                            tenant_id: r.try_get(22)?,
+                            visibility: Some(r.try_get(23)?),
+                        }),
+                    },
+                    curr_hash: r.try_get(24)?,
+                    signature: r.try_get(25)?,
+                })
             })
-            .collect())
+            .collect()
+    }
+
+    async fn audit_tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin_auditor().await?;
+        let out = sqlx::query_scalar(
+            "SELECT tenant_id FROM ledger.chain_heads UNION SELECT DISTINCT tenant_id FROM ledger.spans \
+             ORDER BY 1",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn audit_head(&self, tenant: &str) -> Result<AuditHead, StoreError> {
+        let mut tx = self.begin_auditor().await?;
+        let r = sqlx::query(
+            "SELECT (SELECT next_pos FROM ledger.chain_heads WHERE tenant_id = $1), \
+             (SELECT last_hash FROM ledger.chain_heads WHERE tenant_id = $1), \
+             (SELECT max(chain_pos) FROM ledger.spans WHERE tenant_id = $1)",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AuditHead {
+            next_pos: r.try_get(0)?,
+            last_hash: r.try_get(1)?,
+            max_pos: r.try_get(2)?,
+        })
+    }
+
+    async fn audit_idempotency(&self, tenant: &str) -> Result<Vec<IdempotencyAudit>, StoreError> {
+        let mut tx = self.begin_auditor().await?;
+        let rows = sqlx::query(
+            "SELECT i.key, i.id::text, i.seq, i.chain_pos, i.curr_hash, i.status, \
+             s.id::text, s.seq, s.curr_hash, s.status, s.idempotency_key \
+             FROM ledger.idempotency i LEFT JOIN ledger.spans s \
+             ON s.tenant_id = i.tenant_id AND s.chain_pos = i.chain_pos \
+             WHERE i.tenant_id = $1 ORDER BY i.chain_pos",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                let span_id: Option<String> = r.try_get(6)?;
+                Ok(IdempotencyAudit {
+                    key: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    seq: r.try_get(2)?,
+                    chain_pos: r.try_get(3)?,
+                    curr_hash: r.try_get(4)?,
+                    status: r.try_get(5)?,
+                    span: match span_id {
+                        None => None,
+                        Some(id) => Some(IdempotencySpan {
+                            id,
+                            seq: r.try_get(7)?,
+                            curr_hash: r.try_get(8)?,
+                            status: r.try_get(9)?,
+                            idempotency_key: r.try_get(10)?,
+                        }),
+                    },
+                })
+            })
+            .collect()
     }
 }
 

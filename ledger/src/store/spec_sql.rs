@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Database, QueryBuilder};
 
+use super::redaction_columns;
 use crate::error::StoreError;
 use crate::query::Order;
 use crate::span::{Principal, StoredSpan};
@@ -89,7 +90,7 @@ pub(crate) trait Dialect: Database {
 
 /// A compiled spec: the statement, and by its variant how its rows read.
 pub(crate) enum Compiled<D: Database> {
-    /// `ingest_id, envelope, body, curr_hash, signature, redaction_id`: up to `limit + 1` rows
+    /// `ingest_id, envelope, body, curr_hash, signature` and the redaction columns: up to `limit + 1` rows
     /// (the extra one tells truncation); hand them to [`rows`].
     Rows(QueryBuilder<D>),
     /// One `count(*)`.
@@ -102,10 +103,11 @@ pub(crate) enum Compiled<D: Database> {
 pub(crate) fn compile<D: Dialect>(spec: &QuerySpec, principal: &Principal) -> Compiled<D> {
     match spec.output() {
         Output::Rows => {
-            let mut qb = QueryBuilder::new(
-                "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id",
-            );
-            push_from(&mut qb, spec, principal);
+            let mut qb = QueryBuilder::new(concat!(
+                "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature",
+                redaction_columns!()
+            ));
+            push_from(&mut qb, spec, principal, true);
             qb.push(match spec.order() {
                 Order::Asc => " ORDER BY s.at ASC, s.id ASC, s.seq ASC LIMIT ",
                 Order::Desc => " ORDER BY s.at DESC, s.id DESC, s.seq DESC LIMIT ",
@@ -115,14 +117,14 @@ pub(crate) fn compile<D: Dialect>(spec: &QuerySpec, principal: &Principal) -> Co
         }
         Output::Count => {
             let mut qb = QueryBuilder::new("SELECT count(*)");
-            push_from(&mut qb, spec, principal);
+            push_from(&mut qb, spec, principal, false);
             Compiled::Count(qb)
         }
         Output::Groups(field) => {
             let mut qb = QueryBuilder::new("SELECT g.k, g.n FROM (SELECT ");
             push_group_key(&mut qb, field);
             qb.push(" AS k, count(*) AS n");
-            push_from(&mut qb, spec, principal);
+            push_from(&mut qb, spec, principal, false);
             qb.push(" GROUP BY 1) g ORDER BY g.n DESC, (g.k IS NULL), g.k")
                 .push(D::BYTE_ORDER)
                 .push(" LIMIT ");
@@ -187,13 +189,24 @@ pub(crate) fn timed_out(limit: Duration) -> StoreError {
     ))
 }
 
-/// The visible spans joined with their bodies and redactions, filtered by the spec.
-fn push_from<D: Dialect>(qb: &mut QueryBuilder<D>, spec: &QuerySpec, principal: &Principal) {
+/// The visible spans joined with their bodies and redactions, filtered by the spec; with
+/// `proofs`, also the redaction spans that the rows' redaction claims name.
+fn push_from<D: Dialect>(
+    qb: &mut QueryBuilder<D>,
+    spec: &QuerySpec,
+    principal: &Principal,
+    proofs: bool,
+) {
     let t = D::SCHEMA;
     qb.push(" FROM ").push(t).push("spans s LEFT JOIN ").push(t);
     qb.push("span_bodies b ON b.id = s.id AND b.seq = s.seq LEFT JOIN ")
         .push(t);
     qb.push("redactions r ON r.target_id = s.id");
+    if proofs {
+        qb.push(" LEFT JOIN ")
+            .push(t)
+            .push("spans rs ON rs.id = r.redaction_id AND rs.seq = 0");
+    }
     let reads_body = |f: &Field| matches!(f, Field::Body(_));
     if spec.conditions().iter().any(|c| reads_body(&c.field))
         || matches!(spec.output(), Output::Groups(f) if reads_body(f))

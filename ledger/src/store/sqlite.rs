@@ -16,7 +16,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction}
 use uuid::Uuid;
 
 use super::spec_sql::{self, Compiled, Dialect, List};
-use super::{AppendResults, AuditRow, Store, redaction_draft};
+use super::{
+    AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, IdempotencySpan,
+    RedactionRow, Store, honoured_redaction, redaction_columns, redaction_draft, redaction_join,
+};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
@@ -34,10 +37,14 @@ pub struct SqliteStore {
     key: NodeKey,
 }
 
-const TAIL_SELECT: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id, \
-     s.tenant_id, s.owner_id, s.visibility \
-     FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
-     LEFT JOIN redactions r ON r.target_id = s.id WHERE ";
+const TAIL_SELECT: &str = concat!(
+    "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, s.tenant_id, s.owner_id, \
+     s.visibility",
+    redaction_columns!(),
+    " FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq",
+    redaction_join!(""),
+    " WHERE "
+);
 
 impl SqliteStore {
     async fn tail_rows(&self, mut qb: QueryBuilder<Sqlite>) -> Result<Vec<TailRow>, StoreError> {
@@ -47,9 +54,9 @@ impl SqliteStore {
                 let row = to_row(r)?;
                 Ok(TailRow {
                     ingest_id: row.ingest_id,
-                    tenant_id: r.get(6),
-                    owner_id: r.get(7),
-                    visibility: r.get(8),
+                    tenant_id: r.get(5),
+                    owner_id: r.get(6),
+                    visibility: r.get(7),
                     span: row.span,
                 })
             })
@@ -305,9 +312,13 @@ fn parse_visibility(s: &str) -> Result<Visibility, StoreError> {
     Visibility::parse(s).ok_or_else(|| StoreError::Corrupt(format!("visibility `{s}`")))
 }
 
-const SELECT_SPAN: &str = "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, r.redaction_id \
-     FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
-     LEFT JOIN redactions r ON r.target_id = s.id WHERE ";
+const SELECT_SPAN: &str = concat!(
+    "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature",
+    redaction_columns!(),
+    " FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq",
+    redaction_join!(""),
+    " WHERE "
+);
 
 /// The rows of `alias` (a spans alias) that `p` may see: public, or in `p`'s tenant and either
 /// tenant-visible or `p`'s own (the SQLite counterpart of PostgreSQL's RLS policy).
@@ -326,8 +337,22 @@ fn push_visible(qb: &mut QueryBuilder<Sqlite>, alias: &'static str, p: &Principa
         .push(")))");
 }
 
+/// A span row (`ingest_id, envelope, body, curr_hash, signature` and [`redaction_columns`]).
 fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<PageRow, StoreError> {
-    let redacted_by: Option<String> = r.get(5);
+    let claim: Option<String> = r.try_get("redaction_id")?;
+    let redacted_by = match claim.as_deref().map(parse_uuid).transpose()? {
+        None => None,
+        claim => {
+            let target = parse_uuid(&r.try_get::<String, _>("target")?)?;
+            let proof = [
+                r.try_get("r_tenant")?,
+                r.try_get("r_envelope")?,
+                r.try_get("r_hash")?,
+                r.try_get("r_signature")?,
+            ];
+            honoured_redaction(target, claim, &proof)
+        }
+    };
     Ok(PageRow {
         ingest_id: r.get(0),
         span: StoredSpan {
@@ -335,7 +360,7 @@ fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<PageRow, StoreError> {
             body: r.get(2),
             curr_hash: r.get(3),
             signature: r.get(4),
-            redacted_by: redacted_by.as_deref().map(parse_uuid).transpose()?,
+            redacted_by,
         },
     })
 }
@@ -490,7 +515,8 @@ impl Store for SqliteStore {
     ) -> Result<Appended, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT s.owner_id, s.visibility, (SELECT 1 FROM redactions r WHERE r.target_id = s.id) FROM spans s WHERE ",
+            "SELECT s.owner_id, s.visibility, (SELECT 1 FROM redactions r WHERE r.target_id = s.id), \
+             s.tenant_id FROM spans s WHERE ",
         );
         push_visible(&mut qb, "s", principal);
         qb.push(" AND s.id = ")
@@ -506,7 +532,9 @@ impl Store for SqliteStore {
         if row.get::<Option<i64>, _>(2).is_some() {
             return Err(StoreError::AlreadyRedacted(id));
         }
-        if owner != principal.user_id {
+        // Only the owner, in the span's own tenant: a public span of another tenant whose owner
+        // has the same user id is not the caller's (its redaction would land in the wrong chain).
+        if owner != principal.user_id || row.get::<String, _>(3) != principal.tenant_id {
             return Err(StoreError::NotOwner(id));
         }
         let draft = redaction_draft(principal, id, visibility, reason)?;
@@ -585,9 +613,12 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT s.chain_pos, s.id, s.seq, s.entity_type, s.owner_id, s.visibility, s.envelope, b.body, \
-             (SELECT 1 FROM redactions r WHERE r.target_id = s.id), s.curr_hash, s.signature \
+            "SELECT s.chain_pos, s.id, s.seq, s.entity_type, s.owner_id, s.visibility, s.at, \
+             s.recorded_at, s.status, s.parent_id, s.related_to, s.trace_id, s.idempotency_key, \
+             s.envelope, b.body, b.tenant_id, b.who, b.did, b.this, r.redaction_id, r.tenant_id, \
+             s.curr_hash, s.signature \
              FROM spans s LEFT JOIN span_bodies b ON b.id = s.id AND b.seq = s.seq \
+             LEFT JOIN redactions r ON r.target_id = s.id \
              WHERE s.tenant_id = ? AND s.chain_pos >= ? ORDER BY s.chain_pos LIMIT ?",
         )
         .bind(tenant)
@@ -597,18 +628,104 @@ impl Store for SqliteStore {
         .await?;
         rows.iter()
             .map(|r| {
+                let body: Option<String> = r.try_get(14)?;
+                let redaction_id: Option<String> = r.try_get(19)?;
                 Ok(AuditRow {
-                    chain_pos: r.get(0),
-                    id: parse_uuid(&r.get::<String, _>(1))?,
-                    seq: r.get(2),
-                    entity_type: r.get(3),
-                    owner_id: r.get(4),
-                    visibility: r.get(5),
-                    envelope: r.get(6),
-                    body: r.get(7),
-                    redacted: r.get::<Option<i64>, _>(8).is_some(),
-                    curr_hash: r.get(9),
-                    signature: r.get(10),
+                    chain_pos: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    seq: r.try_get(2)?,
+                    entity_type: r.try_get(3)?,
+                    owner_id: r.try_get(4)?,
+                    visibility: r.try_get(5)?,
+                    at: r.try_get(6)?,
+                    recorded_at: r.try_get(7)?,
+                    status: r.try_get(8)?,
+                    parent_id: r.try_get(9)?,
+                    related_to: r.try_get(10)?,
+                    trace_id: r.try_get(11)?,
+                    idempotency_key: r.try_get(12)?,
+                    envelope: r.try_get(13)?,
+                    body_columns: match body {
+                        None => None,
+                        Some(_) => Some(BodyColumns {
+                            tenant_id: r.try_get(15)?,
+                            owner_id: None,
+                            visibility: None,
+                            who: r.try_get(16)?,
+                            did: r.try_get(17)?,
+                            this: r.try_get(18)?,
+                        }),
+                    },
+                    body,
+                    redaction: match redaction_id {
+                        None => None,
+                        Some(redaction_id) => Some(RedactionRow {
+                            redaction_id,
+                            tenant_id: r.try_get(20)?,
+                            visibility: None,
+                        }),
+                    },
+                    curr_hash: r.try_get(21)?,
+                    signature: r.try_get(22)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_tenants(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT tenant_id FROM chain_heads UNION SELECT DISTINCT tenant_id FROM spans ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn audit_head(&self, tenant: &str) -> Result<AuditHead, StoreError> {
+        let r = sqlx::query(
+            "SELECT (SELECT next_pos FROM chain_heads WHERE tenant_id = ?1), \
+             (SELECT last_hash FROM chain_heads WHERE tenant_id = ?1), \
+             (SELECT max(chain_pos) FROM spans WHERE tenant_id = ?1)",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AuditHead {
+            next_pos: r.try_get(0)?,
+            last_hash: r.try_get(1)?,
+            max_pos: r.try_get(2)?,
+        })
+    }
+
+    async fn audit_idempotency(&self, tenant: &str) -> Result<Vec<IdempotencyAudit>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.key, i.id, i.seq, i.chain_pos, i.curr_hash, i.status, \
+             s.id, s.seq, s.curr_hash, s.status, s.idempotency_key \
+             FROM idempotency i LEFT JOIN spans s ON s.tenant_id = i.tenant_id AND s.chain_pos = i.chain_pos \
+             WHERE i.tenant_id = ? ORDER BY i.chain_pos",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let span_id: Option<String> = r.try_get(6)?;
+                Ok(IdempotencyAudit {
+                    key: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    seq: r.try_get(2)?,
+                    chain_pos: r.try_get(3)?,
+                    curr_hash: r.try_get(4)?,
+                    status: r.try_get(5)?,
+                    span: match span_id {
+                        None => None,
+                        Some(id) => Some(IdempotencySpan {
+                            id,
+                            seq: r.try_get(7)?,
+                            curr_hash: r.try_get(8)?,
+                            status: r.try_get(9)?,
+                            idempotency_key: r.try_get(10)?,
+                        }),
+                    },
                 })
             })
             .collect()

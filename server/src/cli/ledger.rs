@@ -311,7 +311,7 @@ async fn verify_all(store: &dyn Store, only: Option<String>) -> Result<Vec<Tenan
     let trusted = store::trusted_keys(store).await?;
     let tenants = match only {
         Some(t) => vec![t],
-        None => store.tenants().await?,
+        None => store.audit_tenants().await?,
     };
     let mut reports = Vec::new();
     for t in tenants {
@@ -326,17 +326,25 @@ pub async fn verify(s: &Settings, only: Option<String>, format: AddFormat) -> Re
     let ok = reports.iter().all(|r| r.ok);
     if format == AddFormat::Text {
         for r in &reports {
-            match &r.first_break {
-                None => println!("tenant {}: ok, {} spans", r.tenant_id, r.spans),
-                Some(b) => println!(
-                    "tenant {}: BROKEN at chain_pos {} (span {}): {}",
+            if r.ok {
+                println!("tenant {}: ok, {} spans", r.tenant_id, r.spans);
+                continue;
+            }
+            if let Some(b) = &r.first_break {
+                println!(
+                    "tenant {}: BROKEN at {}: {} ({} problem(s) in {} spans)",
                     r.tenant_id,
-                    b.chain_pos,
-                    b.span_id
-                        .map(|i| i.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    b.reason
-                ),
+                    problem_place(b),
+                    b.reason,
+                    r.problem_count,
+                    r.spans
+                );
+            }
+            for p in &r.problems {
+                println!("  - {}", problem_line(p));
+            }
+            if r.problem_count > r.problems.len() {
+                println!("  … and {} more", r.problem_count - r.problems.len());
             }
         }
     } else {
@@ -347,6 +355,40 @@ pub async fn verify(s: &Settings, only: Option<String>, format: AddFormat) -> Re
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where a problem is: `chain_pos N (span ID)`, or the table when it concerns no span.
+fn problem_place(p: &ledger::verify::Problem) -> String {
+    match (p.chain_pos, p.span_id) {
+        (Some(pos), Some(id)) => format!("chain_pos {pos} (span {id})"),
+        (Some(pos), None) => format!("chain_pos {pos} (span -)"),
+        (None, _) => format!("table {}", p.table),
+    }
+}
+
+/// One problem as a line: where, what kind, which column, what differs, why.
+fn problem_line(p: &ledger::verify::Problem) -> String {
+    let kind = serde_json::to_value(p.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut line = format!("{} {kind}", problem_place(p));
+    if let Some(c) = p.column {
+        line.push_str(&format!(" in {}.{c}", p.table));
+    }
+    if p.stored.is_some() || p.signed.is_some() {
+        let q = |v: &Option<String>| {
+            v.as_deref()
+                .map_or_else(|| "-".to_string(), |v| format!("{v:?}"))
+        };
+        line.push_str(&format!(
+            ": stored {}, expected {}",
+            q(&p.stored),
+            q(&p.signed)
+        ));
+    }
+    line.push_str(&format!(" ({})", p.reason));
+    line
 }
 
 pub async fn export(s: &Settings, out: &str) -> Result<ExitCode> {

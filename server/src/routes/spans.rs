@@ -111,8 +111,9 @@ pub enum Visibility {
 pub struct NdjsonSpans(pub String);
 
 /// A stored span as readers see it: its envelope fields, its content fields (unless redacted:
-/// then `content` is `{"redacted": true}` and `redacted` is true) and its seal (`curr_hash`,
-/// `signature`). Fields beyond those listed here are content the writer sent.
+/// then `content` is `{"redacted": true}` and `redacted` is true; content gone without a valid
+/// redaction span reads `{"missing": true}` with an `integrity_warning`) and its seal
+/// (`curr_hash`, `signature`). Fields beyond those listed here are content the writer sent.
 #[derive(ToSchema)]
 pub struct Span {
     #[schema(value_type = String, format = "uuid")]

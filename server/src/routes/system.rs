@@ -40,28 +40,48 @@ pub struct Ready {
     pub store: &'static str,
 }
 
-/// The chain status of one tenant: positions and hashes only, no content.
+/// The integrity status of one tenant: positions, columns and hashes, no content.
 #[derive(ToSchema)]
 pub struct VerifyReport {
     pub tenant_id: String,
-    /// Spans checked (up to the first break).
+    /// Spans checked.
     #[schema(minimum = 0)]
     pub spans: i64,
-    /// True when every hash, link and signature checks out.
+    /// True when every hash, link, signature and indexed column checks out, and the chain
+    /// head, the redactions and the idempotency keys agree with the spans.
     pub ok: bool,
-    /// The first broken link, or null.
+    /// The first problem, or null.
     #[schema(required = true)]
     pub first_break: Option<ChainBreak>,
+    /// The problems found (at most 100).
+    pub problems: Vec<ChainBreak>,
+    /// How many problems were found in all.
+    #[schema(minimum = 0)]
+    pub problem_count: usize,
 }
 
-/// Where and why a chain breaks.
+/// One problem: where, which table and column, and why.
 #[derive(ToSchema)]
 pub struct ChainBreak {
-    #[schema(minimum = 0)]
-    pub chain_pos: i64,
-    /// The span at the break, when there is one.
+    /// What is wrong.
+    #[schema(value_type = String, example = "column_mismatch")]
+    pub kind: String,
+    #[schema(minimum = 0, required = true)]
+    pub chain_pos: Option<i64>,
+    /// The span concerned, when there is one.
     #[schema(value_type = Option<String>, format = "uuid", required = true)]
     pub span_id: Option<uuid::Uuid>,
+    /// `spans`, `span_bodies`, `redactions`, `chain_heads` or `idempotency`.
+    pub table: String,
+    /// The column that differs, when one does.
+    #[schema(required = true)]
+    pub column: Option<String>,
+    /// The stored value, for positions and hashes only (content values are withheld).
+    #[schema(required = true)]
+    pub stored: Option<String>,
+    /// The value the signed span (or the rows) says, for positions and hashes only.
+    #[schema(required = true)]
+    pub signed: Option<String>,
     pub reason: String,
 }
 
@@ -146,8 +166,9 @@ async fn manifest(
 
 /// Verify the caller's chain
 ///
-/// Recomputes every hash, link and signature of the caller's tenant chain (positions and hashes
-/// only: no content).
+/// Recomputes every hash, link and signature of the caller's tenant chain and checks every
+/// indexed column, the chain head, the redactions and the idempotency keys against the signed
+/// spans (positions, columns and hashes only: no content).
 #[utoipa::path(
     get,
     path = "/api/verify",
@@ -155,7 +176,7 @@ async fn manifest(
     security(("bearer" = []), ()),
     responses(
         (status = 200, description = "The chain is intact.", body = VerifyReport),
-        (status = 409, description = "The chain is broken: the report names the first break.", body = VerifyReport),
+        (status = 409, description = "The chain is broken or the store was altered: the report names each problem.", body = VerifyReport),
         (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait."))),
@@ -165,7 +186,8 @@ async fn verify(State(st): State<AppState>, caller: Caller) -> Result<Response, 
     let trusted = st.trusted_keys().await?;
     let report =
         ledger::verify::verify_tenant(st.store.as_ref(), &caller.principal.tenant_id, &trusted)
-            .await?;
+            .await?
+            .without_values();
     let status = if report.ok {
         StatusCode::OK
     } else {
