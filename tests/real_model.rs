@@ -267,7 +267,7 @@ fn first_request_tokens(l: &Ledger) -> Vec<u64> {
     let mut first: Vec<(String, u64)> = Vec::new();
     for span in ndjson(&String::from_utf8_lossy(&out.stdout)) {
         let trace = span["trace_id"].as_str().unwrap_or_default().to_string();
-        let tokens = span["content"]["tokens_in"].as_u64();
+        let tokens = span["metadata"]["tokens_in"].as_u64();
         if let Some(t) = tokens
             && !first.iter().any(|(tr, _)| *tr == trace)
         {

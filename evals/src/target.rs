@@ -325,7 +325,7 @@ impl Target for InProcess {
             ids.extend(
                 page.iter()
                     .filter(|r| r.visibility != "public")
-                    .map(|r| r.id),
+                    .filter_map(|r| r.id.parse().ok()),
             );
         }
         cache.insert(tenant.to_string(), ids.clone());
