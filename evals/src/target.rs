@@ -325,7 +325,7 @@ impl Target for InProcess {
             ids.extend(
                 page.iter()
                     .filter(|r| r.visibility != "public")
-                    .filter_map(|r| r.id.parse().ok()),
+                    .filter_map(|r| r.id.parse::<Uuid>().ok()),
             );
         }
         cache.insert(tenant.to_string(), ids.clone());
