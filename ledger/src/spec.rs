@@ -712,15 +712,14 @@ impl QuerySpec {
     }
 
     /// The JSON Schema of the arguments (offered to the model as the tool's `parameters`).
+    /// Descriptions are terse on purpose: the schema is sent with every model round, and the
+    /// structure (enums, patterns, bounds) already says most of it.
     pub fn json_schema() -> Value {
-        let exact = |what: &str| json!({"type": "string", "description": format!("Exact match on {what}.")});
+        let exact = json!({"type": "string"});
         let time = |what: &str| {
             json!({
                 "type": "string",
-                "description": format!(
-                    "{what} RFC 3339 timestamp (e.g. \"2026-11-01T00:00:00Z\") or a time relative to now: \
-                     \"now\", \"now-24h\", \"now+3d\" (units s, m, h, d, w)."
-                )
+                "description": format!("{what}: RFC 3339 or now-24h (s m h d w)")
             })
         };
         let path_pattern = format!(
@@ -728,55 +727,36 @@ impl QuerySpec {
             COLUMNS.join("|")
         );
         let scalar = json!({"type": ["string", "number", "boolean"]});
+        // The path pattern is written once and referenced twice.
+        let path = json!({"$ref": "#/$defs/path"});
         json!({
             "type": "object",
-            "description": "Finds spans in the ledger that the user may see. All given filters must hold. \
-                Returns spans (newest first by default), a count, or counts per group.",
             "additionalProperties": false,
+            "$defs": {"path": {"type": "string", "pattern": path_pattern}},
             "properties": {
-                "entity_type": exact("the span's kind, e.g. \"contract\""),
-                "status": exact("the span's status, e.g. \"active\""),
-                "who": exact("who acted"),
-                "did": exact("what was done"),
-                "this": exact("what it was done to"),
-                "name": exact("the span's name"),
-                "since": time("Only spans whose time (`at`) is at or after this instant:"),
-                "until": time("Only spans whose time (`at`) is before this instant:"),
+                "entity_type": exact,
+                "status": exact,
+                "who": exact,
+                "did": exact,
+                "this": exact,
+                "name": exact,
+                "since": time("at or after"),
+                "until": time("before"),
                 "where": {
                     "type": "array",
                     "maxItems": MAX_CONDITIONS,
-                    "description": "Further conditions, all of which must hold.",
                     "items": {
                         "type": "object",
                         "additionalProperties": false,
                         "required": ["path", "op"],
                         "properties": {
-                            "path": {
-                                "type": "string",
-                                "pattern": path_pattern,
-                                "description": format!(
-                                    "A field: content.<key>(.<key>)* or metadata.<key>(.<key>)* inside the span's \
-                                     content (keys of letters, digits and _; at most {MAX_PATH_KEYS} keys; object keys \
-                                     only, arrays are not indexed), or one of {}.",
-                                    COLUMNS.join(", ")
-                                )
-                            },
+                            "path": path,
                             "op": {
                                 "type": "string",
                                 "enum": OPERATORS,
-                                "description": "eq, ne, lt, lte, gt, gte compare with `value`: numbers numerically \
-                                    (only with numbers), strings as text (only with strings), booleans with eq/ne. \
-                                    ne also matches spans where the field is missing. in: equal to one of the \
-                                    values. contains: case-insensitive substring of a text value. exists: present \
-                                    and not null. missing: absent or null (no value)."
+                                "description": "in: array value; exists, missing: no value"
                             },
                             "value": {
-                                "description": format!(
-                                    "The value to compare with. A string \"now\", \"now-24h\", \"now+3d\" becomes \
-                                     that instant as RFC 3339 text (\"2026-11-01T00:00:00.000000Z\"): times inside \
-                                     content are compared as RFC 3339 text. For `in`, an array of 1 to \
-                                     {MAX_IN_VALUES} values. Omit for exists and missing."
-                                ),
                                 "anyOf": [
                                     scalar,
                                     {"type": "array", "items": scalar, "minItems": 1, "maxItems": MAX_IN_VALUES}
@@ -785,36 +765,18 @@ impl QuerySpec {
                         }
                     }
                 },
-                "latest_only": {
-                    "type": "boolean",
-                    "default": true,
-                    "description": "Only the newest version of each span (the current state). false: every \
-                        version that matches."
-                },
-                "order": {
-                    "type": "string",
-                    "enum": ["desc", "asc"],
-                    "default": "desc",
-                    "description": "Order by time (`at`): desc is newest first."
-                },
+                "latest_only": {"type": "boolean", "description": "default true"},
+                "order": {"type": "string", "enum": ["desc", "asc"]},
                 "limit": {
                     "type": "integer",
                     "minimum": 1,
                     "maximum": MAX_SPEC_ROWS,
-                    "default": DEFAULT_SPEC_ROWS,
-                    "description": "Most spans (or groups) to return; the answer says when more matched."
+                    "default": DEFAULT_SPEC_ROWS
                 },
-                "count": {
-                    "type": "boolean",
-                    "default": false,
-                    "description": "true: return only how many spans match."
-                },
+                "count": {"type": "boolean"},
                 "group_by": {
-                    "type": "string",
-                    "pattern": path_pattern,
-                    "description": "Count matching spans per value of this field (e.g. \"status\", \"entity_type\", \
-                        \"who\", \"content.state\"), biggest groups first; spans without the field form the \
-                        null group. Not `at`, and not together with count."
+                    "allOf": [path],
+                    "description": "count per value; not with count"
                 }
             }
         })

@@ -96,12 +96,12 @@ fn every_prompt_file_is_embedded_and_the_embedded_library_is_valid() {
 
     let lib = PromptLibrary::embedded().unwrap();
     let layers: BTreeSet<Layer> = lib.blocks().iter().map(|b| b.layer).collect();
-    assert_eq!(layers.len(), 4, "one block per layer at least");
+    assert_eq!(layers.len(), 5, "one block per layer at least");
     for b in lib.blocks() {
         assert_eq!(b.priority, b.layer.default_priority(), "{}", b.name);
     }
     let names: Vec<&str> = lib.variants().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["brief", "default"]);
+    assert_eq!(names, ["brief", "compact", "default"]);
 }
 
 #[test]
@@ -204,6 +204,16 @@ fn bad_block_files_are_refused_with_the_file_and_the_reason() {
             doctrine.replace("01a2025c-8814-7e91", "nope"),
             "UUID",
         ),
+        (
+            "the time in a stable block",
+            doctrine.replace("# Rules", "# Rules ({{ now }})"),
+            "only a `turn` block",
+        ),
+        (
+            "memory in a stable block",
+            format!("{doctrine}\n{{% if memory | length > 0 %}}Remembered.{{% endif %}}"),
+            "only a `turn` block",
+        ),
     ];
     for (what, text, expected) in cases {
         let e = PromptLibrary::from_sources(
@@ -255,8 +265,7 @@ async fn blocks_are_published_once_and_a_changed_file_becomes_a_new_seq() {
         .iter()
         .map(|(path, text)| {
             let text = if path.ends_with("/product.tera") {
-                text.replace("version: 1", "version: 2")
-                    .replace("Nothing is ever edited", "Nothing is ever, ever edited")
+                format!("{}\nNothing is ever, ever edited.", text.trim_end())
             } else {
                 text.to_string()
             };
@@ -337,7 +346,8 @@ async fn blocks_are_compiled_by_priority_with_the_context_rendered_in() {
             ("doctrine", 120),
             ("product", 100),
             ("app_contracts", 90),
-            ("task_answer", 70)
+            ("task_answer", 70),
+            ("turn", 10)
         ]
     );
     assert!(built.blocks.iter().all(|b| b.seq == 0));
@@ -350,13 +360,16 @@ async fn blocks_are_compiled_by_priority_with_the_context_rendered_in() {
         text.find(needle)
             .unwrap_or_else(|| panic!("`{needle}` missing"))
     };
-    assert!(pos("# Doctrine") < pos("# What LogLine is"));
-    assert!(pos("# What LogLine is") < pos("# The domain: contracts and laws"));
-    assert!(pos("# The domain: contracts and laws") < pos("# Your task"));
+    assert!(pos("# Rules") < pos("# LogLine"));
+    assert!(pos("# LogLine") < pos("# Domain: contracts and laws"));
+    assert!(pos("# Domain: contracts and laws") < pos("# Your task"));
+    assert!(pos("# Your task") < pos("# This turn"));
     assert!(text.contains("alice of tenant `acme`"));
     assert!(text.contains("It is now 2026-11-22T10:00:00Z."));
-    assert!(text.contains("- `query_ledger`: Query spans with a typed filter."));
-    assert!(text.contains("- `get_span`: Fetch one span by id."));
+    assert!(
+        !text.contains("Query spans with a typed filter."),
+        "tool descriptions travel in the request's tools, not twice"
+    );
     assert!(
         text.contains("`tool_use_count`") && text.contains("`follow_up_question`"),
         "the answer's fields are described in the prompt"
@@ -377,9 +390,11 @@ async fn blocks_are_compiled_by_priority_with_the_context_rendered_in() {
     );
     assert!(!text.contains("---\nid:"), "no front matter in the prompt");
 
+    let stable = &text[..text.find("\n\n# This turn").unwrap()];
     assert_eq!(
         built.system.hash(),
-        format!("blake3:{}", blake3::hash(text.as_bytes()).to_hex())
+        format!("blake3:{}", blake3::hash(stable.as_bytes()).to_hex()),
+        "compiled_hash covers the stable prefix, everything before the turn block"
     );
     assert_eq!(built.variant, "default");
     assert_eq!(built.trimmed, 0);
@@ -388,7 +403,8 @@ async fn blocks_are_compiled_by_priority_with_the_context_rendered_in() {
     assert!(built.tokens.system > 300, "{:?}", built.tokens);
     assert!(built.tokens.total > built.tokens.system + built.tokens.tools);
 
-    // Same inputs, same hash; another user or no tools, another prompt.
+    // Same inputs, same prompt; another user or time, same hash (another text); no tools,
+    // another prompt.
     let again = build_prompt(
         &prompts,
         input(
@@ -409,7 +425,8 @@ async fn blocks_are_compiled_by_priority_with_the_context_rendered_in() {
         input(&bob, &tools, vec![ChatMessage::user("q")], big_budget()),
     )
     .unwrap();
-    assert_ne!(for_bob.system.hash(), built.system.hash());
+    assert_eq!(for_bob.system.hash(), built.system.hash());
+    assert_ne!(for_bob.system.text(), built.system.text());
     let no_tools = build_prompt(
         &prompts,
         input(&alice(), &[], vec![ChatMessage::user("q")], big_budget()),
@@ -434,7 +451,13 @@ async fn the_brief_variant_swaps_the_task_block_and_unknown_variants_are_refused
     let names: Vec<&str> = built.blocks.iter().map(|b| b.name.as_str()).collect();
     assert_eq!(
         names,
-        ["doctrine", "product", "app_contracts", "task_answer_brief"]
+        [
+            "doctrine",
+            "product",
+            "app_contracts",
+            "task_answer_brief",
+            "turn"
+        ]
     );
     assert!(
         built
@@ -546,7 +569,8 @@ async fn an_extra_block_is_compiled_in_priority_order_and_recorded_with_its_seq(
             ("product", 0),
             ("app_contracts", 0),
             ("breaker", 3),
-            ("task_answer", 0)
+            ("task_answer", 0),
+            ("turn", 0)
         ]
     );
     assert!(
@@ -589,4 +613,100 @@ fn budgets_follow_the_model_unless_overridden() {
         Budget::for_model("llama3.1", Some(32_000)).context_tokens,
         32_000
     );
+}
+
+/// Tokens of the first request of a ledger question with the real tools: the system prompt plus
+/// every tool's name, description and JSON parameters as sent, with the message framing
+/// (`TokenCounts::total` less the user message). Prints where the tokens go.
+async fn first_request_tokens(prompts: &ActivePrompts, variant: &str, model: &str) -> usize {
+    let tools = server::chat::tools::specs();
+    let alice = alice();
+    let mut i = input(
+        &alice,
+        &tools,
+        vec![ChatMessage::user("why was D1 terminated?")],
+        big_budget(),
+    );
+    i.variant = variant;
+    i.model = model;
+    let built = build_prompt(prompts, i).unwrap();
+    let (encoding, bpe) = server::chat::prompt::encoding_for(model);
+    let n = |s: &str| bpe.encode_ordinary(s).len();
+    println!("{variant} ({encoding}):");
+    for part in built.system.text().split("\n\n# ") {
+        let title = part.trim_start_matches("# ").lines().next().unwrap_or("");
+        println!("  block  {:>5}  {title}", n(part));
+    }
+    for t in &tools {
+        println!(
+            "  tool   {:>5}  {} (description {}, parameters {})",
+            n(&t.name) + n(&t.description) + n(&t.parameters.to_string()),
+            t.name,
+            n(&t.description),
+            n(&t.parameters.to_string())
+        );
+    }
+    let first = built.tokens.total - built.tokens.messages;
+    println!(
+        "  system {}, tools {}, first request {first} (budget check: {:?})",
+        built.tokens.system, built.tokens.tools, built.tokens
+    );
+    first
+}
+
+#[tokio::test]
+async fn the_first_request_of_a_turn_is_lean() {
+    let (_dir, prompts) = published().await;
+    for model in ["gpt-4o-mini", "gpt-4"] {
+        let default = first_request_tokens(&prompts, "default", model).await;
+        assert!(
+            default <= 1_500,
+            "default variant, {model}: {default} tokens"
+        );
+        let compact = first_request_tokens(&prompts, "compact", model).await;
+        assert!(
+            compact <= 1_000,
+            "compact variant, {model}: {compact} tokens"
+        );
+    }
+}
+
+#[tokio::test]
+async fn turns_by_different_users_at_different_times_share_the_compiled_hash() {
+    let (_dir, prompts) = published().await;
+    let tools = server::chat::tools::specs();
+    for variant in ["default", "brief", "compact"] {
+        let alice = alice();
+        let bob = Principal::new("bob", "acme");
+        let mut a = input(&alice, &tools, vec![ChatMessage::user("q")], big_budget());
+        a.variant = variant;
+        let mut b = a.clone();
+        b.principal = &bob;
+        b.now = Utc.with_ymd_and_hms(2027, 3, 4, 5, 6, 7).unwrap();
+        let memory = ["prefers Portuguese".to_string()];
+        b.memory = &memory;
+        let (a, b) = (
+            build_prompt(&prompts, a).unwrap(),
+            build_prompt(&prompts, b).unwrap(),
+        );
+        assert_eq!(a.system.hash(), b.system.hash(), "{variant}");
+        let (ta, tb) = (a.system.text(), b.system.text());
+        assert_ne!(ta, tb);
+        assert!(tb.contains("bob of tenant `acme`") && tb.contains("2027-03-04T05:06:07Z"));
+        assert!(
+            tb.ends_with("- prefers Portuguese"),
+            "memory comes last: {tb}"
+        );
+        // The texts differ only after the stable prefix: a server can reuse its cache.
+        let cut = ta.find("\n\n# This turn").unwrap();
+        assert_eq!(ta[..cut], tb[..cut], "{variant}");
+        assert_eq!(tb.find("\n\n# This turn"), Some(cut));
+    }
+    // Another variant is another template: another hash.
+    let alice = alice();
+    let mut c = input(&alice, &tools, vec![ChatMessage::user("q")], big_budget());
+    let default = build_prompt(&prompts, c.clone()).unwrap();
+    c.variant = "compact";
+    let compact = build_prompt(&prompts, c).unwrap();
+    assert_ne!(default.system.hash(), compact.system.hash());
 }

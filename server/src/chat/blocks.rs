@@ -53,6 +53,18 @@ pub const EMBEDDED_BLOCKS: &[(&str, &str)] = &[
         "prompts/blocks/task_answer_brief.tera",
         include_str!("../../../prompts/blocks/task_answer_brief.tera"),
     ),
+    (
+        "prompts/blocks/turn.tera",
+        include_str!("../../../prompts/blocks/turn.tera"),
+    ),
+    (
+        "prompts/blocks/doctrine_compact.tera",
+        include_str!("../../../prompts/blocks/doctrine_compact.tera"),
+    ),
+    (
+        "prompts/blocks/task_compact.tera",
+        include_str!("../../../prompts/blocks/task_compact.tera"),
+    ),
 ];
 
 /// The variant files compiled into the binary.
@@ -64,6 +76,10 @@ pub const EMBEDDED_VARIANTS: &[(&str, &str)] = &[
     (
         "prompts/variants/brief.json",
         include_str!("../../../prompts/variants/brief.json"),
+    ),
+    (
+        "prompts/variants/compact.json",
+        include_str!("../../../prompts/variants/compact.json"),
     ),
 ];
 
@@ -104,7 +120,9 @@ pub enum PromptError {
     Publish { id: Uuid, detail: String },
 }
 
-/// The layer of a block decides its priority band: doctrine always comes first, the task last.
+/// The layer of a block decides its priority band: doctrine always comes first, then product,
+/// app and task; `turn` (the caller, the time, memory: what changes every turn) comes last, so
+/// everything before it is a prefix a server can cache and `compiled_hash` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layer {
@@ -112,6 +130,7 @@ pub enum Layer {
     Product,
     App,
     Task,
+    Turn,
 }
 
 impl Layer {
@@ -121,6 +140,7 @@ impl Layer {
             "product" => Some(Self::Product),
             "app" => Some(Self::App),
             "task" => Some(Self::Task),
+            "turn" => Some(Self::Turn),
             _ => None,
         }
     }
@@ -131,16 +151,18 @@ impl Layer {
             Self::Product => "product",
             Self::App => "app",
             Self::Task => "task",
+            Self::Turn => "turn",
         }
     }
 
-    /// The usual priority of the layer (doctrine 120, product 100, app 90, task 70).
+    /// The usual priority of the layer (doctrine 120, product 100, app 90, task 70, turn 10).
     pub fn default_priority(self) -> i32 {
         match self {
             Self::Doctrine => 120,
             Self::Product => 100,
             Self::App => 90,
             Self::Task => 70,
+            Self::Turn => 10,
         }
     }
 
@@ -151,6 +173,7 @@ impl Layer {
             Self::Product => 100..=119,
             Self::App => 90..=99,
             Self::Task => 70..=89,
+            Self::Turn => 0..=69,
         }
     }
 }
@@ -222,8 +245,9 @@ impl PromptBlock {
         };
         let id =
             Uuid::parse_str(field("id")?).map_err(|e| err(format!("`id` is not a UUID: {e}")))?;
-        let layer = Layer::parse(field("layer")?)
-            .ok_or_else(|| err("`layer` must be one of doctrine, product, app, task".into()))?;
+        let layer = Layer::parse(field("layer")?).ok_or_else(|| {
+            err("`layer` must be one of doctrine, product, app, task, turn".into())
+        })?;
         let priority: i32 = field("priority")?
             .parse()
             .map_err(|_| err("`priority` must be an integer".into()))?;
@@ -254,6 +278,51 @@ impl PromptBlock {
             digest: format!("blake3:{}", blake3::hash(text_lf.as_bytes()).to_hex()),
         })
     }
+}
+
+/// Refuses a block outside the `turn` layer whose text depends on the caller, the time or
+/// memory: it would sit in the cached prefix and make `compiled_hash` change every turn. Each
+/// block is rendered for two different turns (same tools) and must come out the same.
+fn check_stable(tera: &tera::Tera, blocks: &[PromptBlock]) -> Result<(), PromptError> {
+    let turn = |user: &str, tenant: &str, now: &str, memory: &[&str]| {
+        let mut c = tera::Context::new();
+        c.insert("user", &json!({ "id": user }));
+        c.insert("tenant", &json!({ "id": tenant }));
+        c.insert("now", now);
+        c.insert("memory", memory);
+        c.insert(
+            "tools",
+            &json!([{"name": "t", "description": "d", "parameters": "{}"}]),
+        );
+        c.insert("output_schema", "{}");
+        c.insert("variant", "v");
+        c
+    };
+    let a = turn("user-a", "tenant-a", "2000-01-01T00:00:00Z", &[]);
+    let b = turn(
+        "user-b",
+        "tenant-b",
+        "2001-02-03T04:05:06Z",
+        &["remembered"],
+    );
+    for block in blocks.iter().filter(|b| b.layer != Layer::Turn) {
+        let render = |c: &tera::Context| {
+            tera.render(&block.name, c).map_err(|e| PromptError::Block {
+                path: block.source.clone(),
+                detail: format!("template: {}", error_chain(&e)),
+            })
+        };
+        if render(&a)? != render(&b)? {
+            return Err(PromptError::Block {
+                path: block.source.clone(),
+                detail:
+                    "only a `turn` block may use user, tenant, now or memory (they change every \
+                         turn and would break the cached prefix)"
+                        .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A named set of blocks.
@@ -330,6 +399,7 @@ impl PromptLibrary {
                 })?;
             parsed.push(block);
         }
+        check_stable(&tera, &parsed)?;
         let by_name: HashMap<&str, &PromptBlock> =
             parsed.iter().map(|b| (b.name.as_str(), b)).collect();
         let mut variant_map = BTreeMap::new();

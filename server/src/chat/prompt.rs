@@ -284,6 +284,11 @@ pub fn build_prompt(
     context.insert("variant", &variant.name);
 
     let mut parts = Vec::with_capacity(blocks.len());
+    // Blocks before the first `turn` block are the stable prefix (turn blocks sort last).
+    let stable_parts = blocks
+        .iter()
+        .position(|(b, _)| b.layer == Layer::Turn)
+        .unwrap_or(blocks.len());
     for (block, _) in &blocks {
         // Library blocks were compiled once at load; an extra block is rendered from its text.
         let rendered = if library.block(&block.name).is_some_and(|b| b.id == block.id) {
@@ -305,7 +310,8 @@ pub fn build_prompt(
         .map(|p| count(bpe_for(input.model), p))
         .sum::<usize>()
         + parts.len().saturating_sub(1);
-    let system = CompiledPrompt::new(parts.join("\n\n"));
+    let stable_len = parts[..stable_parts].join("\n\n").len();
+    let system = CompiledPrompt::with_stable_prefix(parts.join("\n\n"), stable_len);
 
     let (encoding, bpe) = encoding_for(input.model);
     let system_tokens = part_tokens;

@@ -105,11 +105,22 @@ impl CompiledPrompt {
         Self { text, hash }
     }
 
+    /// A prompt whose first `stable_len` bytes are the same every turn (the blocks before the
+    /// `turn` layer): the hash covers only them, so it names the template version and turns
+    /// that differ in caller or time share it (and the server's cached prefix).
+    pub fn with_stable_prefix(text: impl Into<String>, stable_len: usize) -> Self {
+        let text = text.into();
+        let prefix = text.get(..stable_len).unwrap_or(&text);
+        let hash = format!("blake3:{}", blake3::hash(prefix.as_bytes()).to_hex());
+        Self { text, hash }
+    }
+
     pub fn text(&self) -> &str {
         &self.text
     }
 
-    /// `blake3:<hex>` of [`CompiledPrompt::text`].
+    /// `blake3:<hex>` of [`CompiledPrompt::text`] (of its stable prefix when built with
+    /// [`CompiledPrompt::with_stable_prefix`]).
     pub fn hash(&self) -> &str {
         &self.hash
     }

@@ -17,9 +17,8 @@ use super::{ToolContext, ToolOutput, cut, find_contract, id_of, non_empty};
 /// midnight).
 const MAX_DECISIONS: i64 = 10;
 
-pub(super) const DESCRIPTION: &str = "Explain what the laws decided about a contract: its law.decision spans \
-    (triage, actions, the variables the law saw), the laws they cite, and the \
-    contract's history of versions.";
+pub(super) const DESCRIPTION: &str = "What the laws decided about a contract: its law.decision spans, the \
+    laws they cite, its versions.";
 
 pub(super) fn schema() -> Value {
     json!({
@@ -27,7 +26,7 @@ pub(super) fn schema() -> Value {
         "additionalProperties": false,
         "required": ["contract"],
         "properties": {
-            "contract": {"type": "string", "minLength": 1, "description": "The contract's name (e.g. D1) or span id."}
+            "contract": {"type": "string", "minLength": 1, "description": "Name (e.g. D1) or span id."}
         }
     })
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{SpanBrief, ToolContext, ToolOutput};
 
-pub(super) const DESCRIPTION: &str = "Read one span by id (the latest version, or a given seq).";
+pub(super) const DESCRIPTION: &str = "Read one span by id (latest version, or `seq`).";
 
 pub(super) fn schema() -> Value {
     json!({
@@ -15,8 +15,8 @@ pub(super) fn schema() -> Value {
         "additionalProperties": false,
         "required": ["id"],
         "properties": {
-            "id": {"type": "string", "format": "uuid", "description": "The span id."},
-            "seq": {"type": "integer", "minimum": 0, "description": "A version; latest when absent."}
+            "id": {"type": "string", "format": "uuid"},
+            "seq": {"type": "integer", "minimum": 0}
         }
     })
 }

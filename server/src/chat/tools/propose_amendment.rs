@@ -13,8 +13,8 @@ use super::{ToolContext, ToolOutput, find_contract, non_empty};
 use crate::chat::proposals::{PROPOSAL, amended_content, may_amend, pick, summarize};
 use crate::chat::record::append_one;
 
-pub(super) const DESCRIPTION: &str = "Propose a change to a contract (deadline, title, quorum). Nothing \
-    changes until an authorized user confirms the proposal.";
+pub(super) const DESCRIPTION: &str = "Propose a contract change; it applies only when an authorized user \
+    confirms it.";
 
 pub(super) fn schema() -> Value {
     json!({
@@ -22,18 +22,18 @@ pub(super) fn schema() -> Value {
         "additionalProperties": false,
         "required": ["contract", "changes", "reason"],
         "properties": {
-            "contract": {"type": "string", "minLength": 1, "description": "The contract's name or span id."},
+            "contract": {"type": "string", "minLength": 1, "description": "Name or span id."},
             "changes": {
                 "type": "object",
                 "additionalProperties": false,
                 "minProperties": 1,
                 "properties": {
-                    "deadline_at": {"type": "string", "description": "A new deadline: RFC 3339, a date (YYYY-MM-DD, end of that day UTC), or relative to the current deadline such as +3d, +12h, -1d."},
+                    "deadline_at": {"type": "string", "description": "RFC 3339, a date, or +3d, -12h"},
                     "title": {"type": "string", "minLength": 1, "maxLength": 200},
                     "quorum": {"type": "integer", "minimum": 1, "maximum": 100}
                 }
             },
-            "reason": {"type": "string", "minLength": 1, "maxLength": 500, "description": "Why, in the user's words."}
+            "reason": {"type": "string", "minLength": 1, "maxLength": 500}
         }
     })
 }

@@ -9,9 +9,8 @@ use serde_json::Value;
 
 use super::{SpanBrief, ToolContext, ToolOutput};
 
-pub(super) const DESCRIPTION: &str = "Find spans in the ledger you may see: filter by entity type, status, \
-    who/did/this, name, time range and conditions on content fields; newest versions \
-    only by default; or count them, or count them per group. Read-only.";
+pub(super) const DESCRIPTION: &str =
+    "Find, count or group the spans you may see (latest versions by default). Read-only.";
 
 pub(super) fn schema() -> Value {
     QuerySpec::json_schema()

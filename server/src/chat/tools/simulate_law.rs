@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{ToolContext, ToolOutput, non_empty};
 
-pub(super) const DESCRIPTION: &str = "Dry-run a law with some contract variables overridden (e.g. quorum=3) \
-    and list the contracts whose triage would change. Writes nothing.";
+pub(super) const DESCRIPTION: &str = "Dry-run a law with contract variables overridden; lists the contracts \
+    whose triage would change. Writes nothing.";
 
 pub(super) fn schema() -> Value {
     json!({
@@ -19,9 +19,9 @@ pub(super) fn schema() -> Value {
         "additionalProperties": false,
         "required": ["law", "set"],
         "properties": {
-            "law": {"type": "string", "minLength": 1, "description": "The law's id (e.g. midnight_deadline), span name or span id."},
-            "set": {"type": "object", "minProperties": 1, "maxProperties": 10, "description": "Variable path → value, e.g. {\"quorum\": 3}."},
-            "at": {"type": "string", "description": "The midnight to simulate (date or RFC 3339); the next one by default."}
+            "law": {"type": "string", "minLength": 1, "description": "Law id, name or span id."},
+            "set": {"type": "object", "minProperties": 1, "maxProperties": 10, "description": "Variable → value, e.g. {\"quorum\": 3}."},
+            "at": {"type": "string", "description": "Date; next midnight by default."}
         }
     })
 }
