@@ -898,7 +898,13 @@ async fn prompt_run_records_server_token_counts_and_a_failed_call_names_its_prom
         .collect();
     assert_eq!(
         names,
-        ["doctrine", "product", "app_contracts", "task_answer", "turn"]
+        [
+            "doctrine",
+            "product",
+            "app_contracts",
+            "task_answer",
+            "turn"
+        ]
     );
     assert_eq!(run["content"]["tokens_cached"], Value::Null);
 }

@@ -953,7 +953,10 @@ async fn the_system_message_sent_is_exactly_the_compiled_prompt_whose_hash_is_re
         let stable = &sent[..sent.find("\n\n# This turn").unwrap()];
         assert_eq!(
             recorded["input"]["compiled_hash"],
-            json!(format!("blake3:{}", blake3::hash(stable.as_bytes()).to_hex()))
+            json!(format!(
+                "blake3:{}",
+                blake3::hash(stable.as_bytes()).to_hex()
+            ))
         );
     }
 }
