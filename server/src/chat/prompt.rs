@@ -4,6 +4,9 @@
 //!
 //! The compiled text and its hash live together in [`CompiledPrompt`], the only type a
 //! provider accepts as a system prompt: what is sent is, by construction, what is recorded.
+//! The hash covers the stable prefix (every block before the `turn` layer, which holds the
+//! caller, the time and memory), so it names the template version and a server can reuse its
+//! cached prefix across turns and users.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger::Principal;
@@ -82,7 +85,7 @@ pub struct PromptInput<'a> {
     pub variant: &'a str,
     pub principal: &'a Principal,
     pub now: DateTime<Utc>,
-    /// Tools offered this turn (listed in the prompt, counted in the budget).
+    /// Tools offered this turn (counted in the budget; blocks see them as `tools`).
     pub tools: &'a [ToolSpec],
     /// Retrieved memory items (empty until memory exists).
     pub memory: &'a [String],
