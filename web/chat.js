@@ -198,6 +198,10 @@ class Turn {
     }
     const extra = [];
     if (typeof a.confidence === "number") extra.push(confidence(a.confidence));
+    if (r.outcome === "unsupported") {
+      extra.push(el("p", { class: "notice warn" }, "The model answered without looking anything up in the ledger, so its answer is not shown and the question was sent to a reviewer",
+        r.escalation_id ? [" (", spanLink(r.escalation_id, "escalation request"), ")"] : "", "."));
+    }
     if (r.outcome === "escalated") {
       extra.push(el("p", { class: "notice warn" }, "Confidence is low, so this answer was sent to a reviewer",
         r.escalation_id ? [" (", spanLink(r.escalation_id, "escalation request"), ")"] : "",
@@ -209,7 +213,7 @@ class Turn {
     for (const id of r.proposals || []) {
       if (!proposals.some((p) => p.proposal_id === id)) proposals.push({ proposal_id: id, summary: "" });
     }
-    const cards = proposals.map((p) => new Proposal(p, this.results.find((t) => t.name === "propose_amendment" && t.result && t.result.proposal_id === p.proposal_id), r.outcome === "escalated"));
+    const cards = proposals.map((p) => new Proposal(p, this.results.find((t) => t.name === "propose_amendment" && t.result && t.result.proposal_id === p.proposal_id), r.outcome === "escalated" || r.outcome === "unsupported"));
     extra.push(...cards.map((c) => c.node));
     if (a.follow_up_question) extra.push(followUp(a.follow_up_question));
     extra.push(el("p", { class: "run-meta" }, "Recorded as ", spanLink(r.run_id, `run ${shortId(r.run_id)}`)));
