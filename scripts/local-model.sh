@@ -141,7 +141,7 @@ case $cmd in
     logf=$(state log)
     nohup "$VENV/bin/python" "$REPO/server/src/chat/providers/local_server.py" "$(gguf_path "$model")" "$port" \
       --ctx "${LOGLINE_LOCAL_MODEL_CTX:-8192}" --threads "${LOGLINE_LOCAL_MODEL_THREADS:-$(nproc)}" \
-      --alias "$model" > "$logf" 2>&1 &
+      --alias "$model" > "$logf" 2>&1 3>&- &
     echo $! > "$(state pid)"
     url="http://127.0.0.1:$port/v1"
     for _ in $(seq 1 600); do

@@ -507,23 +507,26 @@ impl Target for Remote {
             .text()
             .await
             .map_err(|e| TargetError::Unavailable(format!("{}: {e}", self.base)))?;
+        // A request the server refused (400, 413) is an answer a case can assert on, not a failure
+        // to run; it arrives as a status, or as an `error` event once the stream has begun.
+        let rejected = |detail: String| Asked {
+            observed: observed(
+                json!({"error": detail}),
+                "rejected",
+                vec![],
+                vec![],
+                None,
+                started,
+            ),
+            conversation_id: conversation,
+            provider: None,
+            model: None,
+        };
         if !status.is_success() {
             let problem: Value = serde_json::from_str(&text).unwrap_or(json!({"detail": text}));
             let detail = problem["detail"].as_str().unwrap_or("").to_string();
             return match status.as_u16() {
-                400 | 413 => Ok(Asked {
-                    observed: observed(
-                        json!({"error": detail}),
-                        "rejected",
-                        vec![],
-                        vec![],
-                        None,
-                        started,
-                    ),
-                    conversation_id: conversation,
-                    provider: None,
-                    model: None,
-                }),
+                400 | 413 => Ok(rejected(detail)),
                 502..=504 => Err(TargetError::Provider(detail)),
                 s => Err(TargetError::Unavailable(format!(
                     "POST {}/api/chat answered {s}: {detail}",
@@ -556,19 +559,7 @@ impl Target for Remote {
                 "error" => {
                     let detail = v["detail"].as_str().unwrap_or("").to_string();
                     return match v["status"].as_u64() {
-                        Some(400 | 413) => Ok(Asked {
-                            observed: observed(
-                                json!({"error": detail}),
-                                "rejected",
-                                vec![],
-                                vec![],
-                                None,
-                                started,
-                            ),
-                            conversation_id: conversation,
-                            provider: None,
-                            model: None,
-                        }),
+                        Some(400 | 413) => Ok(rejected(detail)),
                         _ => Err(TargetError::Provider(detail)),
                     };
                 }

@@ -101,6 +101,36 @@ pub struct IdempotencySpan {
     pub idempotency_key: Option<String>,
 }
 
+/// Decodes one row of `audit_idempotency`'s query, which selects the same columns on both
+/// stores: `i.key, i.id, i.seq, i.chain_pos, i.curr_hash, i.status` then the span at that
+/// position (`s.id, s.seq, s.curr_hash, s.status, s.idempotency_key`, all NULL when none).
+pub(crate) fn idempotency_audit<R: sqlx::Row>(r: &R) -> Result<IdempotencyAudit, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let span_id: Option<String> = r.try_get(6)?;
+    Ok(IdempotencyAudit {
+        key: r.try_get(0)?,
+        id: r.try_get(1)?,
+        seq: r.try_get(2)?,
+        chain_pos: r.try_get(3)?,
+        curr_hash: r.try_get(4)?,
+        status: r.try_get(5)?,
+        span: match span_id {
+            None => None,
+            Some(id) => Some(IdempotencySpan {
+                id,
+                seq: r.try_get(7)?,
+                curr_hash: r.try_get(8)?,
+                status: r.try_get(9)?,
+                idempotency_key: r.try_get(10)?,
+            }),
+        },
+    })
+}
+
 /// The columns every span read selects besides the span's own, and the joins they come from:
 /// the `redactions` row that claims the span is withheld and the redaction span it names, so
 /// the claim is honoured only when that span proves it ([`honoured_redaction`]). `{t}` is the

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::spec_sql::{self, Compiled, Dialect, List};
 use super::{
-    AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, IdempotencySpan,
-    RedactionRow, Store, honoured_redaction, redaction_columns, redaction_draft, redaction_join,
+    AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
+    honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
@@ -706,29 +706,10 @@ impl Store for SqliteStore {
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let span_id: Option<String> = r.try_get(6)?;
-                Ok(IdempotencyAudit {
-                    key: r.try_get(0)?,
-                    id: r.try_get(1)?,
-                    seq: r.try_get(2)?,
-                    chain_pos: r.try_get(3)?,
-                    curr_hash: r.try_get(4)?,
-                    status: r.try_get(5)?,
-                    span: match span_id {
-                        None => None,
-                        Some(id) => Some(IdempotencySpan {
-                            id,
-                            seq: r.try_get(7)?,
-                            curr_hash: r.try_get(8)?,
-                            status: r.try_get(9)?,
-                            idempotency_key: r.try_get(10)?,
-                        }),
-                    },
-                })
-            })
-            .collect()
+        Ok(rows
+            .iter()
+            .map(idempotency_audit)
+            .collect::<Result<_, _>>()?)
     }
 }
 
