@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use server::chat::{
     ApiKey, Budget, ChatMessage, CompiledPrompt, CompletionRequest, ExecContext, OllamaProvider,
     OpenAiProvider, PromptInput, PromptLibrary, Provider, ProviderConfig, ProviderError,
-    ProviderSettings, ToolChoice, ToolSpec, build_prompt, provider_exec,
+    ProviderSettings, ToolChoice, ToolMode, ToolSpec, build_prompt, provider_exec,
 };
 use support::fast_settings;
 use testkit::fake_llm::{FakeLlm, Reply, ollama, openai};
@@ -44,6 +44,7 @@ fn request(messages: Vec<ChatMessage>) -> CompletionRequest {
         messages,
         tools: vec![get_span_tool()],
         response_schema: None,
+        answer_schema: None,
         tool_choice: ToolChoice::Auto,
     }
 }
@@ -959,4 +960,191 @@ async fn the_system_message_sent_is_exactly_the_compiled_prompt_whose_hash_is_re
             ))
         );
     }
+}
+
+// ---------------------------------------------------------------- grammar mode, pacing
+
+fn grammar_settings() -> ProviderSettings {
+    ProviderSettings {
+        tool_mode: ToolMode::Grammar,
+        ..fast_settings()
+    }
+}
+
+fn with_answer_schema(req: CompletionRequest) -> CompletionRequest {
+    CompletionRequest {
+        answer_schema: Some(json!({
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"]
+        })),
+        ..req
+    }
+}
+
+#[tokio::test]
+async fn grammar_mode_constrains_the_reply_to_a_call_or_the_answer_and_reads_the_call() {
+    let call =
+        r#"{"name": "get_span", "arguments": {"id": "0190a1b2-0000-7000-8000-000000000001"}}"#;
+    let fake = FakeLlm::with([
+        Reply::json(openai::answer(call)),
+        Reply::json(openai::answer(call)),
+    ])
+    .await;
+    let p = OpenAiProvider::new(&fake.openai_base(), None, "qwen", grammar_settings()).unwrap();
+    let req = with_answer_schema(request(vec![ChatMessage::user("what is that span?")]));
+    let c = p.complete(&req, None).await.unwrap();
+    assert_eq!(c.message.tool_calls.len(), 1, "{:?}", c.message);
+    assert_eq!(c.message.tool_calls[0].name, "get_span");
+    assert_eq!(
+        c.message.tool_calls[0].arguments["id"],
+        json!("0190a1b2-0000-7000-8000-000000000001")
+    );
+    let body = &fake.received()[0].body;
+    // The tools are still offered (the chat template shows them to the model) …
+    assert_eq!(body["tools"][0]["function"]["name"], json!("get_span"));
+    assert!(body.get("tool_choice").is_none(), "{body}");
+    // … and the reply is one object: the call or the answer.
+    let schema = &body["response_format"]["json_schema"]["schema"];
+    let any = schema["anyOf"].as_array().expect("anyOf");
+    assert_eq!(any.len(), 2, "{schema}");
+    assert_eq!(any[0]["properties"]["name"]["const"], json!("get_span"));
+    assert_eq!(any[1]["required"], json!(["text"]));
+
+    // A round that requires a call leaves only the calls.
+    let required = CompletionRequest {
+        tool_choice: ToolChoice::Required,
+        ..req
+    };
+    p.complete(&required, None).await.unwrap();
+    let schema = &fake.received()[1].body["response_format"]["json_schema"]["schema"];
+    assert!(schema.get("anyOf").is_none(), "{schema}");
+    assert_eq!(schema["properties"]["name"]["const"], json!("get_span"));
+    assert!(fake.received()[1].body.get("tool_choice").is_none());
+}
+
+#[tokio::test]
+async fn grammar_mode_on_ollama_sends_the_reply_schema_as_format() {
+    let fake = FakeLlm::with([Reply::json(ollama::answer(r#"{"text": "no tool needed"}"#))]).await;
+    let p = OllamaProvider::new(&fake.ollama_url(), "qwen", grammar_settings()).unwrap();
+    let req = with_answer_schema(request(vec![ChatMessage::user("hello")]));
+    let c = p.complete(&req, None).await.unwrap();
+    assert!(c.message.tool_calls.is_empty());
+    let format = &fake.received()[0].body["format"];
+    assert_eq!(
+        format["anyOf"].as_array().map(Vec::len),
+        Some(2),
+        "{format}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_silent_is_given_up_on_at_the_idle_limit_not_the_total() {
+    let fake = FakeLlm::with([
+        Reply::sse(openai::text_stream(&["D1 ", "was ", "terminated."]))
+            .spaced(Duration::from_secs(3)),
+    ])
+    .await;
+    let mut settings = fast_settings();
+    settings.timeout = Duration::from_secs(30);
+    settings.idle_timeout = Duration::from_millis(500);
+    // Nobody listens to the deltas: `stream` makes the call stream anyway.
+    settings.stream = true;
+    let p = OpenAiProvider::new(&fake.openai_base(), None, "m", settings).unwrap();
+    let started = Instant::now();
+    let e = p
+        .complete(&request(vec![ChatMessage::user("why?")]), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ProviderError::Stalled { first_token: false, after, .. } if after == Duration::from_millis(500)),
+        "{e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.api_status(), 504);
+    assert_eq!(fake.received()[0].body["stream"], json!(true));
+}
+
+#[tokio::test]
+async fn no_first_token_within_its_limit_is_a_stalled_error_and_a_steady_stream_is_not() {
+    let fake = FakeLlm::with([
+        Reply::ndjson(ollama::text_stream(&["late"])).after(Duration::from_secs(3)),
+        Reply::ndjson(ollama::text_stream(&["a ", "b ", "c"])).spaced(Duration::from_millis(150)),
+    ])
+    .await;
+    let mut settings = fast_settings();
+    settings.timeout = Duration::from_secs(30);
+    settings.first_token_timeout = Duration::from_millis(500);
+    settings.idle_timeout = Duration::from_millis(400);
+    settings.stream = true;
+    let p = OllamaProvider::new(&fake.ollama_url(), "m", settings).unwrap();
+    let e = p
+        .complete(&request(vec![ChatMessage::user("hi")]), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProviderError::Stalled {
+                first_token: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // Chunks 150 ms apart never trip a 400 ms idle limit, however long the whole answer.
+    let c = p
+        .complete(&request(vec![ChatMessage::user("hi")]), None)
+        .await
+        .unwrap();
+    assert_eq!(c.message.content, "a b c");
+}
+
+#[test]
+fn the_local_provider_streams_uses_grammar_mode_and_allows_a_cpu_model_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("m.gguf");
+    std::fs::write(&gguf, b"GGUF").unwrap();
+    let path = gguf.to_string_lossy().to_string();
+    let ProviderConfig::Local(local) =
+        config(&[("LOGLINE_PROVIDER", "local"), ("LOGLINE_MODEL_PATH", &path)]).unwrap()
+    else {
+        panic!("not local");
+    };
+    assert_eq!(local.settings.tool_mode, ToolMode::Grammar);
+    assert!(local.settings.stream);
+    assert_eq!(local.settings.timeout, Duration::from_secs(900));
+    assert_eq!(local.settings.idle_timeout, Duration::from_secs(60));
+    let ProviderConfig::Local(local) = config(&[
+        ("LOGLINE_PROVIDER", "local"),
+        ("LOGLINE_MODEL_PATH", &path),
+        ("LOGLINE_TOOL_MODE", "native"),
+        ("LOGLINE_PROVIDER_FIRST_TOKEN_SECS", "200"),
+        ("LOGLINE_PROVIDER_IDLE_SECS", "5"),
+    ])
+    .unwrap() else {
+        panic!("not local");
+    };
+    assert_eq!(local.settings.tool_mode, ToolMode::Native);
+    assert_eq!(local.settings.first_token_timeout, Duration::from_secs(200));
+    assert_eq!(local.settings.idle_timeout, Duration::from_secs(5));
+
+    let e = config(&[
+        ("LOGLINE_PROVIDER", "openai"),
+        ("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1"),
+        ("LOGLINE_MODEL", "m"),
+        ("LOGLINE_TOOL_MODE", "json"),
+    ])
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("LOGLINE_TOOL_MODE must be native or grammar"),
+        "{e}"
+    );
+    let e = config(&[("LOGLINE_PROVIDER_IDLE_SECS", "0")]).unwrap_err();
+    assert!(e.to_string().contains("LOGLINE_PROVIDER_IDLE_SECS"), "{e}");
 }

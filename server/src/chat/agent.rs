@@ -452,8 +452,11 @@ impl Turn<'_> {
                 tools,
                 (!offer_tools).then(|| self.agent.prompts.library().answer_schema().clone()),
             );
-            if offer_tools && require_tool {
-                request.tool_choice = ToolChoice::Required;
+            if offer_tools {
+                request.answer_schema = Some(self.agent.prompts.library().answer_schema().clone());
+                if require_tool {
+                    request.tool_choice = ToolChoice::Required;
+                }
             }
             require_tool = false;
             let ctx = ExecContext {

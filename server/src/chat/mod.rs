@@ -21,6 +21,6 @@ pub use prompt::{Budget, BuiltPrompt, PromptInput, TokenCounts, build_prompt};
 pub use providers::{
     ApiKey, ChatMessage, CompiledPrompt, Completion, CompletionRequest, OllamaProvider,
     OpenAiProvider, Provider, ProviderConfig, ProviderError, ProviderSettings, RetryPolicy, Role,
-    ToolCall, ToolChoice, ToolSpec, provider_from_config,
+    ToolCall, ToolChoice, ToolMode, ToolSpec, provider_from_config,
 };
 pub use record::{ExecContext, Executed, SpanWriter, provider_exec};

@@ -126,6 +126,7 @@ impl BuiltPrompt {
             messages: self.messages.clone(),
             tools,
             response_schema,
+            answer_schema: None,
             tool_choice: ToolChoice::Auto,
         }
     }

@@ -9,7 +9,7 @@ use super::local::LocalModel;
 use super::offline::OfflineProvider;
 use super::ollama::OllamaProvider;
 use super::openai::OpenAiProvider;
-use super::settings::{ApiKey, ProviderSettings};
+use super::settings::{ApiKey, ProviderSettings, ToolMode};
 use super::types::{Provider, ProviderError};
 
 /// Which provider to use, as configured.
@@ -31,6 +31,9 @@ pub enum ProviderConfig {
     Local(LocalModel),
 }
 
+/// The whole-call limit of `local` unless `LOGLINE_PROVIDER_TIMEOUT_SECS` says otherwise.
+pub const LOCAL_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// The official endpoint, used when `OPENAI_BASE_URL` is not set.
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
@@ -43,9 +46,15 @@ impl ProviderConfig {
     /// - `OLLAMA_URL` (required for `ollama`, e.g. `http://127.0.0.1:11434`);
     /// - for `local`: `LOGLINE_MODEL_PATH` (a GGUF file), `LOGLINE_MODEL_PYTHON`,
     ///   `LOGLINE_MODEL_THREADS` (see [`LocalModel::from_lookup`]);
-    /// - `LOGLINE_PROVIDER_TIMEOUT_SECS` (default 120, the whole call),
+    /// - `LOGLINE_PROVIDER_TIMEOUT_SECS` (the whole call: default 120, 900 for `local`),
+    ///   `LOGLINE_PROVIDER_FIRST_TOKEN_SECS` (the first streamed chunk; default the whole
+    ///   call), `LOGLINE_PROVIDER_IDLE_SECS` (between streamed chunks; default 60; `local`
+    ///   streams every call so both apply),
     ///   `LOGLINE_PROVIDER_MAX_ATTEMPTS` (default 3) and `LOGLINE_MAX_TOKENS` (default 1024,
-    ///   the longest reply asked of the model).
+    ///   the longest reply asked of the model);
+    /// - `LOGLINE_TOOL_MODE`: `native` (the API's tool calling; the default) or `grammar` (the
+    ///   reply constrained to a call or the answer; the default of `local`, see
+    ///   [`ToolMode::Grammar`]).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ProviderError> {
         let get = |k: &str| {
             get(k)
@@ -61,13 +70,35 @@ impl ProviderConfig {
             })
         };
         let mut settings = ProviderSettings::default();
-        if let Some(v) = get("LOGLINE_PROVIDER_TIMEOUT_SECS") {
-            let secs: f64 = v.parse().ok().filter(|s: &f64| *s > 0.0 && *s <= 3600.0).ok_or_else(|| {
-                ProviderError::Config(format!(
-                    "LOGLINE_PROVIDER_TIMEOUT_SECS must be a number of seconds in (0, 3600], not `{v}`"
-                ))
-            })?;
-            settings.timeout = Duration::from_secs_f64(secs);
+        let local = kind == "local";
+        if local {
+            // A CPU model: minutes to read a prompt and write an answer, but never silent for
+            // long once it has started (it streams every call).
+            settings.timeout = LOCAL_TIMEOUT;
+            settings.stream = true;
+        }
+        let seconds = |var: &str| -> Result<Option<Duration>, ProviderError> {
+            get(var)
+                .map(|v| {
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|s| *s > 0.0 && *s <= 3600.0)
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| {
+                            ProviderError::Config(format!(
+                                "{var} must be a number of seconds in (0, 3600], not `{v}`"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        if let Some(t) = seconds("LOGLINE_PROVIDER_TIMEOUT_SECS")? {
+            settings.timeout = t;
+        }
+        settings.first_token_timeout =
+            seconds("LOGLINE_PROVIDER_FIRST_TOKEN_SECS")?.unwrap_or(settings.timeout);
+        if let Some(t) = seconds("LOGLINE_PROVIDER_IDLE_SECS")? {
+            settings.idle_timeout = t;
         }
         if let Some(v) = get("LOGLINE_PROVIDER_MAX_ATTEMPTS") {
             settings.retry.max_attempts = v
@@ -91,6 +122,20 @@ impl ProviderConfig {
                     ))
                 })?;
         }
+        let tool_mode = get("LOGLINE_TOOL_MODE")
+            .map(|v| {
+                ToolMode::parse(&v).ok_or_else(|| {
+                    ProviderError::Config(format!(
+                        "LOGLINE_TOOL_MODE must be native or grammar, not `{v}`"
+                    ))
+                })
+            })
+            .transpose()?;
+        settings.tool_mode = tool_mode.unwrap_or(if local {
+            ToolMode::Grammar
+        } else {
+            ToolMode::Native
+        });
         match kind.as_str() {
             "offline" => Ok(Self::Offline),
             "openai" => {

@@ -192,6 +192,69 @@ impl CallBudget {
     }
 }
 
+/// Reads a streamed answer against the first-token and idle limits. The first-token limit
+/// counts from the start of the call, so waiting for the response headers counts too.
+pub(crate) struct Pace {
+    first_deadline: Instant,
+    first: Duration,
+    idle: Duration,
+    started: bool,
+}
+
+impl Pace {
+    pub fn new(settings: &ProviderSettings) -> Self {
+        Self {
+            first_deadline: Instant::now() + settings.first_token_timeout,
+            first: settings.first_token_timeout,
+            idle: settings.idle_timeout,
+            started: false,
+        }
+    }
+
+    fn stalled(&self, budget: &CallBudget) -> ProviderError {
+        ProviderError::Stalled {
+            first_token: !self.started,
+            after: if self.started { self.idle } else { self.first },
+            attempts: budget.attempts().max(1),
+        }
+    }
+
+    /// `fut` (sending the request, reading the headers) within the first-token limit.
+    pub async fn before_first<T>(
+        &self,
+        fut: impl Future<Output = Result<T, ProviderError>>,
+        budget: &CallBudget,
+    ) -> Result<T, ProviderError> {
+        tokio::time::timeout_at(self.first_deadline, fut)
+            .await
+            .map_err(|_| self.stalled(budget))?
+    }
+
+    /// The stream's next item, or [`ProviderError::Stalled`] when it does not come in time.
+    pub async fn next<S>(
+        &mut self,
+        stream: &mut S,
+        budget: &CallBudget,
+    ) -> Result<Option<S::Item>, ProviderError>
+    where
+        S: futures::Stream + Unpin,
+    {
+        use futures::StreamExt;
+        let deadline = if self.started {
+            Instant::now() + self.idle
+        } else {
+            self.first_deadline
+        };
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(item) => {
+                self.started = true;
+                Ok(item)
+            }
+            Err(_) => Err(self.stalled(budget)),
+        }
+    }
+}
+
 /// What a provider read from the model's answer, before the call wrapper times and records it.
 pub(crate) struct Answer {
     pub message: ChatMessage,

@@ -17,13 +17,14 @@ pub mod ollama;
 pub mod openai;
 pub mod settings;
 pub mod text_tools;
+pub mod tool_grammar;
 pub mod types;
 
 pub use factory::{OPENAI_DEFAULT_BASE_URL, ProviderConfig, provider_from_config};
 pub use local::{LocalModel, LocalServer};
 pub use ollama::OllamaProvider;
 pub use openai::OpenAiProvider;
-pub use settings::{ApiKey, ProviderSettings, RetryPolicy};
+pub use settings::{ApiKey, ProviderSettings, RetryPolicy, ToolMode};
 pub use types::{
     ChatMessage, CompiledPrompt, Completion, CompletionRequest, Provider, ProviderError, Role,
     ToolCall, ToolChoice, ToolSpec,

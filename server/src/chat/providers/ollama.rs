@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use ollama_rs::generation::chat::request::ChatMessageRequest;
 use ollama_rs::generation::chat::{ChatMessage as OllamaMessage, ChatMessageResponse, MessageRole};
 use ollama_rs::generation::parameters::FormatType;
@@ -16,10 +15,11 @@ use ollama_rs::generation::tools::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::http::{self, Answer, CallBudget};
-use super::settings::ProviderSettings;
+use super::http::{self, Answer, CallBudget, Pace};
+use super::settings::{ProviderSettings, ToolMode};
+use super::tool_grammar;
 use super::types::{
-    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
+    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall, ToolChoice,
 };
 
 /// Longest NDJSON line accepted from a stream (a runaway server cannot exhaust memory).
@@ -115,7 +115,18 @@ impl OllamaProvider {
             })
             .collect::<Result<Vec<_>, ProviderError>>()?;
         let mut request = ChatMessageRequest::new(self.model.clone(), messages).tools(tools);
-        if let Some(schema) = &req.response_schema {
+        // Grammar mode: the reply is one JSON object, a call or the answer (Ollama has no
+        // `tool_choice`, so a required call is the only choice the grammar leaves).
+        let reply_schema = if !req.tools.is_empty() && self.settings.tool_mode == ToolMode::Grammar
+        {
+            let answer = (req.tool_choice != ToolChoice::Required)
+                .then_some(req.answer_schema.as_ref())
+                .flatten();
+            Some(tool_grammar::reply_schema(&req.tools, answer))
+        } else {
+            req.response_schema.clone()
+        };
+        if let Some(schema) = &reply_schema {
             let format: FormatType = serde_json::from_value(schema.clone()).map_err(|e| {
                 ProviderError::InvalidRequest(format!("response schema is not usable: {e}"))
             })?;
@@ -146,7 +157,7 @@ impl OllamaProvider {
         deltas: Option<mpsc::Sender<String>>,
         budget: CallBudget,
     ) -> Result<Answer, ProviderError> {
-        let body = self.body(req, deltas.is_some())?;
+        let body = self.body(req, deltas.is_some() || self.settings.stream)?;
         let bytes = serde_json::to_vec(&body).map_err(|e| {
             ProviderError::InvalidRequest(format!("cannot encode the request: {e}"))
         })?;
@@ -162,12 +173,17 @@ impl OllamaProvider {
                 });
             async move { request }
         };
-        let response =
-            http::execute_with_retry(&self.http, &self.settings.retry, &budget, None, build)
-                .await?;
+        let streamed = deltas.is_some() || self.settings.stream;
+        let mut pace = Pace::new(&self.settings);
+        let send = http::execute_with_retry(&self.http, &self.settings.retry, &budget, None, build);
+        let response = if streamed {
+            pace.before_first(send, &budget).await?
+        } else {
+            send.await?
+        };
         let read_err = |e: reqwest::Error| budget.transport_error(e, &self.shown_url);
         match deltas {
-            None => {
+            None if !streamed => {
                 let bytes = response.bytes().await.map_err(read_err)?;
                 let raw: Value = serde_json::from_slice(&bytes).map_err(|e| {
                     ProviderError::BadResponse(format!(
@@ -189,7 +205,7 @@ impl OllamaProvider {
                 acc.add(parsed);
                 acc.finish(raw)
             }
-            Some(tx) => {
+            tx => {
                 let mut stream = response.bytes_stream();
                 let mut buffer: Vec<u8> = Vec::new();
                 let mut acc = Assembly::default();
@@ -224,12 +240,12 @@ impl OllamaProvider {
                         last = value;
                         Ok(acc.add(chunk))
                     };
-                while let Some(piece) = stream.next().await {
+                while let Some(piece) = pace.next(&mut stream, &budget).await? {
                     let piece = piece.map_err(read_err)?;
                     buffer.extend_from_slice(&piece);
                     while let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = buffer.drain(..=pos).collect();
-                        if let Some(text) = handle(&line, &mut acc)? {
+                        if let (Some(text), Some(tx)) = (handle(&line, &mut acc)?, &tx) {
                             let _ = tx.send(text).await;
                         }
                         if acc.done {
@@ -247,7 +263,7 @@ impl OllamaProvider {
                 }
                 if !acc.done && !buffer.is_empty() {
                     let rest = std::mem::take(&mut buffer);
-                    if let Some(text) = handle(&rest, &mut acc)? {
+                    if let (Some(text), Some(tx)) = (handle(&rest, &mut acc)?, &tx) {
                         let _ = tx.send(text).await;
                     }
                 }

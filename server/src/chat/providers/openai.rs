@@ -23,12 +23,12 @@ use async_openai::types::chat::{
     ResponseFormatJsonSchema, ToolChoiceOptions,
 };
 use async_trait::async_trait;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::http::{self, Answer, CallBudget};
-use super::settings::{ApiKey, ProviderSettings};
+use super::http::{self, Answer, CallBudget, Pace};
+use super::settings::{ApiKey, ProviderSettings, ToolMode};
+use super::tool_grammar;
 use super::types::{
     ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall, ToolChoice,
 };
@@ -161,24 +161,34 @@ impl OpenAiProvider {
             .collect();
         // `required` only means something when tools are offered; `auto` is the default and is
         // not sent (some OpenAI-compatible servers reject fields they do not know).
-        let tool_choice = (!tools.is_empty() && req.tool_choice == ToolChoice::Required).then_some(
-            ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Required),
-        );
+        let grammar = !tools.is_empty() && self.settings.tool_mode == ToolMode::Grammar;
+        let tool_choice =
+            (!tools.is_empty() && !grammar && req.tool_choice == ToolChoice::Required).then_some(
+                ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Required),
+            );
+        // Grammar mode: the reply is one JSON object, a call (the only choice when a call is
+        // required) or the answer.
+        let reply_schema = if grammar {
+            let answer = (req.tool_choice != ToolChoice::Required)
+                .then_some(req.answer_schema.as_ref())
+                .flatten();
+            Some(tool_grammar::reply_schema(&req.tools, answer))
+        } else {
+            req.response_schema.clone()
+        };
         let mut request = CreateChatCompletionRequest {
             messages,
             model: self.model.clone(),
             tool_choice,
             tools: (!tools.is_empty()).then_some(tools),
-            response_format: req.response_schema.as_ref().map(|schema| {
-                ResponseFormat::JsonSchema {
-                    json_schema: ResponseFormatJsonSchema {
-                        description: None,
-                        name: "answer".into(),
-                        schema: schema.clone(),
-                        // Strict mode needs every property required; ours has optional ones.
-                        strict: None,
-                    },
-                }
+            response_format: reply_schema.map(|schema| ResponseFormat::JsonSchema {
+                json_schema: ResponseFormatJsonSchema {
+                    description: None,
+                    name: if grammar { "reply" } else { "answer" }.into(),
+                    schema,
+                    // Strict mode needs every property required; ours has optional ones.
+                    strict: None,
+                },
             }),
             stream: Some(stream),
             stream_options: stream.then_some(ChatCompletionStreamOptions {
@@ -213,7 +223,7 @@ impl OpenAiProvider {
         let client = async_openai::Client::build(self.http.clone(), self.config.clone())
             .with_http_service(service);
         match deltas {
-            None => {
+            None if !self.settings.stream => {
                 let response = client
                     .chat()
                     .create(self.request(req, false))
@@ -221,16 +231,17 @@ impl OpenAiProvider {
                     .map_err(|e| self.error(e, &budget))?;
                 read_response(response)
             }
-            Some(tx) => {
+            tx => {
                 let mut stream = client
                     .chat()
                     .create_stream(self.request(req, true))
                     .await
                     .map_err(|e| self.error(e, &budget))?;
                 let mut acc = StreamAssembly::default();
-                while let Some(chunk) = stream.next().await {
+                let mut pace = Pace::new(&self.settings);
+                while let Some(chunk) = pace.next(&mut stream, &budget).await? {
                     let chunk = chunk.map_err(|e| self.error(e, &budget))?;
-                    if let Some(text) = acc.add(&chunk) {
+                    if let (Some(text), Some(tx)) = (acc.add(&chunk), &tx) {
                         // A closed receiver means nobody listens any more; the answer is still
                         // completed and recorded.
                         let _ = tx.send(text).await;

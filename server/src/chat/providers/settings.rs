@@ -50,6 +50,29 @@ impl RetryPolicy {
 /// The default cap on the tokens of one model reply (`LOGLINE_MAX_TOKENS`).
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
+/// How tool calls travel (`LOGLINE_TOOL_MODE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ToolMode {
+    /// The API's own tool calling (`tools`, `tool_choice`, `tool_calls`): OpenAI, vLLM with a
+    /// tool parser, Ollama with a tool-capable model.
+    #[default]
+    Native,
+    /// The tools are offered and the reply is constrained to one JSON object, a call or the
+    /// answer ([`super::tool_grammar`]): for servers that do not constrain tool calls
+    /// themselves (llama.cpp's server with most small models). The default of `local`.
+    Grammar,
+}
+
+impl ToolMode {
+    pub fn parse(v: &str) -> Option<Self> {
+        match v {
+            "native" => Some(Self::Native),
+            "grammar" => Some(Self::Grammar),
+            _ => None,
+        }
+    }
+}
+
 /// Time limits, retries and the reply length shared by the HTTP providers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderSettings {
@@ -60,6 +83,17 @@ pub struct ProviderSettings {
     /// Sent with every request (OpenAI `max_tokens`, Ollama `options.num_predict`): a small
     /// model that never closes its JSON would otherwise write until its context is full.
     pub max_tokens: u32,
+    pub tool_mode: ToolMode,
+    /// Longest wait for the first streamed chunk (`LOGLINE_PROVIDER_FIRST_TOKEN_SECS`; by
+    /// default the whole-call limit). A CPU model reads a long prompt for a minute before it
+    /// writes anything, so this is the generous limit and `idle_timeout` the tight one.
+    pub first_token_timeout: Duration,
+    /// Longest silence between two streamed chunks (`LOGLINE_PROVIDER_IDLE_SECS`, default
+    /// 60 s): a server that stopped generating is given up on without waiting for the total.
+    pub idle_timeout: Duration,
+    /// Stream every call, even when nobody listens to the text as it comes, so that the
+    /// first-token and idle limits apply (the default of `local`).
+    pub stream: bool,
 }
 
 impl Default for ProviderSettings {
@@ -69,6 +103,10 @@ impl Default for ProviderSettings {
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_tokens: DEFAULT_MAX_TOKENS,
+            tool_mode: ToolMode::Native,
+            first_token_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(60),
+            stream: false,
         }
     }
 }

@@ -138,6 +138,10 @@ pub struct CompletionRequest {
     /// sets it only on a round that offers no tools: a server that compiles the schema into an
     /// output grammar (llama.cpp, Ollama's `format`) cannot emit a tool call under it.
     pub response_schema: Option<Value>,
+    /// The final answer's schema on a round that offers tools, for a provider in
+    /// [`ToolMode::Grammar`](super::settings::ToolMode) that constrains the reply to "a call or
+    /// the answer"; native tool calling ignores it.
+    pub answer_schema: Option<Value>,
     /// Whether the model must call a tool in this round (ignored when no tools are offered).
     pub tool_choice: ToolChoice,
 }
@@ -255,6 +259,15 @@ pub enum ProviderError {
     /// No complete answer within the time limit (retries included).
     #[error("provider did not answer within {} ms (after {attempts} attempt(s))", after.as_millis())]
     Timeout { after: Duration, attempts: u32 },
+    /// A streamed answer stopped coming: no first chunk within the first-token limit, or a
+    /// silence between chunks longer than the idle limit.
+    #[error("provider stream stalled: no {} within {} ms (after {attempts} attempt(s))",
+        if *first_token { "first token" } else { "chunk" }, after.as_millis())]
+    Stalled {
+        first_token: bool,
+        after: Duration,
+        attempts: u32,
+    },
     /// HTTP 429 on every attempt, or a `Retry-After` longer than we are willing to wait.
     #[error("provider rate limit (HTTP 429) after {attempts} attempt(s){}: {body}",
         retry_after.map(|d| format!("; retry after {} s", d.as_secs_f64().ceil())).unwrap_or_default())]
@@ -284,6 +297,7 @@ impl ProviderError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Unreachable { .. } => "unreachable",
             Self::Timeout { .. } => "timeout",
+            Self::Stalled { .. } => "stalled",
             Self::RateLimited { .. } => "rate_limited",
             Self::Http { .. } => "http_status",
             Self::BadResponse(_) => "bad_response",
@@ -294,6 +308,7 @@ impl ProviderError {
     pub fn attempts(&self) -> u32 {
         match self {
             Self::Timeout { attempts, .. }
+            | Self::Stalled { attempts, .. }
             | Self::RateLimited { attempts, .. }
             | Self::Http { attempts, .. }
             | Self::Unreachable { attempts, .. } => *attempts,
@@ -307,7 +322,7 @@ impl ProviderError {
     /// 503 for an unreachable or rate-limited provider, 500 for our own mistakes, 502 otherwise.
     pub fn api_status(&self) -> u16 {
         match self {
-            Self::Timeout { .. } => 504,
+            Self::Timeout { .. } | Self::Stalled { .. } => 504,
             Self::Unreachable { .. } | Self::RateLimited { .. } | Self::Offline => 503,
             Self::Config(_) | Self::InvalidRequest(_) => 500,
             Self::Http { .. } | Self::BadResponse(_) => 502,

@@ -232,6 +232,7 @@ mod tests {
             messages,
             tools: tools.collect(),
             response_schema: None,
+            answer_schema: None,
             tool_choice: Default::default(),
         };
         OfflineProvider::new().complete(&req, deltas).await.unwrap()
