@@ -716,12 +716,7 @@ impl QuerySpec {
     /// structure (enums, patterns, bounds) already says most of it.
     pub fn json_schema() -> Value {
         let exact = json!({"type": "string"});
-        let time = |what: &str| {
-            json!({
-                "type": "string",
-                "description": format!("{what}: RFC 3339 or now-24h (s m h d w)")
-            })
-        };
+        let time = |what: &str| json!({"type": "string", "description": format!("{what}; RFC 3339 or now-24h")});
         let path_pattern = format!(
             "^((content|metadata)(\\.[A-Za-z0-9_]{{1,{MAX_KEY_LEN}}}){{1,{MAX_PATH_KEYS}}}|{})$",
             COLUMNS.join("|")
@@ -740,7 +735,7 @@ impl QuerySpec {
                 "did": exact,
                 "this": exact,
                 "name": exact,
-                "since": time("at or after"),
+                "since": time("from"),
                 "until": time("before"),
                 "where": {
                     "type": "array",
@@ -757,22 +752,16 @@ impl QuerySpec {
                                 "description": "in: array value; exists, missing: no value"
                             },
                             "value": {
-                                "anyOf": [
-                                    scalar,
-                                    {"type": "array", "items": scalar, "minItems": 1, "maxItems": MAX_IN_VALUES}
-                                ]
+                                "type": ["string", "number", "boolean", "array"],
+                                "items": scalar,
+                                "maxItems": MAX_IN_VALUES
                             }
                         }
                     }
                 },
                 "latest_only": {"type": "boolean", "description": "default true"},
                 "order": {"type": "string", "enum": ["desc", "asc"]},
-                "limit": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_SPEC_ROWS,
-                    "default": DEFAULT_SPEC_ROWS
-                },
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SPEC_ROWS},
                 "count": {"type": "boolean"},
                 "group_by": {
                     "allOf": [path],

@@ -371,7 +371,7 @@ async fn blocks_are_compiled_by_priority_with_the_context_rendered_in() {
         "tool descriptions travel in the request's tools, not twice"
     );
     assert!(
-        text.contains("`tool_use_count`") && text.contains("`follow_up_question`"),
+        text.contains("`telemetry.tool_use_count`") && text.contains("`follow_up_question`"),
         "the answer's fields are described in the prompt"
     );
     assert!(
