@@ -61,6 +61,41 @@ fn local_model(args: &[&str]) -> String {
     stdout.lines().last().unwrap_or("").trim().to_string()
 }
 
+/// Processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
 /// `logline serve` on a free loopback port; killed on drop.
 struct Served {
     child: Child,
@@ -372,6 +407,20 @@ async fn a_real_local_model_answers_the_demo_questions_without_fabricating() {
         Duration::from_secs(turn_timeout * 4),
     )
     .await;
+    // `serve` killed without a chance to clean up: its model server must not outlive it.
+    let model_server = children_of(served.child.id());
+    assert!(!model_server.is_empty(), "serve runs no model server");
+    let mut served = served;
+    served.child.kill().unwrap();
+    let _ = served.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while model_server.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !model_server.iter().any(|p| alive(*p)),
+        "the model server {model_server:?} outlived a SIGKILLed serve"
+    );
     drop(served);
     let first_tokens = first_request_tokens(&l);
     let (correct, fabricated) = report(

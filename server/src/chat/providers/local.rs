@@ -199,7 +199,9 @@ async fn spawn_ready(cfg: &LocalModel, port: u16, log: &Path) -> Result<Child, P
         .arg("--ctx")
         .arg(cfg.context_tokens.to_string())
         .arg("--alias")
-        .arg(cfg.name());
+        .arg(cfg.name())
+        // `serve` killed with SIGKILL cannot stop its child: the child stops itself.
+        .arg("--exit-with-parent");
     if let Some(t) = cfg.threads {
         cmd.arg("--threads").arg(t.to_string());
     }
