@@ -908,3 +908,61 @@ async fn prompt_run_records_server_token_counts_and_a_failed_call_names_its_prom
     );
     assert_eq!(run["content"]["tokens_cached"], Value::Null);
 }
+
+#[tokio::test]
+async fn an_answer_that_cites_nothing_is_asked_to_cite_the_turns_spans_once() {
+    // Qwen2.5-1.5B, seen: the tool ran, the answer is right, and it cites nothing.
+    let s = setup(vec![tool(
+        "c1",
+        "query_ledger",
+        json!({"entity_type": "contract"}),
+    )])
+    .await;
+    let d4 = contract_id(s.store.as_ref(), "D4").await;
+    s.fake.push(answer("D4 is on hold.", 0.95, &[]));
+    s.fake.push(answer("D4 is on hold.", 0.95, &[d4]));
+    let r = ask(&s, &ana(), "which contracts are on hold?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    assert_eq!(r.answer["citations"], json!([d4]));
+    // The correction listed the ids the tool returned and was an answer round.
+    let sent = s.fake.received();
+    assert_eq!(sent.len(), 3);
+    let ask_again = last_user_message(&sent[2].body);
+    assert!(ask_again.contains("cites nothing"), "{ask_again}");
+    assert!(ask_again.contains(&d4.to_string()), "{ask_again}");
+    assert!(sent[2].body.get("tools").is_none(), "{}", sent[2].body);
+    let run = prompt_run(&s, &r).await;
+    assert_eq!(run["content"]["repair"], "uncited");
+}
+
+#[tokio::test]
+async fn an_answer_that_still_cites_nothing_is_escalated_below_the_line() {
+    let s = setup(vec![tool(
+        "c1",
+        "query_ledger",
+        json!({"entity_type": "contract"}),
+    )])
+    .await;
+    s.fake.push(answer("D1 is on hold.", 0.99, &[]));
+    s.fake.push(answer("D1 is on hold, I am sure.", 0.99, &[]));
+    let r = ask(&s, &ana(), "which contracts are on hold?").await;
+    assert_eq!(r.outcome, Outcome::Escalated, "{}", r.answer);
+    assert_eq!(r.answer["confidence"], json!(0.5));
+    assert!(r.escalation_id.is_some());
+    assert_eq!(s.fake.requests(), 3, "one correction, not two");
+}
+
+#[tokio::test]
+async fn an_answer_with_nothing_to_cite_is_not_asked_to_cite() {
+    // The query found nothing: there is no span to cite, and "none" is a fine answer.
+    let s = setup(vec![tool(
+        "c1",
+        "query_ledger",
+        json!({"entity_type": "contract", "name": "D9"}),
+    )])
+    .await;
+    s.fake.push(answer("There is no contract D9.", 0.9, &[]));
+    let r = ask(&s, &ana(), "what is contract D9?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    assert_eq!(s.fake.requests(), 2);
+}

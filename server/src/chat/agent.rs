@@ -164,6 +164,8 @@ struct Turn<'a> {
     now: DateTime<Utc>,
     records: Vec<Draft>,
     citable: HashSet<Uuid>,
+    /// The same ids in the order the tools returned them.
+    citable_order: Vec<Uuid>,
     proposals: Vec<Uuid>,
     tool_results: Vec<ToolTrace>,
     tool_calls: usize,
@@ -236,6 +238,7 @@ impl Agent {
             now: Utc::now(),
             records: Vec::new(),
             citable: HashSet::new(),
+            citable_order: Vec::new(),
             proposals: Vec::new(),
             tool_results: Vec::new(),
             tool_calls: 0,
@@ -391,6 +394,9 @@ enum Repair {
     Invalid,
     /// A valid answer to a ledger question, confident, with no tool evidence.
     Ungrounded,
+    /// A confident answer to a ledger question that cites none of the spans the turn's tools
+    /// returned.
+    Uncited,
 }
 
 impl Repair {
@@ -398,6 +404,7 @@ impl Repair {
         match self {
             Self::Invalid => "invalid",
             Self::Ungrounded => "ungrounded",
+            Self::Uncited => "uncited",
         }
     }
 }
@@ -566,7 +573,11 @@ impl Turn<'_> {
                         let t0 = Instant::now();
                         let out = tools::run(&ctx, call).await?;
                         let ms = t0.elapsed().as_millis();
-                        self.citable.extend(out.citable.iter().copied());
+                        for id in &out.citable {
+                            if self.citable.insert(*id) {
+                                self.citable_order.push(*id);
+                            }
+                        }
                         self.proposals.extend(out.proposal);
                         let status = if out.error.is_some() { "error" } else { "ok" };
                         // Evidence: a call that ran and answered, even with nothing found.
@@ -623,6 +634,32 @@ impl Turn<'_> {
                     answer_round = self.breaker.is_some();
                     require_tool = !answer_round;
                 }
+                Ok(mut answer) if self.uncited(&answer) => {
+                    if repair.is_some() {
+                        // Still nothing cited: it stands, but below the escalation line, so a
+                        // person sees it before anyone relies on it.
+                        tracing::info!("the answer still cites nothing; confidence capped");
+                        answer["confidence"] = json!(grounding::UNCITED_CONFIDENCE);
+                        return Ok(Settled {
+                            answer,
+                            outcome: Outcome::Answered,
+                            repair,
+                            repair_identical: false,
+                            draft: None,
+                        });
+                    }
+                    repair = Some(Repair::Uncited);
+                    let ask = grounding::citation_repair(&self.citable_order);
+                    self.emit(ChatEvent::Repair {
+                        errors: vec![ask.clone()],
+                    })
+                    .await;
+                    repaired_reply = Some((msg.content.clone(), Some(answer)));
+                    history.push(ChatMessage::assistant(msg.content.clone()));
+                    history.push(ChatMessage::user(ask));
+                    // The evidence is in: the correction is an answer round.
+                    answer_round = true;
+                }
                 Ok(answer) => {
                     return Ok(Settled {
                         answer,
@@ -666,6 +703,24 @@ impl Turn<'_> {
                 .get("confidence")
                 .and_then(Value::as_f64)
                 .is_some_and(|c| c >= ESCALATION_THRESHOLD)
+    }
+
+    /// A confident answer to a ledger question that cites nothing although this turn's tools
+    /// returned spans it could cite (grounding.rs). An answer that proposes a change is judged
+    /// by its `actions[]` instead.
+    fn uncited(&self, answer: &Value) -> bool {
+        self.ledger_question
+            && self.grounded
+            && !self.citable.is_empty()
+            && self.proposals.is_empty()
+            && answer
+                .get("confidence")
+                .and_then(Value::as_f64)
+                .is_some_and(|c| c >= ESCALATION_THRESHOLD)
+            && answer
+                .get("citations")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
     }
 
     fn insufficient(&self, repair: Option<Repair>, identical: bool) -> Settled {

@@ -20,6 +20,11 @@
 //!    unless the turn made a proposal. Facts about past decisions ("D1 was terminated at
 //!    midnight") are not claims of a change made now and stay allowed.
 //!
+//! 4. **An answer cites what it rests on.** A confident answer to a ledger question that
+//!    cites none of the spans this turn's tools returned is asked once to cite them
+//!    ([`citation_repair`] lists the ids); if it still cites nothing, its confidence is capped
+//!    at [`UNCITED_CONFIDENCE`], below the escalation line, so a reviewer sees it.
+//!
 //! The rules are word lists, not a model: they err towards asking for evidence (a message
 //! that merely mentions "contract" is a ledger question) and are documented in
 //! `prompts/README.md`.
@@ -31,6 +36,28 @@ use uuid::Uuid;
 
 /// The confidence an unsupported answer is capped to: below the escalation line (0.6).
 pub const UNSUPPORTED_CONFIDENCE: f64 = 0.3;
+
+/// The confidence an answer that cites nothing after being asked to is capped to.
+pub const UNCITED_CONFIDENCE: f64 = 0.5;
+
+/// Most ids listed in a citation repair: enough for any answer, short for a small model.
+const CITATION_REPAIR_IDS: usize = 12;
+
+/// What the model is told when its answer cites nothing although the turn's tools returned
+/// spans: the ids it may cite, in the order they were returned.
+pub fn citation_repair(citable: &[Uuid]) -> String {
+    let ids: Vec<String> = citable
+        .iter()
+        .take(CITATION_REPAIR_IDS)
+        .map(Uuid::to_string)
+        .collect();
+    format!(
+        "Your answer cites nothing. Answer again with the same JSON object, putting in `citations` \
+         the ids of the spans from this turn's tool results that support it (ids returned: {}). \
+         If none of them supports the answer, set `confidence` below 0.6.",
+        ids.join(", ")
+    )
+}
 
 /// What an unsupported answer says instead of the model's text.
 pub const UNSUPPORTED_TEXT: &str = "I could not check this against the ledger: no tool returned \
