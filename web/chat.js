@@ -216,11 +216,41 @@ class Turn {
     const cards = proposals.map((p) => new Proposal(p, this.results.find((t) => t.name === "propose_amendment" && t.result && t.result.proposal_id === p.proposal_id), r.outcome === "escalated" || r.outcome === "unsupported"));
     extra.push(...cards.map((c) => c.node));
     if (a.follow_up_question) extra.push(followUp(a.follow_up_question));
+    if (isUuid(r.run_id)) extra.push(feedback(r.run_id));
     extra.push(el("p", { class: "run-meta" }, "Recorded as ", spanLink(r.run_id, `run ${shortId(r.run_id)}`)));
     this.extra.replaceChildren(...extra);
     const open = cards.find((c) => c.pending);
     if (open) open.review();
   }
+}
+
+/** Thumbs up / down on an answer (POST /api/chat/feedback). The pressed button stays pressed
+ * (aria-pressed) once the server has recorded the vote; pressing the other one changes it (the
+ * server keeps one vote per user and answer, the later superseding the earlier). */
+function feedback(runId) {
+  const status = el("span", { class: "feedback-status", role: "status", "aria-live": "polite" });
+  const buttons = [];
+  const vote = async (score, pressed) => {
+    if (pressed.getAttribute("aria-pressed") === "true") return;
+    for (const b of buttons) b.disabled = true;
+    status.textContent = "Saving…";
+    try {
+      await api("/api/chat/feedback", { method: "POST", body: { run_id: runId, score } });
+      for (const b of buttons) b.setAttribute("aria-pressed", String(b === pressed));
+      status.textContent = score === "up" ? "Recorded: helpful. Thank you." : "Recorded: not helpful. Thank you.";
+    } catch (err) {
+      status.textContent = `Not recorded: ${sentence(err)}`;
+    } finally {
+      for (const b of buttons) b.disabled = false;
+    }
+  };
+  for (const [score, label, glyph] of [["up", "Helpful", "\u{1F44D}"], ["down", "Not helpful", "\u{1F44E}"]]) {
+    const b = el("button", { type: "button", class: `vote ${score}`, "aria-pressed": "false", "aria-label": label, title: label }, glyph);
+    b.addEventListener("click", () => vote(score, b));
+    buttons.push(b);
+  }
+  return el("div", { class: "feedback", role: "group", "aria-label": "Rate this answer" },
+    el("span", { class: "feedback-label" }, "Was this helpful?"), ...buttons, status);
 }
 
 function argSummary(args) {
