@@ -2242,7 +2242,7 @@ async fn chat_answers_503_while_stage0_refuses_the_provider_exec_kernel(
     let l = Ledger::new(backend).await;
     l.seed_demo();
     // Allow-list every native kernel but provider_exec (…0005).
-    let listed: Vec<String> = [1, 2, 3, 4, 6]
+    let listed: Vec<String> = [1, 2, 3, 4, 6, 8]
         .iter()
         .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
         .collect();
