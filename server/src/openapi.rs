@@ -168,6 +168,8 @@ mod tests {
             "/api/openapi.json",
             "/api/chat",
             "/api/chat/confirm",
+            "/api/chat/feedback",
+            "/api/variants",
             "/api/reviews",
             "/api/reviews/{id}",
             "/manifest/{name}",
