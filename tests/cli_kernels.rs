@@ -263,7 +263,9 @@ async fn manifest_set_appends_a_new_signed_seq_and_show_prints_it(backend: Backe
 
 // Stage-0 -----------------------------------------------------------------------------------
 
-async fn init_seeds_every_native_kernel_span_and_stage0_verifies_them(backend: Backend) -> Result<()> {
+async fn init_seeds_every_native_kernel_span_and_stage0_verifies_them(
+    backend: Backend,
+) -> Result<()> {
     let l = ledger(backend).await;
     let (ok, report) = l.status();
     ensure!(ok, "{report}");

@@ -40,11 +40,17 @@ pub struct Picked {
     pub selection: Value,
 }
 
+/// Stage-0's verdict on the kernel: the verified config, or why it is refused.
+type Verdict = Result<BanditConfig, String>;
+
 /// The node's bandit as the chat and the API use it.
 pub struct Picker {
     store: Arc<dyn Store>,
     bandit: Arc<Bandit>,
-    gate: tokio::sync::Mutex<Option<(Instant, Result<BanditConfig, String>)>>,
+    /// The last verdict and when it was reached.
+    gate: std::sync::Mutex<Option<(Instant, Verdict)>>,
+    /// One re-check at a time.
+    checking: tokio::sync::Mutex<()>,
 }
 
 impl Picker {
@@ -53,7 +59,8 @@ impl Picker {
         let picker = Arc::new(Self {
             bandit: Arc::new(Bandit::new(store.clone())),
             store,
-            gate: tokio::sync::Mutex::new(None),
+            gate: std::sync::Mutex::new(None),
+            checking: tokio::sync::Mutex::new(()),
         });
         let warm = picker.clone();
         tokio::spawn(async move {
@@ -66,29 +73,50 @@ impl Picker {
         picker
     }
 
-    /// The kernel's verified config, or why Stage-0 refuses it (cached for [`GATE_TTL`]).
-    pub async fn config(&self) -> Result<Result<BanditConfig, String>, StoreError> {
-        let mut gate = self.gate.lock().await;
-        if let Some((at, verdict)) = gate.as_ref()
-            && at.elapsed() < GATE_TTL
-        {
-            return Ok(verdict.clone());
-        }
+    fn cached(&self) -> Option<(Instant, Verdict)> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks Stage-0 now and caches the answer.
+    async fn check(&self) -> Result<Verdict, StoreError> {
+        let _one = self.checking.lock().await;
         let verdict = match stage0::inspect_kernel(self.store.as_ref(), "prompt_bandit").await {
             Ok((_, k)) if k.state == stage0::State::Ready => BanditConfig::from_value(&k.config),
             Ok((_, k)) => Err(k.reason),
             Err(stage0::Stage0Error::Store(e)) => return Err(e),
             Err(e) => Err(e.to_string()),
         };
-        *gate = Some((Instant::now(), verdict.clone()));
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), verdict.clone()));
         Ok(verdict)
+    }
+
+    /// The kernel's verified config, or why Stage-0 refuses it: asked once, then re-asked in
+    /// the background whenever the answer is older than [`GATE_TTL`] (so a new kernel or
+    /// manifest seq takes effect within about that long, and a turn never waits for Stage-0
+    /// after the first).
+    pub async fn config(self: &Arc<Self>) -> Result<Verdict, StoreError> {
+        match self.cached() {
+            Some((at, verdict)) => {
+                if at.elapsed() >= GATE_TTL && self.checking.try_lock().is_ok() {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.check().await {
+                            tracing::warn!(error = %e, "prompt_bandit: cannot ask Stage-0");
+                        }
+                    });
+                }
+                Ok(verdict)
+            }
+            None => self.check().await,
+        }
     }
 
     /// Chooses the variant of a new conversation among `eligible`, or `None` while the kernel
     /// is refused or nothing is eligible. Starts a background refresh when the posteriors are
     /// stale; never waits for one.
     pub async fn pick(
-        &self,
+        self: &Arc<Self>,
         eligible: &[String],
         conversation_id: Uuid,
     ) -> Result<Option<Picked>, StoreError> {
@@ -139,7 +167,7 @@ impl Picker {
         &self,
         eligible: &[String],
     ) -> Result<(Status, Option<String>), StoreError> {
-        let (cfg, refused) = match self.config().await? {
+        let (cfg, refused) = match self.check().await? {
             Ok(cfg) => (cfg, None),
             Err(why) => (BanditConfig::default(), Some(why)),
         };
