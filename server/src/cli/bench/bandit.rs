@@ -3,7 +3,8 @@
 //! posteriors are folded in once, and then each measured choice is what a turn of a new
 //! conversation does: Stage-0's cached verdict, the choice (a lock, the cached `P(best)`, one
 //! Beta draw per variant) and the `prompt_variant_selection` draft. Prints one JSON line per
-//! store with p50/p99 in microseconds, and how long folding the seeded runs took.
+//! store with p50/p99 in microseconds (the whole, and the choice without the draft), and how
+//! long folding the seeded runs took.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,12 +64,14 @@ pub async fn run(store: Arc<dyn Store>, runs: usize, choices: usize) -> Result<V
         bail!("Stage-0 refuses prompt_bandit: {why}");
     }
     let mut lat = Vec::with_capacity(choices);
+    let mut choose_only = Vec::with_capacity(choices);
     let mut modes = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..choices {
         let conversation = Uuid::now_v7();
         let run = Uuid::now_v7();
         let t = Instant::now();
         let picked = picker.pick(&eligible, conversation).await?;
+        choose_only.push(t.elapsed().as_secs_f64() * 1e6);
         let draft = match &picked {
             Some(pk) => Some(selection_draft(
                 &p,
@@ -89,6 +92,7 @@ pub async fn run(store: Arc<dyn Store>, runs: usize, choices: usize) -> Result<V
         *modes.entry(mode.to_string()).or_default() += 1;
     }
     lat.sort_by(f64::total_cmp);
+    choose_only.sort_by(f64::total_cmp);
     let mean = lat.iter().sum::<f64>() / lat.len().max(1) as f64;
     Ok(json!({
         "bench": "bandit",
@@ -100,6 +104,8 @@ pub async fn run(store: Arc<dyn Store>, runs: usize, choices: usize) -> Result<V
         "choice_p50_us": round(pct(&lat, 0.5)),
         "choice_p99_us": round(pct(&lat, 0.99)),
         "choice_mean_us": round(mean),
+        "of_which_choose_p50_us": round(pct(&choose_only, 0.5)),
+        "of_which_choose_p99_us": round(pct(&choose_only, 0.99)),
         "modes": modes,
         "probabilities": status.variants.iter().map(|v| json!({"name": v.name, "probability": round(v.probability)})).collect::<Vec<_>>(),
     }))
