@@ -244,13 +244,31 @@ function feedback(runId) {
       for (const b of buttons) b.disabled = false;
     }
   };
-  for (const [score, label, glyph] of [["up", "Helpful", "\u{1F44D}"], ["down", "Not helpful", "\u{1F44E}"]]) {
-    const b = el("button", { type: "button", class: `vote ${score}`, "aria-pressed": "false", "aria-label": label, title: label }, glyph);
+  for (const [score, label] of [["up", "Helpful"], ["down", "Not helpful"]]) {
+    const b = el("button", { type: "button", class: `vote ${score}`, "aria-pressed": "false", "aria-label": label, title: label }, thumb(score));
     b.addEventListener("click", () => vote(score, b));
     buttons.push(b);
   }
   return el("div", { class: "feedback", role: "group", "aria-label": "Rate this answer" },
     el("span", { class: "feedback-label" }, "Was this helpful?"), ...buttons, status);
+}
+
+// Feather's thumbs-up and thumbs-down outlines (MIT): drawn, so no emoji font is needed.
+const THUMBS = {
+  up: "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3",
+  down: "M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3zm7-13h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17",
+};
+
+function thumb(which) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  for (const [k, v] of Object.entries({ viewBox: "0 0 24 24", width: "18", height: "18", fill: "none", stroke: "currentColor", "stroke-width": "2", "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true", focusable: "false" })) {
+    svg.setAttribute(k, v);
+  }
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", THUMBS[which]);
+  svg.append(path);
+  return svg;
 }
 
 function argSummary(args) {
