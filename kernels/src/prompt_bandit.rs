@@ -832,6 +832,7 @@ struct Inner {
     cursor: i64,
     cache: Option<Cache>,
     refreshed_at: Option<Instant>,
+    pruned_at: Option<Instant>,
 }
 
 /// The node's bandit: posteriors folded in from the ledger incrementally, choices from memory.
@@ -851,6 +852,7 @@ impl Bandit {
                 cursor: 0,
                 cache: None,
                 refreshed_at: None,
+                pruned_at: None,
             }),
             refreshing: tokio::sync::Mutex::new(()),
         }
@@ -892,7 +894,14 @@ impl Bandit {
             self.catch_up(cfg, &mut report).await?;
         }
         let mut inner = self.lock();
-        inner.learner.prune(Utc::now(), cfg);
+        // Forgetting settled runs walks them all: once a minute is enough.
+        if inner
+            .pruned_at
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
+        {
+            inner.learner.prune(Utc::now(), cfg);
+            inner.pruned_at = Some(Instant::now());
+        }
         inner.refreshed_at = Some(Instant::now());
         Ok(report)
     }
@@ -904,9 +913,11 @@ impl Bandit {
             let Some(last) = rows.last().map(|r| r.ingest_id) else {
                 return Ok(());
             };
+            // Parsing is the costly part; the lock a turn's choice waits on is held only to apply.
+            let events: Vec<Event> = rows.iter().filter_map(parse).collect();
             let mut inner = self.lock();
-            for row in &rows {
-                fold(&mut inner.learner, row, cfg, report);
+            for e in &events {
+                apply(&mut inner.learner, e, cfg, report);
             }
             report.spans_read += rows.len();
             inner.cursor = last;
@@ -1013,80 +1024,122 @@ fn best_cached(inner: &mut Inner, candidates: &[Candidate]) -> Vec<f64> {
     best
 }
 
-/// Folds one span into the learner: prompt runs, eval cases, feedback, and the system tenant's
+/// What one span tells the bandit (parsed outside the lock, applied under it).
+#[derive(Clone, Debug, PartialEq)]
+enum Event {
+    Run {
+        id: Uuid,
+        variant: String,
+        at: DateTime<Utc>,
+        tenant: String,
+        owner: String,
+        facts: RunFacts,
+    },
+    Eval {
+        run: Uuid,
+        pass: bool,
+    },
+    Feedback {
+        run: Uuid,
+        tenant: String,
+        owner: String,
+        at: DateTime<Utc>,
+        score: f64,
+    },
+    Promotion(Option<String>),
+    Guardrail {
+        variant: String,
+        dropped: bool,
+    },
+}
+
+/// Reads one span as an event: prompt runs, eval cases, feedback, and the system tenant's
 /// promotions and guardrail events (only the node writes there, so only those count).
-fn fold(l: &mut Learner, row: &ledger::query::TailRow, cfg: &BanditConfig, report: &mut Refreshed) {
+fn parse(row: &ledger::query::TailRow) -> Option<Event> {
     // The envelope says what it is; only the few kinds read here are parsed further.
-    let Ok(env) = serde_json::from_str::<Value>(&row.span.envelope) else {
-        return;
-    };
+    let env = serde_json::from_str::<Value>(&row.span.envelope).ok()?;
     let kind = env.get("entity_type").and_then(Value::as_str).unwrap_or("");
-    if !matches!(
-        kind,
-        "prompt_run" | "eval_case" | FEEDBACK | PROMOTION | GUARDRAIL
-    ) {
-        return;
+    let system = row.tenant_id == SYSTEM_TENANT;
+    match kind {
+        "prompt_run" | "eval_case" | FEEDBACK => {}
+        PROMOTION | GUARDRAIL if system => {}
+        _ => return None,
     }
-    let Ok(view) = row.span.to_view() else { return };
+    let view = row.span.to_view().ok()?;
     let content = view.get("content").cloned().unwrap_or(Value::Null);
     let at = view
         .get("at")
         .and_then(Value::as_str)
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|t| t.to_utc());
-    let id = view
-        .get("id")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Uuid>().ok());
     let str_of = |k: &str| content.get(k).and_then(Value::as_str);
-    match kind {
-        "prompt_run" => {
-            let (Some(id), Some(at), Some(variant), Some(outcome)) = (
-                id,
-                at,
-                str_of("variant"),
-                str_of("outcome").and_then(RunOutcome::parse),
-            ) else {
-                return;
-            };
-            let facts = RunFacts {
-                outcome,
+    let uuid_of = |k: &str| str_of(k).and_then(|s| s.parse::<Uuid>().ok());
+    Some(match kind {
+        "prompt_run" => Event::Run {
+            id: view
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<Uuid>().ok())?,
+            variant: str_of("variant")?.to_string(),
+            at: at?,
+            tenant: row.tenant_id.clone(),
+            owner: row.owner_id.clone(),
+            facts: RunFacts {
+                outcome: str_of("outcome").and_then(RunOutcome::parse)?,
                 repaired: content.get("repaired").and_then(Value::as_bool) == Some(true),
                 latency_ms: content
                     .get("latency_ms")
                     .and_then(Value::as_u64)
                     .unwrap_or(0),
-            };
-            l.observe_run(id, variant, at, &row.tenant_id, &row.owner_id, &facts, cfg);
+            },
+        },
+        "eval_case" => Event::Eval {
+            run: uuid_of("prompt_run")?,
+            pass: content.get("pass").and_then(Value::as_bool)?,
+        },
+        FEEDBACK => Event::Feedback {
+            run: uuid_of("run_id")?,
+            tenant: row.tenant_id.clone(),
+            owner: row.owner_id.clone(),
+            at: at?,
+            score: content.get("score").and_then(feedback_score)?,
+        },
+        PROMOTION => Event::Promotion(str_of("variant").map(str::to_string)),
+        _ => Event::Guardrail {
+            variant: str_of("variant")?.to_string(),
+            dropped: str_of("action") == Some("dropped"),
+        },
+    })
+}
+
+/// Applies one event to the learner.
+fn apply(l: &mut Learner, e: &Event, cfg: &BanditConfig, report: &mut Refreshed) {
+    match e {
+        Event::Run {
+            id,
+            variant,
+            at,
+            tenant,
+            owner,
+            facts,
+        } => {
+            l.observe_run(*id, variant, *at, tenant, owner, facts, cfg);
             report.runs += 1;
         }
-        "eval_case" => {
-            if let (Some(run), Some(pass)) = (
-                str_of("prompt_run").and_then(|s| s.parse::<Uuid>().ok()),
-                content.get("pass").and_then(Value::as_bool),
-            ) {
-                l.observe_eval(run, pass);
-            }
-        }
-        FEEDBACK => {
-            if let (Some(run), Some(score), Some(at)) = (
-                str_of("run_id").and_then(|s| s.parse::<Uuid>().ok()),
-                content.get("score").and_then(feedback_score),
-                at,
-            ) && l.observe_feedback(run, &row.tenant_id, &row.owner_id, at, score, cfg)
-            {
+        Event::Eval { run, pass } => l.observe_eval(*run, *pass),
+        Event::Feedback {
+            run,
+            tenant,
+            owner,
+            at,
+            score,
+        } => {
+            if l.observe_feedback(*run, tenant, owner, *at, *score, cfg) {
                 report.feedback += 1;
             }
         }
-        PROMOTION if row.tenant_id == SYSTEM_TENANT => {
-            l.observe_promotion(str_of("variant").map(str::to_string));
-        }
-        GUARDRAIL if row.tenant_id == SYSTEM_TENANT => {
-            if let Some(v) = str_of("variant") {
-                l.observe_guardrail(v, str_of("action") == Some("dropped"));
-            }
-        }
-        _ => {}
+        Event::Promotion(v) => l.observe_promotion(v.clone()),
+        Event::Guardrail { variant, dropped } => l.observe_guardrail(variant, *dropped),
     }
 }
 
