@@ -10,6 +10,10 @@
 //! sent back once and then shown as `unsupported`, `actions[]` must be this turn's proposals,
 //! claims of a change need one, and a repair that returns the same reply is not retried.
 //!
+//! The prompt variant is the one the request names, else the conversation's own (from its
+//! earlier turns), else the prompt_bandit kernel's choice for a new conversation ([`super::bandit`],
+//! recorded as a `prompt_variant_selection` span with the turn), else `default`.
+//!
 //! Records: every model call is a `provider_execution` span, every tool call a `tool_call`
 //! span, the turn a `prompt_run` span (its id is the `run_id`), all in the turn's trace. They
 //! are appended together when the turn ends — one commit instead of one per step — except
