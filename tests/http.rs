@@ -1820,6 +1820,8 @@ testkit::both_stores!(
     chat_refuses_bad_input_and_other_tenants_and_non_reviewers_precisely,
     a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded,
     chat_answers_503_while_stage0_refuses_the_provider_exec_kernel,
+    feedback_rates_the_askers_own_run_and_refuses_other_runs_and_bad_scores_precisely,
+    the_bandit_gives_each_new_conversation_a_sticky_variant_and_a_promotion_pins_it,
 );
 
 const ANA: &str = "ana@padaria-lisboa.pt";
@@ -2240,7 +2242,7 @@ async fn chat_answers_503_while_stage0_refuses_the_provider_exec_kernel(
     let l = Ledger::new(backend).await;
     l.seed_demo();
     // Allow-list every native kernel but provider_exec (…0005).
-    let listed: Vec<String> = [1, 2, 3, 4, 6]
+    let listed: Vec<String> = [1, 2, 3, 4, 6, 8]
         .iter()
         .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
         .collect();
@@ -2264,6 +2266,305 @@ async fn chat_answers_503_while_stage0_refuses_the_provider_exec_kernel(
     ensure!(
         p["detail"].as_str().unwrap_or("").contains("switched off"),
         "{p}"
+    );
+    Ok(())
+}
+
+impl Server {
+    async fn feedback(&self, token: Option<&str>, body: Value) -> Result<Resp> {
+        self.post_json(token, "/api/chat/feedback", body).await
+    }
+
+    /// The caller's spans of one type, newest first.
+    async fn spans_of(&self, token: Option<&str>, entity_type: &str) -> Result<Vec<Value>> {
+        let page = self
+            .get(
+                token,
+                &format!("/api/timeline?entity_type={entity_type}&limit=1000&order=desc"),
+            )
+            .await?
+            .expect(200);
+        Ok(page["spans"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+async fn feedback_rates_the_askers_own_run_and_refuses_other_runs_and_bad_scores_precisely(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.seed_demo();
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token(ANA, "demo", "1h");
+    let rui = l.token("rui@padaria-lisboa.pt", "demo", "1h");
+    let eve = l.token("eve@elsewhere.example", "elsewhere", "1h");
+
+    let turn = s
+        .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    let run = turn["run_id"]
+        .as_str()
+        .context("the answer names its run")?;
+    let run_view = s.span_view(Some(&ana), run).await?;
+    ensure!(run_view["entity_type"] == "prompt_run", "{run_view}");
+
+    // A thumbs up: a private feedback span by Ana, related to the run.
+    let up = s
+        .feedback(Some(&ana), json!({"run_id": run, "score": "up"}))
+        .await?
+        .expect(200);
+    ensure!(up["seq"] == 0 && up["score"] == "up", "{up}");
+    ensure!(up["variant"] == run_view["content"]["variant"], "{up}");
+    let id = up["id"].as_str().context("feedback id")?;
+    let fb = s.span_view(Some(&ana), id).await?;
+    ensure!(
+        fb["entity_type"] == "feedback"
+            && fb["visibility"] == "private"
+            && fb["owner_id"] == ANA
+            && fb["tenant_id"] == "demo"
+            && fb["related_to"] == json!([run])
+            && fb["content"]["run_id"] == run,
+        "{fb}"
+    );
+    // Changing the vote supersedes it: the same span, the next seq.
+    let down = s
+        .feedback(
+            Some(&ana),
+            json!({"run_id": run, "score": 0.2, "comment": "the reason was vague"}),
+        )
+        .await?
+        .expect(200);
+    ensure!(down["id"] == up["id"] && down["seq"] == 1, "{down}");
+    let fb = s.span_view(Some(&ana), id).await?;
+    ensure!(
+        fb["content"]["score"] == json!(0.2) && fb["content"]["comment"] == "the reason was vague",
+        "{fb}"
+    );
+    // Nobody else sees it.
+    s.get(Some(&rui), &format!("/api/spans/{id}"))
+        .await?
+        .problem(404);
+
+    // Bad scores and bodies.
+    for bad in [
+        json!("sideways"),
+        json!(1.5),
+        json!(-0.1),
+        json!(null),
+        json!(true),
+    ] {
+        s.feedback(Some(&ana), json!({"run_id": run, "score": bad}))
+            .await?
+            .problem(400);
+    }
+    s.feedback(Some(&ana), json!({"run_id": run}))
+        .await?
+        .problem(400);
+    s.feedback(Some(&ana), json!({"run_id": "not-a-uuid", "score": "up"}))
+        .await?
+        .problem(400);
+    s.feedback(
+        Some(&ana),
+        json!({"run_id": run, "score": "up", "comment": "x".repeat(2001)}),
+    )
+    .await?
+    .problem(400);
+    s.feedback(None, json!({"run_id": run, "score": "up"}))
+        .await?
+        .problem(401);
+
+    // No such run; another tenant's run; another user's run: not found, and nothing recorded.
+    s.feedback(Some(&ana), json!({"run_id": Uuid::now_v7(), "score": "up"}))
+        .await?
+        .problem(404);
+    let p = s
+        .feedback(Some(&eve), json!({"run_id": run, "score": "down"}))
+        .await?
+        .problem(404);
+    ensure!(
+        p["detail"].as_str().unwrap_or("").contains("of yours"),
+        "{p}"
+    );
+    s.feedback(Some(&rui), json!({"run_id": run, "score": "down"}))
+        .await?
+        .problem(404);
+    ensure!(s.spans_of(Some(&eve), "feedback").await?.is_empty());
+    ensure!(s.spans_of(Some(&rui), "feedback").await?.is_empty());
+    // A run another user made visible to the tenant is still not Ana's to rate; a span that is
+    // no run is no run.
+    let shared = s
+        .create(
+            Some(&rui),
+            &span(json!({"entity_type": "prompt_run", "visibility": "tenant",
+                         "content": {"variant": "default", "outcome": "answered"}})),
+        )
+        .await?;
+    let p = s
+        .feedback(Some(&ana), json!({"run_id": shared, "score": "up"}))
+        .await?
+        .problem(403);
+    ensure!(
+        p["detail"].as_str().unwrap_or("").contains("another user"),
+        "{p}"
+    );
+    let note = s
+        .create(
+            Some(&ana),
+            &span(json!({"entity_type": "note", "visibility": "tenant"})),
+        )
+        .await?;
+    s.feedback(Some(&ana), json!({"run_id": note, "score": "up"}))
+        .await?
+        .problem(422);
+    // Ana's two votes are the two versions of one span.
+    let votes = s.spans_of(Some(&ana), "feedback").await?;
+    let ids: BTreeSet<&str> = votes.iter().filter_map(|v| v["id"].as_str()).collect();
+    ensure!(ids.len() == 1 && votes.len() == 2, "{votes:?}");
+    Ok(())
+}
+
+async fn the_bandit_gives_each_new_conversation_a_sticky_variant_and_a_promotion_pins_it(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.seed_demo();
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token(ANA, "demo", "1h");
+
+    // A new conversation that names no variant: the bandit chooses and records why.
+    let first = s
+        .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    let conversation = first["conversation_id"].as_str().context("conversation")?;
+    let run = s
+        .span_view(Some(&ana), first["run_id"].as_str().context("run")?)
+        .await?;
+    let variant = run["content"]["variant"]
+        .as_str()
+        .context("variant")?
+        .to_string();
+    let selections = s.spans_of(Some(&ana), "prompt_variant_selection").await?;
+    ensure!(selections.len() == 1, "{selections:?}");
+    let sel = &selections[0];
+    ensure!(
+        sel["content"]["chosen"] == json!(variant)
+            && sel["content"]["conversation_id"] == conversation
+            && sel["parent_id"] == first["run_id"]
+            && sel["visibility"] == "private",
+        "{sel}"
+    );
+    let probabilities: f64 = sel["content"]["candidates"]
+        .as_array()
+        .context("candidates")?
+        .iter()
+        .filter_map(|c| c["probability"].as_f64())
+        .sum();
+    ensure!((probabilities - 1.0).abs() < 1e-9, "{sel}");
+    ensure!(
+        sel["content"]["seed"]
+            .as_str()
+            .is_some_and(|x| x.len() == 16),
+        "{sel}"
+    );
+
+    // The conversation keeps it, with no new choice.
+    for _ in 0..2 {
+        let next = s
+            .chat(
+                Some(&ana),
+                json!({"message": "and D2?", "conversation_id": conversation}),
+            )
+            .await?
+            .expect(200);
+        let run = s
+            .span_view(Some(&ana), next["run_id"].as_str().context("run")?)
+            .await?;
+        ensure!(run["content"]["variant"] == json!(variant), "{run}");
+    }
+    ensure!(
+        s.spans_of(Some(&ana), "prompt_variant_selection")
+            .await?
+            .len()
+            == 1
+    );
+    // A named variant wins and is no bandit choice.
+    let named = s
+        .chat(
+            Some(&ana),
+            json!({"message": "why was D1 terminated?", "variant": "brief"}),
+        )
+        .await?
+        .expect(200);
+    let run = s
+        .span_view(Some(&ana), named["run_id"].as_str().context("run")?)
+        .await?;
+    ensure!(run["content"]["variant"] == "brief", "{run}");
+    ensure!(
+        s.spans_of(Some(&ana), "prompt_variant_selection")
+            .await?
+            .len()
+            == 1
+    );
+
+    // GET /api/variants: every variant, the turns so far counted, probabilities summing to 1.
+    s.get(None, "/api/variants").await?.problem(401);
+    let v = s.get(Some(&ana), "/api/variants").await?.expect(200);
+    ensure!(v["promoted"].is_null(), "{v}");
+    let rows = v["variants"].as_array().context("variants")?;
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    ensure!(names == ["brief", "compact", "default"], "{v}");
+    for r in rows {
+        for k in [
+            "eligible",
+            "samples",
+            "mean_reward",
+            "alpha",
+            "beta",
+            "probability",
+            "dropped",
+        ] {
+            ensure!(r.get(k).is_some(), "no `{k}` in {r}");
+        }
+    }
+    let samples: u64 = rows.iter().filter_map(|r| r["samples"].as_u64()).sum();
+    ensure!(samples == 4, "four turns were rewarded: {v}");
+    let total: f64 = rows.iter().filter_map(|r| r["probability"].as_f64()).sum();
+    ensure!((total - 1.0).abs() < 1e-9, "{v}");
+
+    // An explicit, signed promotion pins every new conversation; the table says so.
+    let out = l.command(&["variants", "promote", "compact"]).output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = l.command(&["variants", "promote", "nope"]).output()?;
+    ensure!(!out.status.success());
+    let v = s.get(Some(&ana), "/api/variants").await?.expect(200);
+    ensure!(v["promoted"] == "compact", "{v}");
+    for _ in 0..3 {
+        let r = s
+            .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+            .await?
+            .expect(200);
+        let run = s
+            .span_view(Some(&ana), r["run_id"].as_str().context("run")?)
+            .await?;
+        ensure!(run["content"]["variant"] == "compact", "{run}");
+    }
+    let sel = &s.spans_of(Some(&ana), "prompt_variant_selection").await?[0];
+    ensure!(sel["content"]["mode"] == "promoted", "{sel}");
+    let out = l.command(&["variants", "status"]).output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        table.contains("promoted: compact") && table.contains("Beta(") && table.contains("brief"),
+        "{table}"
     );
     Ok(())
 }

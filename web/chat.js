@@ -216,11 +216,59 @@ class Turn {
     const cards = proposals.map((p) => new Proposal(p, this.results.find((t) => t.name === "propose_amendment" && t.result && t.result.proposal_id === p.proposal_id), r.outcome === "escalated" || r.outcome === "unsupported"));
     extra.push(...cards.map((c) => c.node));
     if (a.follow_up_question) extra.push(followUp(a.follow_up_question));
+    if (isUuid(r.run_id)) extra.push(feedback(r.run_id));
     extra.push(el("p", { class: "run-meta" }, "Recorded as ", spanLink(r.run_id, `run ${shortId(r.run_id)}`)));
     this.extra.replaceChildren(...extra);
     const open = cards.find((c) => c.pending);
     if (open) open.review();
   }
+}
+
+/** Thumbs up / down on an answer (POST /api/chat/feedback). The pressed button stays pressed
+ * (aria-pressed) once the server has recorded the vote; pressing the other one changes it (the
+ * server keeps one vote per user and answer, the later superseding the earlier). */
+function feedback(runId) {
+  const status = el("span", { class: "feedback-status", role: "status", "aria-live": "polite" });
+  const buttons = [];
+  const vote = async (score, pressed) => {
+    if (pressed.getAttribute("aria-pressed") === "true") return;
+    for (const b of buttons) b.disabled = true;
+    status.textContent = "Saving…";
+    try {
+      await api("/api/chat/feedback", { method: "POST", body: { run_id: runId, score } });
+      for (const b of buttons) b.setAttribute("aria-pressed", String(b === pressed));
+      status.textContent = score === "up" ? "Recorded: helpful. Thank you." : "Recorded: not helpful. Thank you.";
+    } catch (err) {
+      status.textContent = `Not recorded: ${sentence(err)}`;
+    } finally {
+      for (const b of buttons) b.disabled = false;
+    }
+  };
+  for (const [score, label] of [["up", "Helpful"], ["down", "Not helpful"]]) {
+    const b = el("button", { type: "button", class: `vote ${score}`, "aria-pressed": "false", "aria-label": label, title: label }, thumb(score));
+    b.addEventListener("click", () => vote(score, b));
+    buttons.push(b);
+  }
+  return el("div", { class: "feedback", role: "group", "aria-label": "Rate this answer" },
+    el("span", { class: "feedback-label" }, "Was this helpful?"), ...buttons, status);
+}
+
+// Feather's thumbs-up and thumbs-down outlines (MIT): drawn, so no emoji font is needed.
+const THUMBS = {
+  up: "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3",
+  down: "M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3zm7-13h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17",
+};
+
+function thumb(which) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  for (const [k, v] of Object.entries({ viewBox: "0 0 24 24", width: "18", height: "18", fill: "none", stroke: "currentColor", "stroke-width": "2", "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true", focusable: "false" })) {
+    svg.setAttribute(k, v);
+  }
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", THUMBS[which]);
+  svg.append(path);
+  return svg;
 }
 
 function argSummary(args) {

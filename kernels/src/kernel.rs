@@ -15,6 +15,7 @@
 pub mod midnight_ruler;
 pub mod observer_bot;
 pub mod policy_agent;
+pub mod prompt_bandit;
 pub mod provider_exec;
 pub mod request_worker;
 pub mod run_code;
@@ -27,13 +28,14 @@ use thiserror::Error;
 use uuid::Uuid;
 
 /// The native kernels, in boot order (the order of `kernels status` and of the boot events).
-pub const NATIVE: [&dyn Native; 6] = [
+pub const NATIVE: [&dyn Native; 7] = [
     &run_code::RunCodeKernel,
     &observer_bot::ObserverBotKernel,
     &request_worker::RequestWorkerKernel,
     &policy_agent::PolicyAgentKernel,
     &provider_exec::ProviderExecKernel,
     &midnight_ruler::MidnightRulerKernel,
+    &prompt_bandit::PromptBanditKernel,
 ];
 
 /// The native kernel of that name.
@@ -48,7 +50,7 @@ pub fn native_names() -> String {
 
 /// Why a kernel's config is refused. The texts are what `logline kernels status` and
 /// `logline kernels set` print after "invalid config:" and "kernel `config`:".
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, Debug, PartialEq, Error)]
 pub enum ConfigError {
     #[error("config must be an object")]
     NotAnObject,
@@ -74,6 +76,13 @@ pub enum ConfigError {
     Expected {
         key: &'static str,
         expected: &'static str,
+        value: Value,
+    },
+    #[error("`{key}` must be a number from {min} to {max}, not {value}")]
+    NotANumberWithin {
+        key: &'static str,
+        min: f64,
+        max: f64,
         value: Value,
     },
     /// Settings each valid alone that do not fit together.
@@ -242,6 +251,28 @@ impl Setting<u64> {
         match self {
             Self::Set(v) if (min..=max).contains(v) => Ok(*v),
             _ => Err(ConfigError::NotFromTo { key, min, max }),
+        }
+    }
+}
+
+impl Setting<f64> {
+    /// The value if it is a finite number in `min..=max`; "must be a number from min to max,
+    /// not v" otherwise.
+    pub fn within(&self, key: &'static str, min: f64, max: f64) -> Result<f64, ConfigError> {
+        match self {
+            Self::Set(v) if v.is_finite() && (min..=max).contains(v) => Ok(*v),
+            Self::Set(v) => Err(ConfigError::NotANumberWithin {
+                key,
+                min,
+                max,
+                value: serde_json::Number::from_f64(*v).map_or(Value::Null, Value::Number),
+            }),
+            Self::Wrong(value) => Err(ConfigError::NotANumberWithin {
+                key,
+                min,
+                max,
+                value: value.clone(),
+            }),
         }
     }
 }

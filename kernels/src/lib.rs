@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod midnight_ruler;
 pub mod observer_bot;
 pub mod policy_agent;
+pub mod prompt_bandit;
 pub mod request_worker;
 pub mod run_code;
 pub mod runner;

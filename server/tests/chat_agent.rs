@@ -70,7 +70,8 @@ async fn ask(s: &Setup, who: &Principal, message: &str) -> TurnResult {
             TurnRequest {
                 message: message.into(),
                 conversation_id: None,
-                variant: None,
+                // Named, so the prompt_bandit's choice does not vary the prompt under test.
+                variant: Some("default".into()),
                 memory: MemoryMode::Off,
             },
             None,
@@ -864,7 +865,8 @@ async fn prompt_run_records_server_token_counts_and_a_failed_call_names_its_prom
             TurnRequest {
                 message: "why was D1 terminated?".into(),
                 conversation_id: None,
-                variant: None,
+                // Named, so the prompt_bandit's choice does not vary the prompt under test.
+                variant: Some("default".into()),
                 memory: MemoryMode::Off,
             },
             None,

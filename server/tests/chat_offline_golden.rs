@@ -194,7 +194,8 @@ impl Golden {
             } else {
                 None
             },
-            variant: None,
+            // Named, so the prompt_bandit's choice does not vary the prompt under test.
+            variant: Some("default".into()),
             memory: if conversation {
                 MemoryMode::On
             } else {

@@ -214,6 +214,37 @@ describe("the web UI", () => {
     await context.close();
   });
 
+  test("an answer is rated with thumbs from the keyboard, shows it was recorded, and the vote can be changed", T, async () => {
+    const { context, page } = await desktop();
+    await page.goto(demo.base + "/");
+    const answer = await ask(page, "why was D1 terminated?");
+    const up = answer.getByRole("button", { name: "Helpful", exact: true });
+    const down = answer.getByRole("button", { name: "Not helpful", exact: true });
+    assert.equal(await up.getAttribute("aria-pressed"), "false");
+    await up.focus();
+    await page.keyboard.press("Enter");
+    await answer.getByText("Recorded: helpful.").waitFor();
+    assert.equal(await up.getAttribute("aria-pressed"), "true");
+    await shot(page, "chat-feedback-up");
+    // Tab from the thumbs up to the thumbs down and change the vote with Space.
+    await page.keyboard.press("Tab");
+    assert.equal(await page.evaluate(() => document.activeElement.getAttribute("aria-label")), "Not helpful");
+    await page.keyboard.press(" ");
+    await answer.getByText("Recorded: not helpful.").waitFor();
+    assert.equal(await up.getAttribute("aria-pressed"), "false");
+    assert.equal(await down.getAttribute("aria-pressed"), "true");
+    // The server holds one vote per answer, the later one: two versions of one feedback span.
+    const votes = await apiCall(demo.base, "/api/timeline?entity_type=feedback&order=desc&limit=100");
+    assert.equal(votes.status, 200);
+    const runLink = await answer.locator(".run-meta a").getAttribute("href");
+    const mine = votes.json.spans.filter((v) => runLink.endsWith(v.content.run_id));
+    assert.equal(mine.length, 2);
+    assert.equal(new Set(mine.map((v) => v.id)).size, 1);
+    assert.equal(mine[0].content.score, "down");
+    page.checkClean();
+    await context.close();
+  });
+
   test("a low-confidence answer is escalated and a reviewer approves it on /reviews", T, async () => {
     const { context, page } = await desktop();
     await page.goto(demo.base + "/");

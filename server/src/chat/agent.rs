@@ -10,6 +10,10 @@
 //! sent back once and then shown as `unsupported`, `actions[]` must be this turn's proposals,
 //! claims of a change need one, and a repair that returns the same reply is not retried.
 //!
+//! The prompt variant is the one the request names, else the conversation's own (from its
+//! earlier turns), else the prompt_bandit kernel's choice for a new conversation ([`super::bandit`],
+//! recorded as a `prompt_variant_selection` span with the turn), else `default`.
+//!
 //! Records: every model call is a `provider_execution` span, every tool call a `tool_call`
 //! span, the turn a `prompt_run` span (its id is the `run_id`), all in the turn's trace. They
 //! are appended together when the turn ends — one commit instead of one per step — except
@@ -29,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::bandit::{Picker, eligible_variants, selection_draft};
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
 use super::grounding;
 use super::prompt::{Budget, PromptInput, build_prompt};
@@ -63,6 +68,8 @@ pub struct Agent {
     pub prompts: Arc<ActivePrompts>,
     pub validator: Arc<jsonschema::Validator>,
     pub budget: Budget,
+    /// The prompt_bandit kernel's choice of variant for a new conversation that names none.
+    pub variants: Arc<Picker>,
     /// Stage-0's last word on the provider_exec kernel, and when it was asked.
     gate: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -213,17 +220,42 @@ impl Agent {
                 "`message` contains a NUL character".into(),
             ));
         }
-        let variant = req.variant.as_deref().unwrap_or("default");
+        let library = self.prompts.library();
         // Refuse an unknown variant before anything is recorded.
-        let tool_choice = self
-            .prompts
-            .library()
-            .variant(variant)
-            .map_err(|e| ChatError::BadRequest(e.to_string()))?
-            .tool_choice;
+        if let Some(v) = &req.variant {
+            library
+                .variant(v)
+                .map_err(|e| ChatError::BadRequest(e.to_string()))?;
+        }
         self.provider_exec_allowed().await?;
         let conversation_id = req.conversation_id.unwrap_or_else(Uuid::now_v7);
         let run_id = Uuid::now_v7();
+        let (mut history, earlier_variant) = self.history(principal, conversation_id).await?;
+        // The variant: the one the request names; else the conversation's own (sticky); else
+        // the bandit's choice, recorded with the turn; else `default`.
+        let mut selection = None;
+        let variant: String = match (req.variant, earlier_variant) {
+            (Some(v), _) => v,
+            (None, Some(v)) if library.variant(&v).is_ok() => v,
+            (None, _) => {
+                match self
+                    .variants
+                    .pick(&eligible_variants(library), conversation_id)
+                    .await?
+                {
+                    Some(p) if library.variant(&p.variant).is_ok() => {
+                        selection = Some(p.selection);
+                        p.variant
+                    }
+                    _ => "default".to_string(),
+                }
+            }
+        };
+        let variant = variant.as_str();
+        let tool_choice = library
+            .variant(variant)
+            .map_err(|e| ChatError::BadRequest(e.to_string()))?
+            .tool_choice;
         let mut t = Turn {
             agent: self,
             principal,
@@ -254,7 +286,18 @@ impl Agent {
             compiled_hash: String::new(),
             blocks: Vec::new(),
         };
-        let mut history = self.history(principal, conversation_id).await?;
+        if let Some(selection) = &selection {
+            let draft = selection_draft(
+                principal,
+                run_id,
+                &t.trace_id,
+                conversation_id,
+                selection,
+                t.now,
+            )
+            .map_err(StoreError::Input)?;
+            t.records.push(draft);
+        }
         history.push(ChatMessage::user(message));
 
         let mut settled = match t.run(&mut history).await {
@@ -337,12 +380,13 @@ impl Agent {
         verdict.map_err(ChatError::KernelRefused)
     }
 
-    /// Earlier turns of this conversation that the caller recorded (question and answer text).
+    /// Earlier turns of this conversation that the caller recorded (question and answer text),
+    /// and the variant its latest turn used.
     async fn history(
         &self,
         principal: &Principal,
         conversation_id: Uuid,
-    ) -> Result<Vec<ChatMessage>, StoreError> {
+    ) -> Result<(Vec<ChatMessage>, Option<String>), StoreError> {
         let filter = Filter {
             entity_type: Some("prompt_run".into()),
             this: Some(format!("conversation {conversation_id}")),
@@ -354,9 +398,13 @@ impl Agent {
         };
         let page = self.store.query(principal, &filter).await?;
         let mut out = Vec::new();
+        let mut variant = None;
         for row in page.rows.iter().rev() {
             let Ok(v) = row.span.to_view() else { continue };
             let Some(c) = v.get("content") else { continue };
+            if let Some(name) = c.get("variant").and_then(Value::as_str) {
+                variant = Some(name.to_string());
+            }
             let (Some(q), Some(a)) = (c.get("message").and_then(Value::as_str), c.get("answer"))
             else {
                 continue;
@@ -369,7 +417,7 @@ impl Agent {
                 .unwrap_or_else(|| a.to_string());
             out.push(ChatMessage::assistant(text));
         }
-        Ok(out)
+        Ok((out, variant))
     }
 }
 
@@ -1031,7 +1079,9 @@ impl Agent {
         let budget = Budget::for_model(provider.model(), context);
         super::prompt::warm_up();
         record_provider(store.as_ref(), provider.as_ref()).await?;
+        let variants = Picker::new(store.clone());
         Ok(Self {
+            variants,
             store,
             writer,
             provider,

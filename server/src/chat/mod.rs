@@ -6,7 +6,9 @@
 //! `provider_execution` span ([`record`]).
 
 pub mod agent;
+pub mod bandit;
 pub mod blocks;
+pub mod feedback;
 pub mod grounding;
 pub mod prompt;
 pub mod proposals;

@@ -47,7 +47,8 @@ pub enum KernelsCommand {
     /// Append a new signed seq of a kernel's span with content fields changed
     /// (`config.time_ms=300`, `version=1.1.0`). Prints the new seq.
     Set {
-        /// run_code, observer_bot, request_worker, policy_agent, provider_exec, midnight_ruler.
+        /// run_code, observer_bot, request_worker, policy_agent, provider_exec, midnight_ruler,
+        /// prompt_bandit.
         name: String,
         #[arg(required = true, value_name = "KEY=VALUE")]
         assignments: Vec<String>,

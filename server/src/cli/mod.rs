@@ -5,7 +5,7 @@
 //!
 //! One module per group of commands: [`ledger`] (init, add, query, get, verify, export,
 //! redact), [`kernels`] (manifest, kernels, run), [`law`] (law check, law simulate),
-//! [`governance`] (ruler, demo) and [`bench`]; `serve` and `token` are here.
+//! [`governance`] (ruler, demo), [`variants`] (the prompt bandit) and [`bench`]; `serve` and `token` are here.
 
 mod bench;
 mod governance;
@@ -13,6 +13,7 @@ mod kernels;
 mod law;
 mod ledger;
 mod progress;
+mod variants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -162,6 +163,12 @@ pub enum Command {
         #[command(subcommand)]
         what: governance::RulerCommand,
     },
+    /// The prompt bandit: `variants status`, `variants promote NAME`, `variants clear`,
+    /// `variants readmit NAME`.
+    Variants {
+        #[command(subcommand)]
+        what: variants::VariantsCommand,
+    },
     /// Demo data: `demo seed` creates a small bakery and film-company tenant (idempotent).
     Demo {
         #[command(subcommand)]
@@ -227,6 +234,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Law { what } => law::run(s, what).await,
         Command::Ruler { what } => governance::ruler(s, what).await,
         Command::Demo { what } => governance::demo(s, what).await,
+        Command::Variants { what } => variants::run(s, what).await,
         Command::Serve {
             bind,
             body_limit,

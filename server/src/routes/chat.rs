@@ -1,5 +1,6 @@
 //! `POST /api/chat` (JSON or SSE), `POST /api/chat/confirm` (apply or cancel a proposed
-//! amendment), and the reviewers' `GET /api/reviews` / `POST /api/reviews/{id}`.
+//! amendment), `POST /api/chat/feedback` (rate an answer), `GET /api/variants` (the prompt
+//! bandit's state), and the reviewers' `GET /api/reviews` / `POST /api/reviews/{id}`.
 
 use std::convert::Infallible;
 
@@ -21,6 +22,8 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::chat::agent::{self, ChatError, ChatEvent, MemoryMode, TurnRequest};
+use crate::chat::bandit::eligible_variants;
+use crate::chat::feedback::{self, Feedback, FeedbackError, Score};
 use crate::chat::proposals::{self, Actor, Confirmation, Decision, ProposalError};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
@@ -29,6 +32,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/chat", post(chat))
         .route("/api/chat/confirm", post(confirm))
+        .route("/api/chat/feedback", post(feedback))
+        .route("/api/variants", get(variants))
         .route("/api/reviews", get(reviews))
         .route("/api/reviews/{id}", post(review))
 }
@@ -488,5 +493,158 @@ pub async fn review(
         review_id: decided.review_id,
         status: decided.status.into(),
         proposals: decided.proposals,
+    }))
+}
+
+/// A rating of one chat answer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    /// The answer's `run_id` (its `prompt_run` span), as `POST /api/chat` returned it.
+    #[schema(value_type = String, format = "uuid")]
+    pub run_id: Uuid,
+    /// `"up"`, `"down"`, or a number from 0 (bad) to 1 (good).
+    #[schema(value_type = Object)]
+    pub score: Value,
+    /// Why, in the user's words (at most 2000 characters).
+    #[schema(max_length = 2000)]
+    pub comment: Option<String>,
+}
+
+/// The recorded rating.
+#[derive(Serialize, ToSchema)]
+pub struct FeedbackRecorded {
+    /// The `feedback` span (the same id for every vote of a user on a run).
+    #[schema(value_type = String, format = "uuid")]
+    pub id: Uuid,
+    /// 0 for a first vote; a later vote is the next seq and supersedes it.
+    pub seq: i64,
+    #[schema(value_type = String, format = "uuid")]
+    pub run_id: Uuid,
+    /// As given: `"up"`, `"down"` or a number.
+    #[schema(value_type = Object)]
+    pub score: Value,
+    /// The prompt variant the rated answer used.
+    pub variant: Option<String>,
+}
+
+impl From<FeedbackError> for ApiError {
+    fn from(e: FeedbackError) -> Self {
+        use FeedbackError as E;
+        match e {
+            E::BadScore(_) | E::CommentTooLong => ApiError::BadRequest(e.to_string()),
+            E::RunNotFound(_) => ApiError::NotFound(e.to_string()),
+            E::NotARun { .. } => ApiError::Unprocessable {
+                detail: e.to_string(),
+                line: None,
+            },
+            E::NotYours(_) => ApiError::Forbidden(e.to_string()),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/chat/feedback",
+    tag = "chat",
+    security(("bearer" = []), ()),
+    request_body(content = FeedbackBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded as a private `feedback` span related to the run; a second vote on the same run supersedes the first (next seq).", body = FeedbackRecorded),
+        (status = 400, description = "Malformed body, a score that is not up, down or a number from 0 to 1, or a comment too long.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The run was asked by another user.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No chat run of the caller's with this id (it does not exist, or it is another user's or another tenant's).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another vote on the same run was recorded at the same moment; send it again.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id names a span that is not a chat run.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+    b: Result<Json<FeedbackBody>, JsonRejection>,
+) -> Result<Json<FeedbackRecorded>, ApiError> {
+    let b = body(b)?;
+    let score = Score::parse(&b.score)?;
+    let f = Feedback {
+        run_id: b.run_id,
+        score,
+        comment: b.comment,
+    };
+    let r = feedback::record(state.store.as_ref(), &state.writer, &caller.principal, &f).await?;
+    Ok(Json(FeedbackRecorded {
+        id: r.id,
+        seq: r.seq,
+        run_id: b.run_id,
+        score: score.to_json(),
+        variant: r.variant,
+    }))
+}
+
+/// One prompt variant as the bandit sees it.
+#[derive(Serialize, ToSchema)]
+pub struct VariantState {
+    pub name: String,
+    /// Offered to new conversations (a variant of the prompt library, not dropped).
+    pub eligible: bool,
+    /// Rewarded runs.
+    pub samples: u64,
+    /// Their mean reward (null without samples).
+    pub mean_reward: Option<f64>,
+    /// The Beta posterior of its reward.
+    pub alpha: f64,
+    pub beta: f64,
+    /// The chance a new conversation that names no variant gets it now.
+    pub probability: f64,
+    /// Dropped by the guardrail (failure share above the limit).
+    pub dropped: bool,
+}
+
+/// The prompt bandit's state.
+#[derive(Serialize, ToSchema)]
+pub struct Variants {
+    pub variants: Vec<VariantState>,
+    /// The promoted variant every new conversation gets, if any.
+    pub promoted: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/variants",
+    tag = "chat",
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "Every prompt variant with its samples, posterior and current probability (the prompt_bandit kernel's state, refreshed from the ledger first).", body = Variants),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn variants(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Variants>, ApiError> {
+    let eligible = eligible_variants(state.chat.prompts.library());
+    let (status, _refused) = state.chat.variants.status(&eligible).await?;
+    Ok(Json(Variants {
+        variants: status
+            .variants
+            .into_iter()
+            .map(|v| VariantState {
+                name: v.name,
+                eligible: v.eligible,
+                samples: v.samples,
+                mean_reward: v.mean_reward,
+                alpha: v.alpha,
+                beta: v.beta,
+                probability: v.probability,
+                dropped: v.dropped,
+            })
+            .collect(),
+        promoted: status.promoted,
     }))
 }

@@ -1,9 +1,10 @@
 //! `logline bench`: ingest and verify throughput with latency percentiles, printed as JSON
 //! lines (one per store × mode × writer count). The embedded store always runs (in a temporary
 //! directory); PostgreSQL runs when a database URL is given, in a fresh tenant of that database.
-//! The HTTP API ([`http`]), chat turns ([`chat`]) and the Midnight Ruler ([`ruler`]) have their
-//! own modules.
+//! The HTTP API ([`http`]), chat turns ([`chat`]), the prompt bandit's choice ([`bandit`]) and
+//! the Midnight Ruler ([`ruler`]) have their own modules.
 
+mod bandit;
 mod chat;
 mod http;
 mod ruler;
@@ -69,6 +70,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         think_ms: u64,
     },
+    /// The prompt bandit's choice per new conversation (target: ≤ 0.2 ms).
+    Bandit {
+        /// Rewarded runs seeded before measuring.
+        #[arg(long, default_value_t = 5000)]
+        runs: usize,
+        /// Choices measured.
+        #[arg(long, default_value_t = 20_000)]
+        choices: usize,
+    },
     /// Verify a chain of this many spans.
     Verify {
         #[arg(long, default_value_t = 100_000)]
@@ -133,6 +143,11 @@ pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process
                     )
                     .await?
                 );
+            }
+        }
+        BenchCommand::Bandit { runs, choices } => {
+            for s in &stores {
+                println!("{}", bandit::run(s.clone(), runs, choices).await?);
             }
         }
         BenchCommand::Http {
