@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
 use super::grounding;
+use super::memory_turn;
 use super::prompt::{Budget, PromptInput, build_prompt};
 use super::proposals::{self, ESCALATION_THRESHOLD, Escalation};
 use super::providers::{ChatMessage, Provider, ProviderError, ToolCall, ToolChoice};
@@ -63,6 +64,8 @@ pub struct Agent {
     pub prompts: Arc<ActivePrompts>,
     pub validator: Arc<jsonschema::Validator>,
     pub budget: Budget,
+    /// Memory (issue 13): recalled into turns and written as `X-LogLine-Memory` allows.
+    pub memory: Arc<crate::memory::Memory>,
     /// Stage-0's last word on the provider_exec kernel, and when it was asked.
     gate: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -184,9 +187,17 @@ struct Turn<'a> {
     /// even when the call made with it failed.
     compiled_hash: String,
     blocks: Vec<Value>,
+    /// Memory items recalled for this turn, as lines of the `turn` block.
+    recalled: Vec<String>,
 }
 
 impl Agent {
+    /// The agent with memory configured otherwise (a `LOGLINE_MEMORY_KEY`, an embedder).
+    pub fn with_memory(mut self, memory: Arc<crate::memory::Memory>) -> Self {
+        self.memory = memory;
+        self
+    }
+
     /// Runs one turn. `events` (for SSE) receives progress; the result is the same either way.
     #[tracing::instrument(skip_all, fields(user = %principal.user_id, tenant = %principal.tenant_id))]
     pub async fn turn(
@@ -250,7 +261,19 @@ impl Agent {
             grounded: false,
             compiled_hash: String::new(),
             blocks: Vec::new(),
+            recalled: Vec::new(),
         };
+        let recall = memory_turn::recall(
+            &self.memory,
+            principal,
+            req.memory,
+            conversation_id,
+            message,
+            t.now,
+        )
+        .await;
+        t.recalled = recall.lines;
+        t.citable.extend(recall.ids);
         let mut history = self.history(principal, conversation_id).await?;
         history.push(ChatMessage::user(message));
 
@@ -293,6 +316,16 @@ impl Agent {
             t.set_proposals("withdrawn", "the answer did not validate")
                 .await?;
         }
+        memory_turn::record(
+            &self.memory,
+            principal,
+            t.memory,
+            conversation_id,
+            message,
+            &t.trace_id,
+            t.now,
+        )
+        .await;
         let run = t.prompt_run(&settled, started.elapsed())?;
         t.records.push(run);
         t.flush().await?;
@@ -423,7 +456,7 @@ impl Turn<'_> {
         for _ in 0..MAX_MODEL_CALLS {
             let offer_tools = self.breaker.is_none() && !answer_round;
             let tools = if offer_tools {
-                tools::specs()
+                tools::specs_for(memory_turn::reach(self.memory).is_some())
             } else {
                 Vec::new()
             };
@@ -435,7 +468,7 @@ impl Turn<'_> {
                     principal: self.principal,
                     now: self.now,
                     tools: &tools,
-                    memory: &[],
+                    memory: &self.recalled,
                     extra_blocks: &extra,
                     history: history.clone(),
                     model: self.agent.provider.model(),
@@ -559,6 +592,14 @@ impl Turn<'_> {
                             roles: self.roles,
                             now: self.now,
                             trace_id: &self.trace_id,
+                            memory: memory_turn::reach(self.memory).map(|reach| {
+                                tools::MemoryAccess {
+                                    memory: &self.agent.memory,
+                                    reach,
+                                    session_id: self.conversation_id.to_string(),
+                                    explicit: memory_turn::asks_to_remember(self.message),
+                                }
+                            }),
                         };
                         let t0 = Instant::now();
                         let out = tools::run(&ctx, call).await?;
@@ -974,6 +1015,7 @@ impl Agent {
         super::prompt::warm_up();
         record_provider(store.as_ref(), provider.as_ref()).await?;
         Ok(Self {
+            memory: Arc::new(crate::memory::Memory::new(store.clone())),
             store,
             writer,
             provider,

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod blocks;
 pub mod grounding;
+pub mod memory_turn;
 pub mod prompt;
 pub mod proposals;
 pub mod providers;
