@@ -81,8 +81,8 @@ impl Embedder for LexicalHash {
 }
 
 /// Which embedder to use (`LOGLINE_EMBED_PROVIDER`, `LOGLINE_EMBED_URL`, `LOGLINE_EMBED_MODEL`,
-/// `LOGLINE_EMBED_API_KEY`).
-#[derive(Clone, Debug, Default)]
+/// `LOGLINE_EMBED_API_KEY`). `Debug` never shows the API key.
+#[derive(Clone, Default)]
 pub enum EmbedConfig {
     #[default]
     Lexical,
@@ -95,6 +95,26 @@ pub enum EmbedConfig {
         base_url: String,
         model: String,
     },
+}
+
+impl std::fmt::Debug for EmbedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lexical => f.write_str("Lexical"),
+            Self::OpenAi {
+                base_url, model, ..
+            } => f
+                .debug_struct("OpenAi")
+                .field("base_url", base_url)
+                .field("model", model)
+                .finish_non_exhaustive(),
+            Self::Ollama { base_url, model } => f
+                .debug_struct("Ollama")
+                .field("base_url", base_url)
+                .field("model", model)
+                .finish(),
+        }
+    }
 }
 
 impl EmbedConfig {

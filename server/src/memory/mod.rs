@@ -155,12 +155,21 @@ impl std::fmt::Debug for Memory {
     }
 }
 
-/// The settings memory runs with (read once by `config`).
-#[derive(Clone, Debug, Default)]
+/// The settings memory runs with (read once by `config`). `Debug` never shows the key.
+#[derive(Clone, Default)]
 pub struct MemorySettings {
     /// `LOGLINE_MEMORY_KEY` (64 hex digits), else the KEK is derived from the node key.
     pub kek_hex: Option<String>,
     pub embed: EmbedConfig,
+}
+
+impl std::fmt::Debug for MemorySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySettings")
+            .field("kek_hex", &self.kek_hex.as_ref().map(|_| "…"))
+            .field("embed", &self.embed)
+            .finish()
+    }
 }
 
 impl MemorySettings {
