@@ -135,13 +135,12 @@ pub trait MemoryIndex: Send + Sync {
         key: &WrappedKey,
     ) -> Result<WrappedKey, StoreError>;
 
-    /// Appends the item's span (ciphertext body) and its index row in one transaction.
+    /// Appends items' spans (ciphertext bodies) and their index rows in one transaction.
     async fn remember(
         &self,
         principal: &Principal,
-        draft: Draft,
-        item: NewMemory,
-    ) -> Result<Appended, StoreError>;
+        items: Vec<(Draft, NewMemory)>,
+    ) -> Result<Vec<Appended>, StoreError>;
 
     /// Candidates in scope, best first by embedding distance and by keyed-term match.
     async fn recall(

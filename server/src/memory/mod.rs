@@ -242,6 +242,11 @@ impl Memory {
         self
     }
 
+    /// One query's embedding (timed separately by `logline bench memory`).
+    pub async fn embed_for_bench(&self, text: &str) -> Result<Vec<f32>, MemoryError> {
+        self.embed_one(text).await
+    }
+
     pub fn embedder_name(&self) -> String {
         self.embedder.name()
     }
@@ -265,6 +270,38 @@ impl Memory {
         req: RememberRequest,
         now: DateTime<Utc>,
     ) -> Result<MemoryItem, MemoryError> {
+        let (row, item) = self.prepare(principal, req, now, true).await?;
+        self.store.memory().remember(principal, vec![row]).await?;
+        Ok(item)
+    }
+
+    /// Encrypts and appends many items in one transaction (imports, benchmarks). Contradictions
+    /// are not looked for: give `supersedes` explicitly.
+    pub async fn remember_many(
+        &self,
+        principal: &Principal,
+        reqs: Vec<RememberRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<MemoryItem>, MemoryError> {
+        let mut rows = Vec::with_capacity(reqs.len());
+        let mut items = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let (row, item) = self.prepare(principal, req, now, false).await?;
+            rows.push(row);
+            items.push(item);
+        }
+        self.store.memory().remember(principal, rows).await?;
+        Ok(items)
+    }
+
+    /// Validates, encrypts and embeds one item: its draft, index row and view.
+    async fn prepare(
+        &self,
+        principal: &Principal,
+        req: RememberRequest,
+        now: DateTime<Utc>,
+        find_superseded: bool,
+    ) -> Result<((Draft, NewMemory), MemoryItem), MemoryError> {
         let text = req.text.trim();
         if text.is_empty() || text.chars().count() > MAX_TEXT_CHARS || text.contains('\0') {
             return Err(MemoryError::BadRequest(format!(
@@ -284,7 +321,11 @@ impl Memory {
         let key = self.key(principal).await?;
         let supersedes = match req.supersedes {
             Some(id) => Some(id),
-            None => self.superseded_by(principal, text, &req, now).await?,
+            // A turn's record states nothing that could contradict a fact.
+            None if find_superseded && req.kind != MemoryKind::Turn => {
+                self.superseded_by(principal, text, &req, now).await?
+            }
+            None => None,
         };
         let ttl_at = match req.layer {
             MemoryLayer::Session => Some(now + SESSION_TTL),
@@ -326,22 +367,17 @@ impl Memory {
         });
         let draft = Draft::from_value(span, principal, &[], now)
             .map_err(|e| MemoryError::BadRequest(e.to_string()))?;
-        self.store
-            .memory()
-            .remember(
-                principal,
-                draft,
-                NewMemory {
-                    session_id: req.session_id.clone(),
-                    layer: req.layer,
-                    ttl_at,
-                    supersedes,
-                    terms,
-                    embedding,
-                },
-            )
-            .await?;
-        Ok(MemoryItem {
+        let index = NewMemory {
+            session_id: req.session_id.clone(),
+            layer: req.layer,
+            ttl_at,
+            supersedes,
+            terms,
+            embedding,
+        };
+        Ok((
+            (draft, index),
+            MemoryItem {
             id,
             text: text.to_string(),
             kind: req.kind,
@@ -352,7 +388,8 @@ impl Memory {
             created_at: now,
             ttl_at,
             supersedes,
-        })
+        },
+        ))
     }
 
     /// The caller's live item with the same subject as `text`, if any (and not the same text).

@@ -83,40 +83,42 @@ impl MemoryIndex for PgStore {
     async fn remember(
         &self,
         principal: &Principal,
-        draft: Draft,
-        item: NewMemory,
-    ) -> Result<Appended, StoreError> {
-        check_item(&item)?;
-        let visibility = draft.visibility;
-        let at = draft.at;
+        items: Vec<(Draft, NewMemory)>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        for (_, item) in &items {
+            check_item(item)?;
+        }
         let mut tx = self.begin_as(principal).await?;
-        let appended = self
-            .append_in(&mut tx, principal, &[draft])
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt("memory append produced no result".into()))??;
-        if !appended.duplicate {
-            sqlx::query(
-                "INSERT INTO ledger.memory_items (id, tenant_id, owner_id, visibility, session_id, \
-                 layer, created_at, ttl_at, supersedes, terms, embedding) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, to_tsvector('simple', $10), $11::vector)",
-            )
-            .bind(appended.id)
-            .bind(&principal.tenant_id)
-            .bind(&principal.user_id)
-            .bind(visibility.as_str())
-            .bind(&item.session_id)
-            .bind(item.layer.as_str())
-            .bind(at)
-            .bind(item.ttl_at)
-            .bind(item.supersedes)
-            .bind(&item.terms)
-            .bind(vector_literal(&item.embedding))
-            .execute(&mut *tx)
-            .await?;
+        let drafts: Vec<Draft> = items.iter().map(|(d, _)| d.clone()).collect();
+        let results = self.append_in(&mut tx, principal, &drafts).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for ((draft, item), appended) in items.into_iter().zip(results) {
+            let appended = appended?;
+            if !appended.duplicate {
+                sqlx::query(
+                    "INSERT INTO ledger.memory_items (id, tenant_id, owner_id, visibility, \
+                     session_id, layer, created_at, ttl_at, supersedes, terms, embedding) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, to_tsvector('simple', $10), \
+                     $11::vector)",
+                )
+                .bind(appended.id)
+                .bind(&principal.tenant_id)
+                .bind(&principal.user_id)
+                .bind(draft.visibility.as_str())
+                .bind(&item.session_id)
+                .bind(item.layer.as_str())
+                .bind(draft.at)
+                .bind(item.ttl_at)
+                .bind(item.supersedes)
+                .bind(&item.terms)
+                .bind(vector_literal(&item.embedding))
+                .execute(&mut *tx)
+                .await?;
+            }
+            out.push(appended);
         }
         tx.commit().await?;
-        Ok(appended)
+        Ok(out)
     }
 
     async fn recall(

@@ -99,44 +99,45 @@ impl MemoryIndex for SqliteStore {
     async fn remember(
         &self,
         principal: &Principal,
-        draft: Draft,
-        item: NewMemory,
-    ) -> Result<Appended, StoreError> {
-        check_item(&item)?;
-        let visibility = draft.visibility;
-        let at = draft.at;
+        items: Vec<(Draft, NewMemory)>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        for (_, item) in &items {
+            check_item(item)?;
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let appended = self
-            .append_in(&mut tx, principal, &[draft])
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt("memory append produced no result".into()))??;
-        if !appended.duplicate {
-            let rowid: i64 = sqlx::query_scalar(
-                "INSERT INTO memory_items (id, tenant_id, owner_id, visibility, session_id, layer, \
-                 created_at, ttl_at, supersedes, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 RETURNING rowid",
-            )
-            .bind(appended.id.to_string())
-            .bind(&principal.tenant_id)
-            .bind(&principal.user_id)
-            .bind(visibility.as_str())
-            .bind(&item.session_id)
-            .bind(item.layer.as_str())
-            .bind(format_time(at))
-            .bind(item.ttl_at.map(format_time))
-            .bind(item.supersedes.map(|u| u.to_string()))
-            .bind(vector_blob(&item.embedding))
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)")
-                .bind(rowid)
-                .bind(&item.terms)
-                .execute(&mut *tx)
+        let drafts: Vec<Draft> = items.iter().map(|(d, _)| d.clone()).collect();
+        let results = self.append_in(&mut tx, principal, &drafts).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for ((draft, item), appended) in items.into_iter().zip(results) {
+            let appended = appended?;
+            if !appended.duplicate {
+                let rowid: i64 = sqlx::query_scalar(
+                    "INSERT INTO memory_items (id, tenant_id, owner_id, visibility, session_id, \
+                     layer, created_at, ttl_at, supersedes, embedding) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
+                )
+                .bind(appended.id.to_string())
+                .bind(&principal.tenant_id)
+                .bind(&principal.user_id)
+                .bind(draft.visibility.as_str())
+                .bind(&item.session_id)
+                .bind(item.layer.as_str())
+                .bind(format_time(draft.at))
+                .bind(item.ttl_at.map(format_time))
+                .bind(item.supersedes.map(|u| u.to_string()))
+                .bind(vector_blob(&item.embedding))
+                .fetch_one(&mut *tx)
                 .await?;
+                sqlx::query("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)")
+                    .bind(rowid)
+                    .bind(&item.terms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            out.push(appended);
         }
         tx.commit().await?;
-        Ok(appended)
+        Ok(out)
     }
 
     async fn recall(
