@@ -26,7 +26,11 @@ fn run(dir: &std::path::Path, user: &str, args: &[&str]) -> (bool, String) {
 fn memory_commands_remember_list_export_and_forget_for_real() {
     let dir = tempfile::tempdir().unwrap();
     assert!(run(dir.path(), "ana", &["init"]).0);
-    let (ok, out) = run(dir.path(), "ana", &["memory", "remember", "my locker is 17"]);
+    let (ok, out) = run(
+        dir.path(),
+        "ana",
+        &["memory", "remember", "my locker is 17"],
+    );
     assert!(ok, "{out}");
     let item: Value = serde_json::from_str(out.trim()).unwrap();
     let id = item["id"].as_str().unwrap().to_string();
@@ -42,7 +46,12 @@ fn memory_commands_remember_list_export_and_forget_for_real() {
     assert!(!run(dir.path(), "bob", &["memory", "forget", &id]).0);
     let (ok, gone) = run(dir.path(), "ana", &["memory", "forget", &id]);
     assert!(ok && gone.contains(&id), "{gone}");
-    assert!(run(dir.path(), "ana", &["memory", "list"]).1.trim().is_empty());
+    assert!(
+        run(dir.path(), "ana", &["memory", "list"])
+            .1
+            .trim()
+            .is_empty()
+    );
     let (ok, verify) = run(dir.path(), "ana", &["verify"]);
     assert!(ok, "{verify}");
 }

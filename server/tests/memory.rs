@@ -33,7 +33,9 @@ async fn open(backend: Backend) -> Env {
     let store = ledger::store::open(pg_url.as_deref(), dir.path(), NodeKey::generate())
         .await
         .unwrap();
-    ledger::store::ensure_manifest(store.as_ref()).await.unwrap();
+    ledger::store::ensure_manifest(store.as_ref())
+        .await
+        .unwrap();
     Env {
         backend,
         memory: Memory::new(store.clone()),
@@ -83,7 +85,9 @@ impl Env {
     }
 
     async fn verify(&self, tenant: &str) {
-        let trusted = ledger::store::trusted_keys(self.store.as_ref()).await.unwrap();
+        let trusted = ledger::store::trusted_keys(self.store.as_ref())
+            .await
+            .unwrap();
         let report = ledger::verify::verify_tenant(self.store.as_ref(), tenant, &trusted)
             .await
             .unwrap();
@@ -117,15 +121,30 @@ async fn another_user_or_tenant_never_recalls_lists_or_forgets_an_item(env: Env)
     let now = Utc::now();
     let m = &env.memory;
     let secret = m
-        .remember(&ana(), fact("my bank PIN is 4242", MemoryLayer::Temporary, None), now)
+        .remember(
+            &ana(),
+            fact("my bank PIN is 4242", MemoryLayer::Temporary, None),
+            now,
+        )
         .await
         .unwrap();
-    m.remember(&ana(), fact("my dog is called Rex", MemoryLayer::Session, Some("s1")), now)
-        .await
-        .unwrap();
+    m.remember(
+        &ana(),
+        fact("my dog is called Rex", MemoryLayer::Session, Some("s1")),
+        now,
+    )
+    .await
+    .unwrap();
     // The owner recalls it…
     let mine = m
-        .recall(&ana(), Reach::All, Some("s1"), "what is my bank PIN", 5, now)
+        .recall(
+            &ana(),
+            Reach::All,
+            Some("s1"),
+            "what is my bank PIN",
+            5,
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(mine[0].item.id, secret.id);
@@ -145,36 +164,73 @@ async fn another_user_or_tenant_never_recalls_lists_or_forgets_an_item(env: Env)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not found"), "{err}");
-        assert_eq!(m.forget(&who, &ForgetTarget::All, now).await.unwrap(), Vec::<uuid::Uuid>::new());
+        assert_eq!(
+            m.forget(&who, &ForgetTarget::All, now).await.unwrap(),
+            Vec::<uuid::Uuid>::new()
+        );
     }
     assert_eq!(m.list(&ana(), None, now, 100).await.unwrap().len(), 2);
     // The span is the owner's, private, and holds ciphertext only.
-    let span = env.store.get(&ana(), secret.id, None).await.unwrap().unwrap();
+    let span = env
+        .store
+        .get(&ana(), secret.id, None)
+        .await
+        .unwrap()
+        .unwrap();
     let view = span.to_view().unwrap();
     assert_eq!(view["entity_type"], "memory");
     assert_eq!(view["visibility"], "private");
     assert!(!view.to_string().contains("4242"), "{view}");
-    assert!(env.store.get(&bob(), secret.id, None).await.unwrap().is_none());
+    assert!(
+        env.store
+            .get(&bob(), secret.id, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn session_only_reach_sees_only_this_sessions_items(env: Env) {
     let now = Utc::now();
     let m = &env.memory;
     let here = m
-        .remember(&ana(), fact("the project is called Falcon", MemoryLayer::Session, Some("s1")), now)
+        .remember(
+            &ana(),
+            fact(
+                "the project is called Falcon",
+                MemoryLayer::Session,
+                Some("s1"),
+            ),
+            now,
+        )
         .await
         .unwrap();
-    m.remember(&ana(), fact("the project is called Heron", MemoryLayer::Session, Some("s2")), now)
-        .await
-        .unwrap();
-    m.remember(&ana(), fact("the project budget is 12k", MemoryLayer::Temporary, None), now)
-        .await
-        .unwrap();
+    m.remember(
+        &ana(),
+        fact(
+            "the project is called Heron",
+            MemoryLayer::Session,
+            Some("s2"),
+        ),
+        now,
+    )
+    .await
+    .unwrap();
+    m.remember(
+        &ana(),
+        fact("the project budget is 12k", MemoryLayer::Temporary, None),
+        now,
+    )
+    .await
+    .unwrap();
     let got = m
         .recall(&ana(), Reach::Session, Some("s1"), "project", 10, now)
         .await
         .unwrap();
-    assert_eq!(got.iter().map(|r| r.item.id).collect::<Vec<_>>(), vec![here.id]);
+    assert_eq!(
+        got.iter().map(|r| r.item.id).collect::<Vec<_>>(),
+        vec![here.id]
+    );
     let all = m
         .recall(&ana(), Reach::All, Some("s1"), "project", 10, now)
         .await
@@ -188,9 +244,13 @@ async fn expired_and_superseded_items_are_never_recalled(env: Env) {
     let now = Utc::now();
     let m = &env.memory;
     let old = now - TimeDelta::hours(25);
-    m.remember(&ana(), fact("the door code is 1234", MemoryLayer::Session, Some("s1")), old)
-        .await
-        .unwrap();
+    m.remember(
+        &ana(),
+        fact("the door code is 1234", MemoryLayer::Session, Some("s1")),
+        old,
+    )
+    .await
+    .unwrap();
     let got = m
         .recall(&ana(), Reach::All, Some("s1"), "door code", 10, now)
         .await
@@ -199,11 +259,19 @@ async fn expired_and_superseded_items_are_never_recalled(env: Env) {
     assert!(m.list(&ana(), None, now, 10).await.unwrap().is_empty());
 
     let rex = m
-        .remember(&ana(), fact("my dog's name is Rex", MemoryLayer::Temporary, None), now)
+        .remember(
+            &ana(),
+            fact("my dog's name is Rex", MemoryLayer::Temporary, None),
+            now,
+        )
         .await
         .unwrap();
     let max = m
-        .remember(&ana(), fact("My dog's name is Max", MemoryLayer::Temporary, None), now)
+        .remember(
+            &ana(),
+            fact("My dog's name is Max", MemoryLayer::Temporary, None),
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(max.supersedes, Some(rex.id));
@@ -211,7 +279,10 @@ async fn expired_and_superseded_items_are_never_recalled(env: Env) {
         .recall(&ana(), Reach::All, None, "what is my dog's name", 10, now)
         .await
         .unwrap();
-    assert_eq!(got.iter().map(|r| r.item.id).collect::<Vec<_>>(), vec![max.id]);
+    assert_eq!(
+        got.iter().map(|r| r.item.id).collect::<Vec<_>>(),
+        vec![max.id]
+    );
     // Nothing was deleted: the older item is still the owner's to see and forget.
     assert_eq!(m.list(&ana(), None, now, 10).await.unwrap().len(), 2);
 }
@@ -220,14 +291,37 @@ async fn a_forgotten_item_leaves_nothing_recoverable_and_the_chain_verifies(env:
     let now = Utc::now();
     let m = &env.memory;
     let keep = m
-        .remember(&ana(), fact("I prefer answers in Portuguese", MemoryLayer::Temporary, None), now)
+        .remember(
+            &ana(),
+            fact(
+                "I prefer answers in Portuguese",
+                MemoryLayer::Temporary,
+                None,
+            ),
+            now,
+        )
         .await
         .unwrap();
     let gone = m
-        .remember(&ana(), fact("my passport number is X1234567", MemoryLayer::Temporary, None), now)
+        .remember(
+            &ana(),
+            fact(
+                "my passport number is X1234567",
+                MemoryLayer::Temporary,
+                None,
+            ),
+            now,
+        )
         .await
         .unwrap();
-    let view = env.store.get(&ana(), gone.id, None).await.unwrap().unwrap().to_view().unwrap();
+    let view = env
+        .store
+        .get(&ana(), gone.id, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_view()
+        .unwrap();
     let ciphertext = view["content"]["ciphertext"].as_str().unwrap().to_string();
     assert_eq!(env.index_rows(Some(gone.id)).await, 1);
 
@@ -245,38 +339,67 @@ async fn a_forgotten_item_leaves_nothing_recoverable_and_the_chain_verifies(env:
     assert_eq!(list.iter().map(|i| i.id).collect::<Vec<_>>(), vec![keep.id]);
     assert_eq!(env.index_rows(Some(gone.id)).await, 0);
     assert_eq!(env.index_rows(None).await, 1);
-    let after = env.store.get(&ana(), gone.id, None).await.unwrap().unwrap().to_view().unwrap();
+    let after = env
+        .store
+        .get(&ana(), gone.id, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_view()
+        .unwrap();
     assert_eq!(after["redacted"], true, "{after}");
     if env.backend == Backend::Sqlite {
         for file in ["ledger.sqlite3", "ledger.sqlite3-wal"] {
             let bytes = std::fs::read(env.dir.path().join(file)).unwrap_or_default();
             let hay = String::from_utf8_lossy(&bytes);
-            assert!(!hay.contains(&ciphertext), "{file} still holds the ciphertext");
+            assert!(
+                !hay.contains(&ciphertext),
+                "{file} still holds the ciphertext"
+            );
             assert!(!hay.contains("X1234567"), "{file} holds the plaintext");
         }
     }
     env.verify("demo").await;
 
     // forget session / all / last
-    m.remember(&ana(), fact("we talked about invoices", MemoryLayer::Session, Some("s9")), now)
-        .await
-        .unwrap();
+    m.remember(
+        &ana(),
+        fact("we talked about invoices", MemoryLayer::Session, Some("s9")),
+        now,
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        m.forget(&ana(), &ForgetTarget::Session { session_id: "s9".into() }, now)
-            .await
-            .unwrap()
-            .len(),
+        m.forget(
+            &ana(),
+            &ForgetTarget::Session {
+                session_id: "s9".into()
+            },
+            now
+        )
+        .await
+        .unwrap()
+        .len(),
         1
     );
     let last = m
-        .remember(&ana(), fact("my cat is Tom", MemoryLayer::Temporary, None), now)
+        .remember(
+            &ana(),
+            fact("my cat is Tom", MemoryLayer::Temporary, None),
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(
-        m.forget(&ana(), &ForgetTarget::Last { session_id: None }, now).await.unwrap(),
+        m.forget(&ana(), &ForgetTarget::Last { session_id: None }, now)
+            .await
+            .unwrap(),
         vec![last.id]
     );
-    assert_eq!(m.forget(&ana(), &ForgetTarget::All, now).await.unwrap(), vec![keep.id]);
+    assert_eq!(
+        m.forget(&ana(), &ForgetTarget::All, now).await.unwrap(),
+        vec![keep.id]
+    );
     assert_eq!(env.index_rows(None).await, 0);
     env.verify("demo").await;
 }

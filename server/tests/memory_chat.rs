@@ -74,21 +74,36 @@ async fn a_recalled_memory_is_cited_by_the_answer_and_refused_when_memory_is_off
     };
 
     fake.push(Reply::json(openai::answer(&answer)));
-    let r = agent.turn(&ana, &[], ask(MemoryMode::On, conversation), None).await.unwrap();
+    let r = agent
+        .turn(&ana, &[], ask(MemoryMode::On, conversation), None)
+        .await
+        .unwrap();
     assert_eq!(r.outcome, Outcome::Answered, "{:?}", r.answer);
     assert_eq!(r.answer["citations"], json!([item.id.to_string()]));
     let sent = fake.received().pop().unwrap().body.to_string();
-    assert!(sent.contains(&item.id.to_string()) && sent.contains("teal"), "{sent}");
-    assert!(sent.contains("\"remember\""), "memory tools are offered when memory is on");
+    assert!(
+        sent.contains(&item.id.to_string()) && sent.contains("teal"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains("\"remember\""),
+        "memory tools are offered when memory is on"
+    );
 
     // Off (a new conversation, so no history mentions it): the item is not in the prompt, so
     // citing it is an invented citation.
     fake.push(Reply::json(openai::answer(&answer)));
     fake.push(Reply::json(openai::answer(&answer)));
-    let r = agent.turn(&ana, &[], ask(MemoryMode::Off, uuid::Uuid::now_v7()), None).await.unwrap();
+    let r = agent
+        .turn(&ana, &[], ask(MemoryMode::Off, uuid::Uuid::now_v7()), None)
+        .await
+        .unwrap();
     assert_ne!(r.outcome, Outcome::Answered, "{:?}", r.answer);
     let sent = fake.received()[1].body.to_string();
-    assert!(!sent.contains("teal") && !sent.contains("\"remember\""), "{sent}");
+    assert!(
+        !sent.contains("teal") && !sent.contains("\"remember\""),
+        "{sent}"
+    );
 }
 
 #[tokio::test]

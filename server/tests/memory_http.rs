@@ -117,7 +117,13 @@ impl Srv {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
-    async fn send(&self, who: (&str, &str), method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    async fn send(
+        &self,
+        who: (&str, &str),
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let resp = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -161,15 +167,21 @@ async fn memory_off_writes_and_reads_nothing(s: Srv) {
     for mode in [None, Some("off")] {
         let a = s.chat(ANA, mode, &c, "remember that my PIN is 4242").await;
         let text = a["answer"]["text"].as_str().unwrap_or_default();
-        assert!(text.contains("`remember` tool, which is not available"), "{a}");
+        assert!(
+            text.contains("`remember` tool, which is not available"),
+            "{a}"
+        );
     }
     assert_eq!(s.memory_spans(ANA).await, 0);
     assert!(s.items(ANA).await.is_empty());
     // The same words with memory on write the fact and the turn's record.
-    s.chat(ANA, Some("on"), &c, "remember that my PIN is 4242").await;
+    s.chat(ANA, Some("on"), &c, "remember that my PIN is 4242")
+        .await;
     assert_eq!(s.memory_spans(ANA).await, 2);
     // Off again: nothing is read (the fact is not recalled) and nothing more is written.
-    let a = s.chat(ANA, Some("off"), &c, "what do you remember about my PIN?").await;
+    let a = s
+        .chat(ANA, Some("off"), &c, "what do you remember about my PIN?")
+        .await;
     assert!(!a.to_string().contains("4242"), "{a}");
     assert_eq!(s.memory_spans(ANA).await, 2);
 }
@@ -183,7 +195,10 @@ async fn a_fact_remembered_in_turn_one_is_cited_in_turn_two(s: Srv) {
     let two = s
         .chat(ANA, Some("on"), &c, "What do you remember about my dog?")
         .await;
-    assert!(two["answer"]["text"].as_str().unwrap().contains("Rex"), "{two}");
+    assert!(
+        two["answer"]["text"].as_str().unwrap().contains("Rex"),
+        "{two}"
+    );
     let cites: Vec<&str> = two["answer"]["citations"]
         .as_array()
         .unwrap()
@@ -201,7 +216,12 @@ async fn a_fact_remembered_in_turn_one_is_cited_in_turn_two(s: Srv) {
     assert!(t.contains("Max") && !t.contains("Rex"), "{three}");
     // session-only in a new conversation does not reach the user's temporary items.
     let four = s
-        .chat(ANA, Some("session-only"), &conv(), "What do you remember about my dog?")
+        .chat(
+            ANA,
+            Some("session-only"),
+            &conv(),
+            "What do you remember about my dog?",
+        )
         .await;
     assert!(!four.to_string().contains("Max"), "{four}");
 }
@@ -231,16 +251,32 @@ async fn nobody_else_reaches_a_users_memory_on_any_path(s: Srv) {
             assert!(!a.to_string().contains(&id), "{who:?} {q}: {a}");
         }
         let listed = s.items(who).await;
-        assert!(!serde_json::to_string(&listed).unwrap().contains("4242"), "{listed:?}");
+        assert!(
+            !serde_json::to_string(&listed).unwrap().contains("4242"),
+            "{listed:?}"
+        );
         let (status, export) = s.get(who, "/api/memory/export").await;
         assert_eq!(status, 200);
-        assert!(!export.contains("4242") && !export.contains(&id), "{export}");
+        assert!(
+            !export.contains("4242") && !export.contains(&id),
+            "{export}"
+        );
         let (status, _) = s
-            .send(who, reqwest::Method::DELETE, &format!("/api/memory/{id}"), Value::Null)
+            .send(
+                who,
+                reqwest::Method::DELETE,
+                &format!("/api/memory/{id}"),
+                Value::Null,
+            )
             .await;
         assert_eq!(status, 404);
         let (status, body) = s
-            .send(who, reqwest::Method::POST, "/api/memory/forget", json!({"target": "all"}))
+            .send(
+                who,
+                reqwest::Method::POST,
+                "/api/memory/forget",
+                json!({"target": "all"}),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         let (_, span) = s.get(who, &format!("/api/spans/{id}")).await;
@@ -251,7 +287,8 @@ async fn nobody_else_reaches_a_users_memory_on_any_path(s: Srv) {
 
 async fn forgetting_everything_leaves_a_verifiable_chain_and_an_empty_signed_export(s: Srv) {
     let c = conv();
-    s.chat(ANA, Some("on"), &c, "remember that I prefer short answers").await;
+    s.chat(ANA, Some("on"), &c, "remember that I prefer short answers")
+        .await;
     let (status, item) = s
         .send(
             ANA,
@@ -262,7 +299,10 @@ async fn forgetting_everything_leaves_a_verifiable_chain_and_an_empty_signed_exp
         .await;
     assert_eq!(status, 201, "{item}");
     let (_, export) = s.get(ANA, "/api/memory/export").await;
-    let lines: Vec<Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let trailer = &lines.last().unwrap()["trailer"];
     assert_eq!(trailer["count"], lines.len() - 1);
     assert_eq!(lines.len() - 1, s.items(ANA).await.len());
@@ -276,15 +316,30 @@ async fn forgetting_everything_leaves_a_verifiable_chain_and_an_empty_signed_exp
 
     let id = item["id"].as_str().unwrap();
     let (status, body) = s
-        .send(ANA, reqwest::Method::DELETE, &format!("/api/memory/{id}"), Value::Null)
+        .send(
+            ANA,
+            reqwest::Method::DELETE,
+            &format!("/api/memory/{id}"),
+            Value::Null,
+        )
         .await;
     assert_eq!((status, body["forgotten"][0].as_str()), (200, Some(id)));
     let (status, _) = s
-        .send(ANA, reqwest::Method::DELETE, &format!("/api/memory/{id}"), Value::Null)
+        .send(
+            ANA,
+            reqwest::Method::DELETE,
+            &format!("/api/memory/{id}"),
+            Value::Null,
+        )
         .await;
     assert_eq!(status, 404, "a forgotten item is gone");
     let (status, body) = s
-        .send(ANA, reqwest::Method::POST, "/api/memory/forget", json!({"target": "all"}))
+        .send(
+            ANA,
+            reqwest::Method::POST,
+            "/api/memory/forget",
+            json!({"target": "all"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(s.items(ANA).await.is_empty());
@@ -294,7 +349,12 @@ async fn forgetting_everything_leaves_a_verifiable_chain_and_an_empty_signed_exp
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("\"ok\":true"), "{report}");
     let (status, body) = s
-        .send(ANA, reqwest::Method::POST, "/api/memory/forget", json!({"target": "nonsense"}))
+        .send(
+            ANA,
+            reqwest::Method::POST,
+            "/api/memory/forget",
+            json!({"target": "nonsense"}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
 }

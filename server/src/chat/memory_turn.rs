@@ -28,9 +28,15 @@ pub fn reach(mode: MemoryMode) -> Option<Reach> {
 /// Whether the user's own message asks to remember something ("remember that …").
 pub fn asks_to_remember(message: &str) -> bool {
     let m = message.to_lowercase();
-    ["remember that", "remember this", "remember my", "please remember", "remember:"]
-        .iter()
-        .any(|p| m.contains(p))
+    [
+        "remember that",
+        "remember this",
+        "remember my",
+        "please remember",
+        "remember:",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 /// What recall put into a turn.

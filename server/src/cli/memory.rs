@@ -13,9 +13,7 @@ use crate::config::{self, Settings};
 use crate::export::SignedExport;
 use ledger::store::memory::MemoryLayer;
 
-use crate::memory::{
-    Consent, ForgetTarget, Memory, MemoryKind, MemorySettings, RememberRequest,
-};
+use crate::memory::{Consent, ForgetTarget, Memory, MemoryKind, MemorySettings, RememberRequest};
 
 #[derive(Subcommand, Debug)]
 pub enum MemoryCommand {

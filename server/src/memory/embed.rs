@@ -23,7 +23,9 @@ pub enum EmbedError {
     Http(String),
     #[error("embedding server answered {status}: {body}")]
     Status { status: u16, body: String },
-    #[error("embedding server sent {got} vectors of {dim} dimensions; expected {want} of {EMBED_DIM}")]
+    #[error(
+        "embedding server sent {got} vectors of {dim} dimensions; expected {want} of {EMBED_DIM}"
+    )]
     Shape { got: usize, dim: usize, want: usize },
 }
 
@@ -167,9 +169,15 @@ async fn post(
     if let Some(k) = bearer {
         req = req.bearer_auth(k);
     }
-    let resp = req.send().await.map_err(|e| EmbedError::Http(e.to_string()))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| EmbedError::Http(e.to_string()))?;
     let status = resp.status();
-    let text = resp.text().await.map_err(|e| EmbedError::Http(e.to_string()))?;
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| EmbedError::Http(e.to_string()))?;
     if !status.is_success() {
         return Err(EmbedError::Status {
             status: status.as_u16(),
@@ -180,7 +188,11 @@ async fn post(
 }
 
 fn check(vectors: Vec<Vec<f32>>, want: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
-    let dim = vectors.iter().map(Vec::len).find(|d| *d != EMBED_DIM).unwrap_or(EMBED_DIM);
+    let dim = vectors
+        .iter()
+        .map(Vec::len)
+        .find(|d| *d != EMBED_DIM)
+        .unwrap_or(EMBED_DIM);
     if vectors.len() != want || dim != EMBED_DIM {
         return Err(EmbedError::Shape {
             got: vectors.len(),
@@ -204,7 +216,10 @@ impl OpenAiEmbedder {
     pub fn new(base_url: &str, model: &str, api_key: Option<String>) -> Result<Self, EmbedError> {
         Ok(Self {
             client: http_client()?,
-            base_url: base_url.trim_end_matches('/').trim_end_matches("/v1").to_string(),
+            base_url: base_url
+                .trim_end_matches('/')
+                .trim_end_matches("/v1")
+                .to_string(),
             model: model.into(),
             api_key,
         })
@@ -238,7 +253,10 @@ impl Embedder for OpenAiEmbedder {
         let mut r: OpenAiResponse =
             serde_json::from_str(&body).map_err(|e| EmbedError::Http(e.to_string()))?;
         r.data.sort_by_key(|d| d.index);
-        check(r.data.into_iter().map(|d| d.embedding).collect(), texts.len())
+        check(
+            r.data.into_iter().map(|d| d.embedding).collect(),
+            texts.len(),
+        )
     }
 }
 
@@ -302,6 +320,9 @@ mod tests {
             .unwrap();
         assert_eq!(v[0].len(), EMBED_DIM);
         assert!(cosine(&v[0], &v[1]) > cosine(&v[0], &v[2]) + 0.2);
-        assert_eq!(e.embed(&["my dog is called Rex".into()]).await.unwrap()[0], v[0]);
+        assert_eq!(
+            e.embed(&["my dog is called Rex".into()]).await.unwrap()[0],
+            v[0]
+        );
     }
 }

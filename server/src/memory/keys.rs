@@ -91,7 +91,9 @@ impl KeyRing {
         match lookup(MEMORY_KEY_ENV) {
             None => Ok(Self::from_node_key(node)),
             Some(v) => {
-                let bytes = hex::decode(v.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+                let bytes = hex::decode(v.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
                 let bytes = bytes.ok_or_else(|| {
                     MemoryError::Config(format!("{MEMORY_KEY_ENV} must be 64 hex digits"))
                 })?;
@@ -191,7 +193,9 @@ pub fn seal(key: &Secret32, aad: &[u8], plain: &[u8]) -> Result<Sealed, MemoryEr
 pub fn open(key: &Secret32, aad: &[u8], sealed: &Sealed) -> Result<Vec<u8>, MemoryError> {
     let bad = |what: &str| MemoryError::Crypto(format!("{what} is not base64"));
     let nonce = B64.decode(&sealed.nonce).map_err(|_| bad("nonce"))?;
-    let ciphertext = B64.decode(&sealed.ciphertext).map_err(|_| bad("ciphertext"))?;
+    let ciphertext = B64
+        .decode(&sealed.ciphertext)
+        .map_err(|_| bad("ciphertext"))?;
     let nonce = <[u8; 12]>::try_from(nonce)
         .map_err(|_| MemoryError::Crypto("nonce must be 12 bytes".into()))?;
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key.bytes()));

@@ -124,12 +124,18 @@ pub struct Recalled {
 #[serde(rename_all = "snake_case", tag = "target")]
 pub enum ForgetTarget {
     /// The newest of the caller's items (in the session, when one is given).
-    Last { session_id: Option<String> },
+    Last {
+        session_id: Option<String>,
+    },
     /// Every item of one session.
-    Session { session_id: String },
+    Session {
+        session_id: String,
+    },
     /// Everything the caller remembered.
     All,
-    Item { id: Uuid },
+    Item {
+        id: Uuid,
+    },
 }
 
 /// The plaintext inside an item's ciphertext.
@@ -202,7 +208,9 @@ impl Memory {
     /// embedder.
     pub fn new(store: Arc<dyn Store>) -> Self {
         let keys = KeyRing::from_node_key(store.node_key());
-        let embedder = Arc::new(LexicalHash::new(keys.node_subkey("logline memory lexical v1")));
+        let embedder = Arc::new(LexicalHash::new(
+            keys.node_subkey("logline memory lexical v1"),
+        ));
         Self {
             store,
             keys,
@@ -217,9 +225,9 @@ impl Memory {
         let hex = settings.kek_hex.clone();
         let keys = KeyRing::from_lookup(store.node_key(), |_| hex.clone())?;
         let embedder: Arc<dyn Embedder> = match &settings.embed {
-            EmbedConfig::Lexical => {
-                Arc::new(LexicalHash::new(keys.node_subkey("logline memory lexical v1")))
-            }
+            EmbedConfig::Lexical => Arc::new(LexicalHash::new(
+                keys.node_subkey("logline memory lexical v1"),
+            )),
             EmbedConfig::OpenAi {
                 base_url,
                 model,
@@ -310,7 +318,8 @@ impl Memory {
         }
         if req.layer == MemoryLayer::Permanent {
             return Err(MemoryError::BadRequest(
-                "the permanent layer needs a reviewer's approval: remember it as `temporary`".into(),
+                "the permanent layer needs a reviewer's approval: remember it as `temporary`"
+                    .into(),
             ));
         }
         if req.layer == MemoryLayer::Session && req.session_id.is_none() {
@@ -378,17 +387,17 @@ impl Memory {
         Ok((
             (draft, index),
             MemoryItem {
-            id,
-            text: text.to_string(),
-            kind: req.kind,
-            layer: req.layer,
-            visibility: Visibility::Private,
-            owner_id: principal.user_id.clone(),
-            session_id: req.session_id,
-            created_at: now,
-            ttl_at,
-            supersedes,
-        },
+                id,
+                text: text.to_string(),
+                kind: req.kind,
+                layer: req.layer,
+                visibility: Visibility::Private,
+                owner_id: principal.user_id.clone(),
+                session_id: req.session_id,
+                created_at: now,
+                ttl_at,
+                supersedes,
+            },
         ))
     }
 
@@ -456,7 +465,10 @@ impl Memory {
         for r in rows {
             if !out.contains_key(&r.tenant_id) {
                 let p = Principal::new(principal.user_id.clone(), r.tenant_id.clone());
-                out.insert(r.tenant_id.clone(), self.keys.data_key(self.store.memory(), &p).await?);
+                out.insert(
+                    r.tenant_id.clone(),
+                    self.keys.data_key(self.store.memory(), &p).await?,
+                );
             }
         }
         Ok(out)
@@ -513,7 +525,9 @@ impl Memory {
             .iter()
             .filter_map(|(id, _)| c.rows.remove(id))
             .collect();
-        let mut keys = self.keys_for(principal, &rows.iter().collect::<Vec<_>>()).await?;
+        let mut keys = self
+            .keys_for(principal, &rows.iter().collect::<Vec<_>>())
+            .await?;
         keys.insert(principal.tenant_id.clone(), key);
         let scores: HashMap<Uuid, f64> = ranked.into_iter().collect();
         let mut out = Vec::new();
@@ -600,7 +614,11 @@ impl Memory {
         };
         let mut done = Vec::new();
         for id in ids {
-            match self.store.redact(principal, id, "forgotten at the user's request").await {
+            match self
+                .store
+                .redact(principal, id, "forgotten at the user's request")
+                .await
+            {
                 Ok(_) | Err(StoreError::AlreadyRedacted(_)) => done.push(id),
                 Err(e) => return Err(e.into()),
             }

@@ -9,9 +9,9 @@
 use super::keys::Secret32;
 
 const STOP: &[&str] = &[
-    "a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "for", "is", "are", "was",
-    "were", "be", "it", "that", "this", "my", "me", "i", "you", "your", "we", "our", "do", "does",
-    "did", "what", "which", "who", "how", "with", "as", "by", "about", "remember", "from", "there",
+    "a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "for", "is", "are", "was", "were",
+    "be", "it", "that", "this", "my", "me", "i", "you", "your", "we", "our", "do", "does", "did",
+    "what", "which", "who", "how", "with", "as", "by", "about", "remember", "from", "there",
     "have", "has", "had", "any", "please", "tell",
 ];
 
@@ -57,7 +57,10 @@ mod tests {
         let k = Secret32::from_test([3; 32]);
         let t = hashed(&k, "My dog's name is Rex; dogs bark");
         assert_eq!(t.len(), 4, "{t:?}");
-        assert!(t.iter().all(|h| h.len() == 16 && h.chars().all(|c| ('a'..='p').contains(&c))));
+        assert!(
+            t.iter()
+                .all(|h| h.len() == 16 && h.chars().all(|c| ('a'..='p').contains(&c)))
+        );
         assert_eq!(hashed(&k, "dog")[0], t[0]);
         assert_ne!(hashed(&Secret32::from_test([4; 32]), "dog")[0], t[0]);
         assert!(!t.concat().contains("rex"));

@@ -77,7 +77,12 @@ async fn list(
     let items = state
         .chat
         .memory
-        .list(&caller.principal, q.session_id.as_deref(), Utc::now(), limit)
+        .list(
+            &caller.principal,
+            q.session_id.as_deref(),
+            Utc::now(),
+            limit,
+        )
         .await?;
     Ok(Json(json!({ "items": items })).into_response())
 }

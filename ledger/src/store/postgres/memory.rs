@@ -43,10 +43,11 @@ fn memory_row(r: &PgRow) -> Result<MemoryRow, StoreError> {
 impl MemoryIndex for PgStore {
     async fn memory_key(&self, principal: &Principal) -> Result<Option<WrappedKey>, StoreError> {
         let mut tx = self.begin_as(principal).await?;
-        let row = sqlx::query("SELECT kek_id, wrapped FROM ledger.memory_keys WHERE tenant_id = $1")
-            .bind(&principal.tenant_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT kek_id, wrapped FROM ledger.memory_keys WHERE tenant_id = $1")
+                .bind(&principal.tenant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(row.map(|r| WrappedKey {
             kek_id: r.get(0),

@@ -151,7 +151,8 @@ impl MemoryIndex for SqliteStore {
         let now = format_time(scope.now);
         let mut conn = self.pool.acquire().await?;
         // Semantic: every in-scope vector, scored here (bodies are read only for the winners).
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT m.id, m.embedding FROM memory_items m WHERE ");
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("SELECT m.id, m.embedding FROM memory_items m WHERE ");
         push_scope(&mut qb, principal, scope, now.clone(), true);
         let mut scored: Vec<(f32, String)> = Vec::new();
         for r in qb.build().fetch_all(&mut *conn).await? {

@@ -42,17 +42,41 @@ pub struct BenchMemoryArgs {
 /// The question set: a fact to remember and a question whose answer needs it.
 const QUALITY: [(&str, &str); 12] = [
     ("My dog is called Rex", "what is my dog called?"),
-    ("I prefer answers in Portuguese", "which language do I prefer for answers?"),
-    ("The warehouse door code is 4471", "what is the warehouse door code?"),
+    (
+        "I prefer answers in Portuguese",
+        "which language do I prefer for answers?",
+    ),
+    (
+        "The warehouse door code is 4471",
+        "what is the warehouse door code?",
+    ),
     ("Our accountant is Marta Silva", "who is our accountant?"),
-    ("The bakery opens at 6am on weekdays", "when does the bakery open on weekdays?"),
+    (
+        "The bakery opens at 6am on weekdays",
+        "when does the bakery open on weekdays?",
+    ),
     ("My manager's name is Joao", "what is my manager's name?"),
-    ("Invoices go out on the 5th of each month", "when do invoices go out?"),
-    ("The guarantor for D9 is Rui", "who is the guarantor for D9?"),
+    (
+        "Invoices go out on the 5th of each month",
+        "when do invoices go out?",
+    ),
+    (
+        "The guarantor for D9 is Rui",
+        "who is the guarantor for D9?",
+    ),
     ("I am allergic to peanuts", "what am I allergic to?"),
-    ("The VPN password rotates every 90 days", "how often does the VPN password rotate?"),
-    ("Our biggest client is Cafe Aurora", "which client is our biggest?"),
-    ("The quarterly review is in room B12", "where is the quarterly review?"),
+    (
+        "The VPN password rotates every 90 days",
+        "how often does the VPN password rotate?",
+    ),
+    (
+        "Our biggest client is Cafe Aurora",
+        "which client is our biggest?",
+    ),
+    (
+        "The quarterly review is in room B12",
+        "where is the quarterly review?",
+    ),
 ];
 
 const NOISE: [&str; 24] = [
@@ -64,7 +88,13 @@ const NOISE: [&str; 24] = [
 /// A filler memory unlike any question (deterministic).
 fn noise(i: usize) -> String {
     let w = |k: usize| NOISE[(i.wrapping_mul(2654435761).wrapping_add(k * 40503)) % NOISE.len()];
-    format!("note {i}: the {} {} needs a {} before {}", w(1), w(2), w(3), w(4))
+    format!(
+        "note {i}: the {} {} needs a {} before {}",
+        w(1),
+        w(2),
+        w(3),
+        w(4)
+    )
 }
 
 fn req(text: String) -> RememberRequest {
@@ -101,7 +131,11 @@ async fn one_store(store: Arc<dyn Store>, args: &BenchMemoryArgs, max: usize) ->
     let p = Principal::new("bench", tenant.clone());
     kernels::demo::seed_demo(store.as_ref(), &tenant, Utc::now()).await?;
     let facts = memory
-        .remember_many(&p, QUALITY.iter().map(|(f, _)| req((*f).into())).collect(), Utc::now())
+        .remember_many(
+            &p,
+            QUALITY.iter().map(|(f, _)| req((*f).into())).collect(),
+            Utc::now(),
+        )
         .await?;
     let mut have = QUALITY.len();
     for &size in args.sizes.iter().filter(|s| **s <= max) {
@@ -161,11 +195,21 @@ async fn turn_overhead(
     turns: usize,
 ) -> Result<Value> {
     let writer = Arc::new(ledger::store::group::GroupCommit::start(store.clone()));
-    let agent = Agent::new(store.clone(), writer, Arc::new(OfflineProvider::new()), None)
-        .await?
-        .with_memory(Arc::new(memory));
+    let agent = Agent::new(
+        store.clone(),
+        writer,
+        Arc::new(OfflineProvider::new()),
+        None,
+    )
+    .await?
+    .with_memory(Arc::new(memory));
     let mut out = serde_json::Map::new();
-    for mode in [MemoryMode::Off, MemoryMode::On, MemoryMode::Off, MemoryMode::On] {
+    for mode in [
+        MemoryMode::Off,
+        MemoryMode::On,
+        MemoryMode::Off,
+        MemoryMode::On,
+    ] {
         let mut ms = Vec::with_capacity(turns);
         for _ in 0..turns {
             let r = agent
@@ -189,7 +233,10 @@ async fn turn_overhead(
         ms.sort_by(f64::total_cmp);
         // The second round of each mode is kept (the first warms caches).
         out.insert(
-            serde_json::to_value(mode)?.as_str().unwrap_or("?").to_string(),
+            serde_json::to_value(mode)?
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
             json!({"p50": round(pct(&ms, 0.5)), "p99": round(pct(&ms, 0.99))}),
         );
     }

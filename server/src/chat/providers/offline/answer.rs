@@ -440,7 +440,9 @@ fn recall_part(out: recall_memory::Output) -> Part {
             [],
         );
     }
-    let (list, _) = lines(&out.items, 10, |i| format!("- {} (memory `{}`)", i.text, i.id));
+    let (list, _) = lines(&out.items, 10, |i| {
+        format!("- {} (memory `{}`)", i.text, i.id)
+    });
     let text = format!("I remember:\n{list}");
     part(text, Found, out.items.iter().map(|i| Some(i.id)))
 }
