@@ -14,20 +14,9 @@ use ledger::store::memory::EMBED_DIM;
 use serde::Deserialize;
 use serde_json::json;
 
+pub use super::error::EmbedError;
 use super::keys::Secret32;
 use super::terms;
-
-#[derive(Debug, thiserror::Error)]
-pub enum EmbedError {
-    #[error("embedding server: {0}")]
-    Http(String),
-    #[error("embedding server answered {status}: {body}")]
-    Status { status: u16, body: String },
-    #[error(
-        "embedding server sent {got} vectors of {dim} dimensions; expected {want} of {EMBED_DIM}"
-    )]
-    Shape { got: usize, dim: usize, want: usize },
-}
 
 #[async_trait]
 pub trait Embedder: Send + Sync {

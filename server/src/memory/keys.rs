@@ -18,7 +18,7 @@ use ledger::crypto::{NodeKey, random_bytes};
 use ledger::store::memory::{MemoryIndex, WrappedKey};
 use tokio::sync::RwLock;
 
-use super::MemoryError;
+use super::error::MemoryError;
 
 /// The environment variable that supplies the KEK instead of the node key.
 pub const MEMORY_KEY_ENV: &str = "LOGLINE_MEMORY_KEY";

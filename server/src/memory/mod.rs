@@ -14,8 +14,11 @@
 //!   by trigger in the same transaction, the index row with its embedding and term hashes.
 
 pub mod embed;
+mod error;
 pub mod keys;
 pub mod terms;
+
+pub use error::MemoryError;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,22 +43,6 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 pub const RECALL_K: usize = 5;
 /// The RRF constant (the usual 60).
 const RRF_K: f64 = 60.0;
-
-#[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("memory item {0} not found")]
-    NotFound(Uuid),
-    #[error("memory configuration: {0}")]
-    Config(String),
-    #[error("memory encryption: {0}")]
-    Crypto(String),
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Why an item may be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
