@@ -109,6 +109,13 @@ fn req(text: String) -> RememberRequest {
     }
 }
 
+/// Which build measured: debug numbers are not comparable with the targets.
+const BUILD: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
+
 fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -171,6 +178,7 @@ async fn one_store(store: Arc<dyn Store>, args: &BenchMemoryArgs, max: usize) ->
             "{}",
             json!({
                 "bench": "memory_recall",
+                "build": BUILD,
                 "store": store.backend(),
                 "embedder": memory.embedder_name(),
                 "memories": have,
@@ -243,6 +251,7 @@ async fn turn_overhead(
     let get = |m: &str| out.get(m).and_then(|v| v["p50"].as_f64()).unwrap_or(0.0);
     Ok(json!({
         "bench": "memory_turn",
+        "build": BUILD,
         "store": store.backend(),
         "turns_per_mode": turns,
         "overhead_ms": out,
