@@ -94,6 +94,7 @@ async function ask(text) {
   } finally {
     busy = false;
     sendBtn.disabled = false;
+    refreshMemoryPanel();
     if (document.activeElement === document.body || document.activeElement === sendBtn) box.focus();
   }
 }
@@ -394,3 +395,56 @@ dialog.addEventListener("close", () => {
 });
 
 box.focus();
+
+// ---- memory panel (issue 13) ------------------------------------------------------------------
+// What the server remembers for the signed-in user (GET /api/memory), with Forget per item
+// (DELETE /api/memory/{id}), for this conversation and for everything (POST /api/memory/forget).
+
+const memoryPanel = document.getElementById("memory-panel");
+const memoryItems = document.getElementById("memory-items");
+const memoryStatus = document.getElementById("memory-status");
+
+async function refreshMemoryPanel() {
+  if (!memoryPanel || !memoryPanel.open) return;
+  try {
+    const r = await api("/api/memory");
+    memoryItems.replaceChildren(...r.items.map(memoryRow));
+    memoryStatus.textContent = r.items.length ? "" : "Nothing is remembered.";
+  } catch (err) {
+    memoryStatus.textContent = sentence(err);
+  }
+}
+
+function memoryRow(item) {
+  const forget = el("button", { type: "button", class: "link-button" }, "Forget");
+  forget.addEventListener("click", () =>
+    forgetMemory(() => api(`/api/memory/${encodeURIComponent(item.id)}`, { method: "DELETE" })));
+  const layer = item.layer === "session" ? "this conversation" : item.layer;
+  return el("li", { class: "memory-item" },
+    el("span", {}, item.text), " ",
+    el("span", { class: "muted" }, `(${layer}, `, spanLink(item.id, shortId(item.id)), ") "),
+    forget);
+}
+
+async function forgetMemory(call) {
+  try {
+    const r = await call();
+    memoryStatus.textContent = `Forgot ${r.forgotten.length} item(s).`;
+  } catch (err) {
+    memoryStatus.textContent = sentence(err);
+  }
+  await refreshMemoryPanel();
+}
+
+memoryPanel?.addEventListener("toggle", refreshMemoryPanel);
+document.getElementById("memory-forget-session")?.addEventListener("click", () => {
+  if (!conversationId) {
+    memoryStatus.textContent = "This conversation has not started yet.";
+    return;
+  }
+  forgetMemory(() => api("/api/memory/forget", { method: "POST", body: { target: "session", session_id: conversationId } }));
+});
+document.getElementById("memory-forget-all")?.addEventListener("click", () => {
+  if (!window.confirm("Forget everything remembered for you? This cannot be undone.")) return;
+  forgetMemory(() => api("/api/memory/forget", { method: "POST", body: { target: "all" } }));
+});

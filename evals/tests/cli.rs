@@ -391,6 +391,7 @@ async fn against_a_running_server_cases_are_asked_as_their_users() {
     let chat = ChatSettings {
         provider: server::chat::ProviderConfig::Offline,
         context_tokens: None,
+        memory: Default::default(),
     };
     let state = server::state::AppState::new(store.clone(), auth, &limits, &chat, rx)
         .await

@@ -150,6 +150,13 @@ impl NodeKey {
         &self.public
     }
 
+    /// A 32-byte secret derived from the node key for one purpose (BLAKE3 key derivation with
+    /// `context`), so keys such as memory's key-encryption key follow the node key without
+    /// reusing it or revealing it.
+    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.signing.to_bytes())
+    }
+
     /// Hex signature over the raw bytes of a `blake3:` hash.
     pub fn sign_hash(&self, hash: &str) -> String {
         let bytes = digest_bytes(hash).unwrap_or_default();

@@ -56,6 +56,8 @@ pub enum ConfigError {
     Unauthenticated(SocketAddr),
     #[error("chat provider: {0}")]
     Provider(ProviderError),
+    #[error("memory: {0}")]
+    Memory(String),
 }
 
 /// Where the ledger is: PostgreSQL when a URL is given, else the embedded SQLite file under
@@ -160,6 +162,8 @@ impl AuthSettings {
 pub struct ChatSettings {
     pub provider: ProviderConfig,
     pub context_tokens: Option<usize>,
+    /// Memory's key-encryption key and embedder (`LOGLINE_MEMORY_KEY`, `LOGLINE_EMBED_*`).
+    pub memory: crate::memory::MemorySettings,
 }
 
 impl ChatSettings {
@@ -168,6 +172,8 @@ impl ChatSettings {
         Ok(Self {
             provider,
             context_tokens: context_tokens(&lookup),
+            memory: crate::memory::MemorySettings::from_lookup(&lookup)
+                .map_err(ConfigError::Memory)?,
         })
     }
 }

@@ -83,7 +83,11 @@ impl AppState {
                 provider,
                 context_tokens,
             )
-            .await?,
+            .await?
+            .with_memory(Arc::new(crate::memory::Memory::with_settings(
+                store.clone(),
+                &chat.memory,
+            )?)),
         );
         Ok(Self {
             chat,

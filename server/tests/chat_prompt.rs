@@ -619,7 +619,8 @@ fn budgets_follow_the_model_unless_overridden() {
 /// every tool's name, description and JSON parameters as sent, with the message framing
 /// (`TokenCounts::total` less the user message). Prints where the tokens go.
 async fn first_request_tokens(prompts: &ActivePrompts, variant: &str, model: &str) -> usize {
-    let tools = server::chat::tools::specs();
+    // What a turn offers with memory off (the default); `on` adds the two memory tools.
+    let tools = server::chat::tools::specs_for(false);
     let alice = alice();
     let mut i = input(
         &alice,
@@ -674,7 +675,8 @@ async fn the_first_request_of_a_turn_is_lean() {
 #[tokio::test]
 async fn turns_by_different_users_at_different_times_share_the_compiled_hash() {
     let (_dir, prompts) = published().await;
-    let tools = server::chat::tools::specs();
+    // What a turn offers with memory off (the default); `on` adds the two memory tools.
+    let tools = server::chat::tools::specs_for(false);
     for variant in ["default", "brief", "compact"] {
         let alice = alice();
         let bob = Principal::new("bob", "acme");

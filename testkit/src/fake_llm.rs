@@ -179,6 +179,9 @@ impl FakeLlm {
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
             .route("/api/chat", post(handle))
+            // Embeddings (memory, issue 13): scripted like the chat replies.
+            .route("/v1/embeddings", post(handle))
+            .route("/api/embed", post(handle))
             .with_state(script.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -335,6 +338,15 @@ pub mod openai {
         completion(json!({"role": "assistant", "content": content}), "stop")
     }
 
+    /// A `/v1/embeddings` response: one `embedding` object per vector, in order.
+    pub fn embeddings(model: &str, vectors: &[Vec<f32>]) -> Value {
+        let data: Vec<Value> = (vectors.iter().enumerate())
+            .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+            .collect();
+        json!({"object": "list", "data": data, "model": model,
+               "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+    }
+
     /// A `chat.completion` asking for tool calls: `(id, name, arguments JSON text)`.
     pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Value {
         let calls: Vec<Value> = calls
@@ -407,6 +419,12 @@ pub mod openai {
 /// Ollama wire bodies.
 pub mod ollama {
     use serde_json::{Value, json};
+
+    /// An `/api/embed` response.
+    pub fn embed(model: &str, vectors: &[Vec<f32>]) -> Value {
+        json!({"model": model, "embeddings": vectors,
+               "total_duration": 1000, "prompt_eval_count": 3})
+    }
 
     /// A complete (`done: true`) answer with text, counts included.
     pub fn answer(content: &str) -> Value {

@@ -2,6 +2,7 @@
 //! embedded SQLite file (the zero-setup default). One conformance suite runs against both.
 
 pub mod group;
+pub mod memory;
 pub mod postgres;
 mod spec_sql;
 pub mod sqlite;
@@ -196,6 +197,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The key that signs what this node appends.
     fn node_key(&self) -> &NodeKey;
+
+    /// The memory index (issue 13) over this store's tables.
+    fn memory(&self) -> &dyn memory::MemoryIndex;
 
     /// Appends several principals' batches in one transaction (group commit): each batch is
     /// placed in its principal's tenant chain with that principal's rights. A draft that

@@ -24,6 +24,8 @@ use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
 use crate::spec::{QuerySpec, SpecResult};
 
+mod memory;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/postgres");
 
 pub struct PgStore {
@@ -371,6 +373,10 @@ impl Store for PgStore {
 
     fn node_key(&self) -> &NodeKey {
         &self.key
+    }
+
+    fn memory(&self) -> &dyn super::memory::MemoryIndex {
+        self
     }
 
     #[tracing::instrument(skip_all, fields(backend = "postgres", batches = batches.len()))]

@@ -27,6 +27,8 @@ use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
 use crate::spec::{QuerySpec, SpecResult};
 
+mod memory;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/sqlite");
 
 /// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
@@ -373,6 +375,10 @@ impl Store for SqliteStore {
 
     fn node_key(&self) -> &NodeKey {
         &self.key
+    }
+
+    fn memory(&self) -> &dyn super::memory::MemoryIndex {
+        self
     }
 
     #[tracing::instrument(skip_all, fields(backend = "sqlite", batches = batches.len()))]

@@ -36,6 +36,7 @@ use uuid::Uuid;
 use super::bandit::{Picker, eligible_variants, selection_draft};
 use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
 use super::grounding;
+use super::memory_turn;
 use super::prompt::{Budget, PromptInput, build_prompt};
 use super::proposals::{self, ESCALATION_THRESHOLD, Escalation};
 use super::providers::{ChatMessage, Provider, ProviderError, ToolCall, ToolChoice};
@@ -70,6 +71,8 @@ pub struct Agent {
     pub budget: Budget,
     /// The prompt_bandit kernel's choice of variant for a new conversation that names none.
     pub variants: Arc<Picker>,
+    /// Memory (issue 13): recalled into turns and written as `X-LogLine-Memory` allows.
+    pub memory: Arc<crate::memory::Memory>,
     /// Stage-0's last word on the provider_exec kernel, and when it was asked.
     gate: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -193,9 +196,17 @@ struct Turn<'a> {
     /// even when the call made with it failed.
     compiled_hash: String,
     blocks: Vec<Value>,
+    /// Memory items recalled for this turn, as lines of the `turn` block.
+    recalled: Vec<String>,
 }
 
 impl Agent {
+    /// The agent with memory configured otherwise (a `LOGLINE_MEMORY_KEY`, an embedder).
+    pub fn with_memory(mut self, memory: Arc<crate::memory::Memory>) -> Self {
+        self.memory = memory;
+        self
+    }
+
     /// Runs one turn. `events` (for SSE) receives progress; the result is the same either way.
     #[tracing::instrument(skip_all, fields(user = %principal.user_id, tenant = %principal.tenant_id))]
     pub async fn turn(
@@ -285,6 +296,7 @@ impl Agent {
             grounded: false,
             compiled_hash: String::new(),
             blocks: Vec::new(),
+            recalled: Vec::new(),
         };
         if let Some(selection) = &selection {
             let draft = selection_draft(
@@ -297,6 +309,21 @@ impl Agent {
             )
             .map_err(StoreError::Input)?;
             t.records.push(draft);
+        }
+        let recall = memory_turn::recall(
+            &self.memory,
+            principal,
+            req.memory,
+            conversation_id,
+            message,
+            t.now,
+        )
+        .await;
+        t.recalled = recall.lines;
+        for id in recall.ids {
+            if t.citable.insert(id) {
+                t.citable_order.push(id);
+            }
         }
         history.push(ChatMessage::user(message));
 
@@ -339,6 +366,16 @@ impl Agent {
             t.set_proposals("withdrawn", "the answer did not validate")
                 .await?;
         }
+        memory_turn::record(
+            &self.memory,
+            principal,
+            t.memory,
+            conversation_id,
+            message,
+            &t.trace_id,
+            t.now,
+        )
+        .await;
         let run = t.prompt_run(&settled, started.elapsed())?;
         t.records.push(run);
         t.flush().await?;
@@ -478,7 +515,7 @@ impl Turn<'_> {
         for _ in 0..MAX_MODEL_CALLS {
             let offer_tools = self.breaker.is_none() && !answer_round;
             let tools = if offer_tools {
-                tools::specs()
+                tools::specs_for(memory_turn::reach(self.memory).is_some())
             } else {
                 Vec::new()
             };
@@ -490,7 +527,7 @@ impl Turn<'_> {
                     principal: self.principal,
                     now: self.now,
                     tools: &tools,
-                    memory: &[],
+                    memory: &self.recalled,
                     extra_blocks: &extra,
                     history: history.clone(),
                     model: self.agent.provider.model(),
@@ -617,6 +654,14 @@ impl Turn<'_> {
                             roles: self.roles,
                             now: self.now,
                             trace_id: &self.trace_id,
+                            memory: memory_turn::reach(self.memory).map(|reach| {
+                                tools::MemoryAccess {
+                                    memory: &self.agent.memory,
+                                    reach,
+                                    session_id: self.conversation_id.to_string(),
+                                    explicit: memory_turn::asks_to_remember(self.message),
+                                }
+                            }),
                         };
                         let t0 = Instant::now();
                         let out = tools::run(&ctx, call).await?;
@@ -1082,6 +1127,7 @@ impl Agent {
         let variants = Picker::new(store.clone());
         Ok(Self {
             variants,
+            memory: Arc::new(crate::memory::Memory::new(store.clone())),
             store,
             writer,
             provider,

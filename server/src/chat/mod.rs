@@ -10,6 +10,7 @@ pub mod bandit;
 pub mod blocks;
 pub mod feedback;
 pub mod grounding;
+pub mod memory_turn;
 pub mod prompt;
 pub mod proposals;
 pub mod providers;

@@ -401,8 +401,7 @@ pub async fn export(s: &Settings, out: &str) -> Result<ExitCode> {
             std::fs::File::create(out).with_context(|| format!("cannot create {out}"))?,
         ))
     };
-    let mut hasher = blake3::Hasher::new();
-    let mut count = 0u64;
+    let mut export = crate::export::SignedExport::new();
     let mut filter = Filter {
         limit: Some(ledger::query::MAX_LIMIT),
         ..Filter::default()
@@ -410,11 +409,8 @@ pub async fn export(s: &Settings, out: &str) -> Result<ExitCode> {
     loop {
         let page = store.query(p, &filter).await?;
         for row in &page.rows {
-            let line = row.span.to_view().map_err(|e| anyhow!(e))?.to_string();
-            hasher.update(line.as_bytes());
-            hasher.update(b"\n");
+            let line = export.line(row.span.to_view().map_err(|e| anyhow!(e))?.to_string());
             writeln!(writer, "{line}")?;
-            count += 1;
         }
         match page.next_cursor {
             Some(c) => filter.after = Some(c),
@@ -422,18 +418,9 @@ pub async fn export(s: &Settings, out: &str) -> Result<ExitCode> {
         }
     }
     // The trailer lets a recipient check that nothing was added, dropped or changed.
-    let digest = format!("blake3:{}", hasher.finalize().to_hex());
-    let key = store.node_key();
-    let trailer = json!({"trailer": {
-        "count": count,
-        "digest": digest,
-        "exported_by": p.user_id,
-        "tenant_id": p.tenant_id,
-        "exported_at": ledger::span::format_time(Utc::now()),
-        "public_key": key.public_key(),
-        "signature": key.sign_hash(&digest),
-    }});
+    let trailer = export.trailer(store.node_key(), p, Utc::now());
     writeln!(writer, "{trailer}")?;
+    let (count, digest) = (export.count(), export.digest());
     writer.flush()?;
     if out != "-" {
         eprintln!("exported {count} spans to {out} ({digest})");

@@ -12,6 +12,7 @@ mod governance;
 mod kernels;
 mod law;
 mod ledger;
+mod memory;
 mod progress;
 mod variants;
 
@@ -113,6 +114,11 @@ pub enum Command {
         /// File to write, or `-` for stdout.
         #[arg(long)]
         out: String,
+    },
+    /// Memory: `memory list`, `memory forget ID|--last|--session S|--all`, `memory export`.
+    Memory {
+        #[command(subcommand)]
+        what: memory::MemoryCommand,
     },
     /// Withhold a span's content from now on, recording who and why.
     Redact {
@@ -227,6 +233,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => ledger::verify(s, only_tenant, format).await,
         Command::Export { out } => ledger::export(s, &out).await,
         Command::Redact { id, reason } => ledger::redact(s, id, &reason).await,
+        Command::Memory { what } => memory::run(s, what).await,
         Command::Manifest { what } => kernels::manifest(s, what).await,
         Command::Kernels { what } => kernels::kernels(s, what).await,
         Command::Run(args) => kernels::run(s, args).await,

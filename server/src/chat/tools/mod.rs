@@ -16,6 +16,8 @@ pub mod explain_decision;
 pub mod get_span;
 pub mod propose_amendment;
 pub mod query_ledger;
+pub mod recall_memory;
+pub mod remember;
 pub mod simulate_law;
 
 use chrono::{DateTime, Utc};
@@ -45,16 +47,20 @@ pub enum ToolName {
     ExplainDecision,
     ProposeAmendment,
     SimulateLaw,
+    Remember,
+    RecallMemory,
 }
 
 impl ToolName {
     /// Every tool, in the order models are shown them.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::QueryLedger,
         Self::GetSpan,
         Self::ExplainDecision,
         Self::ProposeAmendment,
         Self::SimulateLaw,
+        Self::Remember,
+        Self::RecallMemory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +70,8 @@ impl ToolName {
             Self::ExplainDecision => "explain_decision",
             Self::ProposeAmendment => "propose_amendment",
             Self::SimulateLaw => "simulate_law",
+            Self::Remember => "remember",
+            Self::RecallMemory => "recall_memory",
         }
     }
 
@@ -78,6 +86,8 @@ impl ToolName {
             Self::ExplainDecision => (explain_decision::DESCRIPTION, explain_decision::schema()),
             Self::ProposeAmendment => (propose_amendment::DESCRIPTION, propose_amendment::schema()),
             Self::SimulateLaw => (simulate_law::DESCRIPTION, simulate_law::schema()),
+            Self::Remember => (remember::DESCRIPTION, remember::schema()),
+            Self::RecallMemory => (recall_memory::DESCRIPTION, recall_memory::schema()),
         };
         ToolSpec {
             name: self.as_str().into(),
@@ -102,6 +112,19 @@ pub struct ToolContext<'a> {
     pub now: DateTime<Utc>,
     /// The turn's trace id: proposals hang in it.
     pub trace_id: &'a str,
+    /// Memory as the turn's `X-LogLine-Memory` mode allows it; `None` when it is `off`.
+    pub memory: Option<MemoryAccess<'a>>,
+}
+
+/// What the memory tools may reach in this turn.
+pub struct MemoryAccess<'a> {
+    pub memory: &'a crate::memory::Memory,
+    /// `session-only` → [`Reach::Session`](ledger::store::memory::Reach), `on` → `All`.
+    pub reach: ledger::store::memory::Reach,
+    /// The conversation.
+    pub session_id: String,
+    /// The user's own message asked to remember something (consent for that item).
+    pub explicit: bool,
 }
 
 /// What one call produced.
@@ -190,6 +213,20 @@ pub fn specs() -> Vec<ToolSpec> {
     SPECS.clone()
 }
 
+/// The tools offered in a turn: the memory tools only when the turn's memory mode is not
+/// `off` (a model is not shown what it may not use).
+pub fn specs_for(memory: bool) -> Vec<ToolSpec> {
+    let mut all = specs();
+    if !memory {
+        all.retain(|t| {
+            ![ToolName::Remember, ToolName::RecallMemory]
+                .iter()
+                .any(|m| m.as_str() == t.name)
+        });
+    }
+    all
+}
+
 /// Runs one call. Store failures are errors of the turn; everything the model got wrong is a
 /// [`ToolOutput::error`].
 pub async fn run(ctx: &ToolContext<'_>, call: &ToolCall) -> Result<ToolOutput, StoreError> {
@@ -225,6 +262,14 @@ pub async fn run(ctx: &ToolContext<'_>, call: &ToolCall) -> Result<ToolOutput, S
         },
         ToolName::SimulateLaw => match parse_args(tool, args) {
             Ok(a) => simulate_law::run(ctx, a).await,
+            Err(e) => Ok(ToolOutput::error(e)),
+        },
+        ToolName::Remember => match parse_args(tool, args) {
+            Ok(a) => remember::run(ctx, a).await,
+            Err(e) => Ok(ToolOutput::error(e)),
+        },
+        ToolName::RecallMemory => match parse_args(tool, args) {
+            Ok(a) => recall_memory::run(ctx, a).await,
             Err(e) => Ok(ToolOutput::error(e)),
         },
     }

@@ -7,6 +7,7 @@
 mod bandit;
 mod chat;
 mod http;
+mod memory;
 mod ruler;
 
 use std::sync::Arc;
@@ -87,11 +88,16 @@ pub enum BenchCommand {
     /// The Midnight Ruler over this many contracts (PostgreSQL with --database-url, else the
     /// embedded store).
     Ruler(ruler::BenchRulerArgs),
+    /// Memory recall latency and quality, and a turn's added server time with memory on.
+    Memory(memory::BenchMemoryArgs),
 }
 
 pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process::ExitCode> {
     if let BenchCommand::Ruler(a) = what {
         return ruler::run(settings, a).await;
+    }
+    if let BenchCommand::Memory(a) = what {
+        return memory::run(settings, a).await;
     }
     let tmp = tempfile::tempdir()?;
     let mut stores: Vec<Arc<dyn Store>> =
@@ -197,8 +203,8 @@ pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process
                 );
             }
         }
-        // Returned above: it picks its own store.
-        BenchCommand::Ruler(_) => {}
+        // Returned above: they pick their own stores.
+        BenchCommand::Ruler(_) | BenchCommand::Memory(_) => {}
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -14,7 +14,8 @@ use super::Answer;
 use crate::chat::providers::ToolCall;
 use crate::chat::tools::{
     ToolError, ToolName as T, Truncated, explain_decision as explain, get_span,
-    propose_amendment as amend, query_ledger as query, simulate_law as simulate,
+    propose_amendment as amend, query_ledger as query, recall_memory, remember,
+    simulate_law as simulate,
 };
 use Evidence::{Error, Found, Nothing};
 
@@ -91,6 +92,8 @@ fn read(call: &ToolCall, content: &str) -> Part {
         Some(T::GetSpan) => get_span::Output::deserialize(&v).map(|o| get_span_part(o.span)),
         Some(T::ProposeAmendment) => amend::Output::deserialize(&v).map(amend_part),
         Some(T::SimulateLaw) => simulate::Output::deserialize(&v).map(simulate_part),
+        Some(T::Remember) => remember::Output::deserialize(&v).map(remember_part),
+        Some(T::RecallMemory) => recall_memory::Output::deserialize(&v).map(recall_part),
         None => Err(serde::de::Error::custom("not a tool")),
     };
     part.unwrap_or_else(|_| match Truncated::deserialize(&v) {
@@ -100,7 +103,9 @@ fn read(call: &ToolCall, content: &str) -> Part {
 }
 
 /// What each tool was asked to do, and the argument that names its object.
-const ATTEMPTS: [(T, &str, &str); 5] = [
+const ATTEMPTS: [(T, &str, &str); 7] = [
+    (T::Remember, "remember", "text"),
+    (T::RecallMemory, "recall what I remember about", "query"),
     (T::ExplainDecision, "explain the decision on", "contract"),
     (T::QueryLedger, "query the ledger", ""),
     (T::GetSpan, "read span", "id"),
@@ -414,4 +419,30 @@ fn simulate_part(out: simulate::Output) -> Part {
     let evidence = if nothing { Nothing } else { Found };
     let cites = out.changes.iter().map(|c| c.contract_id);
     part(text, evidence, [law.id].into_iter().chain(cites))
+}
+
+fn remember_part(out: remember::Output) -> Part {
+    let replaces = opt(" It replaces memory `", out.supersedes, "`.");
+    let text = format!(
+        "I will remember that {} (memory `{}`, {} layer).{replaces}",
+        out.text.trim_end_matches(['.', '!']),
+        out.id,
+        out.layer.as_str()
+    );
+    part(text, Found, [Some(out.id)])
+}
+
+fn recall_part(out: recall_memory::Output) -> Part {
+    if out.items.is_empty() {
+        return part(
+            "I have nothing remembered for you that fits.".into(),
+            Nothing,
+            [],
+        );
+    }
+    let (list, _) = lines(&out.items, 10, |i| {
+        format!("- {} (memory `{}`)", i.text, i.id)
+    });
+    let text = format!("I remember:\n{list}");
+    part(text, Found, out.items.iter().map(|i| Some(i.id)))
 }

@@ -6,7 +6,8 @@
 use serde_json::{Map, Value, json, to_value};
 
 use crate::chat::tools::{
-    ToolName, ToolName as T, explain_decision, get_span, propose_amendment, simulate_law,
+    ToolName, ToolName as T, explain_decision, get_span, propose_amendment, recall_memory,
+    remember, simulate_law,
 };
 
 /// The law a what-if question simulates when it names none.
@@ -181,7 +182,8 @@ struct Question<'a> {
 }
 
 /// The rules, most specific first: the first that applies classifies the question.
-const RULES: [fn(&Question<'_>) -> Option<Classified>; 6] = [
+const RULES: [fn(&Question<'_>) -> Option<Classified>; 7] = [
+    memory,
     show_span,
     what_if,
     change_deadline,
@@ -199,6 +201,44 @@ pub(super) fn classify(question: &str) -> Classified {
         ws,
     };
     (RULES.iter().find_map(|rule| rule(&q))).unwrap_or(Classified::Unknown)
+}
+
+/// "remember that …" (the rest is what to remember) and "what do you remember [about …]".
+fn memory(q: &Question) -> Option<Classified> {
+    // The cues are ASCII: find them in the original text, ignoring ASCII case, so the rest is
+    // cut at a character boundary of the text as written.
+    let find = |cue: &str| {
+        (q.text.char_indices().map(|(i, _)| i))
+            .find(|&i| (q.text.get(i..i + cue.len())).is_some_and(|s| s.eq_ignore_ascii_case(cue)))
+    };
+    for cue in ["remember that ", "remember: ", "please remember "] {
+        if let Some(at) = find(cue) {
+            let rest = q.text.get(at + cue.len()..).unwrap_or_default();
+            let text = rest.trim().trim_end_matches(['.', '!']).trim().to_string();
+            if text.is_empty() {
+                return Some(Classified::Unclear("what should I remember?".into()));
+            }
+            let args = vec![typed(remember::Args {
+                text,
+                kind: None,
+                supersedes: None,
+            })];
+            return Some(known(T::Remember, None, args));
+        }
+    }
+    let asks = has_phrase(&q.ws, &["you", "remember"])
+        || has_phrase(&q.ws, &["you", "know", "about", "me"])
+        || has(&q.ws[..q.ws.len().min(1)], "recall");
+    if !asks {
+        return None;
+    }
+    let query = find(" about ")
+        .and_then(|at| q.text.get(at + 7..))
+        .map(|rest| rest.trim().trim_end_matches(['?', '.', '!']).to_string())
+        .filter(|s| !matches!(s.as_str(), "me" | "me?" | ""))
+        .unwrap_or_default();
+    let args = vec![typed(recall_memory::Args { query })];
+    Some(known(T::RecallMemory, None, args))
 }
 
 const SHOW_VERBS: &str = "show get open display fetch print";

@@ -1,0 +1,615 @@
+//! Memory (issue 13): consented, encrypted, session-scoped, recallable and really forgettable.
+//!
+//! - **Items are spans** (`entity_type: memory`, private unless the user promotes them). The
+//!   text is AES-256-GCM ciphertext under the tenant's data key ([`keys`]), bound to the span's
+//!   tenant and id; the ledger's hash and signature cover the ciphertext.
+//! - **Layers**: `session` (this conversation, expires after [`SESSION_TTL`]), `temporary`
+//!   ([`TEMPORARY_TTL`]), `permanent` (only through a reviewer; not reachable yet, see README).
+//!   A new item about the same subject as an older one (`my dog is …`) is appended with a
+//!   `supersedes` link; the older one stays in the ledger but is no longer recalled.
+//! - **Recall**: scope is SQL in the stores ([`ledger::store::memory`]); ranking here fuses the
+//!   semantic and keyed full-text orders by reciprocal rank fusion, with a recency boost and a
+//!   small preference for closer tiers (session, own, tenant, public).
+//! - **Forget** appends a redaction per item: the store deletes the ciphertext (the body) and,
+//!   by trigger in the same transaction, the index row with its embedding and term hashes.
+
+pub mod embed;
+mod error;
+pub mod keys;
+pub mod terms;
+
+pub use error::MemoryError;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ledger::store::memory::{MemoryLayer, MemoryRow, MemoryScope, NewMemory, Reach};
+use ledger::{Draft, Principal, Store, StoreError, Visibility};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use self::embed::{EmbedConfig, EmbedError, Embedder, LexicalHash, OllamaEmbedder, OpenAiEmbedder};
+use self::keys::{KeyRing, Sealed, Secret32};
+
+/// How long a session-layer item lives.
+pub const SESSION_TTL: TimeDelta = TimeDelta::hours(24);
+/// How long a temporary item lives unless promoted.
+pub const TEMPORARY_TTL: TimeDelta = TimeDelta::days(30);
+/// Longest remembered text.
+pub const MAX_TEXT_CHARS: usize = 2000;
+/// Items recalled into a turn.
+pub const RECALL_K: usize = 5;
+/// The RRF constant (the usual 60).
+const RRF_K: f64 = 60.0;
+
+/// Why an item may be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consent {
+    /// The user said "remember that …" or asked through the API or CLI.
+    Explicit,
+    /// The model's `remember` tool, in a turn whose memory mode allows writes.
+    Tool,
+    /// The short record of a turn kept in the session layer.
+    TurnRecord,
+}
+
+/// What an item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    #[default]
+    Fact,
+    Preference,
+    Name,
+    Turn,
+}
+
+/// A request to remember one thing.
+#[derive(Clone, Debug)]
+pub struct RememberRequest {
+    pub text: String,
+    pub kind: MemoryKind,
+    pub layer: MemoryLayer,
+    pub session_id: Option<String>,
+    /// An item this one replaces; found automatically when `None` and the subject matches.
+    pub supersedes: Option<Uuid>,
+    pub consent: Consent,
+    pub trace_id: Option<String>,
+}
+
+/// A remembered item as its owner (or a reader in scope) sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemoryItem {
+    pub id: Uuid,
+    pub text: String,
+    pub kind: MemoryKind,
+    pub layer: MemoryLayer,
+    pub visibility: Visibility,
+    pub owner_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<Uuid>,
+}
+
+/// A recalled item and its fused score.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recalled {
+    #[serde(flatten)]
+    pub item: MemoryItem,
+    pub score: f64,
+}
+
+/// What to forget.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "target")]
+pub enum ForgetTarget {
+    /// The newest of the caller's items (in the session, when one is given).
+    Last {
+        session_id: Option<String>,
+    },
+    /// Every item of one session.
+    Session {
+        session_id: String,
+    },
+    /// Everything the caller remembered.
+    All,
+    Item {
+        id: Uuid,
+    },
+}
+
+/// The plaintext inside an item's ciphertext.
+#[derive(Serialize, Deserialize)]
+struct Plain {
+    text: String,
+    kind: MemoryKind,
+}
+
+/// The memory service the agent, the routes and the CLI share.
+pub struct Memory {
+    store: Arc<dyn Store>,
+    keys: KeyRing,
+    embedder: Arc<dyn Embedder>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("keys", &self.keys)
+            .field("embedder", &self.embedder.name())
+            .finish()
+    }
+}
+
+/// The settings memory runs with (read once by `config`). `Debug` never shows the key.
+#[derive(Clone, Default)]
+pub struct MemorySettings {
+    /// `LOGLINE_MEMORY_KEY` (64 hex digits), else the KEK is derived from the node key.
+    pub kek_hex: Option<String>,
+    pub embed: EmbedConfig,
+}
+
+impl std::fmt::Debug for MemorySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySettings")
+            .field("kek_hex", &self.kek_hex.as_ref().map(|_| "…"))
+            .field("embed", &self.embed)
+            .finish()
+    }
+}
+
+impl MemorySettings {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        Ok(Self {
+            kek_hex: lookup(keys::MEMORY_KEY_ENV),
+            embed: EmbedConfig::from_lookup(&lookup)?,
+        })
+    }
+}
+
+fn aad(tenant: &str, id: Uuid) -> Vec<u8> {
+    format!("logline-memory:v1:{tenant}:{id}").into_bytes()
+}
+
+/// The subject of a statement (`my dog's name` in `My dog's name is Rex`): a new item with the
+/// subject of an older one supersedes it.
+fn subject(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    [" is ", " are ", " = ", " was "]
+        .iter()
+        .filter_map(|sep| lower.find(sep))
+        .min()
+        .map(|at| terms::words(&lower[..at]).join(" "))
+        .filter(|s| !s.is_empty())
+}
+
+impl Memory {
+    /// Memory over `store` with the default settings: the KEK from the node key, the lexical
+    /// embedder.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let keys = KeyRing::from_node_key(store.node_key());
+        let embedder = Arc::new(LexicalHash::new(
+            keys.node_subkey("logline memory lexical v1"),
+        ));
+        Self {
+            store,
+            keys,
+            embedder,
+        }
+    }
+
+    pub fn with_settings(
+        store: Arc<dyn Store>,
+        settings: &MemorySettings,
+    ) -> Result<Self, MemoryError> {
+        let hex = settings.kek_hex.clone();
+        let keys = KeyRing::from_lookup(store.node_key(), |_| hex.clone())?;
+        let embedder: Arc<dyn Embedder> = match &settings.embed {
+            EmbedConfig::Lexical => Arc::new(LexicalHash::new(
+                keys.node_subkey("logline memory lexical v1"),
+            )),
+            EmbedConfig::OpenAi {
+                base_url,
+                model,
+                api_key,
+            } => Arc::new(OpenAiEmbedder::new(base_url, model, api_key.clone())?),
+            EmbedConfig::Ollama { base_url, model } => {
+                Arc::new(OllamaEmbedder::new(base_url, model)?)
+            }
+        };
+        Ok(Self {
+            store,
+            keys,
+            embedder,
+        })
+    }
+
+    /// Replaces the embedder (tests, benches).
+    pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.embedder = embedder;
+        self
+    }
+
+    /// One query's embedding (timed separately by `logline bench memory`).
+    pub async fn embed_for_bench(&self, text: &str) -> Result<Vec<f32>, MemoryError> {
+        self.embed_one(text).await
+    }
+
+    pub fn embedder_name(&self) -> String {
+        self.embedder.name()
+    }
+
+    async fn key(&self, principal: &Principal) -> Result<Secret32, MemoryError> {
+        self.keys.data_key(self.store.memory(), principal).await
+    }
+
+    async fn embed_one(&self, text: &str) -> Result<Vec<f32>, MemoryError> {
+        self.embedder
+            .embed(&[text.to_string()])
+            .await?
+            .pop()
+            .ok_or_else(|| MemoryError::Embed(EmbedError::Http("no vector returned".into())))
+    }
+
+    /// Encrypts and appends one item with its index row.
+    pub async fn remember(
+        &self,
+        principal: &Principal,
+        req: RememberRequest,
+        now: DateTime<Utc>,
+    ) -> Result<MemoryItem, MemoryError> {
+        let (row, item) = self.prepare(principal, req, now, true).await?;
+        self.store.memory().remember(principal, vec![row]).await?;
+        Ok(item)
+    }
+
+    /// Encrypts and appends many items in one transaction (imports, benchmarks). Contradictions
+    /// are not looked for: give `supersedes` explicitly.
+    pub async fn remember_many(
+        &self,
+        principal: &Principal,
+        reqs: Vec<RememberRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<MemoryItem>, MemoryError> {
+        let mut rows = Vec::with_capacity(reqs.len());
+        let mut items = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let (row, item) = self.prepare(principal, req, now, false).await?;
+            rows.push(row);
+            items.push(item);
+        }
+        self.store.memory().remember(principal, rows).await?;
+        Ok(items)
+    }
+
+    /// Validates, encrypts and embeds one item: its draft, index row and view.
+    async fn prepare(
+        &self,
+        principal: &Principal,
+        req: RememberRequest,
+        now: DateTime<Utc>,
+        find_superseded: bool,
+    ) -> Result<((Draft, NewMemory), MemoryItem), MemoryError> {
+        let text = req.text.trim();
+        if text.is_empty() || text.chars().count() > MAX_TEXT_CHARS || text.contains('\0') {
+            return Err(MemoryError::BadRequest(format!(
+                "a memory is 1 to {MAX_TEXT_CHARS} characters of text"
+            )));
+        }
+        if req.layer == MemoryLayer::Permanent {
+            return Err(MemoryError::BadRequest(
+                "the permanent layer needs a reviewer's approval: remember it as `temporary`"
+                    .into(),
+            ));
+        }
+        if req.layer == MemoryLayer::Session && req.session_id.is_none() {
+            return Err(MemoryError::BadRequest(
+                "a session memory needs a session (conversation) id".into(),
+            ));
+        }
+        let key = self.key(principal).await?;
+        let supersedes = match req.supersedes {
+            Some(id) => Some(id),
+            // A turn's record states nothing that could contradict a fact.
+            None if find_superseded && req.kind != MemoryKind::Turn => {
+                self.superseded_by(principal, text, &req, now).await?
+            }
+            None => None,
+        };
+        let ttl_at = match req.layer {
+            MemoryLayer::Session => Some(now + SESSION_TTL),
+            MemoryLayer::Temporary => Some(now + TEMPORARY_TTL),
+            MemoryLayer::Permanent => None,
+        };
+        let id = Uuid::now_v7();
+        let plain = serde_json::to_vec(&Plain {
+            text: text.to_string(),
+            kind: req.kind,
+        })
+        .map_err(|e| MemoryError::Crypto(e.to_string()))?;
+        let sealed = keys::seal(&key, &aad(&principal.tenant_id, id), &plain)?;
+        let embedding = self.embed_one(text).await?;
+        let terms = terms::hashed(&key.derive("logline memory terms v1"), text).join(" ");
+        let span = json!({
+            "id": id,
+            "entity_type": "memory",
+            "visibility": "private",
+            "trace_id": req.trace_id,
+            "related_to": supersedes.into_iter().collect::<Vec<_>>(),
+            "when": ledger::span::format_time(now),
+            "who": principal.user_id,
+            "did": "remembered",
+            "this": format!("memory ({})", req.layer.as_str()),
+            "confirmed_by": format!("consent: {}", serde_json::to_value(req.consent).unwrap_or(Value::Null).as_str().unwrap_or("")),
+            "if_ok": "recall it when it is relevant, citing this span",
+            "if_doubt": "ask the user before relying on it",
+            "if_not": "forget it (a redaction destroys the ciphertext)",
+            "status": "active",
+            "content": {"alg": "A256GCM", "nonce": sealed.nonce, "ciphertext": sealed.ciphertext},
+            "metadata": {
+                "layer": req.layer,
+                "session_id": req.session_id,
+                "ttl_at": ttl_at.map(ledger::span::format_time),
+                "supersedes": supersedes,
+                "embedder": self.embedder.name(),
+            },
+        });
+        let draft = Draft::from_value(span, principal, &[], now)
+            .map_err(|e| MemoryError::BadRequest(e.to_string()))?;
+        let index = NewMemory {
+            session_id: req.session_id.clone(),
+            layer: req.layer,
+            ttl_at,
+            supersedes,
+            terms,
+            embedding,
+        };
+        Ok((
+            (draft, index),
+            MemoryItem {
+                id,
+                text: text.to_string(),
+                kind: req.kind,
+                layer: req.layer,
+                visibility: Visibility::Private,
+                owner_id: principal.user_id.clone(),
+                session_id: req.session_id,
+                created_at: now,
+                ttl_at,
+                supersedes,
+            },
+        ))
+    }
+
+    /// The caller's live item with the same subject as `text`, if any (and not the same text).
+    async fn superseded_by(
+        &self,
+        principal: &Principal,
+        text: &str,
+        req: &RememberRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Uuid>, MemoryError> {
+        let Some(subj) = subject(text) else {
+            return Ok(None);
+        };
+        let own = self.list(principal, None, now, 200).await?;
+        let superseded: std::collections::HashSet<Uuid> =
+            own.iter().filter_map(|i| i.supersedes).collect();
+        Ok(own
+            .into_iter()
+            .filter(|i| !superseded.contains(&i.id) && i.kind != MemoryKind::Turn)
+            .filter(|i| i.layer != MemoryLayer::Session || i.session_id == req.session_id)
+            .find(|i| subject(&i.text).as_deref() == Some(subj.as_str()) && i.text != text)
+            .map(|i| i.id))
+    }
+
+    /// Decrypts an index row's item; `None` when its body is gone or does not authenticate
+    /// (logged: it is skipped, never shown half-read).
+    fn open_row(&self, key: &Secret32, row: MemoryRow) -> Option<MemoryItem> {
+        let body: Value = serde_json::from_str(row.body.as_deref()?).ok()?;
+        let c = body.get("content")?;
+        let sealed = Sealed {
+            nonce: c.get("nonce")?.as_str()?.to_string(),
+            ciphertext: c.get("ciphertext")?.as_str()?.to_string(),
+        };
+        let plain = match keys::open(key, &aad(&row.tenant_id, row.id), &sealed) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(id = %row.id, error = %e, "memory item does not decrypt; skipped");
+                return None;
+            }
+        };
+        let plain: Plain = serde_json::from_slice(&plain).ok()?;
+        Some(MemoryItem {
+            id: row.id,
+            text: plain.text,
+            kind: plain.kind,
+            layer: row.layer,
+            visibility: row.visibility,
+            owner_id: row.owner_id,
+            session_id: row.session_id,
+            created_at: row.created_at,
+            ttl_at: row.ttl_at,
+            supersedes: row.supersedes,
+        })
+    }
+
+    /// Data keys for every tenant among `rows` the caller may read (public items of another
+    /// tenant are encrypted under that tenant's key).
+    async fn keys_for(
+        &self,
+        principal: &Principal,
+        rows: &[&MemoryRow],
+    ) -> Result<HashMap<String, Secret32>, MemoryError> {
+        let mut out = HashMap::new();
+        for r in rows {
+            if !out.contains_key(&r.tenant_id) {
+                let p = Principal::new(principal.user_id.clone(), r.tenant_id.clone());
+                out.insert(
+                    r.tenant_id.clone(),
+                    self.keys.data_key(self.store.memory(), &p).await?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The items most relevant to `query` within `reach`, best first (at most `k`).
+    pub async fn recall(
+        &self,
+        principal: &Principal,
+        reach: Reach,
+        session_id: Option<&str>,
+        query: &str,
+        k: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recalled>, MemoryError> {
+        let key = self.key(principal).await?;
+        let terms = terms::hashed(&key.derive("logline memory terms v1"), query);
+        let embedding = self.embed_one(query).await?;
+        let scope = MemoryScope {
+            reach,
+            session_id: session_id.map(str::to_string),
+            now,
+        };
+        let mut c = self
+            .store
+            .memory()
+            .recall(principal, &scope, &terms, &embedding, k * 4)
+            .await?;
+        let mut score: HashMap<Uuid, f64> = HashMap::new();
+        for list in [&c.semantic, &c.lexical] {
+            for (rank, id) in list.iter().enumerate() {
+                *score.entry(*id).or_default() += 1.0 / (RRF_K + rank as f64 + 1.0);
+            }
+        }
+        // Only the lexical list is a real match signal for the lexical embedder, and an item
+        // of another scope tier only beats a closer one on relevance.
+        for (id, s) in &mut score {
+            let Some(row) = c.rows.get(id) else { continue };
+            let age_days = (now - row.created_at).num_seconds().max(0) as f64 / 86_400.0;
+            *s += 0.004 * (-age_days / 14.0).exp();
+            *s += if row.layer == MemoryLayer::Session {
+                0.003
+            } else if row.tenant_id == principal.tenant_id && row.owner_id == principal.user_id {
+                0.002
+            } else if row.tenant_id == principal.tenant_id {
+                0.001
+            } else {
+                0.0
+            };
+        }
+        let mut ranked: Vec<(Uuid, f64)> = score.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+        let rows: Vec<MemoryRow> = ranked
+            .iter()
+            .filter_map(|(id, _)| c.rows.remove(id))
+            .collect();
+        let mut keys = self
+            .keys_for(principal, &rows.iter().collect::<Vec<_>>())
+            .await?;
+        keys.insert(principal.tenant_id.clone(), key);
+        let scores: HashMap<Uuid, f64> = ranked.into_iter().collect();
+        let mut out = Vec::new();
+        for row in rows {
+            let s = scores.get(&row.id).copied().unwrap_or(0.0);
+            let Some(key) = keys.get(&row.tenant_id) else {
+                continue;
+            };
+            if let Some(item) = self.open_row(key, row) {
+                out.push(Recalled { item, score: s });
+            }
+            if out.len() >= k {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The caller's own live items (one session's, when given), newest first.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        session_id: Option<&str>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<MemoryItem>, MemoryError> {
+        let key = self.key(principal).await?;
+        let scope = MemoryScope {
+            reach: Reach::Own,
+            session_id: session_id.map(str::to_string),
+            now,
+        };
+        let rows = self.store.memory().list(principal, &scope, limit).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| self.open_row(&key, r))
+            .collect())
+    }
+
+    /// Forgets items for real: a redaction per item (the store deletes the ciphertext and, in
+    /// the same transaction, the index row, embedding and term hashes). Returns what was
+    /// forgotten.
+    pub async fn forget(
+        &self,
+        principal: &Principal,
+        target: &ForgetTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, MemoryError> {
+        // Expired items are forgotten too: `Own` lists live ones, so read far into the future.
+        let all = |session: Option<&str>| {
+            let scope = MemoryScope {
+                reach: Reach::Own,
+                session_id: session.map(str::to_string),
+                now: now - TimeDelta::days(365 * 100),
+            };
+            async move { self.store.memory().list(principal, &scope, 100_000).await }
+        };
+        let ids: Vec<Uuid> = match target {
+            ForgetTarget::Item { id } => {
+                let owned = all(None).await?.iter().any(|r| r.id == *id);
+                if !owned {
+                    return Err(MemoryError::NotFound(*id));
+                }
+                vec![*id]
+            }
+            // The last thing remembered, not the record of the turn that asked to forget it.
+            ForgetTarget::Last { session_id } => {
+                let key = self.key(principal).await?;
+                all(session_id.as_deref())
+                    .await?
+                    .into_iter()
+                    .filter_map(|r| self.open_row(&key, r))
+                    .find(|i| i.kind != MemoryKind::Turn)
+                    .map(|i| i.id)
+                    .into_iter()
+                    .collect()
+            }
+            ForgetTarget::Session { session_id } => all(Some(session_id))
+                .await?
+                .into_iter()
+                .map(|r| r.id)
+                .collect(),
+            ForgetTarget::All => all(None).await?.into_iter().map(|r| r.id).collect(),
+        };
+        let mut done = Vec::new();
+        for id in ids {
+            match self
+                .store
+                .redact(principal, id, "forgotten at the user's request")
+                .await
+            {
+                Ok(_) | Err(StoreError::AlreadyRedacted(_)) => done.push(id),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+}
