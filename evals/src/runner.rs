@@ -40,6 +40,11 @@ pub struct Options {
     pub target: String,
     /// The configured provider and model, when known before the first turn.
     pub provider: Option<(String, String)>,
+    /// `private` (a person's run: it quotes the answers of the users it asked as) or `public`
+    /// (prompt_eval's runs over a scratch ledger of demo data, which gate what the chat uses).
+    pub visibility: &'static str,
+    /// Recorded in the `eval_run` content as `candidates` (what prompt_eval is trying).
+    pub candidates: Option<Value>,
 }
 
 /// One attempt of one case under one variant.
@@ -170,7 +175,7 @@ pub async fn run_suite(
         let mut span = json!({
             "id": id,
             "entity_type": "eval_run",
-            "visibility": "private",
+            "visibility": opts.visibility,
             "trace_id": id.to_string(),
             "name": suite.name,
             "if_ok": "the suite passed its threshold",
@@ -190,6 +195,7 @@ pub async fn run_suite(
                 "threshold": suite.threshold,
                 "case_threshold": opts.case_threshold,
                 "filter": opts.filter.as_ref().map(regex::Regex::as_str),
+                "candidates": opts.candidates,
             },
         });
         nine(
@@ -235,6 +241,7 @@ pub async fn run_suite(
                 attempt,
                 run_id,
                 &recorder,
+                opts.visibility,
             )
             .await
         }
@@ -248,7 +255,15 @@ pub async fn run_suite(
             Err(e) => {
                 drop(stream);
                 bar.finish_and_clear();
-                abort(target.as_ref(), suite, &run_ids, &recorder, &e).await;
+                abort(
+                    target.as_ref(),
+                    suite,
+                    &run_ids,
+                    &recorder,
+                    &e,
+                    opts.visibility,
+                )
+                .await;
                 return Err(e);
             }
         };
@@ -327,7 +342,7 @@ pub async fn run_suite(
         let mut span = json!({
             "id": run_id,
             "entity_type": "eval_run",
-            "visibility": "private",
+            "visibility": opts.visibility,
             "trace_id": run_id.to_string(),
             "name": suite.name,
             "if_ok": "the suite passed its threshold",
@@ -356,6 +371,7 @@ pub async fn run_suite(
                 "pass_rate": if counted > 0 { passed as f64 / counted as f64 } else { 0.0 },
                 "failing": results.iter().filter(|c| !c.pass && !c.skipped).map(|c| &c.case).collect::<Vec<_>>(),
                 "seconds": seconds,
+                "candidates": opts.candidates,
             },
         });
         nine(
@@ -397,12 +413,13 @@ async fn abort(
     run_ids: &HashMap<String, Uuid>,
     recorder: &Principal,
     error: &TargetError,
+    visibility: &'static str,
 ) {
     for (variant, id) in run_ids {
         let mut span = json!({
             "id": id,
             "entity_type": "eval_run",
-            "visibility": "private",
+            "visibility": visibility,
             "trace_id": id.to_string(),
             "name": suite.name,
             "if_ok": "the suite passed its threshold",
@@ -452,6 +469,7 @@ async fn run_attempt(
     attempt: usize,
     run_id: Uuid,
     recorder: &Principal,
+    visibility: &'static str,
 ) -> Result<Attempt, TargetError> {
     let who = Asker {
         user: case.user(suite).to_string(),
@@ -510,7 +528,7 @@ async fn run_attempt(
     let (pass, score) = assertion::score(&verdicts, case.threshold);
     let mut span = json!({
         "entity_type": "eval_case",
-        "visibility": "private",
+        "visibility": visibility,
         "parent_id": run_id,
         "trace_id": run_id.to_string(),
         "related_to": o.run_id.into_iter().collect::<Vec<_>>(),

@@ -130,6 +130,17 @@ impl InProcess {
         })
     }
 
+    /// Questions go to `agent`, spans to `store` (prompt_eval's trial: a scratch ledger and an
+    /// agent compiling the trial's prompt set).
+    pub fn from_agent(store: Arc<dyn Store>, writer: GroupCommit, agent: Agent) -> Self {
+        Self {
+            store,
+            writer,
+            agent,
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Seeds more tenants (a later suite may name others).
     pub async fn seed(&self, tenants: &[String]) -> anyhow::Result<()> {
         for tenant in tenants {

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
+use super::blocks::{Layer, LivePrompts, PromptBlock, PromptError};
 use super::grounding;
 use super::prompt::{Budget, PromptInput, build_prompt};
 use super::proposals::{self, ESCALATION_THRESHOLD, Escalation};
@@ -60,7 +60,8 @@ pub struct Agent {
     pub store: Arc<dyn Store>,
     pub writer: Arc<dyn SpanWriter>,
     pub provider: Arc<dyn Provider>,
-    pub prompts: Arc<ActivePrompts>,
+    /// The prompt set turns compile from (a server's: active versions only).
+    pub prompts: Arc<LivePrompts>,
     pub validator: Arc<jsonschema::Validator>,
     pub budget: Budget,
     /// Stage-0's last word on the provider_exec kernel, and when it was asked.
@@ -213,12 +214,11 @@ impl Agent {
         }
         let variant = req.variant.as_deref().unwrap_or("default");
         // Refuse an unknown variant before anything is recorded.
-        let tool_choice = self
-            .prompts
-            .library()
-            .variant(variant)
-            .map_err(|e| ChatError::BadRequest(e.to_string()))?
-            .tool_choice;
+        let tool_choice = match self.prompts.current().variant(variant) {
+            Ok(v) => v.tool_choice,
+            Err(e @ PromptError::NotActive { .. }) => return Err(ChatError::Prompt(e)),
+            Err(e) => return Err(ChatError::BadRequest(e.to_string())),
+        };
         self.provider_exec_allowed().await?;
         let conversation_id = req.conversation_id.unwrap_or_else(Uuid::now_v7);
         let run_id = Uuid::now_v7();
@@ -428,8 +428,9 @@ impl Turn<'_> {
                 Vec::new()
             };
             let extra: Vec<(PromptBlock, i64)> = self.breaker.iter().cloned().collect();
+            let prompts = self.agent.prompts.current();
             let built = build_prompt(
-                &self.agent.prompts,
+                &prompts,
                 PromptInput {
                     variant: self.variant,
                     principal: self.principal,
@@ -450,7 +451,7 @@ impl Turn<'_> {
                 .collect();
             let mut request = built.request(
                 tools,
-                (!offer_tools).then(|| self.agent.prompts.library().answer_schema().clone()),
+                (!offer_tools).then(|| prompts.library().answer_schema().clone()),
             );
             if offer_tools && require_tool {
                 request.tool_choice = ToolChoice::Required;
@@ -950,24 +951,46 @@ fn strip_fences(s: &str) -> &str {
 }
 
 impl Agent {
-    /// An agent on `provider`, with the embedded prompt library published to the ledger (a
-    /// changed block becomes a new seq) and the answer schema compiled once. `context_tokens`
-    /// is the model's context window when configured (`LOGLINE_CONTEXT_TOKENS`, read by
-    /// `config`); without it the budget comes from the model's name.
+    /// An agent on `provider` that compiles this build's prompt files: they are published
+    /// to the ledger first (a new or changed block or variant becomes a candidate seq), and
+    /// the agent compiles exactly those seqs. That is an *evaluation* of the build — what
+    /// `ll-eval` in process and the agent's tests run; a server swaps in the active set
+    /// (`AppState::new`, [`super::candidates::load_active`]) so its chat never compiles an
+    /// unevaluated prompt. `context_tokens` is the model's context window when configured
+    /// (`LOGLINE_CONTEXT_TOKENS`, read by `config`); without it the budget comes from the
+    /// model's name.
     pub async fn new(
         store: Arc<dyn Store>,
         writer: Arc<dyn SpanWriter>,
         provider: Arc<dyn Provider>,
         context_tokens: Option<usize>,
     ) -> anyhow::Result<Self> {
+        let library = super::blocks::PromptLibrary::embedded()?;
+        let (prompts, _) = library.publish(store.as_ref(), Utc::now()).await?;
+        Self::with_prompts(
+            store,
+            writer,
+            provider,
+            Arc::new(LivePrompts::new(prompts)),
+            context_tokens,
+        )
+        .await
+    }
+
+    /// An agent that compiles from `prompts` (prompt_eval's trial runs, a server's active set).
+    pub async fn with_prompts(
+        store: Arc<dyn Store>,
+        writer: Arc<dyn SpanWriter>,
+        provider: Arc<dyn Provider>,
+        prompts: Arc<LivePrompts>,
+        context_tokens: Option<usize>,
+    ) -> anyhow::Result<Self> {
         // The manifest and the kernel spans Stage-0 checks before model calls (idempotent, as
         // at every `serve` start).
         ledger::store::ensure_manifest(store.as_ref()).await?;
         kernels::stage0::seed(store.as_ref()).await?;
-        let library = super::blocks::PromptLibrary::embedded()?;
-        let validator = jsonschema::validator_for(library.answer_schema())
+        let validator = jsonschema::validator_for(prompts.current().library().answer_schema())
             .map_err(|e| anyhow::anyhow!("the answer schema does not compile: {e}"))?;
-        let (prompts, _) = library.publish(store.as_ref(), Utc::now()).await?;
         // The offline provider reads no context window; only a model's budget is real.
         let context = context_tokens.or((provider.kind() == "offline").then_some(128_000));
         let budget = Budget::for_model(provider.model(), context);
@@ -977,7 +1000,7 @@ impl Agent {
             store,
             writer,
             provider,
-            prompts: Arc::new(prompts),
+            prompts,
             validator: Arc::new(validator),
             budget,
             gate: tokio::sync::Mutex::new(None),

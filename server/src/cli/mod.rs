@@ -16,6 +16,7 @@ mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use ::ledger::Principal;
 use anyhow::Result;
@@ -185,7 +186,19 @@ pub enum TokenCommand {
     },
 }
 
+/// What the binary that wires everything hands the command line (the server cannot depend on
+/// the crates above it).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Runs the evaluation suites for the prompt_eval kernel (`evals`).
+    pub trials: Option<Arc<dyn crate::chat::candidates::TrialRunner>>,
+}
+
 pub fn main() -> ExitCode {
+    main_with(Hooks::default())
+}
+
+pub fn main_with(hooks: Hooks) -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(config::log_filter(config::env))
@@ -198,7 +211,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, hooks)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -207,7 +220,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
     let s = &cli.global.settings();
     match cli.command {
         Command::Init => ledger::init(s).await,
@@ -240,7 +253,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let settings =
                 ServeSettings::from_lookup(bind, limits, s.principal.clone(), config::env)?;
-            crate::serve::run(store, settings).await?;
+            crate::serve::run(store, settings, hooks.trials.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {

@@ -103,6 +103,9 @@ impl From<ChatError> for ApiError {
             ChatError::Prompt(p @ PromptError::OverBudget { .. }) => {
                 ApiError::PayloadTooLarge(format!("the conversation does not fit the model: {p}"))
             }
+            ChatError::Prompt(p @ PromptError::NotActive { .. }) => {
+                ApiError::Unavailable(p.to_string())
+            }
             ChatError::Prompt(p) => ApiError::Internal(anyhow::Error::new(p)),
             ChatError::Provider { error, run_id } => ApiError::Provider {
                 status: error.api_status().max(502),
