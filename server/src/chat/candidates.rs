@@ -413,6 +413,66 @@ impl Catalog {
     }
 }
 
+/// One version as `logline prompts status` and `GET /api/evals` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionView {
+    pub kind: Kind,
+    pub name: String,
+    pub id: Uuid,
+    pub seq: i64,
+    pub state: VersionState,
+    pub at: String,
+    pub digest: String,
+    /// The `prompt_activation` span that decided it, if any.
+    pub decision: Option<Uuid>,
+    pub decided_at: Option<String>,
+    /// The decision's runs: suite, variant, pass rate, threshold, eval_run.
+    pub pass_rates: Value,
+    pub failing_cases: Value,
+    pub problem: Value,
+}
+
+impl Catalog {
+    /// Every version, variants first, newest version of each name first.
+    pub fn overview(&self) -> Vec<VersionView> {
+        fn views<T>(kind: Kind, all: &Versions<T>, out: &mut Vec<VersionView>) {
+            for v in all.versions.values().rev() {
+                let d = v.decision.as_ref();
+                let field = |k: &str| {
+                    d.and_then(|d| d.content.get(k).cloned())
+                        .unwrap_or(Value::Null)
+                };
+                out.push(VersionView {
+                    kind,
+                    name: all.name.clone(),
+                    id: all.id,
+                    seq: v.seq,
+                    state: all.state(v.seq),
+                    at: v.at.clone(),
+                    digest: v.digest.clone(),
+                    decision: d.map(|d| d.span),
+                    decided_at: d.map(|d| d.at.clone()),
+                    pass_rates: field("pass_rates"),
+                    failing_cases: field("failing_cases"),
+                    problem: field("problem"),
+                });
+            }
+        }
+        let mut out = Vec::new();
+        let mut variants: Vec<&Versions<Variant>> = self.variants.values().collect();
+        variants.sort_by(|a, b| a.name.cmp(&b.name));
+        for v in variants {
+            views(Kind::Variant, v, &mut out);
+        }
+        let mut blocks: Vec<&Versions<PromptBlock>> = self.blocks.values().collect();
+        blocks.sort_by(|a, b| a.name.cmp(&b.name));
+        for b in blocks {
+            views(Kind::Block, b, &mut out);
+        }
+        out
+    }
+}
+
 /// Which version of each block and variant a prompt set is compiled from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selection {

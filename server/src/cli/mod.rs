@@ -13,6 +13,7 @@ mod kernels;
 mod law;
 mod ledger;
 mod progress;
+mod prompts;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,6 +133,12 @@ pub enum Command {
     },
     /// Run a `function` span now and print its execution span (exit 1 if it failed).
     Run(kernels::RunArgs),
+    /// Prompt blocks and variants: `prompts status`, `prompts propose FILE` (a candidate that
+    /// must pass the evaluation suites before the chat uses it).
+    Prompts {
+        #[command(subcommand)]
+        what: prompts::PromptsCommand,
+    },
     /// Serve the HTTP API (loopback only unless token auth is configured).
     Serve {
         #[arg(long, env = "LOGLINE_BIND", default_value = "127.0.0.1:8787")]
@@ -236,6 +243,7 @@ async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
         Command::Manifest { what } => kernels::manifest(s, what).await,
         Command::Kernels { what } => kernels::kernels(s, what).await,
         Command::Run(args) => kernels::run(s, args).await,
+        Command::Prompts { what } => prompts::run(s, what).await,
         Command::Bench { what } => bench::run(s, what).await,
         Command::Law { what } => law::run(s, what).await,
         Command::Ruler { what } => governance::ruler(s, what).await,
