@@ -18,14 +18,15 @@ const MANIFEST_ID: &str = "00000000-0000-7000-8000-6d616e696673";
 const RUN_CODE: &str = "00000000-0000-4000-8000-000000000001";
 const OBSERVER_BOT: &str = "00000000-0000-4000-8000-000000000002";
 const POLICY_AGENT: &str = "00000000-0000-4000-8000-000000000004";
-/// The kernels this build runs: all six.
-const RUNNING: [&str; 6] = [
+/// The kernels this build runs: all seven.
+const RUNNING: [&str; 7] = [
     "run_code",
     "observer_bot",
     "request_worker",
     "policy_agent",
     "provider_exec",
     "midnight_ruler",
+    "prompt_eval",
 ];
 const USER: &str = "ana";
 const TENANT: &str = "bakery";
@@ -171,7 +172,7 @@ impl Kernels for Ledger {
 
 testkit::both_stores!(
     manifest_set_appends_a_new_signed_seq_and_show_prints_it,
-    init_seeds_six_kernel_spans_that_stage0_verifies,
+    init_seeds_seven_kernel_spans_that_stage0_verifies,
     a_tampered_kernel_span_is_refused_with_a_boot_event_naming_why,
     an_unlisted_kernel_does_not_start_and_the_refusal_is_recorded,
     logline_run_returns_the_function_output_in_an_execution_span,
@@ -198,7 +199,7 @@ async fn manifest_set_appends_a_new_signed_seq_and_show_prints_it(backend: Backe
     ensure!(c["policy"]["slow_ms"].as_u64().is_some(), "{c}");
     ensure!(c["kernels"]["run_code"] == json!(RUN_CODE), "{c}");
     ensure!(
-        c["allowed_boot_ids"].as_array().map(Vec::len) == Some(6),
+        c["allowed_boot_ids"].as_array().map(Vec::len) == Some(7),
         "{c}"
     );
     ensure!(c["trusted_keys"].as_array().map(Vec::len) == Some(1), "{c}");
@@ -262,7 +263,7 @@ async fn manifest_set_appends_a_new_signed_seq_and_show_prints_it(backend: Backe
 
 // Stage-0 -----------------------------------------------------------------------------------
 
-async fn init_seeds_six_kernel_spans_that_stage0_verifies(backend: Backend) -> Result<()> {
+async fn init_seeds_seven_kernel_spans_that_stage0_verifies(backend: Backend) -> Result<()> {
     let l = ledger(backend).await;
     let (ok, report) = l.status();
     ensure!(ok, "{report}");
@@ -276,7 +277,8 @@ async fn init_seeds_six_kernel_spans_that_stage0_verifies(backend: Backend) -> R
                 "request_worker",
                 "policy_agent",
                 "provider_exec",
-                "midnight_ruler"
+                "midnight_ruler",
+                "prompt_eval"
             ],
         "{names:?}"
     );
@@ -315,7 +317,7 @@ async fn init_seeds_six_kernel_spans_that_stage0_verifies(backend: Backend) -> R
 
     // Other tenants do not see node-level kernel spans.
     ensure!(l.query_as(USER, TENANT, "kernel").is_empty());
-    ensure!(l.query_as("node", "system", "kernel").len() == 6);
+    ensure!(l.query_as("node", "system", "kernel").len() == 7);
     Ok(())
 }
 
@@ -384,7 +386,7 @@ async fn an_unlisted_kernel_does_not_start_and_the_refusal_is_recorded(
     backend: Backend,
 ) -> Result<()> {
     let l = ledger(backend).await;
-    let listed: Vec<String> = ["1", "2", "3", "5", "6"]
+    let listed: Vec<String> = ["1", "2", "3", "5", "6", "7"]
         .iter()
         .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
         .collect();
@@ -662,13 +664,13 @@ async fn serve_boots_verified_kernels_and_notices_a_new_manifest_seq_without_a_r
             booted[0]["content"]["verified_no_runtime"]
                 .as_array()
                 .map(Vec::len)
-                == Some(6 - RUNNING.len()),
+                == Some(7 - RUNNING.len()),
             "{}",
             booted[0]
         );
 
         // Take policy_agent off the list while the server runs: it notices and records why.
-        let listed: Vec<String> = ["1", "2", "3", "5", "6"]
+        let listed: Vec<String> = ["1", "2", "3", "5", "6", "7"]
             .iter()
             .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
             .collect();

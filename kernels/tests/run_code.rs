@@ -228,7 +228,7 @@ async fn kernels_signed_by_a_key_the_manifest_no_longer_trusts_are_refused() {
 
     let report = stage0::inspect(store.as_ref()).await.unwrap();
     assert!(report.manifest.is_ok(), "{:?}", report.manifest);
-    assert_eq!(report.kernels.len(), 6);
+    assert_eq!(report.kernels.len(), 7);
     for k in &report.kernels {
         assert_eq!(k.state, State::Refused(Refusal::UntrustedSigner), "{k:?}");
         assert!(k.reason.contains(&old), "{}", k.reason);
@@ -262,7 +262,7 @@ async fn kernels_signed_by_a_key_the_manifest_no_longer_trusts_are_refused() {
         .iter()
         .map(|r| r.span.to_view().unwrap())
         .collect();
-    assert_eq!(views.len(), 6);
+    assert_eq!(views.len(), 7);
     assert!(
         views
             .iter()

@@ -66,6 +66,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(routes::timeline::router())
         .merge(routes::system::router())
         .merge(routes::chat::router())
+        .merge(routes::evals::router())
         .merge(routes::web::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -1,6 +1,7 @@
 //! One router per resource.
 
 pub mod chat;
+pub mod evals;
 pub mod spans;
 pub mod system;
 pub mod timeline;
