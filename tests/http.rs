@@ -2452,5 +2452,47 @@ async fn a_failing_prompt_candidate_never_reaches_a_chat_and_a_passing_one_is_ac
         .expect(200);
     let run = after["run_id"].as_str().unwrap_or_default().to_string();
     ensure!(compiled_seq(&s, &ana, &run, "turn").await? == 2);
+
+    // /api/evals: the gate's runs are public, a person's run is theirs alone.
+    let mine = json!({
+        "entity_type": "eval_run", "visibility": "private", "who": ANA, "did": "ran a suite",
+        "this": "suite mine", "when": "2026-01-01T00:00:00Z", "confirmed_by": "ll-eval",
+        "if_ok": "-", "if_doubt": "-", "if_not": "-", "status": "passed",
+        "content": {"suite": "mine", "variant": "default", "cases": 1, "passed": 1, "pass_rate": 1.0},
+    });
+    s.post_json(Some(&ana), "/api/spans", mine)
+        .await?
+        .expect(201);
+    let eve = l.token("eve@luzfilmes.pt", "other", "1h");
+    let suites = |page: &Value| -> Vec<String> {
+        page["runs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["suite"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let for_ana = s.get(Some(&ana), "/api/evals").await?.expect(200);
+    let for_eve = s.get(Some(&eve), "/api/evals").await?.expect(200);
+    ensure!(suites(&for_ana).contains(&"mine".to_string()), "{for_ana}");
+    ensure!(!suites(&for_eve).contains(&"mine".to_string()), "{for_eve}");
+    ensure!(
+        suites(&for_eve).contains(&"happy".to_string()),
+        "the gate's runs are public: {for_eve}"
+    );
+    let turn_versions: Vec<&Value> = for_eve["candidates"]
+        .as_array()
+        .map(|a| a.iter().filter(|c| c["name"] == "turn").collect())
+        .unwrap_or_default();
+    ensure!(turn_versions.len() == 3, "{for_eve}");
+    ensure!(
+        for_ana["variants"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v["variant"] == "default")),
+        "{for_ana}"
+    );
+    s.get(Some(&ana), "/api/evals?limit=0").await?.problem(400);
     Ok(())
 }

@@ -238,7 +238,7 @@ async fn kernels_signed_by_a_key_the_manifest_no_longer_trusts_are_refused() {
         stage0::record_refusals(store.as_ref(), &report)
             .await
             .unwrap(),
-        6
+        7
     );
     // Recording again (another process, another status call) writes nothing new.
     assert_eq!(

@@ -169,7 +169,12 @@ async fn start_prompt_eval(state: &AppState, runner: Arc<dyn TrialRunner>) {
             summary = %summary,
             "prompt_eval: first pass done"
         ),
-        Ok(Err(e)) => tracing::warn!(error = %e, "prompt_eval: first pass did not run"),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "prompt_eval: first pass did not run; no prompt candidate can become active until Stage-0 \
+             lets prompt_eval run (a ledger from before it existed must allow-list it: \
+             `logline manifest set allowed_boot_ids=[…, \"00000000-0000-4000-8000-000000000007\"]`)"
+        ),
         Err(_) => tracing::warn!(
             "prompt_eval: the first pass takes longer than {FIRST_PASS_WAIT:?}; listening now, variants not yet active answer 503"
         ),

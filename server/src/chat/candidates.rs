@@ -956,3 +956,70 @@ impl kernels::prompt_eval::PromptGate for Gate {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(seq: i64, decision: Option<(bool, i64)>) -> Version<()> {
+        Version {
+            seq,
+            at: String::new(),
+            digest: format!("d{seq}"),
+            item: Some(()),
+            decision: decision.map(|(activated, order)| Decision {
+                span: Uuid::nil(),
+                activated,
+                at: String::new(),
+                order,
+                content: Value::Null,
+            }),
+        }
+    }
+
+    fn versions(vs: Vec<Version<()>>) -> Versions<()> {
+        Versions {
+            id: Uuid::nil(),
+            name: "b".into(),
+            versions: vs.into_iter().map(|v| (v.seq, v)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_rejected_candidate_leaves_the_previous_active_version_in_place() {
+        let v = versions(vec![
+            version(0, Some((true, 1))),
+            version(1, Some((false, 2))),
+        ]);
+        assert_eq!(v.active_seq(), Some(0));
+        assert!(v.pending().is_none(), "a decided version is not pending");
+        assert_eq!(v.state(0), VersionState::Active);
+        assert_eq!(v.state(1), VersionState::Rejected);
+    }
+
+    #[test]
+    fn only_the_newest_undecided_version_is_a_candidate() {
+        let v = versions(vec![
+            version(0, Some((true, 1))),
+            version(1, None),
+            version(2, None),
+        ]);
+        assert_eq!(v.pending().map(|p| p.seq), Some(2));
+        assert_eq!(v.state(1), VersionState::Superseded);
+        assert_eq!(v.state(2), VersionState::Candidate);
+        let never = versions(vec![version(0, None)]);
+        assert_eq!(never.active_seq(), None);
+        assert_eq!(never.pending().map(|p| p.seq), Some(0));
+    }
+
+    #[test]
+    fn the_newest_activation_wins_and_the_older_one_is_retired() {
+        let v = versions(vec![
+            version(0, Some((true, 1))),
+            version(1, Some((true, 5))),
+        ]);
+        assert_eq!(v.active_seq(), Some(1));
+        assert_eq!(v.state(0), VersionState::Retired);
+        assert_eq!(v.state(1), VersionState::Active);
+    }
+}
