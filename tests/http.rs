@@ -2199,6 +2199,16 @@ async fn a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded
     backend: Backend,
 ) -> Result<()> {
     let l = Ledger::new(backend).await;
+    // The prompts are evaluated on the offline provider (the configured one is down, so the
+    // gate could activate nothing and every turn would be refused before the provider call).
+    let out = l
+        .command(&["kernels", "set", "prompt_eval", "provider=offline"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing listens on port 9 of loopback.
     let s = l
         .serve(Opts {

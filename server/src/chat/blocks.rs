@@ -1,7 +1,8 @@
 //! Prompt blocks, variants and the answer schema: the files of `prompts/`, embedded in the
 //! binary at build time (no runtime file dependency) and published into the ledger as
-//! `prompt_block` spans of the system tenant, so every compiled prompt can name the exact
-//! block versions (id + seq) it was made of.
+//! `prompt_block` and `prompt_variant` spans of the system tenant, so every compiled prompt can
+//! name the exact block versions (id + seq) it was made of. A published version is a
+//! candidate; which versions the chat compiles is decided in [`super::candidates`].
 //!
 //! A block file is a tera template after a front matter:
 //!
@@ -16,8 +17,9 @@
 //! The template…
 //! ```
 //!
-//! Publishing appends a new `seq` of the block's span only when the file changed (compared by
-//! BLAKE3 digest with the latest version in the ledger); an unchanged file appends nothing.
+//! Publishing appends a new `seq` of the block's (or variant's) span only when it changed
+//! (compared by BLAKE3 digest with the latest version in the ledger); an unchanged file appends
+//! nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
