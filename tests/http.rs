@@ -2202,7 +2202,7 @@ async fn a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded
     // The prompts are evaluated on the offline provider (the configured one is down, so the
     // gate could activate nothing and every turn would be refused before the provider call).
     let out = l
-        .command(&["kernels", "set", "prompt_eval", "provider=offline"])
+        .command(&["kernels", "set", "prompt_eval", "config.provider=offline"])
         .output()?;
     ensure!(
         out.status.success(),
@@ -2342,7 +2342,7 @@ async fn a_failing_prompt_candidate_never_reaches_a_chat_and_a_passing_one_is_ac
     let l = Ledger::new(backend).await;
     l.seed_demo();
     let out = l
-        .command(&["kernels", "set", "prompt_eval", "interval_ms=200"])
+        .command(&["kernels", "set", "prompt_eval", "config.interval_ms=200"])
         .output()?;
     ensure!(
         out.status.success(),
