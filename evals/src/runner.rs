@@ -239,9 +239,11 @@ pub async fn run_suite(
                 case,
                 &variant,
                 attempt,
-                run_id,
-                &recorder,
-                opts.visibility,
+                Recording {
+                    run_id,
+                    recorder: &recorder,
+                    visibility: opts.visibility,
+                },
             )
             .await
         }
@@ -460,6 +462,14 @@ fn target_provider(first: Option<&Attempt>, opts: &Options) -> (Option<String>, 
     }
 }
 
+/// Where an attempt's `eval_case` goes: under which run, by whom, how visible.
+#[derive(Clone, Copy)]
+struct Recording<'a> {
+    run_id: Uuid,
+    recorder: &'a Principal,
+    visibility: &'static str,
+}
+
 /// Asks, judges and records one attempt.
 async fn run_attempt(
     target: &dyn Target,
@@ -467,10 +477,13 @@ async fn run_attempt(
     case: &Case,
     variant: &str,
     attempt: usize,
-    run_id: Uuid,
-    recorder: &Principal,
-    visibility: &'static str,
+    record: Recording<'_>,
 ) -> Result<Attempt, TargetError> {
+    let Recording {
+        run_id,
+        recorder,
+        visibility,
+    } = record;
     let who = Asker {
         user: case.user(suite).to_string(),
         tenant: case.tenant(suite).to_string(),
