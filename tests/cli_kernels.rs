@@ -19,13 +19,14 @@ const RUN_CODE: &str = "00000000-0000-4000-8000-000000000001";
 const OBSERVER_BOT: &str = "00000000-0000-4000-8000-000000000002";
 const POLICY_AGENT: &str = "00000000-0000-4000-8000-000000000004";
 /// The kernels this build runs: all seven.
-const RUNNING: [&str; 7] = [
+const RUNNING: [&str; 8] = [
     "run_code",
     "observer_bot",
     "request_worker",
     "policy_agent",
     "provider_exec",
     "midnight_ruler",
+    "prompt_eval",
     "prompt_bandit",
 ];
 const USER: &str = "ana";
@@ -280,6 +281,7 @@ async fn init_seeds_every_native_kernel_span_and_stage0_verifies_them(
                 "policy_agent",
                 "provider_exec",
                 "midnight_ruler",
+                "prompt_eval",
                 "prompt_bandit"
             ],
         "{names:?}"
@@ -388,7 +390,7 @@ async fn an_unlisted_kernel_does_not_start_and_the_refusal_is_recorded(
     backend: Backend,
 ) -> Result<()> {
     let l = ledger(backend).await;
-    let listed: Vec<String> = ["1", "2", "3", "5", "6", "8"]
+    let listed: Vec<String> = ["1", "2", "3", "5", "6", "7", "8"]
         .iter()
         .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
         .collect();
@@ -672,7 +674,7 @@ async fn serve_boots_verified_kernels_and_notices_a_new_manifest_seq_without_a_r
         );
 
         // Take policy_agent off the list while the server runs: it notices and records why.
-        let listed: Vec<String> = ["1", "2", "3", "5", "6", "8"]
+        let listed: Vec<String> = ["1", "2", "3", "5", "6", "7", "8"]
             .iter()
             .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
             .collect();

@@ -1822,6 +1822,7 @@ testkit::both_stores!(
     chat_answers_503_while_stage0_refuses_the_provider_exec_kernel,
     feedback_rates_the_askers_own_run_and_refuses_other_runs_and_bad_scores_precisely,
     the_bandit_gives_each_new_conversation_a_sticky_variant_and_a_promotion_pins_it,
+    a_failing_prompt_candidate_never_reaches_a_chat_and_a_passing_one_is_activated_by_a_signed_span,
 );
 
 const ANA: &str = "ana@padaria-lisboa.pt";
@@ -2200,6 +2201,16 @@ async fn a_failing_provider_is_a_problem_document_and_the_turn_is_still_recorded
     backend: Backend,
 ) -> Result<()> {
     let l = Ledger::new(backend).await;
+    // The prompts are evaluated on the offline provider (the configured one is down, so the
+    // gate could activate nothing and every turn would be refused before the provider call).
+    let out = l
+        .command(&["kernels", "set", "prompt_eval", "config.provider=offline"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing listens on port 9 of loopback.
     let s = l
         .serve(Opts {
@@ -2242,7 +2253,7 @@ async fn chat_answers_503_while_stage0_refuses_the_provider_exec_kernel(
     let l = Ledger::new(backend).await;
     l.seed_demo();
     // Allow-list every native kernel but provider_exec (…0005).
-    let listed: Vec<String> = [1, 2, 3, 4, 6, 8]
+    let listed: Vec<String> = [1, 2, 3, 4, 6, 7, 8]
         .iter()
         .map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
         .collect();
@@ -2566,5 +2577,233 @@ async fn the_bandit_gives_each_new_conversation_a_sticky_variant_and_a_promotion
         table.contains("promoted: compact") && table.contains("Beta(") && table.contains("brief"),
         "{table}"
     );
+    Ok(())
+}
+
+// prompt candidates (issue 11) ---------------------------------------------------------------
+
+/// The seq of block `name` a turn's `prompt_run` compiled.
+async fn compiled_seq(s: &Server, token: &str, run_id: &str, name: &str) -> Result<i64> {
+    let run = s.span_view(Some(token), run_id).await?;
+    run["content"]["blocks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["name"] == name))
+        .and_then(|b| b["seq"].as_i64())
+        .with_context(|| format!("no block {name} in {run}"))
+}
+
+/// `logline prompts status --json`, polled until `name` seq `seq` has left the candidate state.
+async fn decided(l: &Ledger, kind: &str, name: &str, seq: i64) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = l.command(&["prompts", "status", "--json"]).output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all: Value = serde_json::from_slice(&out.stdout)?;
+        let v = all
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|v| v["kind"] == kind && v["name"] == name && v["seq"] == seq)
+            })
+            .cloned();
+        if let Some(v) = v
+            && v["state"] != "candidate"
+        {
+            return Ok(v);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{kind} {name} seq {seq} was never decided"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn propose(l: &Ledger, dir: &std::path::Path, file: &str, text: &str) -> Result<Value> {
+    let path = dir.join(file);
+    std::fs::write(&path, text)?;
+    let out = l
+        .command(&["prompts", "propose", path.to_str().unwrap_or_default()])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+async fn a_failing_prompt_candidate_never_reaches_a_chat_and_a_passing_one_is_activated_by_a_signed_span(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    l.seed_demo();
+    let out = l
+        .command(&["kernels", "set", "prompt_eval", "config.interval_ms=200"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = l.serve(Opts::auth()).await?;
+    let ana = l.token(ANA, "demo", "1h");
+    // The shipped prompts went through the gate before the server listened.
+    let v = decided(&l, "block", "turn", 0).await?;
+    ensure!(v["state"] == "active", "{v}");
+    let first = s
+        .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    let run = first["run_id"].as_str().unwrap_or_default().to_string();
+    ensure!(compiled_seq(&s, &ana, &run, "turn").await? == 0);
+
+    // A turn block that cannot render: every case of the suite fails, so it is rejected.
+    let turn = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/blocks/turn.tera"),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let broken = format!("{turn}\n{{{{ no_such_variable }}}}\n");
+    let p = propose(&l, dir.path(), "turn.tera", &broken)?;
+    ensure!(p["seq"] == 1 && p["appended"] == true, "{p}");
+    let v = decided(&l, "block", "turn", 1).await?;
+    ensure!(v["state"] == "rejected", "{v}");
+    let failing = v["failing_cases"].as_array().map(Vec::len).unwrap_or(0);
+    ensure!(failing > 0, "the rejection lists the failing cases: {v}");
+    let rejection = s
+        .span_view(Some(&ana), v["decision"].as_str().unwrap_or_default())
+        .await?;
+    ensure!(
+        rejection["entity_type"] == "prompt_activation" && rejection["status"] == "rejected",
+        "{rejection}"
+    );
+    ensure!(
+        rejection["content"]["eval_runs"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{rejection}"
+    );
+    // The chat still compiles the previous active version.
+    let again = s
+        .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    ensure!(again["outcome"] == "answered", "{again}");
+    let run = again["run_id"].as_str().unwrap_or_default().to_string();
+    ensure!(
+        compiled_seq(&s, &ana, &run, "turn").await? == 0,
+        "a rejected candidate reached a chat"
+    );
+
+    // A new variant that never passes is refused by name, with the reason.
+    let bad_turn = "---\nid: 01a25000-0000-7000-8000-00000000b10c\nlayer: turn\npriority: 10\nversion: 1\ndescription: Cannot render.\n---\n{{ no_such_variable }}\n";
+    propose(&l, dir.path(), "turn_broken.tera", bad_turn)?;
+    propose(
+        &l,
+        dir.path(),
+        "broken.json",
+        &json!({"name": "broken", "description": "never passes", "blocks": ["doctrine", "product", "app_contracts", "task_answer", "turn_broken"], "tool_choice": "required"}).to_string(),
+    )?;
+    let v = decided(&l, "variant", "broken", 0).await?;
+    ensure!(v["state"] == "rejected", "{v}");
+    let p = s
+        .chat(
+            Some(&ana),
+            json!({"message": "why was D1 terminated?", "variant": "broken"}),
+        )
+        .await?
+        .problem(503);
+    ensure!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("failed its evaluation"),
+        "{p}"
+    );
+
+    // A harmless change passes and goes live, through a span the node signed.
+    let better = format!("{turn}\nAnswer in the language of the question.\n");
+    let p = propose(&l, dir.path(), "turn.tera", &better)?;
+    ensure!(p["seq"] == 2, "{p}");
+    let v = decided(&l, "block", "turn", 2).await?;
+    ensure!(v["state"] == "active", "{v}");
+    let activation = s
+        .span_view(Some(&ana), v["decision"].as_str().unwrap_or_default())
+        .await?;
+    ensure!(activation["status"] == "active", "{activation}");
+    ensure!(activation["content"]["target"]["seq"] == 2, "{activation}");
+    let rates = activation["content"]["pass_rates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        !rates.is_empty() && rates.iter().all(|r| r["pass_rate"] == 1.0),
+        "{activation}"
+    );
+    let manifest = s.get(None, "/manifest/current").await?.expect(200);
+    let keys = manifest["content"]["trusted_keys"].clone();
+    ensure!(
+        keys.as_array()
+            .is_some_and(|k| k.contains(&activation["public_key"])),
+        "the activation is signed by the node: {activation} {manifest}"
+    );
+    let out = l.command(&["verify"]).output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after = s
+        .chat(Some(&ana), json!({"message": "why was D1 terminated?"}))
+        .await?
+        .expect(200);
+    let run = after["run_id"].as_str().unwrap_or_default().to_string();
+    ensure!(compiled_seq(&s, &ana, &run, "turn").await? == 2);
+
+    // /api/evals: the gate's runs are public, a person's run is theirs alone.
+    let mine = json!({
+        "entity_type": "eval_run", "visibility": "private", "who": ANA, "did": "ran a suite",
+        "this": "suite mine", "when": "2026-01-01T00:00:00Z", "confirmed_by": "ll-eval",
+        "if_ok": "-", "if_doubt": "-", "if_not": "-", "status": "passed",
+        "content": {"suite": "mine", "variant": "default", "cases": 1, "passed": 1, "pass_rate": 1.0},
+    });
+    s.post_json(Some(&ana), "/api/spans", mine)
+        .await?
+        .expect(201);
+    let eve = l.token("eve@luzfilmes.pt", "other", "1h");
+    let suites = |page: &Value| -> Vec<String> {
+        page["runs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["suite"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let for_ana = s.get(Some(&ana), "/api/evals").await?.expect(200);
+    let for_eve = s.get(Some(&eve), "/api/evals").await?.expect(200);
+    ensure!(suites(&for_ana).contains(&"mine".to_string()), "{for_ana}");
+    ensure!(!suites(&for_eve).contains(&"mine".to_string()), "{for_eve}");
+    ensure!(
+        suites(&for_eve).contains(&"happy".to_string()),
+        "the gate's runs are public: {for_eve}"
+    );
+    let turn_versions: Vec<&Value> = for_eve["candidates"]
+        .as_array()
+        .map(|a| a.iter().filter(|c| c["name"] == "turn").collect())
+        .unwrap_or_default();
+    ensure!(turn_versions.len() == 3, "{for_eve}");
+    ensure!(
+        for_ana["variants"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v["variant"] == "default")),
+        "{for_ana}"
+    );
+    s.get(Some(&ana), "/api/evals?limit=0").await?.problem(400);
     Ok(())
 }

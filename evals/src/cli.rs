@@ -224,6 +224,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         recorder,
         target: target.describe(),
         provider,
+        visibility: "private",
+        candidates: None,
     };
     let color = std::io::stdout().is_terminal();
     let mut runs = Vec::new();

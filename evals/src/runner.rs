@@ -40,6 +40,11 @@ pub struct Options {
     pub target: String,
     /// The configured provider and model, when known before the first turn.
     pub provider: Option<(String, String)>,
+    /// `private` (a person's run: it quotes the answers of the users it asked as) or `public`
+    /// (prompt_eval's runs over a scratch ledger of demo data, which gate what the chat uses).
+    pub visibility: &'static str,
+    /// Recorded in the `eval_run` content as `candidates` (what prompt_eval is trying).
+    pub candidates: Option<Value>,
 }
 
 /// One attempt of one case under one variant.
@@ -170,7 +175,7 @@ pub async fn run_suite(
         let mut span = json!({
             "id": id,
             "entity_type": "eval_run",
-            "visibility": "private",
+            "visibility": opts.visibility,
             "trace_id": id.to_string(),
             "name": suite.name,
             "if_ok": "the suite passed its threshold",
@@ -190,6 +195,7 @@ pub async fn run_suite(
                 "threshold": suite.threshold,
                 "case_threshold": opts.case_threshold,
                 "filter": opts.filter.as_ref().map(regex::Regex::as_str),
+                "candidates": opts.candidates,
             },
         });
         nine(
@@ -233,8 +239,11 @@ pub async fn run_suite(
                 case,
                 &variant,
                 attempt,
-                run_id,
-                &recorder,
+                Recording {
+                    run_id,
+                    recorder: &recorder,
+                    visibility: opts.visibility,
+                },
             )
             .await
         }
@@ -248,7 +257,15 @@ pub async fn run_suite(
             Err(e) => {
                 drop(stream);
                 bar.finish_and_clear();
-                abort(target.as_ref(), suite, &run_ids, &recorder, &e).await;
+                abort(
+                    target.as_ref(),
+                    suite,
+                    &run_ids,
+                    &recorder,
+                    &e,
+                    opts.visibility,
+                )
+                .await;
                 return Err(e);
             }
         };
@@ -327,7 +344,7 @@ pub async fn run_suite(
         let mut span = json!({
             "id": run_id,
             "entity_type": "eval_run",
-            "visibility": "private",
+            "visibility": opts.visibility,
             "trace_id": run_id.to_string(),
             "name": suite.name,
             "if_ok": "the suite passed its threshold",
@@ -356,6 +373,7 @@ pub async fn run_suite(
                 "pass_rate": if counted > 0 { passed as f64 / counted as f64 } else { 0.0 },
                 "failing": results.iter().filter(|c| !c.pass && !c.skipped).map(|c| &c.case).collect::<Vec<_>>(),
                 "seconds": seconds,
+                "candidates": opts.candidates,
             },
         });
         nine(
@@ -397,12 +415,13 @@ async fn abort(
     run_ids: &HashMap<String, Uuid>,
     recorder: &Principal,
     error: &TargetError,
+    visibility: &'static str,
 ) {
     for (variant, id) in run_ids {
         let mut span = json!({
             "id": id,
             "entity_type": "eval_run",
-            "visibility": "private",
+            "visibility": visibility,
             "trace_id": id.to_string(),
             "name": suite.name,
             "if_ok": "the suite passed its threshold",
@@ -443,6 +462,14 @@ fn target_provider(first: Option<&Attempt>, opts: &Options) -> (Option<String>, 
     }
 }
 
+/// Where an attempt's `eval_case` goes: under which run, by whom, how visible.
+#[derive(Clone, Copy)]
+struct Recording<'a> {
+    run_id: Uuid,
+    recorder: &'a Principal,
+    visibility: &'static str,
+}
+
 /// Asks, judges and records one attempt.
 async fn run_attempt(
     target: &dyn Target,
@@ -450,9 +477,13 @@ async fn run_attempt(
     case: &Case,
     variant: &str,
     attempt: usize,
-    run_id: Uuid,
-    recorder: &Principal,
+    record: Recording<'_>,
 ) -> Result<Attempt, TargetError> {
+    let Recording {
+        run_id,
+        recorder,
+        visibility,
+    } = record;
     let who = Asker {
         user: case.user(suite).to_string(),
         tenant: case.tenant(suite).to_string(),
@@ -510,7 +541,7 @@ async fn run_attempt(
     let (pass, score) = assertion::score(&verdicts, case.threshold);
     let mut span = json!({
         "entity_type": "eval_case",
-        "visibility": "private",
+        "visibility": visibility,
         "parent_id": run_id,
         "trace_id": run_id.to_string(),
         "related_to": o.run_id.into_iter().collect::<Vec<_>>(),

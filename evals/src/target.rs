@@ -14,7 +14,7 @@ use ledger::{Draft, Principal, Store};
 use serde_json::{Value, json};
 use server::chat::agent::{Agent, ChatError, ChatEvent, MemoryMode, TurnRequest};
 use server::chat::record::SpanWriter;
-use server::chat::{ProviderConfig, provider_from_config};
+use server::chat::{PromptError, ProviderConfig, provider_from_config};
 use tokio::sync::{Mutex, mpsc};
 use uuid::Uuid;
 
@@ -128,6 +128,17 @@ impl InProcess {
             agent,
             tenants: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Questions go to `agent`, spans to `store` (prompt_eval's trial: a scratch ledger and an
+    /// agent compiling the trial's prompt set).
+    pub fn from_agent(store: Arc<dyn Store>, writer: GroupCommit, agent: Agent) -> Self {
+        Self {
+            store,
+            writer,
+            agent,
+            tenants: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Seeds more tenants (a later suite may name others).
@@ -254,9 +265,24 @@ impl Target for InProcess {
             calls.into_iter().map(|(_, t)| t).collect::<Vec<_>>()
         };
         let (result, calls) = tokio::join!(turn, events);
-        let r = match result {
+        let refused = match result {
+            Ok(r) => Ok(r),
+            Err(ChatError::BadRequest(why)) => Err(why),
+            // A prompt that does not render or fit is the prompt's failure, judged like any
+            // refused turn (the cases fail); a store that fails is the run's.
+            Err(ChatError::Prompt(p))
+                if !matches!(p, PromptError::Store(_) | PromptError::Publish { .. }) =>
+            {
+                Err(format!("the prompt could not be built: {p}"))
+            }
+            Err(ChatError::Provider { error, .. }) => {
+                return Err(TargetError::Provider(error.to_string()));
+            }
+            Err(e) => return Err(TargetError::Unavailable(e.to_string())),
+        };
+        let r = match refused {
             Ok(r) => r,
-            Err(ChatError::BadRequest(why)) => {
+            Err(why) => {
                 let o = observed(
                     json!({"error": why}),
                     "rejected",
@@ -272,10 +298,6 @@ impl Target for InProcess {
                     model: None,
                 });
             }
-            Err(ChatError::Provider { error, .. }) => {
-                return Err(TargetError::Provider(error.to_string()));
-            }
-            Err(e) => return Err(TargetError::Unavailable(e.to_string())),
         };
         let mut asked = Asked {
             observed: observed(

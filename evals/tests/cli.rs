@@ -396,6 +396,16 @@ async fn against_a_running_server_cases_are_asked_as_their_users() {
     let state = server::state::AppState::new(store.clone(), auth, &limits, &chat, rx)
         .await
         .unwrap();
+    // As `serve` does before it listens: the shipped prompts pass the gate, or nothing answers.
+    let gate = server::chat::candidates::Gate {
+        store: state.store.clone(),
+        live: state.chat.prompts.clone(),
+        provider: state.chat.provider.clone(),
+        context_tokens: None,
+        runner: Arc::new(evals::gate::SuiteTrials),
+    };
+    let report = gate.pass(&Default::default()).await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
     let app = server::serve::router(state, &limits);
     let listener = server::serve::listen("127.0.0.1:0".parse().unwrap())
         .await
@@ -449,7 +459,14 @@ async fn against_a_running_server_cases_are_asked_as_their_users() {
     );
     // Recorded on the server, as the suite's user.
     let ana = Principal::new("ana@padaria-lisboa.pt", "demo");
-    assert_eq!(views(store.as_ref(), &ana, "eval_case").await.len(), 3);
+    // (The gate's own cases are public too; count Ana's.)
+    let mine = views(store.as_ref(), &ana, "eval_case").await;
+    assert_eq!(
+        mine.iter()
+            .filter(|v| v["owner_id"] == "ana@padaria-lisboa.pt")
+            .count(),
+        3
+    );
 
     // With only Ana's token, the other tenant's case cannot be asked: skipped, not failed.
     let now = chrono::Utc::now().timestamp();

@@ -16,6 +16,7 @@ pub mod midnight_ruler;
 pub mod observer_bot;
 pub mod policy_agent;
 pub mod prompt_bandit;
+pub mod prompt_eval;
 pub mod provider_exec;
 pub mod request_worker;
 pub mod run_code;
@@ -28,13 +29,14 @@ use thiserror::Error;
 use uuid::Uuid;
 
 /// The native kernels, in boot order (the order of `kernels status` and of the boot events).
-pub const NATIVE: [&dyn Native; 7] = [
+pub const NATIVE: [&dyn Native; 8] = [
     &run_code::RunCodeKernel,
     &observer_bot::ObserverBotKernel,
     &request_worker::RequestWorkerKernel,
     &policy_agent::PolicyAgentKernel,
     &provider_exec::ProviderExecKernel,
     &midnight_ruler::MidnightRulerKernel,
+    &prompt_eval::PromptEvalKernel,
     &prompt_bandit::PromptBanditKernel,
 ];
 

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{chat, spans, system, timeline};
+use crate::routes::{chat, evals, spans, system, timeline};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -47,6 +47,7 @@ pub fn router() -> Router<AppState> {
         chat::reviews,
         chat::review,
         spans::verify_span,
+        evals::evals,
     ),
     components(schemas(
         Problem,
@@ -74,6 +75,7 @@ pub fn router() -> Router<AppState> {
         chat::ReviewBody,
         chat::ReviewDecision,
         chat::Reviewed,
+        evals::EvalsPage,
     )),
     modifiers(&BearerJwt),
     tags(
@@ -81,6 +83,7 @@ pub fn router() -> Router<AppState> {
         (name = "timeline", description = "Querying and streaming the timeline."),
         (name = "chat", description = "The conversational agent, amendment confirmation and escalation reviews."),
         (name = "system", description = "Health, metrics, the manifest, chain verification."),
+        (name = "evals", description = "Evaluation runs, pass rates and prompt versions (the learning loop)."),
     ),
 )]
 struct ApiDoc;
@@ -172,6 +175,7 @@ mod tests {
             "/api/variants",
             "/api/reviews",
             "/api/reviews/{id}",
+            "/api/evals",
             "/manifest/{name}",
             "/healthz",
             "/readyz",

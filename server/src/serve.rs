@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::chat::candidates::{Gate, TrialRunner};
 use crate::config::{Limits, ServeSettings};
 use crate::error::{ApiError, PROBLEM_JSON, problem};
 use crate::state::AppState;
@@ -66,6 +67,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(routes::system::router())
         .merge(routes::chat::router())
         .merge(routes::memory::router())
+        .merge(routes::evals::router())
         .merge(routes::web::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -105,7 +107,16 @@ pub async fn listen(
 
 /// Runs until Ctrl-C or SIGTERM, then stops accepting, lets in-flight requests finish and sends
 /// stream clients a final event.
-pub async fn run(store: Arc<dyn Store>, settings: ServeSettings) -> anyhow::Result<()> {
+///
+/// `trials` runs the evaluation suites for the `prompt_eval` kernel (the `logline` binary
+/// passes the `evals` runner). Before listening, one pass evaluates the candidates this build
+/// published (bounded by [`FIRST_PASS_WAIT`]; a longer one goes on in the background while the
+/// chat answers 503 for variants not active yet). Without `trials` nothing is ever activated.
+pub async fn run(
+    store: Arc<dyn Store>,
+    settings: ServeSettings,
+    trials: Option<Arc<dyn TrialRunner>>,
+) -> anyhow::Result<()> {
     let ServeSettings {
         bind: addr,
         limits,
@@ -113,7 +124,13 @@ pub async fn run(store: Arc<dyn Store>, settings: ServeSettings) -> anyhow::Resu
         chat,
     } = settings;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState::new(store, auth, &limits, &chat, stop_rx).await?;
+    let state = AppState::new(store.clone(), auth, &limits, &chat, stop_rx).await?;
+    match trials {
+        Some(runner) => start_prompt_eval(&state, runner).await,
+        None => tracing::warn!(
+            "no evaluation runner in this build: prompt candidates stay inactive (use the logline binary)"
+        ),
+    }
     let app = router(state, &limits);
     let listener = listen(addr)
         .await
@@ -131,6 +148,39 @@ pub async fn run(store: Arc<dyn Store>, settings: ServeSettings) -> anyhow::Resu
         })
         .await?;
     Ok(())
+}
+
+/// How long `serve` waits for the first prompt_eval pass before it listens anyway.
+pub const FIRST_PASS_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs prompt_eval's first pass (bounded), then its loop.
+async fn start_prompt_eval(state: &AppState, runner: Arc<dyn TrialRunner>) {
+    let gate = Arc::new(Gate {
+        store: state.store.clone(),
+        live: state.chat.prompts.clone(),
+        provider: state.chat.provider.clone(),
+        context_tokens: state.context_tokens,
+        runner,
+    });
+    let started = std::time::Instant::now();
+    let first = kernels::prompt_eval::run_once(state.store.as_ref(), gate.as_ref());
+    match tokio::time::timeout(FIRST_PASS_WAIT, first).await {
+        Ok(Ok(summary)) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            summary = %summary,
+            "prompt_eval: first pass done"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "prompt_eval: first pass did not run; no prompt candidate can become active until Stage-0 \
+             lets prompt_eval run (a ledger from before it existed must allow-list it: \
+             `logline manifest set allowed_boot_ids=[…, \"00000000-0000-4000-8000-000000000007\"]`)"
+        ),
+        Err(_) => tracing::warn!(
+            "prompt_eval: the first pass takes longer than {FIRST_PASS_WAIT:?}; listening now, variants not yet active answer 503"
+        ),
+    }
+    kernels::prompt_eval::start(state.store.clone(), gate);
 }
 
 async fn shutdown_signal() {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The conversational agent (`POST /api/chat`).
     pub chat: Arc<Agent>,
+    /// The model's context window as configured or reported (prompt_eval's trials use it).
+    pub context_tokens: Option<usize>,
     /// The model server `LOGLINE_PROVIDER=local` started; it stops when the last clone goes.
     pub local_model: Option<Arc<LocalServer>>,
     trusted: Arc<tokio::sync::RwLock<Option<TrustedCache>>>,
@@ -76,21 +78,27 @@ impl AppState {
             Some(n) => Some(n),
             None => context::probe(&chat.provider, local_model.as_deref()).await,
         };
-        let chat = Arc::new(
-            Agent::new(
-                store.clone(),
-                Arc::new(writer.clone()),
-                provider,
-                context_tokens,
-            )
-            .await?
-            .with_memory(Arc::new(crate::memory::Memory::with_settings(
-                store.clone(),
-                &chat.memory,
-            )?)),
-        );
+        let agent = Agent::new(
+            store.clone(),
+            Arc::new(writer.clone()),
+            provider,
+            context_tokens,
+        )
+        .await?
+        .with_memory(Arc::new(crate::memory::Memory::with_settings(
+            store.clone(),
+            &chat.memory,
+        )?));
+        // The build's files are now candidates; the chat compiles only what prompt_eval has
+        // activated (issue 11).
+        let schema = agent.prompts.current().library().answer_schema().clone();
+        agent
+            .prompts
+            .replace(crate::chat::candidates::load_active(store.as_ref(), &schema).await?);
+        let chat = Arc::new(agent);
         Ok(Self {
             chat,
+            context_tokens,
             local_model,
             writer,
             hub: Hub::start(store.clone()).await?,

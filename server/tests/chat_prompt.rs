@@ -249,7 +249,8 @@ async fn blocks_are_published_once_and_a_changed_file_becomes_a_new_seq() {
         .publish(&*store, Utc::now())
         .await
         .unwrap();
-    assert_eq!(first.len(), EMBEDDED_BLOCKS.len());
+    // Every block and every variant, each a candidate at seq 0.
+    assert_eq!(first.len(), EMBEDDED_BLOCKS.len() + EMBEDDED_VARIANTS.len());
     assert!(first.iter().all(|p| p.appended && p.seq == 0));
 
     // Publishing the same files again appends nothing.
@@ -300,6 +301,11 @@ async fn blocks_are_published_once_and_a_changed_file_becomes_a_new_seq() {
     assert_eq!(latest["name"], json!("product"));
     assert_eq!(latest["content"]["version"], json!(2));
     assert_eq!(latest["content"]["layer"], json!("product"));
+    assert_eq!(
+        latest["status"],
+        json!("candidate"),
+        "nothing is active until evaluated"
+    );
     assert!(
         latest["content"]["template"]
             .as_str()

@@ -29,7 +29,7 @@ export function logline(args, env = {}) {
 }
 
 /** Starts `logline serve` on a fresh data directory, optionally seeded with the demo. */
-export async function startServer({ seed = false, args = [], env = {} } = {}) {
+export async function startServer({ seed = false, args = [], env = {}, before = [] } = {}) {
   if (!existsSync(BIN)) {
     throw new Error(`the logline binary is missing at ${BIN}: run \`cargo build --bin logline\` first`);
   }
@@ -38,10 +38,13 @@ export async function startServer({ seed = false, args = [], env = {} } = {}) {
     logline(["--data-dir", dir, "--tenant", "demo", "demo", "seed"], env);
     // The tests read the demo as seeded. A server would otherwise rule every midnight since the
     // demo's anchor as soon as it starts (D4 held again, D5 accepted) while a test reads them:
-    // the Midnight Ruler is taken off the boot allow-list (every other kernel stays).
-    const others = [1, 2, 3, 4, 5].map((n) => `00000000-0000-4000-8000-00000000000${n}`);
+    // the Midnight Ruler is taken off the boot allow-list (every other kernel stays, prompt_eval
+    // (…0007) included: without it no prompt is ever activated and the chat answers 503).
+    const others = [1, 2, 3, 4, 5, 7].map((n) => `00000000-0000-4000-8000-00000000000${n}`);
     logline(["--data-dir", dir, "manifest", "set", `allowed_boot_ids=${JSON.stringify(others)}`], env);
   }
+  // Commands run on the ledger before it is served (e.g. a kernel setting).
+  for (const cmd of before) logline(["--data-dir", dir, ...cmd], env);
   const proc = spawn(BIN, ["--data-dir", dir, ...args, "serve", "--bind", "127.0.0.1:0"], {
     env: cleanEnv(env),
     stdio: ["ignore", "pipe", "pipe"],

@@ -331,6 +331,9 @@ describe("with authentication on", () => {
   before(async () => {
     // A provider that cannot be reached (a closed loopback port): chat failures are real ones.
     srv = await startServer({
+      // The configured provider is down: the prompts are evaluated offline, or the gate could
+      // activate none and every question would be refused before the provider is called.
+      before: [["kernels", "set", "prompt_eval", "config.provider=offline"]],
       env: {
         LOGLINE_JWT_SECRET: secret,
         LOGLINE_PROVIDER: "openai",

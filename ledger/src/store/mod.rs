@@ -328,9 +328,9 @@ pub fn system_principal() -> Principal {
 }
 
 /// The native kernels and their well-known span ids (valid UUIDs; the seed's numbering, with
-/// `midnight_ruler` added). The first manifest lists and allow-lists all of them; Stage-0 (in
+/// `midnight_ruler` and `prompt_eval` added). The first manifest lists and allow-lists all of them; Stage-0 (in
 /// the `kernels` crate) seeds their spans and verifies them before booting any.
-pub const NATIVE_KERNELS: [(&str, Uuid); 7] = [
+pub const NATIVE_KERNELS: [(&str, Uuid); 8] = [
     (
         "run_code",
         Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0001),
@@ -355,7 +355,10 @@ pub const NATIVE_KERNELS: [(&str, Uuid); 7] = [
         "midnight_ruler",
         Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0006),
     ),
-    // 7 is left for prompt_eval (issue 11), which the seed lists before the bandit.
+    (
+        "prompt_eval",
+        Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0007),
+    ),
     (
         "prompt_bandit",
         Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0008),

@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::bandit::{Picker, eligible_variants, selection_draft};
-use super::blocks::{ActivePrompts, Layer, PromptBlock, PromptError};
+use super::bandit::{Picker, active_variants, selection_draft};
+use super::blocks::{Layer, LivePrompts, PromptBlock, PromptError};
 use super::grounding;
 use super::memory_turn;
 use super::prompt::{Budget, PromptInput, build_prompt};
@@ -66,7 +66,8 @@ pub struct Agent {
     pub store: Arc<dyn Store>,
     pub writer: Arc<dyn SpanWriter>,
     pub provider: Arc<dyn Provider>,
-    pub prompts: Arc<ActivePrompts>,
+    /// The prompt set turns compile from (a server's: active versions only).
+    pub prompts: Arc<LivePrompts>,
     pub validator: Arc<jsonschema::Validator>,
     pub budget: Budget,
     /// The prompt_bandit kernel's choice of variant for a new conversation that names none.
@@ -231,12 +232,11 @@ impl Agent {
                 "`message` contains a NUL character".into(),
             ));
         }
-        let library = self.prompts.library();
-        // Refuse an unknown variant before anything is recorded.
+        // The active prompts of this turn (prompt_eval may activate new ones meanwhile).
+        let prompts = self.prompts.current();
+        // Refuse an unknown or never-activated variant before anything is recorded.
         if let Some(v) = &req.variant {
-            library
-                .variant(v)
-                .map_err(|e| ChatError::BadRequest(e.to_string()))?;
+            check_variant(&prompts, v)?;
         }
         self.provider_exec_allowed().await?;
         let conversation_id = req.conversation_id.unwrap_or_else(Uuid::now_v7);
@@ -247,14 +247,14 @@ impl Agent {
         let mut selection = None;
         let variant: String = match (req.variant, earlier_variant) {
             (Some(v), _) => v,
-            (None, Some(v)) if library.variant(&v).is_ok() => v,
+            (None, Some(v)) if prompts.variant(&v).is_ok() => v,
             (None, _) => {
                 match self
                     .variants
-                    .pick(&eligible_variants(library), conversation_id)
+                    .pick(&active_variants(&prompts), conversation_id)
                     .await?
                 {
-                    Some(p) if library.variant(&p.variant).is_ok() => {
+                    Some(p) if prompts.variant(&p.variant).is_ok() => {
                         selection = Some(p.selection);
                         p.variant
                     }
@@ -263,10 +263,7 @@ impl Agent {
             }
         };
         let variant = variant.as_str();
-        let tool_choice = library
-            .variant(variant)
-            .map_err(|e| ChatError::BadRequest(e.to_string()))?
-            .tool_choice;
+        let tool_choice = check_variant(&prompts, variant)?.tool_choice;
         let mut t = Turn {
             agent: self,
             principal,
@@ -472,6 +469,19 @@ struct Settled {
     draft: Option<Value>,
 }
 
+/// The active variant `name`: a never-activated one is a 503 (`ChatError::Prompt`), an unknown
+/// one a bad request.
+fn check_variant<'a>(
+    prompts: &'a super::blocks::ActivePrompts,
+    name: &str,
+) -> Result<&'a super::blocks::Variant, ChatError> {
+    match prompts.variant(name) {
+        Ok(v) => Ok(v),
+        Err(e @ PromptError::NotActive { .. }) => Err(ChatError::Prompt(e)),
+        Err(e) => Err(ChatError::BadRequest(e.to_string())),
+    }
+}
+
 /// Why a turn's one repair round was asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Repair {
@@ -520,8 +530,9 @@ impl Turn<'_> {
                 Vec::new()
             };
             let extra: Vec<(PromptBlock, i64)> = self.breaker.iter().cloned().collect();
+            let prompts = self.agent.prompts.current();
             let built = build_prompt(
-                &self.agent.prompts,
+                &prompts,
                 PromptInput {
                     variant: self.variant,
                     principal: self.principal,
@@ -542,10 +553,10 @@ impl Turn<'_> {
                 .collect();
             let mut request = built.request(
                 tools,
-                (!offer_tools).then(|| self.agent.prompts.library().answer_schema().clone()),
+                (!offer_tools).then(|| prompts.library().answer_schema().clone()),
             );
             if offer_tools {
-                request.answer_schema = Some(self.agent.prompts.library().answer_schema().clone());
+                request.answer_schema = Some(prompts.library().answer_schema().clone());
                 if require_tool {
                     request.tool_choice = ToolChoice::Required;
                 }
@@ -1101,24 +1112,46 @@ fn strip_fences(s: &str) -> &str {
 }
 
 impl Agent {
-    /// An agent on `provider`, with the embedded prompt library published to the ledger (a
-    /// changed block becomes a new seq) and the answer schema compiled once. `context_tokens`
-    /// is the model's context window when configured (`LOGLINE_CONTEXT_TOKENS`, read by
-    /// `config`); without it the budget comes from the model's name.
+    /// An agent on `provider` that compiles this build's prompt files: they are published
+    /// to the ledger first (a new or changed block or variant becomes a candidate seq), and
+    /// the agent compiles exactly those seqs. That is an *evaluation* of the build — what
+    /// `ll-eval` in process and the agent's tests run; a server swaps in the active set
+    /// (`AppState::new`, [`super::candidates::load_active`]) so its chat never compiles an
+    /// unevaluated prompt. `context_tokens` is the model's context window when configured
+    /// (`LOGLINE_CONTEXT_TOKENS`, read by `config`); without it the budget comes from the
+    /// model's name.
     pub async fn new(
         store: Arc<dyn Store>,
         writer: Arc<dyn SpanWriter>,
         provider: Arc<dyn Provider>,
         context_tokens: Option<usize>,
     ) -> anyhow::Result<Self> {
+        let library = super::blocks::PromptLibrary::embedded()?;
+        let (prompts, _) = library.publish(store.as_ref(), Utc::now()).await?;
+        Self::with_prompts(
+            store,
+            writer,
+            provider,
+            Arc::new(LivePrompts::new(prompts)),
+            context_tokens,
+        )
+        .await
+    }
+
+    /// An agent that compiles from `prompts` (prompt_eval's trial runs, a server's active set).
+    pub async fn with_prompts(
+        store: Arc<dyn Store>,
+        writer: Arc<dyn SpanWriter>,
+        provider: Arc<dyn Provider>,
+        prompts: Arc<LivePrompts>,
+        context_tokens: Option<usize>,
+    ) -> anyhow::Result<Self> {
         // The manifest and the kernel spans Stage-0 checks before model calls (idempotent, as
         // at every `serve` start).
         ledger::store::ensure_manifest(store.as_ref()).await?;
         kernels::stage0::seed(store.as_ref()).await?;
-        let library = super::blocks::PromptLibrary::embedded()?;
-        let validator = jsonschema::validator_for(library.answer_schema())
+        let validator = jsonschema::validator_for(prompts.current().library().answer_schema())
             .map_err(|e| anyhow::anyhow!("the answer schema does not compile: {e}"))?;
-        let (prompts, _) = library.publish(store.as_ref(), Utc::now()).await?;
         // The offline provider reads no context window; only a model's budget is real.
         let context = context_tokens.or((provider.kind() == "offline").then_some(128_000));
         let budget = Budget::for_model(provider.model(), context);
@@ -1131,7 +1164,7 @@ impl Agent {
             store,
             writer,
             provider,
-            prompts: Arc::new(prompts),
+            prompts,
             validator: Arc::new(validator),
             budget,
             gate: tokio::sync::Mutex::new(None),

@@ -33,6 +33,14 @@ pub fn eligible_variants(library: &PromptLibrary) -> Vec<String> {
     names
 }
 
+/// The variants prompt_eval has activated: the ones the bandit may choose for a chat.
+pub fn active_variants(prompts: &super::blocks::ActivePrompts) -> Vec<String> {
+    eligible_variants(prompts.library())
+        .into_iter()
+        .filter(|name| prompts.variant(name).is_ok())
+        .collect()
+}
+
 /// A variant the bandit chose, and the `content` of the span that records the choice.
 #[derive(Clone, Debug)]
 pub struct Picked {

@@ -1,7 +1,8 @@
 //! Prompt blocks, variants and the answer schema: the files of `prompts/`, embedded in the
 //! binary at build time (no runtime file dependency) and published into the ledger as
-//! `prompt_block` spans of the system tenant, so every compiled prompt can name the exact
-//! block versions (id + seq) it was made of.
+//! `prompt_block` and `prompt_variant` spans of the system tenant, so every compiled prompt can
+//! name the exact block versions (id + seq) it was made of. A published version is a
+//! candidate; which versions the chat compiles is decided in [`super::candidates`].
 //!
 //! A block file is a tera template after a front matter:
 //!
@@ -16,8 +17,9 @@
 //! The template…
 //! ```
 //!
-//! Publishing appends a new `seq` of the block's span only when the file changed (compared by
-//! BLAKE3 digest with the latest version in the ledger); an unchanged file appends nothing.
+//! Publishing appends a new `seq` of the block's (or variant's) span only when it changed
+//! (compared by BLAKE3 digest with the latest version in the ledger); an unchanged file appends
+//! nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -102,6 +104,11 @@ pub enum PromptError {
     UnknownVariant(String),
     #[error("block `{0}` has not been published to the ledger")]
     Unpublished(String),
+    /// The variant exists but no version of it is active (never evaluated yet, or every
+    /// version failed its evaluation): the chat refuses it rather than compile an unevaluated
+    /// prompt.
+    #[error("prompt variant `{variant}` is not active: {why}")]
+    NotActive { variant: String, why: String },
     #[error("rendering block `{block}`: {detail}")]
     Render { block: String, detail: String },
     #[error(
@@ -340,6 +347,44 @@ pub struct Variant {
     pub tool_choice: ToolChoice,
 }
 
+impl Variant {
+    /// Parses a variant file (`path` names it in errors; its stem must be the variant's name).
+    pub fn parse(path: &str, text: &str) -> Result<Self, PromptError> {
+        let err = |detail: String| PromptError::Variant {
+            path: path.to_string(),
+            detail,
+        };
+        let v: Variant =
+            serde_json::from_str(text).map_err(|e| err(format!("not a variant: {e}")))?;
+        let stem = path
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".json"));
+        if stem != Some(v.name.as_str()) {
+            return Err(err(format!(
+                "`name` must match the file name, not `{}`",
+                v.name
+            )));
+        }
+        Ok(v)
+    }
+
+    /// The span id of the variant's `prompt_variant` spans: derived from its name (a UUID v8
+    /// over BLAKE3), so every node and every proposal of `brief` lands on the same span.
+    pub fn span_id(name: &str) -> Uuid {
+        let hash = blake3::hash(format!("logline:prompt_variant:{name}").as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash.as_bytes()[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    /// `blake3:<hex>` of the variant as JSON: a changed variant is a new version in the ledger.
+    pub fn digest(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        format!("blake3:{}", blake3::hash(text.as_bytes()).to_hex())
+    }
+}
+
 /// The parsed prompt files: blocks (templates checked), variants, the answer schema.
 #[derive(Clone)]
 pub struct PromptLibrary {
@@ -375,13 +420,34 @@ impl PromptLibrary {
         answer_schema: &str,
     ) -> Result<Self, PromptError> {
         let mut parsed = Vec::with_capacity(blocks.len());
+        for (path, text) in blocks {
+            parsed.push(PromptBlock::parse(path, text)?);
+        }
+        let mut parsed_variants = Vec::with_capacity(variants.len());
+        for (path, text) in variants {
+            parsed_variants.push((path.to_string(), Variant::parse(path, text)?));
+        }
+        let answer_schema: Value = serde_json::from_str(answer_schema)
+            .map_err(|e| PromptError::Schema(format!("not JSON: {e}")))?;
+        Self::from_parts(parsed, parsed_variants, answer_schema, true)
+    }
+
+    /// Checks parsed blocks and variants (each variant with the path or span it came from, for
+    /// errors) and compiles the templates. `require_default`: a `default` variant must exist
+    /// (the files of a build; the active set of a ledger may not have one yet).
+    pub fn from_parts(
+        blocks: Vec<PromptBlock>,
+        variants: Vec<(String, Variant)>,
+        answer_schema: Value,
+        require_default: bool,
+    ) -> Result<Self, PromptError> {
         let mut ids = HashSet::new();
         let mut names = HashSet::new();
         let mut tera = tera::Tera::new();
         // Prompts are not HTML: nothing is escaped.
         tera.autoescape_on(Vec::<&str>::new());
-        for (path, text) in blocks {
-            let block = PromptBlock::parse(path, text)?;
+        for block in &blocks {
+            let path = &block.source;
             let dup = |what: &str| PromptError::Block {
                 path: path.to_string(),
                 detail: format!("another block has the same {what}"),
@@ -397,29 +463,16 @@ impl PromptLibrary {
                     path: path.to_string(),
                     detail: format!("template: {}", error_chain(&e)),
                 })?;
-            parsed.push(block);
         }
-        check_stable(&tera, &parsed)?;
+        check_stable(&tera, &blocks)?;
         let by_name: HashMap<&str, &PromptBlock> =
-            parsed.iter().map(|b| (b.name.as_str(), b)).collect();
+            blocks.iter().map(|b| (b.name.as_str(), b)).collect();
         let mut variant_map = BTreeMap::new();
-        for (path, text) in variants {
+        for (path, v) in variants {
             let err = |detail: String| PromptError::Variant {
-                path: path.to_string(),
+                path: path.clone(),
                 detail,
             };
-            let v: Variant =
-                serde_json::from_str(text).map_err(|e| err(format!("not a variant: {e}")))?;
-            let stem = path
-                .rsplit('/')
-                .next()
-                .and_then(|f| f.strip_suffix(".json"));
-            if stem != Some(v.name.as_str()) {
-                return Err(err(format!(
-                    "`name` must match the file name, not `{}`",
-                    v.name
-                )));
-            }
             let mut seen = HashSet::new();
             for b in &v.blocks {
                 if !by_name.contains_key(b.as_str()) {
@@ -440,19 +493,17 @@ impl PromptLibrary {
                 return Err(err("another variant has the same name".into()));
             }
         }
-        if !variant_map.contains_key(DEFAULT_VARIANT) {
+        if require_default && !variant_map.contains_key(DEFAULT_VARIANT) {
             return Err(PromptError::Variant {
                 path: "prompts/variants".into(),
                 detail: format!("there must be a `{DEFAULT_VARIANT}` variant"),
             });
         }
-        let answer_schema: Value = serde_json::from_str(answer_schema)
-            .map_err(|e| PromptError::Schema(format!("not JSON: {e}")))?;
         if !answer_schema.is_object() {
             return Err(PromptError::Schema("must be a JSON object".into()));
         }
         Ok(Self {
-            blocks: parsed,
+            blocks,
             variants: variant_map,
             answer_schema,
             tera,
@@ -482,31 +533,45 @@ impl PromptLibrary {
         &self.answer_schema
     }
 
-    /// Appends a `prompt_block` span for every block that is new or changed since its latest
-    /// version in the ledger, and returns the library with each block's current seq.
+    /// Appends a `prompt_block` span for every block and a `prompt_variant` span for every
+    /// variant that is new or changed since its latest version in the ledger. A new version
+    /// is a *candidate*: nothing compiles it until `prompt_eval` activates it (see
+    /// [`super::candidates`]). Returns this build's files with the seq of each, which is what
+    /// an evaluation of the build compiles (`ll-eval` in process, the agent's tests).
     pub async fn publish(
         self,
         store: &dyn Store,
         now: DateTime<Utc>,
     ) -> Result<(ActivePrompts, Vec<Published>), PromptError> {
-        let mut report = Vec::with_capacity(self.blocks.len());
+        let mut report = Vec::with_capacity(self.blocks.len() + self.variants.len());
         let mut seqs = HashMap::new();
         for block in &self.blocks {
-            let p = publish_block(store, block, now).await?;
+            let p = publish_version(store, block.id, &block.name, &block.digest, |seq| {
+                block_draft(block, seq, now)
+            })
+            .await?;
             seqs.insert(block.id, p.seq);
             report.push(p);
         }
+        let mut variant_seqs = HashMap::new();
+        for v in self.variants.values() {
+            let id = Variant::span_id(&v.name);
+            let digest = v.digest();
+            let p = publish_version(store, id, &v.name, &digest, |seq| {
+                variant_draft(v, seq, now)
+            })
+            .await?;
+            variant_seqs.insert(v.name.clone(), p.seq);
+            report.push(p);
+        }
         Ok((
-            ActivePrompts {
-                library: self,
-                seqs,
-            },
+            ActivePrompts::new(self, seqs, variant_seqs, BTreeMap::new()),
             report,
         ))
     }
 }
 
-/// What publishing did for one block.
+/// What publishing did for one block or variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Published {
     pub id: Uuid,
@@ -516,15 +581,34 @@ pub struct Published {
     pub appended: bool,
 }
 
-/// The library after publication: every block has the seq of its span in the ledger, which is
-/// what a compiled prompt records.
+/// A set of block and variant versions a prompt can be compiled from: every block has the
+/// seq of its span in the ledger, which is what a compiled prompt records. The chat's set
+/// holds only *active* versions ([`super::candidates::load_active`]); an evaluation's set is
+/// the active one with the candidate put in.
 #[derive(Clone, Debug)]
 pub struct ActivePrompts {
     library: PromptLibrary,
     seqs: HashMap<Uuid, i64>,
+    variant_seqs: HashMap<String, i64>,
+    /// Variants that exist in the ledger but have no usable active version, and why.
+    unavailable: BTreeMap<String, String>,
 }
 
 impl ActivePrompts {
+    pub fn new(
+        library: PromptLibrary,
+        seqs: HashMap<Uuid, i64>,
+        variant_seqs: HashMap<String, i64>,
+        unavailable: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            library,
+            seqs,
+            variant_seqs,
+            unavailable,
+        }
+    }
+
     pub fn library(&self) -> &PromptLibrary {
         &self.library
     }
@@ -532,6 +616,57 @@ impl ActivePrompts {
     /// The ledger seq of a block.
     pub fn seq(&self, id: Uuid) -> Option<i64> {
         self.seqs.get(&id).copied()
+    }
+
+    /// The ledger seq of a variant's `prompt_variant` span.
+    pub fn variant_seq(&self, name: &str) -> Option<i64> {
+        self.variant_seqs.get(name).copied()
+    }
+
+    /// A variant this set can compile, or why not: unknown, or known but not active.
+    pub fn variant(&self, name: &str) -> Result<&Variant, PromptError> {
+        match self.library.variant(name) {
+            Ok(v) => Ok(v),
+            Err(e) => match self.unavailable.get(name) {
+                Some(why) => Err(PromptError::NotActive {
+                    variant: name.to_string(),
+                    why: why.clone(),
+                }),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Variants known but not usable, and why.
+    pub fn unavailable(&self) -> &BTreeMap<String, String> {
+        &self.unavailable
+    }
+}
+
+/// The set the chat compiles from, replaced whole when `prompt_eval` activates something: a
+/// turn takes the current set once ([`LivePrompts::current`]) and compiles every round of
+/// the turn from it.
+#[derive(Debug)]
+pub struct LivePrompts(std::sync::RwLock<std::sync::Arc<ActivePrompts>>);
+
+impl LivePrompts {
+    pub fn new(prompts: ActivePrompts) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(prompts)))
+    }
+
+    pub fn current(&self) -> std::sync::Arc<ActivePrompts> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, prompts: ActivePrompts) {
+        let new = std::sync::Arc::new(prompts);
+        match self.0.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
     }
 }
 
@@ -547,7 +682,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The span a block version is recorded as (system tenant, public: every tenant's
-/// `prompt_run` may cite it).
+/// `prompt_run` may cite it). It enters as a candidate: `prompt_activation` decides.
 pub fn block_draft(block: &PromptBlock, seq: i64, now: DateTime<Utc>) -> Result<Draft, InputError> {
     let principal = system_principal();
     Draft::from_value(
@@ -563,10 +698,10 @@ pub fn block_draft(block: &PromptBlock, seq: i64, now: DateTime<Utc>) -> Result<
             "did": if seq == 0 { "published prompt block" } else { "published a new version of prompt block" },
             "this": format!("prompt block {} v{}", block.name, block.version),
             "confirmed_by": "node key",
-            "if_ok": "compile it into chat prompts",
-            "if_doubt": "keep compiling the previous version",
-            "if_not": "keep compiling the previous version",
-            "status": "active",
+            "if_ok": "activate it once prompt_eval's suites pass",
+            "if_doubt": "keep compiling the previous active version",
+            "if_not": "keep compiling the previous active version",
+            "status": "candidate",
             "name": block.name,
             "description": block.description,
             "content": {
@@ -605,19 +740,24 @@ async fn latest(store: &dyn Store, id: Uuid) -> Result<Option<(i64, Option<Strin
     Ok(Some((seq, digest)))
 }
 
-async fn publish_block(
+async fn publish_version<F>(
     store: &dyn Store,
-    block: &PromptBlock,
-    now: DateTime<Utc>,
-) -> Result<Published, PromptError> {
+    id: Uuid,
+    name: &str,
+    digest: &str,
+    draft: F,
+) -> Result<Published, PromptError>
+where
+    F: Fn(i64) -> Result<Draft, InputError>,
+{
     // A concurrent publisher may take the next seq between our read and our append: re-read
     // and try again a few times.
     for _ in 0..3 {
-        let next = match latest(store, block.id).await? {
-            Some((seq, Some(digest))) if digest == block.digest => {
+        let next = match latest(store, id).await? {
+            Some((seq, Some(d))) if d == digest => {
                 return Ok(Published {
-                    id: block.id,
-                    name: block.name.clone(),
+                    id,
+                    name: name.to_string(),
                     seq,
                     appended: false,
                 });
@@ -625,8 +765,8 @@ async fn publish_block(
             Some((seq, _)) => seq + 1,
             None => 0,
         };
-        let draft = block_draft(block, next, now).map_err(|e| PromptError::Publish {
-            id: block.id,
+        let draft = draft(next).map_err(|e| PromptError::Publish {
+            id,
             detail: e.to_string(),
         })?;
         let result = store::append(store, &system_principal(), vec![draft])
@@ -635,10 +775,12 @@ async fn publish_block(
             .next();
         match result {
             Some(Ok(a)) => {
-                tracing::info!(block = %block.name, id = %block.id, seq = a.seq, "prompt block published");
+                if !a.duplicate {
+                    tracing::info!(prompt = %name, %id, seq = a.seq, "prompt candidate published");
+                }
                 return Ok(Published {
-                    id: block.id,
-                    name: block.name.clone(),
+                    id,
+                    name: name.to_string(),
                     seq: a.seq,
                     appended: !a.duplicate,
                 });
@@ -646,20 +788,85 @@ async fn publish_block(
             Some(Err(AppendError::SeqConflict { .. })) => continue,
             Some(Err(e)) => {
                 return Err(PromptError::Publish {
-                    id: block.id,
+                    id,
                     detail: e.to_string(),
                 });
             }
             None => {
                 return Err(PromptError::Publish {
-                    id: block.id,
+                    id,
                     detail: "the store returned no result".into(),
                 });
             }
         }
     }
     Err(PromptError::Publish {
-        id: block.id,
+        id,
         detail: "other publishers kept changing it; try again".into(),
     })
+}
+
+/// Appends `block` as the next version of its span unless the latest version has the same
+/// digest (then nothing is appended). Returns the seq either way.
+pub async fn propose_block(
+    store: &dyn Store,
+    block: &PromptBlock,
+) -> Result<Published, PromptError> {
+    let now = Utc::now();
+    publish_version(store, block.id, &block.name, &block.digest, |seq| {
+        block_draft(block, seq, now)
+    })
+    .await
+}
+
+/// Appends `variant` as the next version of its span unless unchanged (see [`propose_block`]).
+pub async fn propose_variant(
+    store: &dyn Store,
+    variant: &Variant,
+) -> Result<Published, PromptError> {
+    let now = Utc::now();
+    publish_version(
+        store,
+        Variant::span_id(&variant.name),
+        &variant.name,
+        &variant.digest(),
+        |seq| variant_draft(variant, seq, now),
+    )
+    .await
+}
+
+/// The span a variant version is recorded as (system tenant, public, a candidate like a
+/// block version).
+pub fn variant_draft(v: &Variant, seq: i64, now: DateTime<Utc>) -> Result<Draft, InputError> {
+    let principal = system_principal();
+    let id = Variant::span_id(&v.name);
+    let digest = v.digest();
+    Draft::from_value(
+        json!({
+            "id": id,
+            "seq": seq,
+            "entity_type": "prompt_variant",
+            "visibility": "public",
+            "idempotency_key": format!("prompt_variant:{id}:{seq}:{digest}"),
+            "when": ledger::span::format_time(now),
+            "who": principal.user_id,
+            "did": if seq == 0 { "published prompt variant" } else { "published a new version of prompt variant" },
+            "this": format!("prompt variant {}", v.name),
+            "confirmed_by": "node key",
+            "if_ok": "activate it once prompt_eval's suites pass",
+            "if_doubt": "keep the previous active version",
+            "if_not": "keep the previous active version",
+            "status": "candidate",
+            "name": v.name,
+            "description": v.description,
+            "content": {
+                "blocks": v.blocks,
+                "tool_choice": v.tool_choice,
+                "digest": digest,
+            }
+        }),
+        &principal,
+        &[],
+        now,
+    )
 }

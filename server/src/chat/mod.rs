@@ -1,5 +1,6 @@
 //! The conversational agent's foundation (issue 5; DESIGN.md §7): prompt blocks and variants
-//! embedded from `prompts/` and published as `prompt_block` spans ([`blocks`]); build_prompt,
+//! embedded from `prompts/` and published as `prompt_block` / `prompt_variant` candidates
+//! ([`blocks`]) that only an evaluation activates ([`candidates`]); build_prompt,
 //! which compiles them into a hashed system prompt and fits the conversation into the model's
 //! context ([`prompt`]); the provider interface with OpenAI-compatible and Ollama
 //! implementations ([`providers`]); and provider_exec, which records every model call as a
@@ -8,6 +9,7 @@
 pub mod agent;
 pub mod bandit;
 pub mod blocks;
+pub mod candidates;
 pub mod feedback;
 pub mod grounding;
 pub mod memory_turn;
@@ -18,7 +20,7 @@ pub mod record;
 pub mod tools;
 
 pub use blocks::{
-    ActivePrompts, Layer, PromptBlock, PromptError, PromptLibrary, Published, Variant,
+    ActivePrompts, Layer, LivePrompts, PromptBlock, PromptError, PromptLibrary, Published, Variant,
 };
 pub use prompt::{Budget, BuiltPrompt, PromptInput, TokenCounts, build_prompt};
 pub use providers::{

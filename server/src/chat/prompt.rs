@@ -232,7 +232,7 @@ pub fn build_prompt(
     input: PromptInput<'_>,
 ) -> Result<BuiltPrompt, PromptError> {
     let library = prompts.library();
-    let variant = library.variant(input.variant)?;
+    let variant = prompts.variant(input.variant)?;
     if let Some(i) = input.history.iter().position(|m| m.role == Role::System) {
         return Err(PromptError::SystemInHistory(i));
     }

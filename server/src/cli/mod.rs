@@ -14,10 +14,12 @@ mod law;
 mod ledger;
 mod memory;
 mod progress;
+mod prompts;
 mod variants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use ::ledger::Principal;
 use anyhow::Result;
@@ -138,6 +140,12 @@ pub enum Command {
     },
     /// Run a `function` span now and print its execution span (exit 1 if it failed).
     Run(kernels::RunArgs),
+    /// Prompt blocks and variants: `prompts status`, `prompts propose FILE` (a candidate that
+    /// must pass the evaluation suites before the chat uses it).
+    Prompts {
+        #[command(subcommand)]
+        what: prompts::PromptsCommand,
+    },
     /// Serve the HTTP API (loopback only unless token auth is configured).
     Serve {
         #[arg(long, env = "LOGLINE_BIND", default_value = "127.0.0.1:8787")]
@@ -198,7 +206,19 @@ pub enum TokenCommand {
     },
 }
 
+/// What the binary that wires everything hands the command line (the server cannot depend on
+/// the crates above it).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Runs the evaluation suites for the prompt_eval kernel (`evals`).
+    pub trials: Option<Arc<dyn crate::chat::candidates::TrialRunner>>,
+}
+
 pub fn main() -> ExitCode {
+    main_with(Hooks::default())
+}
+
+pub fn main_with(hooks: Hooks) -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(config::log_filter(config::env))
@@ -211,7 +231,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, hooks)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -220,7 +240,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
     let s = &cli.global.settings();
     match cli.command {
         Command::Init => ledger::init(s).await,
@@ -237,6 +257,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Manifest { what } => kernels::manifest(s, what).await,
         Command::Kernels { what } => kernels::kernels(s, what).await,
         Command::Run(args) => kernels::run(s, args).await,
+        Command::Prompts { what } => prompts::run(s, what).await,
         Command::Bench { what } => bench::run(s, what).await,
         Command::Law { what } => law::run(s, what).await,
         Command::Ruler { what } => governance::ruler(s, what).await,
@@ -255,7 +276,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let settings =
                 ServeSettings::from_lookup(bind, limits, s.principal.clone(), config::env)?;
-            crate::serve::run(store, settings).await?;
+            crate::serve::run(store, settings, hooks.trials.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {

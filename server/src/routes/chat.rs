@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::chat::agent::{self, ChatError, ChatEvent, MemoryMode, TurnRequest};
-use crate::chat::bandit::eligible_variants;
+use crate::chat::bandit::active_variants;
 use crate::chat::feedback::{self, Feedback, FeedbackError, Score};
 use crate::chat::proposals::{self, Actor, Confirmation, Decision, ProposalError};
 use crate::error::{ApiError, Problem};
@@ -107,6 +107,9 @@ impl From<ChatError> for ApiError {
             ChatError::BadRequest(m) => ApiError::BadRequest(m),
             ChatError::Prompt(p @ PromptError::OverBudget { .. }) => {
                 ApiError::PayloadTooLarge(format!("the conversation does not fit the model: {p}"))
+            }
+            ChatError::Prompt(p @ PromptError::NotActive { .. }) => {
+                ApiError::Unavailable(p.to_string())
             }
             ChatError::Prompt(p) => ApiError::Internal(anyhow::Error::new(p)),
             ChatError::Provider { error, run_id } => ApiError::Provider {
@@ -628,7 +631,7 @@ pub async fn variants(
     State(state): State<AppState>,
     _caller: Caller,
 ) -> Result<Json<Variants>, ApiError> {
-    let eligible = eligible_variants(state.chat.prompts.library());
+    let eligible = active_variants(&state.chat.prompts.current());
     let (status, _refused) = state.chat.variants.status(&eligible).await?;
     Ok(Json(Variants {
         variants: status

@@ -1,5 +1,6 @@
 //! The browser UI (`web/`): the chat at `/`, span pages at `/spans/{id}`, the live timeline at
-//! `/timeline` and escalation reviews at `/reviews`. The span page asks
+//! `/timeline`, escalation reviews at `/reviews` and evaluation runs, pass rates, prompt
+//! candidates and the bandit's probabilities at `/evals`. The span page asks
 //! `GET /api/spans/{id}/verify` (in `spans.rs`) whether a span's hash and signature hold.
 //!
 //! The files are embedded in the binary (`include_bytes!`) so `logline serve` works from any
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/spans/{id}", get(|| async { page("span.html") }))
         .route("/timeline", get(|| async { page("timeline.html") }))
         .route("/reviews", get(|| async { page("reviews.html") }))
+        .route("/evals", get(|| async { page("evals.html") }))
         .route("/assets/{file}", get(asset))
 }
 
@@ -56,6 +58,7 @@ static FILES: &[Asset] = &[
     asset!("span.html", HTML),
     asset!("timeline.html", HTML),
     asset!("reviews.html", HTML),
+    asset!("evals.html", HTML),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("common.js", JS),
     asset!("render.js", JS),
@@ -63,6 +66,7 @@ static FILES: &[Asset] = &[
     asset!("span.js", JS),
     asset!("timeline.js", JS),
     asset!("reviews.js", JS),
+    asset!("evals.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 
