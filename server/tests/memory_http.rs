@@ -58,6 +58,14 @@ async fn start(backend: Backend) -> Srv {
     let state = server::state::AppState::new(store.clone(), auth, &limits, &chat, rx)
         .await
         .unwrap();
+    // These tests are about memory, not the prompt gate (tests/http.rs covers it through
+    // `serve`): the shipped prompts, as published, are the active set.
+    let (shipped, _) = server::chat::PromptLibrary::embedded()
+        .unwrap()
+        .publish(store.as_ref(), chrono::Utc::now())
+        .await
+        .unwrap();
+    state.chat.prompts.replace(shipped);
     let app = server::serve::router(state, &limits);
     let listener = server::serve::listen("127.0.0.1:0".parse().unwrap())
         .await
