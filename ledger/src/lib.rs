@@ -5,6 +5,7 @@
 pub mod crypto;
 pub mod error;
 pub mod law;
+pub mod merkle;
 pub mod plan;
 pub mod query;
 pub mod span;
