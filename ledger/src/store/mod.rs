@@ -5,7 +5,9 @@ pub mod group;
 pub mod postgres;
 mod spec_sql;
 pub mod sqlite;
+mod tree;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +16,9 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::checkpoint::{CheckpointPolicy, Checkpointer};
 use crate::crypto::NodeKey;
+use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::error::{AppendError, StoreError};
 use crate::query::{Filter, Page, TailRow};
 use crate::span::{
@@ -277,28 +281,75 @@ pub trait Store: Send + Sync + 'static {
 
     /// The tenant's idempotency rows, each with the span at its `chain_pos`.
     async fn audit_idempotency(&self, tenant: &str) -> Result<Vec<IdempotencyAudit>, StoreError>;
+
+    /// How this store checkpoints, and where it keeps the signed checkpoint files.
+    fn checkpointer(&self) -> &Checkpointer;
+
+    /// The tenant's Merkle tree as stored (its compact range), if it has one (administrative).
+    async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError>;
+
+    /// Stored subtree hashes (level >= [`crate::merkle::STORED_LEVEL`]) and the `curr_hash`
+    /// of the spans at `leaves`, as leaf hashes (administrative: proofs reveal hashes only).
+    /// Absent rows are simply missing from the maps.
+    async fn tree_nodes(
+        &self,
+        tenant: &str,
+        stored: &[TreeKey],
+        leaves: &[u64],
+    ) -> Result<(HashMap<TreeKey, Hash>, HashMap<u64, Hash>), StoreError>;
 }
 
-/// Opens the store named by `database_url`, or the embedded file under `data_dir`.
+/// Decodes a stored 32-byte hash.
+pub(crate) fn stored_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("a Merkle hash of {} bytes", bytes.len())))
+}
+
+/// Where a node keeps the signed checkpoint files of its tenants.
+pub fn checkpoint_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("checkpoints")
+}
+
+/// Opens the store named by `database_url`, or the embedded file under `data_dir`, with the
+/// default checkpoint policy and checkpoint files under `data_dir`.
 pub async fn open(
     database_url: Option<&str>,
     data_dir: &Path,
     key: NodeKey,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    let policy = CheckpointPolicy {
+        dir: Some(checkpoint_dir(data_dir)),
+        ..CheckpointPolicy::default()
+    };
+    open_with(database_url, data_dir, key, policy).await
+}
+
+/// [`open`] with a given checkpoint policy.
+pub async fn open_with(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    key: NodeKey,
+    policy: CheckpointPolicy,
+) -> Result<Arc<dyn Store>, StoreError> {
     match database_url {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(postgres::PgStore::connect(url, key).await?))
-        }
-        Some(url) if url.starts_with("sqlite:") => {
-            Ok(Arc::new(sqlite::SqliteStore::open_url(url, key).await?))
-        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
+            Arc::new(postgres::PgStore::connect(url, key).await?.with_checkpoints(policy)),
+        ),
+        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(
+            sqlite::SqliteStore::open_url(url, key)
+                .await?
+                .with_checkpoints(policy),
+        )),
         Some(other) => Err(StoreError::Config(format!(
             "unsupported database URL `{other}`: use postgres://… or sqlite:…"
         ))),
         None => {
             std::fs::create_dir_all(data_dir)?;
             Ok(Arc::new(
-                sqlite::SqliteStore::open_file(&data_dir.join("ledger.sqlite3"), key).await?,
+                sqlite::SqliteStore::open_file(&data_dir.join("ledger.sqlite3"), key)
+                    .await?
+                    .with_checkpoints(policy),
             ))
         }
     }
