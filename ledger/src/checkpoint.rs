@@ -15,12 +15,15 @@
 //! Checkpoints are kept outside the database too (a file per tenant under the data directory,
 //! see [`Checkpointer`]): an attacker who rewrites the database cannot rewrite what was
 //! already handed out, so truncation, rollback and forks show as a checkpoint the chain no
-//! longer matches.
+//! longer matches. This module also reads the stored trees ([`Tree`]) for inclusion and
+//! consistency proofs: O(log n) subtree hashes, each read from `merkle_nodes` (16 leaves and
+//! up) or hashed from at most 16 spans' `curr_hash`, in one round trip per table.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Verifier};
@@ -28,7 +31,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::{NodeKey, parse_public_key};
-use crate::merkle::Hash;
+use crate::error::StoreError;
+use crate::merkle::{
+    self, Frontier, Hash, NodeKey as MerkleKey, Range, consistency_ranges, fetch_plan, fill_small,
+    inclusion_ranges, range_hash, range_subtrees,
+};
 
 /// Spans between two `checkpoint` spans in a chain unless configured otherwise.
 pub const DEFAULT_EVERY: u64 = 1000;
@@ -211,12 +218,130 @@ pub fn read_latest(dir: &Path, tenant: &str) -> std::io::Result<Option<String>> 
     }
 }
 
-/// A tree head a commit left behind, before it is signed.
+/// Why a tree could not be read or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("tenant `{tenant}` has no Merkle tree yet")]
+    NoTree { tenant: String },
+    #[error("tenant `{tenant}`: tree size {size} is beyond the tree's {available} spans")]
+    BeyondTree {
+        tenant: String,
+        size: u64,
+        available: u64,
+    },
+    #[error(
+        "tenant `{tenant}`: the remembered checkpoint has {remembered} spans but the ledger's tree \
+         only {stored} (the chain was truncated or rolled back)"
+    )]
+    Truncated {
+        tenant: String,
+        remembered: u64,
+        stored: u64,
+    },
+    #[error(
+        "tenant `{tenant}`: the ledger's tree at size {size} has root {stored} but the remembered \
+         checkpoint says {remembered} (a fork: the chain was rewritten)"
+    )]
+    Fork {
+        tenant: String,
+        size: u64,
+        remembered: String,
+        stored: String,
+    },
+    #[error("tenant `{tenant}`: the remembered checkpoint is unusable: {source}")]
+    Checkpoint {
+        tenant: String,
+        #[source]
+        source: CheckpointError,
+    },
+}
+
+/// The hashes of `ranges` in tenant's tree, in order.
+async fn range_hashes(
+    tree: &dyn Tree,
+    tenant: &str,
+    ranges: &[Range],
+) -> Result<Vec<Hash>, StoreError> {
+    let keys: Vec<MerkleKey> = ranges.iter().flat_map(|r| range_subtrees(*r)).collect();
+    let (stored, leaves) = fetch_plan(&keys);
+    let (mut nodes, leaf_hashes) = tree.tree_nodes(tenant, &stored, &leaves).await?;
+    if let Some(missing) = stored.iter().find(|k| !nodes.contains_key(k)) {
+        return Err(StoreError::Corrupt(format!(
+            "tenant `{tenant}`: Merkle node (level {}, index {}) is missing",
+            missing.0, missing.1
+        )));
+    }
+    fill_small(&keys, &leaf_hashes, &mut nodes).map_err(|p| {
+        StoreError::Corrupt(format!("tenant `{tenant}`: the span at chain_pos {p} is missing"))
+    })?;
+    ranges
+        .iter()
+        .map(|r| {
+            range_hash(*r, &nodes)
+                .ok_or_else(|| StoreError::Corrupt(format!("tenant `{tenant}`: subtree {r:?}")))
+        })
+        .collect()
+}
+
+/// The tenant's stored tree size.
+pub async fn tree_size(tree: &dyn Tree, tenant: &str) -> Result<u64, StoreError> {
+    Ok(tree.tree_frontier(tenant).await?.map_or(0, |f| f.size()))
+}
+
+fn within(tenant: &str, size: u64, available: u64) -> Result<(), TreeError> {
+    if size > available {
+        return Err(TreeError::BeyondTree {
+            tenant: tenant.to_string(),
+            size,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// The root of the tenant's tree when it had `size` spans.
+pub async fn root_at(tree: &dyn Tree, tenant: &str, size: u64) -> Result<Hash, TreeError> {
+    within(tenant, size, tree_size(tree, tenant).await?)?;
+    if size == 0 {
+        return Ok(merkle::empty_root());
+    }
+    Ok(range_hashes(tree, tenant, &[(0, size)]).await?[0])
+}
+
+/// The audit path of leaf `index` in the tenant's tree of `size` spans.
+pub async fn inclusion(
+    tree: &dyn Tree,
+    tenant: &str,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, TreeError> {
+    within(tenant, size, tree_size(tree, tenant).await?)?;
+    within(tenant, index + 1, size)?;
+    Ok(range_hashes(tree, tenant, &inclusion_ranges(index, size)).await?)
+}
+
+/// The consistency proof between the tenant's trees of `old` and `new` spans.
+pub async fn consistency(
+    tree: &dyn Tree,
+    tenant: &str,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, TreeError> {
+    within(tenant, new, tree_size(tree, tenant).await?)?;
+    within(tenant, old, new)?;
+    Ok(range_hashes(tree, tenant, &consistency_ranges(old, new)).await?)
+}
+
+/// A tree head a commit left behind, before it is signed, with the tree it grew from.
 #[derive(Clone, Debug)]
 pub struct TreeHead {
     pub tenant: String,
     pub size: u64,
     pub root: Hash,
+    pub old_size: u64,
+    pub old_root: Hash,
 }
 
 /// How the stores checkpoint: a `checkpoint` span every `every` spans (0: never), and a signed
@@ -240,49 +365,197 @@ impl Default for CheckpointPolicy {
     }
 }
 
-/// Signs tree heads after commit and keeps the newest per tenant in files. Never writes a
-/// smaller tree over a larger one (commits of one process can finish out of order).
+/// The checkpoint files of one node, and the tree head each last recorded (read from the file
+/// once, then kept in memory).
 pub struct Checkpointer {
     pub policy: CheckpointPolicy,
-    written: Mutex<HashMap<String, u64>>,
+    known: Mutex<HashMap<String, (u64, Hash)>>,
 }
 
 impl Checkpointer {
     pub fn new(policy: CheckpointPolicy) -> Self {
         Self {
             policy,
-            written: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Signs and writes each head (after its transaction committed). A failed write is logged,
-    /// not returned: the spans are durable already, and the next commit writes again.
-    pub fn after_commit(&self, key: &NodeKey, heads: &[TreeHead]) {
-        let Some(dir) = &self.policy.dir else { return };
-        if heads.is_empty() {
-            return;
+    /// The tree head last recorded for `tenant`: from memory, else from its file (whose
+    /// signature and origin must hold).
+    fn known(&self, key: &NodeKey, tenant: &str) -> Result<Option<(u64, Hash)>, TreeError> {
+        if let Some(k) = self.known.lock().ok().and_then(|m| m.get(tenant).copied()) {
+            return Ok(Some(k));
         }
-        let Ok(mut written) = self.written.lock() else {
-            return;
+        Ok(remembered(self, key, tenant)?.map(|c| (c.checkpoint.size, c.checkpoint.root)))
+    }
+
+    /// Signs and writes a head, unless a larger one is on record already.
+    fn write(&self, key: &NodeKey, tenant: &str, size: u64, root: Hash) -> Result<String, TreeError> {
+        let note = Checkpoint {
+            origin: origin(key.public_key(), tenant),
+            size,
+            root,
+        }
+        .sign(key);
+        let Some(dir) = &self.policy.dir else {
+            return Ok(note);
         };
-        for h in heads {
-            if written.get(&h.tenant).is_some_and(|s| *s >= h.size) {
-                continue;
-            }
-            let note = Checkpoint {
-                origin: origin(key.public_key(), &h.tenant),
-                size: h.size,
-                root: h.root,
-            }
-            .sign(key);
-            match write_atomic(dir, &file_for(dir, &h.tenant), &note) {
-                Ok(()) => {
-                    written.insert(h.tenant.clone(), h.size);
-                }
-                Err(e) => tracing::warn!(error = %e, tenant = %h.tenant, "checkpoint file not written"),
-            }
+        let mut known = self
+            .known
+            .lock()
+            .map_err(|_| StoreError::Config("checkpoint lock poisoned".into()))?;
+        if known.get(tenant).is_some_and(|(s, _)| *s >= size) {
+            return Ok(note);
+        }
+        write_atomic(dir, &file_for(dir, tenant), &note).map_err(StoreError::from)?;
+        known.insert(tenant.to_string(), (size, root));
+        Ok(note)
+    }
+}
+
+/// Reads a store's Merkle trees: what proofs and checkpoints need, apart from the rest of the
+/// [`crate::store::Store`] (which extends it).
+#[async_trait]
+pub trait Tree: Send + Sync {
+    /// How this store checkpoints, and where it keeps the signed checkpoint files.
+    fn checkpointer(&self) -> &Checkpointer;
+
+    /// The tenant's Merkle tree as stored (its compact range), if it has one (administrative).
+    async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError>;
+
+    /// Stored subtree hashes (level >= [`crate::merkle::STORED_LEVEL`]) and the `curr_hash`
+    /// of the spans at `leaves`, as leaf hashes (administrative: proofs reveal hashes only).
+    /// Absent rows are simply missing from the maps.
+    async fn tree_nodes(
+        &self,
+        tenant: &str,
+        stored: &[MerkleKey],
+        leaves: &[u64],
+    ) -> Result<(HashMap<MerkleKey, Hash>, HashMap<u64, Hash>), StoreError>;
+}
+
+/// Records the heads a commit left (called by the stores after commit): each is signed and
+/// written only when it extends the head on record — directly (the commit grew from it) or by
+/// a consistency proof. A head that does not is logged and not written, so a rewritten ledger
+/// never overwrites the evidence against it. Failures are logged, not returned: the spans are
+/// durable already, and the next commit records again.
+pub async fn record(tree: &dyn Tree, key: &NodeKey, heads: &[TreeHead]) {
+    if tree.checkpointer().policy.dir.is_none() {
+        return;
+    }
+    for h in heads {
+        if let Err(e) = record_one(tree, key, h).await {
+            tracing::error!(error = %e, tenant = %h.tenant, size = h.size, "checkpoint not recorded");
         }
     }
+}
+
+async fn record_one(tree: &dyn Tree, key: &NodeKey, h: &TreeHead) -> Result<(), TreeError> {
+    let cp = tree.checkpointer();
+    match cp.known(key, &h.tenant)? {
+        // Another commit (of this process or another) recorded a larger tree already.
+        Some((size, _)) if size >= h.size => return Ok(()),
+        Some((size, root)) if size == h.old_size && root == h.old_root => {}
+        Some((size, root)) => extends(tree, &h.tenant, size, root, h.size, h.root).await?,
+        None => {}
+    }
+    cp.write(key, &h.tenant, h.size, h.root)?;
+    Ok(())
+}
+
+/// Checks that the tenant's tree of `size` spans with `root` extends the one on record.
+async fn extends(
+    tree: &dyn Tree,
+    tenant: &str,
+    known_size: u64,
+    known_root: Hash,
+    size: u64,
+    root: Hash,
+) -> Result<(), TreeError> {
+    if known_size > size {
+        return Err(TreeError::Truncated {
+            tenant: tenant.to_string(),
+            remembered: known_size,
+            stored: size,
+        });
+    }
+    let proof = consistency(tree, tenant, known_size, size).await?;
+    if merkle::verify_consistency(known_size, size, &known_root, &root, &proof).is_err() {
+        let stored = root_at(tree, tenant, known_size)
+            .await
+            .map_or_else(|e| format!("unreadable ({e})"), |r| b64(&r));
+        return Err(TreeError::Fork {
+            tenant: tenant.to_string(),
+            size: known_size,
+            remembered: B64.encode(known_root),
+            stored,
+        });
+    }
+    Ok(())
+}
+
+/// A checkpoint with its signed note text.
+#[derive(Clone, Debug, Serialize)]
+pub struct SignedCheckpoint {
+    #[serde(flatten)]
+    pub checkpoint: Checkpoint,
+    pub note: String,
+}
+
+/// The checkpoint this node remembers outside the database for `tenant`, if any (its
+/// signature and origin checked).
+pub fn remembered(
+    cp: &Checkpointer,
+    key: &NodeKey,
+    tenant: &str,
+) -> Result<Option<SignedCheckpoint>, TreeError> {
+    let Some(dir) = &cp.policy.dir else {
+        return Ok(None);
+    };
+    let Some(note) = read_latest(dir, tenant).map_err(StoreError::from)? else {
+        return Ok(None);
+    };
+    let c = Checkpoint::open_for(&note, key.public_key(), tenant).map_err(|source| {
+        TreeError::Checkpoint {
+            tenant: tenant.to_string(),
+            source,
+        }
+    })?;
+    Ok(Some(SignedCheckpoint { checkpoint: c, note }))
+}
+
+/// The newest checkpoint of the tenant's tree, signed now if the one on record is older. The
+/// stored tree is signed only when it extends the checkpoint on record: a truncated or
+/// rewritten ledger gets an error naming what differs, never a signature.
+pub async fn latest(
+    tree: &dyn Tree,
+    key: &NodeKey,
+    tenant: &str,
+) -> Result<SignedCheckpoint, TreeError> {
+    let frontier = tree
+        .tree_frontier(tenant)
+        .await?
+        .ok_or_else(|| TreeError::NoTree {
+            tenant: tenant.to_string(),
+        })?;
+    let (size, root) = (frontier.size(), frontier.root());
+    let cp = tree.checkpointer();
+    if let Some(known) = remembered(cp, key, tenant)? {
+        let k = &known.checkpoint;
+        extends(tree, tenant, k.size, k.root, size, root).await?;
+        if k.size == size {
+            return Ok(known);
+        }
+    }
+    let note = cp.write(key, tenant, size, root)?;
+    Ok(SignedCheckpoint {
+        checkpoint: Checkpoint {
+            origin: origin(key.public_key(), tenant),
+            size,
+            root,
+        },
+        note,
+    })
 }
 
 /// Writes through a temporary file and a rename, so a reader sees the old or the new note.

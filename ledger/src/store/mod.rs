@@ -7,7 +7,6 @@ mod spec_sql;
 pub mod sqlite;
 mod tree;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,9 +15,9 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::checkpoint::{CheckpointPolicy, Checkpointer};
+use crate::checkpoint::{CheckpointPolicy, Tree};
 use crate::crypto::NodeKey;
-use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
+use crate::merkle::Hash;
 use crate::error::{AppendError, StoreError};
 use crate::query::{Filter, Page, TailRow};
 use crate::span::{
@@ -194,7 +193,7 @@ pub(crate) fn honoured_redaction(
 pub type AppendResults = Vec<Result<Appended, AppendError>>;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Tree + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 
@@ -281,22 +280,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// The tenant's idempotency rows, each with the span at its `chain_pos`.
     async fn audit_idempotency(&self, tenant: &str) -> Result<Vec<IdempotencyAudit>, StoreError>;
-
-    /// How this store checkpoints, and where it keeps the signed checkpoint files.
-    fn checkpointer(&self) -> &Checkpointer;
-
-    /// The tenant's Merkle tree as stored (its compact range), if it has one (administrative).
-    async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError>;
-
-    /// Stored subtree hashes (level >= [`crate::merkle::STORED_LEVEL`]) and the `curr_hash`
-    /// of the spans at `leaves`, as leaf hashes (administrative: proofs reveal hashes only).
-    /// Absent rows are simply missing from the maps.
-    async fn tree_nodes(
-        &self,
-        tenant: &str,
-        stored: &[TreeKey],
-        leaves: &[u64],
-    ) -> Result<(HashMap<TreeKey, Hash>, HashMap<u64, Hash>), StoreError>;
 }
 
 /// Decodes a stored 32-byte hash.

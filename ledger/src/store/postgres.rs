@@ -18,7 +18,7 @@ use super::{
     AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
     honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
-use crate::checkpoint::{CheckpointPolicy, Checkpointer, TreeHead};
+use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::error::StoreError;
@@ -157,6 +157,7 @@ impl PgStore {
         let tenant = principal.tenant_id.as_str();
         let mut growth = self.load_tree(tx, principal, old_next).await?;
         let old = growth.size();
+        let old_root = growth.frontier.root();
         growth.push_sealed(&plan.sealed)?;
         if tree::checkpoint_due(old, growth.size(), self.checkpoints.policy.every) {
             let cp = tree::checkpoint_plan(
@@ -196,6 +197,8 @@ impl PgStore {
             tenant: tenant.to_string(),
             size: growth.size(),
             root: growth.frontier.root(),
+            old_size: old,
+            old_root,
         });
         Ok(())
     }
@@ -518,7 +521,7 @@ impl Store for PgStore {
                 .await?;
         }
         tx.commit().await?;
-        self.checkpoints.after_commit(&self.key, &heads);
+        checkpoint::record(self, &self.key, &heads).await;
         Ok(out)
     }
 
@@ -684,7 +687,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.checkpoints.after_commit(&self.key, &heads);
+        checkpoint::record(self, &self.key, &heads).await;
         Ok(appended)
     }
 
@@ -873,6 +876,10 @@ impl Store for PgStore {
             .collect::<Result<_, _>>()?)
     }
 
+}
+
+#[async_trait]
+impl Tree for PgStore {
     fn checkpointer(&self) -> &Checkpointer {
         &self.checkpoints
     }

@@ -21,7 +21,7 @@ use super::{
     AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
     honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
-use crate::checkpoint::{CheckpointPolicy, Checkpointer, TreeHead};
+use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::error::StoreError;
@@ -202,6 +202,7 @@ impl SqliteStore {
         }
         let mut growth = self.load_tree(tx, tenant, old_next).await?;
         let old = growth.size();
+        let old_root = growth.frontier.root();
         growth.push_sealed(&plan.sealed)?;
         if tree::checkpoint_due(old, growth.size(), self.checkpoints.policy.every) {
             let cp = tree::checkpoint_plan(
@@ -219,6 +220,8 @@ impl SqliteStore {
             tenant: tenant.to_string(),
             size: growth.size(),
             root: growth.frontier.root(),
+            old_size: old,
+            old_root,
         });
         Ok(())
     }
@@ -513,7 +516,7 @@ impl Store for SqliteStore {
             out.push(self.append_in(&mut tx, principal, drafts, &mut heads).await?);
         }
         tx.commit().await?;
-        self.checkpoints.after_commit(&self.key, &heads);
+        checkpoint::record(self, &self.key, &heads).await;
         Ok(out)
     }
 
@@ -686,7 +689,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.checkpoints.after_commit(&self.key, &heads);
+        checkpoint::record(self, &self.key, &heads).await;
         // The write-ahead log still holds the old pages: fold it into the (zeroed) database
         // file and truncate it, so the erased content leaves the disk now. Readers holding old
         // snapshots can make this partial; the next checkpoint finishes it.
@@ -842,6 +845,10 @@ impl Store for SqliteStore {
             .collect::<Result<_, _>>()?)
     }
 
+}
+
+#[async_trait]
+impl Tree for SqliteStore {
     fn checkpointer(&self) -> &Checkpointer {
         &self.checkpoints
     }
