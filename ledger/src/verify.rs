@@ -303,13 +303,25 @@ pub async fn verify_tenant_against(
             }),
         }
     }
-    if let Some(f) = store.tree_frontier(tenant).await? {
-        anchors.push(Anchor {
+    match store.tree_frontier(tenant).await {
+        Ok(None) => {}
+        Ok(Some(f)) => anchors.push(Anchor {
             size: f.size(),
             root: f.root(),
             source: "the stored Merkle tree (merkle_heads)".to_string(),
             table: "merkle_heads",
-        });
+        }),
+        Err(StoreError::Corrupt(reason)) => findings.push(Problem {
+            kind: ProblemKind::TreeHead,
+            chain_pos: None,
+            span_id: None,
+            table: "merkle_heads",
+            column: Some("peaks"),
+            stored: None,
+            signed: None,
+            reason,
+        }),
+        Err(e) => return Err(e),
     }
     let mut tree = Frontier::new();
     // One consistent reading of the head and the highest stored position, taken first: spans
