@@ -191,6 +191,26 @@ impl Checkpoint {
     }
 }
 
+/// The tenant an origin of this node names (the inverse of [`origin`]).
+pub fn tenant_of(origin: &str) -> Option<String> {
+    let rest = origin.strip_prefix("logline/")?;
+    let (_, tenant) = rest.split_once('/')?;
+    let bytes = tenant.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = tenant.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Encodes a hash as standard base64 (how proofs carry hashes).
 pub fn b64(h: &Hash) -> String {
     B64.encode(h)
@@ -582,6 +602,7 @@ mod tests {
             root: [9; 32],
         };
         assert!(c.origin.ends_with("/acme%20corp%2B1"));
+        assert_eq!(tenant_of(&c.origin).as_deref(), Some("acme corp+1"));
         let note = c.sign(&key);
         assert!(note.contains("\n\n\u{2014} logline/"));
         assert_eq!(Checkpoint::open(&note, key.public_key()), Ok(c.clone()));

@@ -5,8 +5,11 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::checkpoint::{Checkpoint, CheckpointError, b64, unb64};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, TreeError, b64, unb64};
+use crate::error::StoreError;
 use crate::merkle::{self, Hash, ProofError};
+use crate::span::StoredSpan;
+use crate::store::Store;
 
 /// A self-contained proof, checkable offline by [`ProofDoc::verify`] (or by hand, see
 /// docs/checkpoints.md).
@@ -123,4 +126,97 @@ impl ProofDoc {
 /// Encodes proof hashes for a [`ProofDoc`].
 pub fn encode(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(b64).collect()
+}
+
+/// Where a stored span sits: its tenant and chain position, read from its envelope.
+fn position(span: &StoredSpan) -> Result<(String, u64), StoreError> {
+    #[derive(Deserialize)]
+    struct Pos {
+        tenant_id: String,
+        chain_pos: u64,
+    }
+    let p: Pos = serde_json::from_str(&span.envelope)
+        .map_err(|e| StoreError::Corrupt(format!("span envelope: {e}")))?;
+    Ok((p.tenant_id, p.chain_pos))
+}
+
+/// The inclusion proof of a span (already read with the caller's visibility) in the latest
+/// checkpoint of its tenant's tree.
+pub async fn span_inclusion(
+    store: &dyn Store,
+    id: Uuid,
+    seq: i64,
+    span: &StoredSpan,
+) -> Result<ProofDoc, TreeError> {
+    let (tenant, pos) = position(span)?;
+    let key = store.node_key();
+    let latest = checkpoint::latest(store, key, &tenant).await?;
+    let size = latest.checkpoint.size;
+    let hashes = checkpoint::inclusion(store, &tenant, pos, size).await?;
+    Ok(ProofDoc::Inclusion {
+        span_id: Some(id),
+        seq: Some(seq),
+        curr_hash: span.curr_hash.clone(),
+        leaf_index: pos,
+        tree_size: size,
+        hashes: encode(&hashes),
+        checkpoint: latest.note,
+        public_key: key.public_key().to_string(),
+    })
+}
+
+/// The consistency proof from the tenant's tree of `from` spans to that of `to` spans (the
+/// latest checkpoint by default). A checkpoint for an older `to` is signed only after its root
+/// is shown consistent with the latest.
+pub async fn consistency_doc(
+    store: &dyn Store,
+    tenant: &str,
+    from: u64,
+    to: Option<u64>,
+) -> Result<ProofDoc, TreeError> {
+    let key = store.node_key();
+    let latest = checkpoint::latest(store, key, tenant).await?;
+    let newest = latest.checkpoint.size;
+    let to = to.unwrap_or(newest);
+    let beyond = |size, available| TreeError::BeyondTree {
+        tenant: tenant.to_string(),
+        size,
+        available,
+    };
+    if to > newest {
+        return Err(beyond(to, newest));
+    }
+    if from > to {
+        return Err(beyond(from, to));
+    }
+    let note = if to == newest {
+        latest.note
+    } else {
+        let root = checkpoint::root_at(store, tenant, to).await?;
+        let proof = checkpoint::consistency(store, tenant, to, newest).await?;
+        if merkle::verify_consistency(to, newest, &root, &latest.checkpoint.root, &proof).is_err() {
+            return Err(TreeError::Fork {
+                tenant: tenant.to_string(),
+                size: to,
+                remembered: latest.checkpoint.root_b64(),
+                stored: b64(&root),
+            });
+        }
+        Checkpoint {
+            origin: checkpoint::origin(key.public_key(), tenant),
+            size: to,
+            root,
+        }
+        .sign(key)
+    };
+    let old_root = checkpoint::root_at(store, tenant, from).await?;
+    let hashes = checkpoint::consistency(store, tenant, from, to).await?;
+    Ok(ProofDoc::Consistency {
+        old_size: from,
+        old_root: b64(&old_root),
+        new_size: to,
+        hashes: encode(&hashes),
+        checkpoint: note,
+        public_key: key.public_key().to_string(),
+    })
 }

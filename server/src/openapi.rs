@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{chat, spans, system, timeline};
+use crate::routes::{chat, checkpoints, spans, system, timeline};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -45,6 +45,9 @@ pub fn router() -> Router<AppState> {
         chat::reviews,
         chat::review,
         spans::verify_span,
+        spans::span_proof,
+        checkpoints::latest,
+        checkpoints::consistency,
     ),
     components(schemas(
         Problem,
@@ -54,6 +57,7 @@ pub fn router() -> Router<AppState> {
         spans::Span,
         spans::AppendResult,
         spans::Versions,
+        checkpoints::CheckpointView,
         timeline::TimelinePage,
         system::VerifyReport,
         system::ChainBreak,
