@@ -5,6 +5,7 @@
 //! own modules.
 
 mod chat;
+mod checkpoints;
 mod http;
 mod ruler;
 
@@ -77,12 +78,19 @@ pub enum BenchCommand {
     /// The Midnight Ruler over this many contracts (PostgreSQL with --database-url, else the
     /// embedded store).
     Ruler(ruler::BenchRulerArgs),
+    /// Checkpointing overhead on ingest (tree off vs on) and proof latency at 1,000,000 spans.
+    Checkpoints(checkpoints::BenchCheckpointsArgs),
 }
 
 pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process::ExitCode> {
-    if let BenchCommand::Ruler(a) = what {
-        return ruler::run(settings, a).await;
-    }
+    let what = match what {
+        BenchCommand::Ruler(a) => return ruler::run(settings, a).await,
+        BenchCommand::Checkpoints(a) => {
+            checkpoints::run(settings.store.database_url.as_deref(), a).await?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     let tmp = tempfile::tempdir()?;
     let mut stores: Vec<Arc<dyn Store>> =
         vec![store::open(None, tmp.path(), NodeKey::generate()).await?];
@@ -182,8 +190,8 @@ pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process
                 );
             }
         }
-        // Returned above: it picks its own store.
-        BenchCommand::Ruler(_) => {}
+        // Returned above: they pick their own stores.
+        BenchCommand::Ruler(_) | BenchCommand::Checkpoints(_) => {}
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
