@@ -2309,15 +2309,24 @@ async fn checkpoints_and_proofs_are_served_per_tenant_and_check_offline(
         .expect(200);
     ensure!(cp["size"] == json!(20), "{cp}");
     let origin = cp["origin"].as_str().context("origin")?;
-    ensure!(origin.starts_with("logline/") && origin.ends_with("/alpha"), "{cp}");
+    ensure!(
+        origin.starts_with("logline/") && origin.ends_with("/alpha"),
+        "{cp}"
+    );
     let note = cp["note"].as_str().context("note")?;
     ensure!(
-        note.starts_with(&format!("{origin}\n20\n{}\n\n\u{2014} {origin} ", cp["root"].as_str().unwrap_or(""))),
+        note.starts_with(&format!(
+            "{origin}\n20\n{}\n\n\u{2014} {origin} ",
+            cp["root"].as_str().unwrap_or("")
+        )),
         "not a C2SP signed note: {note:?}"
     );
     // The node remembers it outside the database.
     let files: Vec<_> = std::fs::read_dir(l.data_dir().join("checkpoints"))?.collect();
-    ensure!(!files.is_empty(), "no checkpoint file in the data directory");
+    ensure!(
+        !files.is_empty(),
+        "no checkpoint file in the data directory"
+    );
 
     // An inclusion proof for each of a few spans verifies offline; a tampered one does not.
     for i in [0usize, 7, 19] {
@@ -2337,7 +2346,10 @@ async fn checkpoints_and_proofs_are_served_per_tenant_and_check_offline(
         let mut bad = doc.clone();
         bad["leaf_index"] = json!((i + 1) % 20);
         let (ok, out) = proof_verifies(&l, &bad, "bad.json")?;
-        ensure!(!ok && out.starts_with("FAILED"), "a moved leaf verified: {out}");
+        ensure!(
+            !ok && out.starts_with("FAILED"),
+            "a moved leaf verified: {out}"
+        );
     }
     // Visibility is the span's: another tenant gets 404 for a tenant span, another member for
     // a private one.
@@ -2368,7 +2380,10 @@ async fn checkpoints_and_proofs_are_served_per_tenant_and_check_offline(
         .get(Some(&ana), "/api/checkpoints/consistency?from=20")
         .await?
         .expect(200);
-    ensure!(doc["new_size"] == json!(21) && doc["old_root"] == cp["root"], "{doc}");
+    ensure!(
+        doc["new_size"] == json!(21) && doc["old_root"] == cp["root"],
+        "{doc}"
+    );
     s.get(Some(&ana), "/api/checkpoints/consistency")
         .await?
         .problem(400);

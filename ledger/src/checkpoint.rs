@@ -99,7 +99,12 @@ fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
 impl Checkpoint {
     /// The note body: origin, size, base64 root, each newline-terminated.
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     /// The signed note text.
@@ -121,7 +126,10 @@ impl Checkpoint {
             .ok_or_else(|| bad("no blank line before the signatures"))?;
         let body = format!("{body}\n");
         let mut lines = body.lines();
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or_else(|| bad("no origin"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| bad("no origin"))?;
         let size: u64 = lines
             .next()
             .and_then(|s| {
@@ -294,7 +302,9 @@ async fn range_hashes(
         )));
     }
     fill_small(&keys, &leaf_hashes, &mut nodes).map_err(|p| {
-        StoreError::Corrupt(format!("tenant `{tenant}`: the span at chain_pos {p} is missing"))
+        StoreError::Corrupt(format!(
+            "tenant `{tenant}`: the span at chain_pos {p} is missing"
+        ))
     })?;
     ranges
         .iter()
@@ -410,7 +420,13 @@ impl Checkpointer {
     }
 
     /// Signs and writes a head, unless a larger one is on record already.
-    fn write(&self, key: &NodeKey, tenant: &str, size: u64, root: Hash) -> Result<String, TreeError> {
+    fn write(
+        &self,
+        key: &NodeKey,
+        tenant: &str,
+        size: u64,
+        root: Hash,
+    ) -> Result<String, TreeError> {
         let note = Checkpoint {
             origin: origin(key.public_key(), tenant),
             size,
@@ -541,7 +557,10 @@ pub fn remembered(
             source,
         }
     })?;
-    Ok(Some(SignedCheckpoint { checkpoint: c, note }))
+    Ok(Some(SignedCheckpoint {
+        checkpoint: c,
+        note,
+    }))
 }
 
 /// The newest checkpoint of the tenant's tree, signed now if the one on record is older. The

@@ -470,7 +470,11 @@ mod tests {
             for m in 0..=n {
                 let old = root(&all[..m as usize]);
                 let proof = proof_from_leaves(tree, &consistency_ranges(m, n));
-                assert_eq!(verify_consistency(m, n, &old, &r, &proof), Ok(()), "{m}->{n}");
+                assert_eq!(
+                    verify_consistency(m, n, &old, &r, &proof),
+                    Ok(()),
+                    "{m}->{n}"
+                );
                 if m > 0 && m < n {
                     let forged = leaf_hash(b"fork");
                     assert!(verify_consistency(m, n, &forged, &r, &proof).is_err());

@@ -115,7 +115,8 @@ impl ProofDoc {
                 hashes,
                 ..
             } => {
-                let old = unb64(old_root).ok_or_else(|| ProofDocError::BadHash(old_root.clone()))?;
+                let old =
+                    unb64(old_root).ok_or_else(|| ProofDocError::BadHash(old_root.clone()))?;
                 merkle::verify_consistency(*old_size, size, &old, &c.root, &decode(hashes)?)?;
             }
         }

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::crypto::{self, GENESIS_HASH};
-use crate::merkle::{self, Frontier, Hash};
 use crate::error::StoreError;
+use crate::merkle::{self, Frontier, Hash};
 use crate::span::{StoredSpan, TrustedKeys};
 use crate::store::{AuditHead, AuditRow, IdempotencyAudit, Store};
 

@@ -241,11 +241,7 @@ impl Ledger {
 
     /// The leaf hashes of the chain, read as the auditor does.
     async fn leaves(&self) -> Vec<Hash> {
-        let rows = self
-            .store
-            .audit_page(TENANT, 0, 1_000_000)
-            .await
-            .unwrap();
+        let rows = self.store.audit_page(TENANT, 0, 1_000_000).await.unwrap();
         rows.iter()
             .map(|r| merkle::span_leaf(&r.curr_hash).unwrap())
             .collect()
@@ -376,7 +372,10 @@ async fn stored_trees_give_the_reference_proofs(l: Ledger) {
     for r in page.iter().filter(|r| r.entity_type == "checkpoint") {
         let body: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
         let size = body["content"]["tree_size"].as_u64().unwrap();
-        assert_eq!(size, r.chain_pos as u64, "a checkpoint covers the spans before it");
+        assert_eq!(
+            size, r.chain_pos as u64,
+            "a checkpoint covers the spans before it"
+        );
         let note = body["content"]["note"].as_str().unwrap();
         let c = Checkpoint::open_for(note, s.node_key().public_key(), TENANT).unwrap();
         assert_eq!(c.root, merkle::root(&leaves[..size as usize]));
@@ -439,13 +438,20 @@ async fn a_rolled_back_chain_is_found_and_not_checkpointed(l: Ledger) {
     let p = problem(&report, ProblemKind::Truncated);
     assert!(p.reason.contains("the tail was cut"), "{p:?}");
     assert!(
-        !report.problems.iter().any(|p| p.kind == ProblemKind::ChainHead),
+        !report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::ChainHead),
         "the head was rolled back consistently: only the checkpoint can tell"
     );
     let s = l.store.as_ref();
     // Rebuilding the tree happens on the next append; the remembered head must survive it.
     l.grow(3).await;
-    assert_eq!(l.remembered(), before, "a shorter tree never replaces the checkpoint");
+    assert_eq!(
+        l.remembered(),
+        before,
+        "a shorter tree never replaces the checkpoint"
+    );
     assert!(matches!(
         checkpoint::latest(s, s.node_key(), TENANT).await,
         Err(TreeError::Truncated { .. })
@@ -460,7 +466,11 @@ async fn a_forked_chain_is_found_and_not_checkpointed(l: Ledger) {
     let before = l.remembered();
     l.roll_back_to(40).await;
     l.grow(40).await;
-    assert_eq!(l.remembered(), before, "a forked tree never replaces the checkpoint");
+    assert_eq!(
+        l.remembered(),
+        before,
+        "a forked tree never replaces the checkpoint"
+    );
     let report = l.verify().await;
     let p = problem(&report, ProblemKind::Fork);
     assert_eq!(p.column, Some("root_hash"));

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::checkpoint::{CheckpointPolicy, Tree};
 use crate::crypto::NodeKey;
-use crate::merkle::Hash;
 use crate::error::{AppendError, StoreError};
+use crate::merkle::Hash;
 use crate::query::{Filter, Page, TailRow};
 use crate::span::{
     Appended, Draft, Principal, RedactionProof, StoredSpan, Visibility, format_time,
@@ -316,9 +316,13 @@ pub async fn open_with(
     policy: CheckpointPolicy,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match database_url {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
-            Arc::new(postgres::PgStore::connect(url, key).await?.with_checkpoints(policy)),
-        ),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(
+                postgres::PgStore::connect(url, key)
+                    .await?
+                    .with_checkpoints(policy),
+            ))
+        }
         Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(
             sqlite::SqliteStore::open_url(url, key)
                 .await?

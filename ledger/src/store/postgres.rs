@@ -20,8 +20,8 @@ use super::{
 };
 use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
-use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::error::StoreError;
+use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
@@ -187,9 +187,27 @@ impl PgStore {
                  SELECT $1, * FROM UNNEST($2::smallint[], $3::bigint[], $4::bytea[])",
             )
             .bind(tenant)
-            .bind(growth.nodes.iter().map(|((l, _), _)| i16::from(*l)).collect::<Vec<_>>())
-            .bind(growth.nodes.iter().map(|((_, i), _)| *i as i64).collect::<Vec<_>>())
-            .bind(growth.nodes.iter().map(|(_, h)| h.to_vec()).collect::<Vec<_>>())
+            .bind(
+                growth
+                    .nodes
+                    .iter()
+                    .map(|((l, _), _)| i16::from(*l))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                growth
+                    .nodes
+                    .iter()
+                    .map(|((_, i), _)| *i as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                growth
+                    .nodes
+                    .iter()
+                    .map(|(_, h)| h.to_vec())
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **tx)
             .await?;
         }
@@ -875,7 +893,6 @@ impl Store for PgStore {
             .map(idempotency_audit)
             .collect::<Result<_, _>>()?)
     }
-
 }
 
 #[async_trait]
@@ -913,7 +930,12 @@ impl Tree for PgStore {
                  ON n.level = k.level AND n.idx = k.idx WHERE n.tenant_id = $1",
             )
             .bind(tenant)
-            .bind(stored.iter().map(|(l, _)| i16::from(*l)).collect::<Vec<_>>())
+            .bind(
+                stored
+                    .iter()
+                    .map(|(l, _)| i16::from(*l))
+                    .collect::<Vec<_>>(),
+            )
             .bind(stored.iter().map(|(_, i)| *i as i64).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
@@ -938,7 +960,8 @@ impl Tree for PgStore {
             .await?;
             for r in rows {
                 let pos: i64 = r.get(0);
-                let leaf = crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
+                let leaf =
+                    crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
                 out.insert(pos as u64, leaf);
             }
         }

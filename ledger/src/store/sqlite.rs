@@ -23,8 +23,8 @@ use super::{
 };
 use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
-use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::error::StoreError;
+use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
@@ -174,8 +174,9 @@ impl SqliteStore {
         .execute(&mut **tx)
         .await?;
         for chunk in growth.nodes.chunks(INSERT_CHUNK) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("INSERT INTO merkle_nodes (tenant_id, level, idx, hash) ");
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) ",
+            );
             qb.push_values(chunk, |mut b, ((level, idx), hash)| {
                 b.push_bind(tenant)
                     .push_bind(i64::from(*level))
@@ -513,7 +514,10 @@ impl Store for SqliteStore {
         let mut out = Vec::with_capacity(batches.len());
         let mut heads = Vec::new();
         for (principal, drafts) in &batches {
-            out.push(self.append_in(&mut tx, principal, drafts, &mut heads).await?);
+            out.push(
+                self.append_in(&mut tx, principal, drafts, &mut heads)
+                    .await?,
+            );
         }
         tx.commit().await?;
         checkpoint::record(self, &self.key, &heads).await;
@@ -844,7 +848,6 @@ impl Store for SqliteStore {
             .map(idempotency_audit)
             .collect::<Result<_, _>>()?)
     }
-
 }
 
 #[async_trait]
@@ -900,7 +903,8 @@ impl Tree for SqliteStore {
         }
         let mut out = HashMap::new();
         for chunk in leaves.chunks(INSERT_CHUNK) {
-            let list = serde_json::to_string(chunk).map_err(|e| StoreError::Config(e.to_string()))?;
+            let list =
+                serde_json::to_string(chunk).map_err(|e| StoreError::Config(e.to_string()))?;
             let rows = sqlx::query(
                 "SELECT chain_pos, curr_hash FROM spans WHERE tenant_id = ? AND chain_pos IN \
                  (SELECT value FROM json_each(?))",
@@ -911,7 +915,8 @@ impl Tree for SqliteStore {
             .await?;
             for r in rows {
                 let pos: i64 = r.get(0);
-                let leaf = crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
+                let leaf =
+                    crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
                 out.insert(pos as u64, leaf);
             }
         }

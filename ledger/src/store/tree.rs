@@ -55,7 +55,11 @@ impl Growth {
 
 /// The stored frontier must describe exactly the chain before this append; a shorter one is
 /// caught up from the spans by the caller, a longer one means the chain lost spans.
-pub(crate) fn check_frontier(frontier: &Frontier, next_pos: i64, tenant: &str) -> Result<(), StoreError> {
+pub(crate) fn check_frontier(
+    frontier: &Frontier,
+    next_pos: i64,
+    tenant: &str,
+) -> Result<(), StoreError> {
     if frontier.size() > next_pos.max(0) as u64 {
         return Err(StoreError::Corrupt(format!(
             "tenant `{tenant}`: the Merkle tree holds {} spans but the chain head is at {next_pos} \

@@ -316,11 +316,7 @@ async fn verify_all(
     let trusted = store::trusted_keys(store).await?;
     if let Some(note) = note {
         let tenant = only
-            .or_else(|| {
-                note.lines()
-                    .next()
-                    .and_then(ledger::checkpoint::tenant_of)
-            })
+            .or_else(|| note.lines().next().and_then(ledger::checkpoint::tenant_of))
             .ok_or_else(|| {
                 anyhow!("the checkpoint's origin names no tenant of this node; add --only-tenant")
             })?;

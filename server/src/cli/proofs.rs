@@ -103,7 +103,9 @@ pub async fn proof(s: &Settings, args: ProofArgs) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
-        (None, None) => anyhow::bail!("give a span id, or `proof verify FILE`, or `proof consistency --from N`"),
+        (None, None) => {
+            anyhow::bail!("give a span id, or `proof verify FILE`, or `proof consistency --from N`")
+        }
     }
 }
 

@@ -55,8 +55,8 @@ pub struct CheckpointView {
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant_id))]
 async fn latest(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let store = st.store.as_ref();
-    let c = ledger::checkpoint::latest(store, store.node_key(), &caller.principal.tenant_id)
-        .await?;
+    let c =
+        ledger::checkpoint::latest(store, store.node_key(), &caller.principal.tenant_id).await?;
     Ok(axum::Json(CheckpointView {
         root: c.checkpoint.root_b64(),
         origin: c.checkpoint.origin,
@@ -76,7 +76,9 @@ struct Sizes {
 fn size(name: &str, v: Option<String>) -> Result<Option<u64>, ApiError> {
     v.map(|s| {
         s.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!("`{name}` must be a tree size (an integer >= 0), not `{s}`"))
+            ApiError::BadRequest(format!(
+                "`{name}` must be a tree size (an integer >= 0), not `{s}`"
+            ))
         })
     })
     .transpose()
@@ -115,12 +117,8 @@ async fn consistency(
     let from = size("from", q.from)?
         .ok_or_else(|| ApiError::BadRequest("`from` (the older tree size) is required".into()))?;
     let to = size("to", q.to)?;
-    let doc = ledger::proof::consistency_doc(
-        st.store.as_ref(),
-        &caller.principal.tenant_id,
-        from,
-        to,
-    )
-    .await?;
+    let doc =
+        ledger::proof::consistency_doc(st.store.as_ref(), &caller.principal.tenant_id, from, to)
+            .await?;
     Ok(axum::Json(doc).into_response())
 }

@@ -157,13 +157,15 @@ async fn proofs(s: Arc<dyn Store>, n: usize, count: usize) -> Result<Value> {
     for v in [&mut hashes_ms, &mut doc_ms, &mut cons_ms] {
         v.sort_by(f64::total_cmp);
     }
-    Ok(json!({"bench": "proofs", "store": s.backend(), "tree_size": size,
+    Ok(
+        json!({"bench": "proofs", "store": s.backend(), "tree_size": size,
               "seed_seconds": round(seeded), "proofs": count,
               "inclusion_p50_ms": round3(pct(&hashes_ms, 0.5)), "inclusion_p99_ms": round3(pct(&hashes_ms, 0.99)),
               "span_proof_document_p50_ms": round3(pct(&doc_ms, 0.5)),
               "span_proof_document_p99_ms": round3(pct(&doc_ms, 0.99)),
               "consistency_p50_ms": round3(pct(&cons_ms, 0.5)), "consistency_p99_ms": round3(pct(&cons_ms, 0.99)),
-              "target_p99_ms": 5.0}))
+              "target_p99_ms": 5.0}),
+    )
 }
 
 fn round3(x: f64) -> f64 {
