@@ -133,7 +133,7 @@ impl Checkpoint {
         let size: u64 = lines
             .next()
             .and_then(|s| {
-                (!s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')))
+                (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0')))
                     .then(|| s.parse().ok())
                     .flatten()
             })
@@ -148,7 +148,7 @@ impl Checkpoint {
             size,
             root,
         };
-        let key = parse_public_key(public_key).map_err(|e| CheckpointError::Malformed(e))?;
+        let key = parse_public_key(public_key).map_err(CheckpointError::Malformed)?;
         let id = key_id(origin, &key.to_bytes());
         let mut found = false;
         for line in sigs.lines() {

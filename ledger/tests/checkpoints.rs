@@ -179,7 +179,7 @@ fn draft(i: usize) -> Draft {
         json!({"who": "ana", "did": "baked", "this": format!("loaf {i}"),
             "when": "2026-11-20T10:00:00Z", "confirmed_by": "joao", "if_ok": "sell",
             "if_doubt": "taste", "if_not": "bin", "status": "valid", "entity_type": "loaf",
-            "visibility": if i % 3 == 0 { "private" } else { "tenant" }}),
+            "visibility": if i.is_multiple_of(3) { "private" } else { "tenant" }}),
         &ana(),
         &[],
         Utc::now(),
