@@ -228,6 +228,8 @@ struct RowResult {
     key: Option<String>,
     /// The envelope's span id.
     id: Option<Uuid>,
+    /// The row's Merkle leaf hash, computed with the row's other checks (on every core).
+    leaf: Hash,
 }
 
 /// A `redactions` row met during the pass.
@@ -427,10 +429,7 @@ pub async fn verify_tenant_against(
                 hash_at_head = Some(row.curr_hash.clone());
             }
             if !anchors.is_empty() {
-                // An unreadable curr_hash is reported by the row check; its leaf still counts.
-                let leaf = merkle::span_leaf(&row.curr_hash)
-                    .unwrap_or_else(|_| merkle::leaf_hash(row.curr_hash.as_bytes()));
-                tree.push(leaf, |_, _| {});
+                tree.push(result.leaf, |_, _| {});
                 check_anchors(&mut findings, &anchors, &tree, span_id, row.chain_pos);
             }
             prev_hash.clone_from(&row.curr_hash);
@@ -783,6 +782,7 @@ fn check_rows_parallel(rows: &[AuditRow], tenant: &str, trusted: &[String]) -> V
                             redacts: None,
                             key: None,
                             id: None,
+                            leaf: [0; 32],
                         })
                         .collect()
                 })
@@ -974,12 +974,16 @@ fn check_row(
     trusted: &[String],
     keys: &mut HashMap<String, Result<VerifyingKey, String>>,
 ) -> (RowResult, Option<Checked>) {
+    // An unreadable curr_hash is reported below; its leaf still takes its place in the tree.
+    let leaf = merkle::span_leaf(&row.curr_hash)
+        .unwrap_or_else(|_| merkle::leaf_hash(row.curr_hash.as_bytes()));
     let mut result = RowResult {
         linked: None,
         findings: Vec::new(),
         redacts: None,
         key: None,
         id: None,
+        leaf,
     };
     let env = match open_envelope(&row.envelope, &row.curr_hash) {
         Ok(env) => env,
