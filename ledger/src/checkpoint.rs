@@ -133,9 +133,11 @@ impl Checkpoint {
         let size: u64 = lines
             .next()
             .and_then(|s| {
-                (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0')))
-                    .then(|| s.parse().ok())
-                    .flatten()
+                (!s.is_empty()
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && (s == "0" || !s.starts_with('0')))
+                .then(|| s.parse().ok())
+                .flatten()
             })
             .ok_or_else(|| bad("the second line is not a tree size"))?;
         let root: Hash = lines
@@ -400,6 +402,10 @@ impl Default for CheckpointPolicy {
 pub struct Checkpointer {
     pub policy: CheckpointPolicy,
     known: Mutex<HashMap<String, (u64, Hash)>>,
+    /// The last frontier each tenant's append left, so the next append need not read it back.
+    /// Used only when its size is the chain head's `next_pos` read under the chain's lock; any
+    /// other size (another process appended, a transaction rolled back) reads the table.
+    frontiers: Mutex<HashMap<String, Frontier>>,
 }
 
 impl Checkpointer {
@@ -407,6 +413,20 @@ impl Checkpointer {
         Self {
             policy,
             known: Mutex::new(HashMap::new()),
+            frontiers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached frontier of `tenant`, if it describes a chain of exactly `size` spans.
+    pub fn cached_frontier(&self, tenant: &str, size: u64) -> Option<Frontier> {
+        let cache = self.frontiers.lock().ok()?;
+        cache.get(tenant).filter(|f| f.size() == size).cloned()
+    }
+
+    /// Remembers the frontier an append left.
+    pub fn cache_frontier(&self, tenant: &str, frontier: &Frontier) {
+        if let Ok(mut cache) = self.frontiers.lock() {
+            cache.insert(tenant.to_string(), frontier.clone());
         }
     }
 

@@ -102,6 +102,12 @@ impl PgStore {
         next_pos: i64,
     ) -> Result<Growth, StoreError> {
         let tenant = principal.tenant_id.as_str();
+        if let Some(f) = self
+            .checkpoints
+            .cached_frontier(tenant, next_pos.max(0) as u64)
+        {
+            return Ok(Growth::new(f));
+        }
         let row = sqlx::query("SELECT size, peaks FROM ledger.merkle_heads WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_optional(&mut **tx)
@@ -211,6 +217,7 @@ impl PgStore {
             .execute(&mut **tx)
             .await?;
         }
+        self.checkpoints.cache_frontier(tenant, &growth.frontier);
         heads.push(TreeHead {
             tenant: tenant.to_string(),
             size: growth.size(),

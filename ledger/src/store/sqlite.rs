@@ -123,6 +123,12 @@ impl SqliteStore {
         tenant: &str,
         next_pos: i64,
     ) -> Result<Growth, StoreError> {
+        if let Some(f) = self
+            .checkpoints
+            .cached_frontier(tenant, next_pos.max(0) as u64)
+        {
+            return Ok(Growth::new(f));
+        }
         let row = sqlx::query("SELECT size, peaks FROM merkle_heads WHERE tenant_id = ?")
             .bind(tenant)
             .fetch_optional(&mut **tx)
@@ -217,6 +223,7 @@ impl SqliteStore {
             growth.push_sealed(&cp.sealed)?;
         }
         self.save_tree(tx, tenant, &growth).await?;
+        self.checkpoints.cache_frontier(tenant, &growth.frontier);
         heads.push(TreeHead {
             tenant: tenant.to_string(),
             size: growth.size(),
