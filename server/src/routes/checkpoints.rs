@@ -50,6 +50,8 @@ pub struct CheckpointView {
         (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The tenant has no spans yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The chain no longer extends the remembered checkpoint (truncated, rolled back or forked).", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant_id))]
@@ -106,6 +108,8 @@ fn size(name: &str, v: Option<String>) -> Result<Option<u64>, ApiError> {
         (status = 404, description = "The tenant has no spans yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The chain no longer extends the remembered checkpoint.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A size beyond the tree, or `from` > `to`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant_id))]

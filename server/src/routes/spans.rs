@@ -561,6 +561,8 @@ async fn verify_span(
         (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such span, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The chain no longer extends the remembered checkpoint.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
 #[tracing::instrument(skip_all, fields(span_id = %id))]
