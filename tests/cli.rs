@@ -1312,36 +1312,50 @@ async fn concurrent_add_processes_keep_one_gapless_chain_and_one_span_per_key(
     // Shared keys really were sent by several writers.
     ensure!(by_key["shared-0"].len() == BIG + SMALL);
 
-    let (ok, report) = l.verify_json();
-    ensure!(ok, "verify after concurrent appends: {report}");
-    ensure!(
-        tenant_report(&report, TENANT)["spans"] == json!(unique),
-        "{report}"
-    );
-
-    // Every span, through export (which pages past query's limit of 1000).
+    // Every span, through export (which pages past query's limit of 1000). The node's own
+    // `checkpoint` spans (one per 1000 spans) share the chain.
     let export = l.run(&["export", "--out", "-"], "");
     let public = ledger::crypto::NodeKey::load(&l.key_path())?
         .public_key()
         .to_string();
     let (all, _) = check_export(export.ok(), &public)?;
-    let stored: Vec<&Value> = all
+    let chain: Vec<&Value> = all
         .iter()
         .filter(|s| s["tenant_id"] == json!(TENANT))
+        .collect();
+    let checkpoints = chain
+        .iter()
+        .filter(|s| s["entity_type"] == json!("checkpoint"))
+        .count();
+    ensure!(
+        checkpoints >= 1,
+        "no checkpoint span in a chain of {}",
+        chain.len()
+    );
+    let (ok, report) = l.verify_json();
+    ensure!(ok, "verify after concurrent appends: {report}");
+    ensure!(
+        tenant_report(&report, TENANT)["spans"] == json!(unique + checkpoints),
+        "{report}"
+    );
+    let stored: Vec<&&Value> = chain
+        .iter()
+        .filter(|s| s["entity_type"] != json!("checkpoint"))
         .collect();
     ensure!(
         stored.len() == unique,
         "export has {} of {unique}",
         stored.len()
     );
-    let mut positions: Vec<i64> = stored
+    let mut positions: Vec<i64> = chain
         .iter()
         .map(|s| s["chain_pos"].as_i64().unwrap())
         .collect();
     positions.sort_unstable();
+    let total = (unique + checkpoints) as i64;
     ensure!(
-        positions == (0..unique as i64).collect::<Vec<_>>(),
-        "chain positions are not exactly 0..{unique} (gap or duplicate)"
+        positions == (0..total).collect::<Vec<_>>(),
+        "chain positions are not exactly 0..{total} (gap or duplicate)"
     );
     let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &stored {

@@ -3,6 +3,7 @@
 
 import { api, el, sentence, time, spanLink, shortId, isUuid, initChrome } from "./common.js";
 import { jsonBlock, statusBadge, tableWrap } from "./render.js";
+import { checkInclusion, toBase64 } from "./merkle.js";
 
 initChrome();
 
@@ -57,6 +58,27 @@ function verifyPanel(seal) {
     seal.detail ? el("p", { class: "small" }, seal.detail) : null);
 }
 
+/** Which checkpoint includes the span, and whether its proof verifies — checked here, in the
+ * browser (SHA-256 and, where supported, Ed25519 via Web Crypto), not taken from the server. */
+async function proofPanel(doc, currHash) {
+  const panel = (cls, ...kids) => el("section", { class: "card", id: "proof", "aria-labelledby": "h-proof" },
+    el("h2", { id: "h-proof" }, "Checkpoint"), el("p", { class: `verify ${cls}` }, ...kids));
+  if (!doc) return panel("unknown", "No signed checkpoint could be fetched for this span.");
+  let r;
+  try {
+    r = await checkInclusion(doc, currHash);
+  } catch (e) {
+    return panel("bad", el("strong", {}, "The inclusion proof could not be read. "), String(e.message || e));
+  }
+  const cp = r.checkpoint;
+  const where = [" Leaf ", el("strong", {}, String(doc.leaf_index)), " of checkpoint ", el("code", {}, cp.origin),
+    ` (${cp.size} spans, root `, el("code", { class: "hash" }, toBase64(cp.root)), ")."];
+  if (!r.ok) return panel("bad", el("span", { "aria-hidden": "true" }, "✗ "), el("strong", {}, "The inclusion proof does not verify: "), r.reason, ...where);
+  return panel("good", el("span", { "aria-hidden": "true" }, "✓ "),
+    el("strong", {}, "Included in a signed checkpoint."), ...where,
+    r.signed === true ? " Proof and Ed25519 signature checked in this browser." : " Proof checked in this browser; this browser cannot check Ed25519 signatures (run `logline proof verify`).");
+}
+
 function versionsTable(versions, current) {
   return tableWrap(
     "Versions",
@@ -98,10 +120,12 @@ async function load() {
     view.replaceChildren(el("h1", {}, "Span not shown"), el("p", { class: "notice bad", role: "alert" }, sentence(e)));
     return;
   }
-  const [versions, seal] = await Promise.all([
+  const [versions, seal, proof] = await Promise.all([
     api(`/api/spans/${id}/versions`).then((v) => v.versions).catch(() => null),
     api(`/api/spans/${id}/verify${q}`).catch(() => null),
+    api(`/api/spans/${id}/proof${q}`).catch(() => null),
   ]);
+  const checkpoint = await proofPanel(proof, span.curr_hash);
   const redacted = span.redacted === true || isUuid(span.redacted_by) || (span.content && span.content.redacted === true && Object.keys(span.content).length === 1);
   const latest = versions && versions.length ? versions[versions.length - 1].seq : span.seq;
   const title = span.name || (span.content && span.content.name) || span.this || shortId(span.id);
@@ -122,6 +146,7 @@ async function load() {
       ? el("p", { class: "notice warn", id: "integrity" }, el("strong", {}, "Integrity warning. "), span.integrity_warning)
       : null,
     verifyPanel(seal),
+    checkpoint,
     fields("What happened", LOGLINE, span, "h-logline"),
     fields("Seal", SEAL, span, "h-seal"),
     fields("Envelope", ENVELOPE, span, "h-envelope"),

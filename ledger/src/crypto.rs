@@ -157,6 +157,16 @@ impl NodeKey {
         blake3::derive_key(context, &self.signing.to_bytes())
     }
 
+    /// The raw 32 bytes of the verifying key.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// An Ed25519 signature over arbitrary bytes (signed notes, see [`crate::checkpoint`]).
+    pub fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
     /// Hex signature over the raw bytes of a `blake3:` hash.
     pub fn sign_hash(&self, hash: &str) -> String {
         let bytes = digest_bytes(hash).unwrap_or_default();

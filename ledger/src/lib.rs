@@ -2,10 +2,13 @@
 //! stores that keep them (PostgreSQL with row level security, or an embedded SQLite file).
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod crypto;
 pub mod error;
 pub mod law;
+pub mod merkle;
 pub mod plan;
+pub mod proof;
 pub mod query;
 pub mod span;
 pub mod spec;

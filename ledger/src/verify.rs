@@ -11,8 +11,10 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::crypto::{self, GENESIS_HASH};
 use crate::error::StoreError;
+use crate::merkle::{self, Frontier, Hash};
 use crate::span::{StoredSpan, TrustedKeys};
 use crate::store::{AuditHead, AuditRow, IdempotencyAudit, Store};
 
@@ -42,6 +44,16 @@ pub enum ProblemKind {
     ForgedRedaction,
     /// The idempotency table disagrees with the spans.
     Idempotency,
+    /// A checkpoint covers more spans than the chain has: the tail was cut (with or without
+    /// rolling the chain head back).
+    Truncated,
+    /// The chain's Merkle root at a checkpoint's size is not the signed one: the chain was
+    /// rewritten (rolled back and appended again, or forked).
+    Fork,
+    /// A checkpoint that cannot be used: bad signature, another node's or tenant's origin.
+    BadCheckpoint,
+    /// The stored Merkle tree (`merkle_heads`) disagrees with the chain.
+    TreeHead,
 }
 
 /// One problem found, with everything needed to find it again.
@@ -52,8 +64,8 @@ pub struct Problem {
     pub chain_pos: Option<i64>,
     /// The span concerned, when there is one.
     pub span_id: Option<Uuid>,
-    /// The table whose row is wrong: `spans`, `span_bodies`, `redactions`, `chain_heads` or
-    /// `idempotency`.
+    /// The table whose row is wrong: `spans`, `span_bodies`, `redactions`, `chain_heads`,
+    /// `idempotency` or `merkle_heads`, or `checkpoint` for a checkpoint the chain contradicts.
     pub table: &'static str,
     /// The column that differs, when one does.
     pub column: Option<&'static str>,
@@ -70,7 +82,16 @@ impl Problem {
     pub fn without_values(mut self) -> Self {
         let structural = matches!(
             self.column,
-            Some("prev_hash" | "curr_hash" | "last_hash" | "next_pos" | "chain_pos" | "signature")
+            Some(
+                "prev_hash"
+                    | "curr_hash"
+                    | "last_hash"
+                    | "next_pos"
+                    | "chain_pos"
+                    | "signature"
+                    | "tree_size"
+                    | "root_hash"
+            )
         );
         if !structural {
             self.stored = None;
@@ -207,6 +228,8 @@ struct RowResult {
     key: Option<String>,
     /// The envelope's span id.
     id: Option<Uuid>,
+    /// The row's Merkle leaf hash, computed with the row's other checks (on every core).
+    leaf: Hash,
 }
 
 /// A `redactions` row met during the pass.
@@ -219,19 +242,90 @@ struct Claim {
     visibility: Option<String>,
 }
 
-/// Verifies one tenant: its chain from genesis to the head, every indexed column against the
-/// signed span, the chain head, the redactions and the idempotency keys. The next page is
-/// fetched while the current one is checked on every core.
+/// A tree head the chain must match: a checkpoint, or the stored Merkle tree.
+struct Anchor {
+    size: u64,
+    root: Hash,
+    /// Where the claim comes from, for the report (`checkpoint logline/…/acme` or
+    /// `merkle_heads`).
+    source: String,
+    table: &'static str,
+}
+
+/// Verifies one tenant against the checkpoint this node remembers for it (if any), see
+/// [`verify_tenant_against`].
 pub async fn verify_tenant(
     store: &dyn Store,
     tenant: &str,
     trusted: &[String],
+) -> Result<TenantReport, StoreError> {
+    let remembered = match store.checkpointer().policy.dir.as_deref() {
+        Some(dir) => checkpoint::read_latest(dir, tenant)?,
+        None => None,
+    };
+    verify_tenant_against(store, tenant, trusted, remembered.as_deref()).await
+}
+
+/// Verifies one tenant: its chain from genesis to the head, every indexed column against the
+/// signed span, the chain head, the redactions, the idempotency keys, the stored Merkle tree
+/// and the signed checkpoint `note` (when given): a chain shorter than the checkpoint was
+/// truncated, one whose root at the checkpoint's size differs was rewritten. The next page is
+/// fetched while the current one is checked on every core.
+pub async fn verify_tenant_against(
+    store: &dyn Store,
+    tenant: &str,
+    trusted: &[String],
+    note: Option<&str>,
 ) -> Result<TenantReport, StoreError> {
     let mut findings = Findings {
         tenant: tenant.to_string(),
         problems: Vec::new(),
         count: 0,
     };
+    // Tree heads are read before the chain head: spans committed in between only extend the
+    // chain past them, never make a sound chain look short.
+    let mut anchors = Vec::new();
+    if let Some(note) = note {
+        match Checkpoint::open_for(note, store.node_key().public_key(), tenant) {
+            Ok(c) => anchors.push(Anchor {
+                size: c.size,
+                root: c.root,
+                source: format!("checkpoint {} at size {}", c.origin, c.size),
+                table: "checkpoint",
+            }),
+            Err(e) => findings.push(Problem {
+                kind: ProblemKind::BadCheckpoint,
+                chain_pos: None,
+                span_id: None,
+                table: "checkpoint",
+                column: None,
+                stored: None,
+                signed: None,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    match store.tree_frontier(tenant).await {
+        Ok(None) => {}
+        Ok(Some(f)) => anchors.push(Anchor {
+            size: f.size(),
+            root: f.root(),
+            source: "the stored Merkle tree (merkle_heads)".to_string(),
+            table: "merkle_heads",
+        }),
+        Err(StoreError::Corrupt(reason)) => findings.push(Problem {
+            kind: ProblemKind::TreeHead,
+            chain_pos: None,
+            span_id: None,
+            table: "merkle_heads",
+            column: Some("peaks"),
+            stored: None,
+            signed: None,
+            reason,
+        }),
+        Err(e) => return Err(e),
+    }
+    let mut tree = Frontier::new();
     // One consistent reading of the head and the highest stored position, taken first: spans
     // appended while we check lie beyond it and are left for the next run.
     let head = store.audit_head(tenant).await?;
@@ -334,6 +428,10 @@ pub async fn verify_tenant(
             if Some(row.chain_pos) == head_pos {
                 hash_at_head = Some(row.curr_hash.clone());
             }
+            if !anchors.is_empty() {
+                tree.push(result.leaf, |_, _| {});
+                check_anchors(&mut findings, &anchors, &tree, span_id, row.chain_pos);
+            }
             prev_hash.clone_from(&row.curr_hash);
             expected_pos += 1;
             checked += 1;
@@ -359,11 +457,85 @@ pub async fn verify_tenant(
             ),
         });
     }
+    for a in anchors.iter().filter(|a| a.size > tree.size()) {
+        let (kind, reason) = if a.table == "checkpoint" {
+            (
+                ProblemKind::Truncated,
+                format!(
+                    "{} says the chain had {} spans; it now has {} (the tail was cut)",
+                    a.source,
+                    a.size,
+                    tree.size()
+                ),
+            )
+        } else {
+            (
+                ProblemKind::TreeHead,
+                format!(
+                    "{} holds {} spans; the chain has {}",
+                    a.source,
+                    a.size,
+                    tree.size()
+                ),
+            )
+        };
+        findings.push(Problem {
+            kind,
+            chain_pos: Some(tree.size() as i64),
+            span_id: None,
+            table: a.table,
+            column: Some("tree_size"),
+            stored: Some(tree.size().to_string()),
+            signed: Some(a.size.to_string()),
+            reason,
+        });
+    }
     check_head(&mut findings, &head, expected_pos, hash_at_head.as_deref());
     check_claims(&mut findings, tenant, &claims, &redactions);
     let ledger = store.audit_idempotency(tenant).await?;
     check_idempotency(&mut findings, &ledger, &keyed);
     Ok(findings.report(checked))
+}
+
+/// Compares the chain's Merkle root with every tree head of the size just reached.
+fn check_anchors(
+    findings: &mut Findings,
+    anchors: &[Anchor],
+    tree: &Frontier,
+    span_id: Option<Uuid>,
+    chain_pos: i64,
+) {
+    for a in anchors.iter().filter(|a| a.size == tree.size()) {
+        let root = tree.root();
+        if root == a.root {
+            continue;
+        }
+        let (kind, what) = if a.table == "checkpoint" {
+            (
+                ProblemKind::Fork,
+                "the chain was rewritten after it was checkpointed (rolled back and appended \
+                 again, or forked)",
+            )
+        } else {
+            (
+                ProblemKind::TreeHead,
+                "the stored tree was altered or built from other spans",
+            )
+        };
+        findings.push(Problem {
+            kind,
+            chain_pos: Some(chain_pos),
+            span_id,
+            table: a.table,
+            column: Some("root_hash"),
+            stored: Some(checkpoint::b64(&root)),
+            signed: Some(checkpoint::b64(&a.root)),
+            reason: format!(
+                "the Merkle root of the first {} spans is not the one {} states: {what}",
+                a.size, a.source
+            ),
+        });
+    }
 }
 
 /// `chain_pos 4 is missing` or `chain positions 4..=9 are missing`.
@@ -610,6 +782,7 @@ fn check_rows_parallel(rows: &[AuditRow], tenant: &str, trusted: &[String]) -> V
                             redacts: None,
                             key: None,
                             id: None,
+                            leaf: [0; 32],
                         })
                         .collect()
                 })
@@ -801,12 +974,16 @@ fn check_row(
     trusted: &[String],
     keys: &mut HashMap<String, Result<VerifyingKey, String>>,
 ) -> (RowResult, Option<Checked>) {
+    // An unreadable curr_hash is reported below; its leaf still takes its place in the tree.
+    let leaf = merkle::span_leaf(&row.curr_hash)
+        .unwrap_or_else(|_| merkle::leaf_hash(row.curr_hash.as_bytes()));
     let mut result = RowResult {
         linked: None,
         findings: Vec::new(),
         redacts: None,
         key: None,
         id: None,
+        leaf,
     };
     let env = match open_envelope(&row.envelope, &row.curr_hash) {
         Ok(env) => env,

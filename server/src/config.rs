@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ledger::checkpoint::CheckpointPolicy;
 use ledger::crypto::NodeKey;
 use ledger::store::{self, Store};
 use ledger::{Principal, StoreError};
@@ -23,6 +24,9 @@ pub const LOG_ENV: &str = "LOGLINE_LOG";
 pub const JWT_SECRET_ENV: &str = "LOGLINE_JWT_SECRET";
 /// An Ed25519 public key (`ed25519:<hex>`) tokens may be checked with instead.
 pub const JWT_PUBLIC_KEY_ENV: &str = "LOGLINE_JWT_PUBLIC_KEY";
+/// Spans between two `checkpoint` spans in each tenant chain (0: none; a signed checkpoint
+/// file is written after every commit regardless). Default 1000.
+pub const CHECKPOINT_EVERY_ENV: &str = "LOGLINE_CHECKPOINT_EVERY";
 /// The model's context window in tokens, when the provider does not say.
 pub const CONTEXT_TOKENS_ENV: &str = "LOGLINE_CONTEXT_TOKENS";
 
@@ -58,6 +62,8 @@ pub enum ConfigError {
     Provider(ProviderError),
     #[error("memory: {0}")]
     Memory(String),
+    #[error("LOGLINE_CHECKPOINT_EVERY must be a number of spans (0 for none), not `{0}`")]
+    CheckpointEvery(String),
 }
 
 /// Where the ledger is: PostgreSQL when a URL is given, else the embedded SQLite file under
@@ -85,7 +91,19 @@ impl StoreSettings {
         let path = self.key_path();
         let (key, _) = NodeKey::load_or_create(&path)
             .map_err(|source| ConfigError::NodeKey { path, source })?;
-        let store = store::open(self.database_url.as_deref(), &self.data_dir, key)
+        let every = match env(CHECKPOINT_EVERY_ENV) {
+            None => ledger::checkpoint::DEFAULT_EVERY,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::CheckpointEvery(v))?,
+        };
+        let policy = CheckpointPolicy {
+            every,
+            dir: Some(store::checkpoint_dir(&self.data_dir)),
+            tree: true,
+        };
+        let store = store::open_with(self.database_url.as_deref(), &self.data_dir, key, policy)
             .await
             .map_err(ConfigError::Open)?;
         store::ensure_manifest(store.as_ref())

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ledger::checkpoint::TreeError;
 use ledger::{InputError, StoreError};
 use serde_json::json;
 
@@ -133,6 +134,23 @@ impl From<StoreError> for ApiError {
             StoreError::Input(i) => Self::from_input(i, None),
             StoreError::Append(a) => Self::Conflict(a.to_string()),
             other => Self::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<TreeError> for ApiError {
+    fn from(e: TreeError) -> Self {
+        match e {
+            TreeError::Store(s) => s.into(),
+            TreeError::NoTree { .. } => Self::NotFound(e.to_string()),
+            TreeError::BeyondTree { .. } => Self::Unprocessable {
+                detail: e.to_string(),
+                line: None,
+            },
+            // The ledger disagrees with what it signed before: a conflict to report, never to
+            // paper over with a new signature.
+            TreeError::Truncated { .. } | TreeError::Fork { .. } => Self::Conflict(e.to_string()),
+            TreeError::Checkpoint { .. } => Self::Internal(anyhow::Error::new(e)),
         }
     }
 }

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{chat, evals, spans, system, timeline};
+use crate::routes::{chat, checkpoints, evals, spans, system, timeline};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -48,6 +48,9 @@ pub fn router() -> Router<AppState> {
         chat::review,
         spans::verify_span,
         evals::evals,
+        spans::span_proof,
+        checkpoints::latest,
+        checkpoints::consistency,
     ),
     components(schemas(
         Problem,
@@ -57,6 +60,7 @@ pub fn router() -> Router<AppState> {
         spans::Span,
         spans::AppendResult,
         spans::Versions,
+        checkpoints::CheckpointView,
         timeline::TimelinePage,
         system::VerifyReport,
         system::ChainBreak,
@@ -165,6 +169,9 @@ mod tests {
             "/api/spans/{id}",
             "/api/spans/{id}/versions",
             "/api/spans/{id}/verify",
+            "/api/spans/{id}/proof",
+            "/api/checkpoints/latest",
+            "/api/checkpoints/consistency",
             "/api/timeline",
             "/api/timeline/stream",
             "/api/verify",

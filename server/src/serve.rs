@@ -63,6 +63,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .merge(routes::spans::router())
+        .merge(routes::checkpoints::router())
         .merge(routes::timeline::router())
         .merge(routes::system::router())
         .merge(routes::chat::router())

@@ -83,6 +83,9 @@ describe("the web UI", () => {
     await page.waitForURL(`**/spans/${id}`);
     await page.getByRole("heading", { level: 1, name: /law\.decision/ }).waitFor();
     await page.getByText("Hash and signature verify.").waitFor();
+    // The checkpoint that includes it, with the inclusion proof checked in the browser.
+    await page.locator("#proof").getByText("Included in a signed checkpoint.").waitFor();
+    assert.match(await page.locator("#proof").textContent(), /of checkpoint logline\/[0-9a-f]{16}\//);
     const hash = await page.locator('dd[data-field="curr_hash"]').textContent();
     assert.equal(hash, api.json.curr_hash);
     assert.equal(await page.locator('dd[data-field="prev_hash"]').textContent(), api.json.prev_hash);

@@ -6,6 +6,7 @@ pub mod memory;
 pub mod postgres;
 mod spec_sql;
 pub mod sqlite;
+mod tree;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +16,10 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::checkpoint::{CheckpointPolicy, Tree};
 use crate::crypto::NodeKey;
 use crate::error::{AppendError, StoreError};
+use crate::merkle::Hash;
 use crate::query::{Filter, Page, TailRow};
 use crate::span::{
     Appended, Draft, Principal, RedactionProof, StoredSpan, Visibility, format_time,
@@ -191,7 +194,7 @@ pub(crate) fn honoured_redaction(
 pub type AppendResults = Vec<Result<Appended, AppendError>>;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Tree + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 
@@ -283,26 +286,61 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_idempotency(&self, tenant: &str) -> Result<Vec<IdempotencyAudit>, StoreError>;
 }
 
-/// Opens the store named by `database_url`, or the embedded file under `data_dir`.
+/// Decodes a stored 32-byte hash.
+pub(crate) fn stored_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("a Merkle hash of {} bytes", bytes.len())))
+}
+
+/// Where a node keeps the signed checkpoint files of its tenants.
+pub fn checkpoint_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("checkpoints")
+}
+
+/// Opens the store named by `database_url`, or the embedded file under `data_dir`, with the
+/// default checkpoint policy and checkpoint files under `data_dir`.
 pub async fn open(
     database_url: Option<&str>,
     data_dir: &Path,
     key: NodeKey,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    let policy = CheckpointPolicy {
+        dir: Some(checkpoint_dir(data_dir)),
+        ..CheckpointPolicy::default()
+    };
+    open_with(database_url, data_dir, key, policy).await
+}
+
+/// [`open`] with a given checkpoint policy.
+pub async fn open_with(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    key: NodeKey,
+    policy: CheckpointPolicy,
+) -> Result<Arc<dyn Store>, StoreError> {
     match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(postgres::PgStore::connect(url, key).await?))
+            Ok(Arc::new(
+                postgres::PgStore::connect(url, key)
+                    .await?
+                    .with_checkpoints(policy),
+            ))
         }
-        Some(url) if url.starts_with("sqlite:") => {
-            Ok(Arc::new(sqlite::SqliteStore::open_url(url, key).await?))
-        }
+        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(
+            sqlite::SqliteStore::open_url(url, key)
+                .await?
+                .with_checkpoints(policy),
+        )),
         Some(other) => Err(StoreError::Config(format!(
             "unsupported database URL `{other}`: use postgres://… or sqlite:…"
         ))),
         None => {
             std::fs::create_dir_all(data_dir)?;
             Ok(Arc::new(
-                sqlite::SqliteStore::open_file(&data_dir.join("ledger.sqlite3"), key).await?,
+                sqlite::SqliteStore::open_file(&data_dir.join("ledger.sqlite3"), key)
+                    .await?
+                    .with_checkpoints(policy),
             ))
         }
     }

@@ -13,12 +13,15 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
 use super::spec_sql::{self, Compiled, Dialect, List};
+use super::tree::{self, Growth};
 use super::{
     AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
     honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
+use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
+use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
@@ -31,6 +34,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql/postgres");
 pub struct PgStore {
     pool: PgPool,
     key: NodeKey,
+    checkpoints: Checkpointer,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -75,7 +79,155 @@ impl PgStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, key })
+        Ok(Self {
+            pool,
+            key,
+            checkpoints: Checkpointer::new(CheckpointPolicy::default()),
+        })
+    }
+
+    /// Sets how this store checkpoints (by default: a span every
+    /// [`crate::checkpoint::DEFAULT_EVERY`] spans, no files).
+    pub fn with_checkpoints(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoints = Checkpointer::new(policy);
+        self
+    }
+
+    /// Reads the tenant's stored tree and catches it up with spans it has not seen yet (a
+    /// ledger from before the tree existed, or appends made with the tree turned off). The
+    /// catch-up reads every span of the tenant, so it runs as the auditor and then acts as
+    /// `principal` again.
+    async fn load_tree(
+        &self,
+        tx: &mut Tx,
+        principal: &Principal,
+        next_pos: i64,
+    ) -> Result<Growth, StoreError> {
+        let tenant = principal.tenant_id.as_str();
+        if let Some(f) = self
+            .checkpoints
+            .cached_frontier(tenant, next_pos.max(0) as u64)
+        {
+            return Ok(Growth::new(f));
+        }
+        let row = sqlx::query("SELECT size, peaks FROM ledger.merkle_heads WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let frontier = match row {
+            None => Frontier::new(),
+            Some(r) => Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
+                .map_err(StoreError::Corrupt)?,
+        };
+        tree::check_frontier(&frontier, next_pos, tenant)?;
+        let mut growth = Growth::new(frontier);
+        if (growth.size() as i64) < next_pos {
+            sqlx::query("SELECT set_config('role', 'logline_auditor', true)")
+                .execute(&mut **tx)
+                .await?;
+            let rows = sqlx::query(
+                "SELECT chain_pos, curr_hash FROM ledger.spans WHERE tenant_id = $1 \
+                 AND chain_pos >= $2 AND chain_pos < $3 ORDER BY chain_pos",
+            )
+            .bind(tenant)
+            .bind(growth.size() as i64)
+            .bind(next_pos)
+            .fetch_all(&mut **tx)
+            .await?;
+            act_as(tx, principal).await?;
+            for r in &rows {
+                let pos: i64 = r.get(0);
+                if pos != growth.size() as i64 {
+                    return Err(StoreError::Corrupt(format!(
+                        "tenant `{tenant}`: chain_pos {} is missing",
+                        growth.size()
+                    )));
+                }
+                growth.push_hashes([r.get::<&str, _>(1)])?;
+            }
+        }
+        Ok(growth)
+    }
+
+    /// Grows the tenant's tree by the plan's spans, appends a `checkpoint` span when one is
+    /// due (as the node, then acting as `principal` again), and notes the new tree head.
+    async fn grow(
+        &self,
+        tx: &mut Tx,
+        principal: &Principal,
+        old_next: i64,
+        plan: &Plan,
+        heads: &mut Vec<TreeHead>,
+    ) -> Result<(), StoreError> {
+        if plan.sealed.is_empty() || !self.checkpoints.policy.tree {
+            return Ok(());
+        }
+        let tenant = principal.tenant_id.as_str();
+        let mut growth = self.load_tree(tx, principal, old_next).await?;
+        let old = growth.size();
+        let old_root = growth.frontier.root();
+        growth.push_sealed(&plan.sealed)?;
+        if tree::checkpoint_due(old, growth.size(), self.checkpoints.policy.every) {
+            let cp = tree::checkpoint_plan(
+                tenant,
+                &self.key,
+                plan.head.clone(),
+                growth.size(),
+                growth.frontier.root(),
+            )?;
+            act_as(tx, &tree::node_principal(tenant)).await?;
+            persist(tx, tenant, &cp).await?;
+            act_as(tx, principal).await?;
+            growth.push_sealed(&cp.sealed)?;
+        }
+        sqlx::query(
+            "INSERT INTO ledger.merkle_heads (tenant_id, size, peaks) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id) DO UPDATE SET size = EXCLUDED.size, peaks = EXCLUDED.peaks",
+        )
+        .bind(tenant)
+        .bind(growth.size() as i64)
+        .bind(growth.frontier.peak_bytes())
+        .execute(&mut **tx)
+        .await?;
+        if !growth.nodes.is_empty() {
+            sqlx::query(
+                "INSERT INTO ledger.merkle_nodes (tenant_id, level, idx, hash) \
+                 SELECT $1, * FROM UNNEST($2::smallint[], $3::bigint[], $4::bytea[])",
+            )
+            .bind(tenant)
+            .bind(
+                growth
+                    .nodes
+                    .iter()
+                    .map(|((l, _), _)| i16::from(*l))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                growth
+                    .nodes
+                    .iter()
+                    .map(|((_, i), _)| *i as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                growth
+                    .nodes
+                    .iter()
+                    .map(|(_, h)| h.to_vec())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        self.checkpoints.cache_frontier(tenant, &growth.frontier);
+        heads.push(TreeHead {
+            tenant: tenant.to_string(),
+            size: growth.size(),
+            root: growth.frontier.root(),
+            old_size: old,
+            old_root,
+        });
+        Ok(())
     }
 
     /// The pool (owner role), for tests that must act behind the application's back.
@@ -104,6 +256,7 @@ impl PgStore {
         tx: &mut Tx,
         principal: &Principal,
         drafts: &[Draft],
+        heads: &mut Vec<TreeHead>,
     ) -> Result<AppendResults, StoreError> {
         act_as(tx, principal).await?;
         let tenant = principal.tenant_id.as_str();
@@ -121,6 +274,7 @@ impl PgStore {
             next_pos: r.get(0),
             last_hash: r.get(1),
         };
+        let old_next = head.next_pos;
 
         let keys: Vec<String> = drafts
             .iter()
@@ -210,6 +364,7 @@ impl PgStore {
             Utc::now(),
         );
         persist(tx, tenant, &plan).await?;
+        self.grow(tx, principal, old_next, &plan, heads).await?;
         Ok(plan.results)
     }
 }
@@ -389,11 +544,15 @@ impl Store for PgStore {
         order.sort_by(|a, b| batches[*a].0.tenant_id.cmp(&batches[*b].0.tenant_id));
         let mut tx = self.pool.begin().await?;
         let mut out: Vec<AppendResults> = vec![Vec::new(); batches.len()];
+        let mut heads = Vec::new();
         for i in order {
             let (principal, drafts) = &batches[i];
-            out[i] = self.append_in(&mut tx, principal, drafts).await?;
+            out[i] = self
+                .append_in(&mut tx, principal, drafts, &mut heads)
+                .await?;
         }
         tx.commit().await?;
+        checkpoint::record(self, &self.key, &heads).await;
         Ok(out)
     }
 
@@ -539,8 +698,9 @@ impl Store for PgStore {
             return Err(StoreError::NotOwner(id));
         }
         let draft = redaction_draft(principal, id, visibility, reason)?;
+        let mut heads = Vec::new();
         let appended = self
-            .append_in(&mut tx, principal, &[draft])
+            .append_in(&mut tx, principal, &[draft], &mut heads)
             .await?
             .pop()
             .ok_or_else(|| StoreError::Corrupt("redaction produced no result".into()))??;
@@ -558,6 +718,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        checkpoint::record(self, &self.key, &heads).await;
         Ok(appended)
     }
 
@@ -744,6 +905,81 @@ impl Store for PgStore {
             .iter()
             .map(idempotency_audit)
             .collect::<Result<_, _>>()?)
+    }
+}
+
+#[async_trait]
+impl Tree for PgStore {
+    fn checkpointer(&self) -> &Checkpointer {
+        &self.checkpoints
+    }
+
+    async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError> {
+        let mut tx = self.begin_auditor().await?;
+        let row = sqlx::query("SELECT size, peaks FROM ledger.merkle_heads WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(|r| {
+            Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
+                .map_err(StoreError::Corrupt)
+        })
+        .transpose()
+    }
+
+    async fn tree_nodes(
+        &self,
+        tenant: &str,
+        stored: &[TreeKey],
+        leaves: &[u64],
+    ) -> Result<(HashMap<TreeKey, Hash>, HashMap<u64, Hash>), StoreError> {
+        let mut tx = self.begin_auditor().await?;
+        let mut nodes = HashMap::new();
+        if !stored.is_empty() {
+            let rows = sqlx::query(
+                "SELECT n.level, n.idx, n.hash FROM ledger.merkle_nodes n \
+                 JOIN UNNEST($2::smallint[], $3::bigint[]) AS k(level, idx) \
+                 ON n.level = k.level AND n.idx = k.idx WHERE n.tenant_id = $1",
+            )
+            .bind(tenant)
+            .bind(
+                stored
+                    .iter()
+                    .map(|(l, _)| i16::from(*l))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(stored.iter().map(|(_, i)| *i as i64).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let level: i16 = r.get(0);
+                let idx: i64 = r.get(1);
+                nodes.insert(
+                    (level as u8, idx as u64),
+                    super::stored_hash(r.get::<&[u8], _>(2))?,
+                );
+            }
+        }
+        let mut out = HashMap::new();
+        if !leaves.is_empty() {
+            let rows = sqlx::query(
+                "SELECT chain_pos, curr_hash FROM ledger.spans WHERE tenant_id = $1 \
+                 AND chain_pos = ANY($2)",
+            )
+            .bind(tenant)
+            .bind(leaves.iter().map(|p| *p as i64).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let pos: i64 = r.get(0);
+                let leaf =
+                    crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
+                out.insert(pos as u64, leaf);
+            }
+        }
+        tx.commit().await?;
+        Ok((nodes, out))
     }
 }
 

@@ -16,12 +16,15 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction}
 use uuid::Uuid;
 
 use super::spec_sql::{self, Compiled, Dialect, List};
+use super::tree::{self, Growth};
 use super::{
     AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
     honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
+use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
+use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
@@ -37,6 +40,7 @@ const INSERT_CHUNK: usize = 500;
 pub struct SqliteStore {
     pool: SqlitePool,
     key: NodeKey,
+    checkpoints: Checkpointer,
 }
 
 const TAIL_SELECT: &str = concat!(
@@ -99,7 +103,137 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, key })
+        Ok(Self {
+            pool,
+            key,
+            checkpoints: Checkpointer::new(CheckpointPolicy::default()),
+        })
+    }
+
+    /// Sets how this store checkpoints (by default: a span every
+    /// [`crate::checkpoint::DEFAULT_EVERY`] spans, no files).
+    pub fn with_checkpoints(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoints = Checkpointer::new(policy);
+        self
+    }
+
+    /// Reads the tenant's stored tree and catches it up with spans it has not seen yet (a
+    /// ledger from before the tree existed, or appends made with the tree turned off).
+    async fn load_tree(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        tenant: &str,
+        next_pos: i64,
+    ) -> Result<Growth, StoreError> {
+        if let Some(f) = self
+            .checkpoints
+            .cached_frontier(tenant, next_pos.max(0) as u64)
+        {
+            return Ok(Growth::new(f));
+        }
+        let row = sqlx::query("SELECT size, peaks FROM merkle_heads WHERE tenant_id = ?")
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let frontier = match row {
+            None => Frontier::new(),
+            Some(r) => Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
+                .map_err(StoreError::Corrupt)?,
+        };
+        tree::check_frontier(&frontier, next_pos, tenant)?;
+        let mut growth = Growth::new(frontier);
+        if (growth.size() as i64) < next_pos {
+            let rows = sqlx::query(
+                "SELECT chain_pos, curr_hash FROM spans WHERE tenant_id = ? AND chain_pos >= ? \
+                 AND chain_pos < ? ORDER BY chain_pos",
+            )
+            .bind(tenant)
+            .bind(growth.size() as i64)
+            .bind(next_pos)
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in &rows {
+                let pos: i64 = r.get(0);
+                if pos != growth.size() as i64 {
+                    return Err(StoreError::Corrupt(format!(
+                        "tenant `{tenant}`: chain_pos {} is missing",
+                        growth.size()
+                    )));
+                }
+                growth.push_hashes([r.get::<&str, _>(1)])?;
+            }
+        }
+        Ok(growth)
+    }
+
+    async fn save_tree(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        tenant: &str,
+        growth: &Growth,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO merkle_heads (tenant_id, size, peaks) VALUES (?, ?, ?) \
+             ON CONFLICT (tenant_id) DO UPDATE SET size = excluded.size, peaks = excluded.peaks",
+        )
+        .bind(tenant)
+        .bind(growth.size() as i64)
+        .bind(growth.frontier.peak_bytes())
+        .execute(&mut **tx)
+        .await?;
+        for chunk in growth.nodes.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) ",
+            );
+            qb.push_values(chunk, |mut b, ((level, idx), hash)| {
+                b.push_bind(tenant)
+                    .push_bind(i64::from(*level))
+                    .push_bind(*idx as i64)
+                    .push_bind(hash.to_vec());
+            });
+            qb.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Grows the tenant's tree by the plan's spans, appends a `checkpoint` span when one is
+    /// due, and notes the new tree head for the checkpoint file.
+    async fn grow(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        tenant: &str,
+        old_next: i64,
+        plan: &Plan,
+        heads: &mut Vec<TreeHead>,
+    ) -> Result<(), StoreError> {
+        if plan.sealed.is_empty() || !self.checkpoints.policy.tree {
+            return Ok(());
+        }
+        let mut growth = self.load_tree(tx, tenant, old_next).await?;
+        let old = growth.size();
+        let old_root = growth.frontier.root();
+        growth.push_sealed(&plan.sealed)?;
+        if tree::checkpoint_due(old, growth.size(), self.checkpoints.policy.every) {
+            let cp = tree::checkpoint_plan(
+                tenant,
+                &self.key,
+                plan.head.clone(),
+                growth.size(),
+                growth.frontier.root(),
+            )?;
+            self.persist(tx, tenant, &cp).await?;
+            growth.push_sealed(&cp.sealed)?;
+        }
+        self.save_tree(tx, tenant, &growth).await?;
+        self.checkpoints.cache_frontier(tenant, &growth.frontier);
+        heads.push(TreeHead {
+            tenant: tenant.to_string(),
+            size: growth.size(),
+            root: growth.frontier.root(),
+            old_size: old,
+            old_root,
+        });
+        Ok(())
     }
 
     /// The pool, for tests that must act behind the application's back.
@@ -112,6 +246,7 @@ impl SqliteStore {
         tx: &mut Transaction<'static, Sqlite>,
         principal: &Principal,
         drafts: &[Draft],
+        heads: &mut Vec<TreeHead>,
     ) -> Result<AppendResults, StoreError> {
         let tenant = principal.tenant_id.as_str();
         let head = sqlx::query("SELECT next_pos, last_hash FROM chain_heads WHERE tenant_id = ?")
@@ -126,6 +261,7 @@ impl SqliteStore {
                 next_pos: 0,
                 last_hash: GENESIS_HASH.to_string(),
             });
+        let old_next = head.next_pos;
 
         let keys: Vec<&str> = drafts
             .iter()
@@ -203,6 +339,7 @@ impl SqliteStore {
             Utc::now(),
         );
         self.persist(tx, tenant, &plan).await?;
+        self.grow(tx, tenant, old_next, &plan, heads).await?;
         Ok(plan.results)
     }
 
@@ -388,10 +525,15 @@ impl Store for SqliteStore {
     ) -> Result<Vec<AppendResults>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::with_capacity(batches.len());
+        let mut heads = Vec::new();
         for (principal, drafts) in &batches {
-            out.push(self.append_in(&mut tx, principal, drafts).await?);
+            out.push(
+                self.append_in(&mut tx, principal, drafts, &mut heads)
+                    .await?,
+            );
         }
         tx.commit().await?;
+        checkpoint::record(self, &self.key, &heads).await;
         Ok(out)
     }
 
@@ -544,8 +686,9 @@ impl Store for SqliteStore {
             return Err(StoreError::NotOwner(id));
         }
         let draft = redaction_draft(principal, id, visibility, reason)?;
+        let mut heads = Vec::new();
         let appended = self
-            .append_in(&mut tx, principal, &[draft])
+            .append_in(&mut tx, principal, &[draft], &mut heads)
             .await?
             .pop()
             .ok_or_else(|| StoreError::Corrupt("redaction produced no result".into()))??;
@@ -563,6 +706,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        checkpoint::record(self, &self.key, &heads).await;
         // The write-ahead log still holds the old pages: fold it into the (zeroed) database
         // file and truncate it, so the erased content leaves the disk now. Readers holding old
         // snapshots can make this partial; the next checkpoint finishes it.
@@ -716,6 +860,80 @@ impl Store for SqliteStore {
             .iter()
             .map(idempotency_audit)
             .collect::<Result<_, _>>()?)
+    }
+}
+
+#[async_trait]
+impl Tree for SqliteStore {
+    fn checkpointer(&self) -> &Checkpointer {
+        &self.checkpoints
+    }
+
+    async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError> {
+        let row = sqlx::query("SELECT size, peaks FROM merkle_heads WHERE tenant_id = ?")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
+                .map_err(StoreError::Corrupt)
+        })
+        .transpose()
+    }
+
+    async fn tree_nodes(
+        &self,
+        tenant: &str,
+        stored: &[TreeKey],
+        leaves: &[u64],
+    ) -> Result<(HashMap<TreeKey, Hash>, HashMap<u64, Hash>), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut nodes = HashMap::new();
+        for chunk in stored.chunks(INSERT_CHUNK / 2) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT level, idx, hash FROM merkle_nodes WHERE tenant_id = ",
+            );
+            qb.push_bind(tenant).push(" AND (");
+            for (i, (level, idx)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    qb.push(" OR ");
+                }
+                qb.push("(level = ")
+                    .push_bind(i64::from(*level))
+                    .push(" AND idx = ")
+                    .push_bind(*idx as i64)
+                    .push(")");
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                let level: i64 = r.get(0);
+                let idx: i64 = r.get(1);
+                nodes.insert(
+                    (level as u8, idx as u64),
+                    super::stored_hash(r.get::<&[u8], _>(2))?,
+                );
+            }
+        }
+        let mut out = HashMap::new();
+        for chunk in leaves.chunks(INSERT_CHUNK) {
+            let list =
+                serde_json::to_string(chunk).map_err(|e| StoreError::Config(e.to_string()))?;
+            let rows = sqlx::query(
+                "SELECT chain_pos, curr_hash FROM spans WHERE tenant_id = ? AND chain_pos IN \
+                 (SELECT value FROM json_each(?))",
+            )
+            .bind(tenant)
+            .bind(list)
+            .fetch_all(&mut *conn)
+            .await?;
+            for r in rows {
+                let pos: i64 = r.get(0);
+                let leaf =
+                    crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
+                out.insert(pos as u64, leaf);
+            }
+        }
+        Ok((nodes, out))
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use ledger::store::{self, Store};
-use ledger::verify::{TenantReport, verify_tenant};
+use ledger::verify::{TenantReport, verify_tenant, verify_tenant_against};
 use ledger::{Filter, Order, query};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -307,8 +307,23 @@ pub async fn get(s: &Settings, id: Uuid, seq: Option<i64>, versions: bool) -> Re
 }
 
 /// Verifies chains: the auditor's view, so it needs the database itself (not a principal).
-async fn verify_all(store: &dyn Store, only: Option<String>) -> Result<Vec<TenantReport>> {
+/// With a checkpoint note, only the tenant its origin names (or `only`) is verified, against it.
+async fn verify_all(
+    store: &dyn Store,
+    only: Option<String>,
+    note: Option<&str>,
+) -> Result<Vec<TenantReport>> {
     let trusted = store::trusted_keys(store).await?;
+    if let Some(note) = note {
+        let tenant = only
+            .or_else(|| note.lines().next().and_then(ledger::checkpoint::tenant_of))
+            .ok_or_else(|| {
+                anyhow!("the checkpoint's origin names no tenant of this node; add --only-tenant")
+            })?;
+        return Ok(vec![
+            verify_tenant_against(store, &tenant, &trusted, Some(note)).await?,
+        ]);
+    }
     let tenants = match only {
         Some(t) => vec![t],
         None => store.audit_tenants().await?,
@@ -320,9 +335,19 @@ async fn verify_all(store: &dyn Store, only: Option<String>) -> Result<Vec<Tenan
     Ok(reports)
 }
 
-pub async fn verify(s: &Settings, only: Option<String>, format: AddFormat) -> Result<ExitCode> {
+pub async fn verify(
+    s: &Settings,
+    only: Option<String>,
+    format: AddFormat,
+    checkpoint: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let note = checkpoint
+        .map(|p| {
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+        })
+        .transpose()?;
     let store = s.store.open().await?;
-    let reports = verify_all(store.as_ref(), only).await?;
+    let reports = verify_all(store.as_ref(), only, note.as_deref()).await?;
     let ok = reports.iter().all(|r| r.ok);
     if format == AddFormat::Text {
         for r in &reports {

@@ -5,7 +5,8 @@
 //!
 //! One module per group of commands: [`ledger`] (init, add, query, get, verify, export,
 //! redact), [`kernels`] (manifest, kernels, run), [`law`] (law check, law simulate),
-//! [`governance`] (ruler, demo), [`variants`] (the prompt bandit) and [`bench`]; `serve` and `token` are here.
+//! [`governance`] (ruler, demo), [`variants`] (the prompt bandit), [`prompts`] (candidates),
+//! [`proofs`] (checkpoint, proof) and [`bench`]; `serve` and `token` are here.
 
 mod bench;
 mod governance;
@@ -15,6 +16,7 @@ mod ledger;
 mod memory;
 mod progress;
 mod prompts;
+mod proofs;
 mod variants;
 
 use std::path::PathBuf;
@@ -105,12 +107,24 @@ pub enum Command {
         versions: bool,
     },
     /// Verify every chain (or one tenant's): exit 0, or name the first broken link.
+    /// Each chain is also checked against the newest checkpoint this node remembers (under
+    /// the data directory), or against `--checkpoint FILE`: truncation, rollback and forks.
     Verify {
         #[arg(long = "only-tenant")]
         only_tenant: Option<String>,
         #[arg(long, value_enum, default_value_t = AddFormat::Text)]
         format: AddFormat,
+        /// A signed checkpoint (from `checkpoint export` or the API) to verify its tenant against.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
+    /// Signed checkpoints: `checkpoint export [--of-tenant T] [--out FILE]`.
+    Checkpoint {
+        #[command(subcommand)]
+        what: proofs::CheckpointCommand,
+    },
+    /// Merkle proofs: `proof SPAN`, `proof consistency --from N`, `proof verify FILE` (offline).
+    Proof(proofs::ProofArgs),
     /// Export what the caller may see as NDJSON with a signed trailer.
     Export {
         /// File to write, or `-` for stdout.
@@ -250,7 +264,10 @@ async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
         Command::Verify {
             only_tenant,
             format,
-        } => ledger::verify(s, only_tenant, format).await,
+            checkpoint,
+        } => ledger::verify(s, only_tenant, format, checkpoint).await,
+        Command::Checkpoint { what } => proofs::checkpoint(s, what).await,
+        Command::Proof(args) => proofs::proof(s, args).await,
         Command::Export { out } => ledger::export(s, &out).await,
         Command::Redact { id, reason } => ledger::redact(s, id, &reason).await,
         Command::Memory { what } => memory::run(s, what).await,

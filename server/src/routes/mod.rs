@@ -1,6 +1,7 @@
 //! One router per resource.
 
 pub mod chat;
+pub mod checkpoints;
 pub mod evals;
 pub mod memory;
 pub mod spans;

@@ -1,5 +1,6 @@
 //! `POST /api/spans` (one JSON span, or NDJSON with one result per line), `GET /api/spans/{id}`,
-//! `GET /api/spans/{id}/versions` and `GET /api/spans/{id}/verify` (one span's seal).
+//! `GET /api/spans/{id}/versions`, `GET /api/spans/{id}/verify` (one span's seal) and
+//! `GET /api/spans/{id}/proof` (its inclusion in the latest checkpoint).
 
 use std::sync::atomic::Ordering;
 
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/spans/{id}", get(get_span))
         .route("/api/spans/{id}/versions", get(get_versions))
         .route("/api/spans/{id}/verify", get(verify_span))
+        .route("/api/spans/{id}/proof", get(span_proof))
 }
 
 /// A span as submitted: one JSON object, at most 256 KiB. Every field is optional: a span
@@ -536,4 +538,46 @@ async fn verify_span(
         detail,
     })
     .into_response())
+}
+
+/// Inclusion proof of a span
+///
+/// Proves that this span version is leaf `leaf_index` (its `chain_pos`) of the latest signed
+/// checkpoint of its tenant's chain (RFC 9162 §2.1.3). Only for spans the caller may see; the
+/// proof reveals hashes of other spans, never their content. `logline proof verify` checks the
+/// document offline; docs/checkpoints.md says how to by hand.
+#[utoipa::path(
+    get,
+    path = "/api/spans/{id}/proof",
+    tag = "spans",
+    security(("bearer" = []), ()),
+    params(
+        ("id" = String, Path, format = "uuid", description = "The span id."),
+        ("seq" = Option<i64>, Query, minimum = 0, description = "A version of the span; the latest by default."),
+    ),
+    responses(
+        (status = 200, description = "The proof document (`type: inclusion`).", body = Object),
+        (status = 400, description = "`id` is not a UUID or `seq` not a non-negative integer.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such span, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The chain no longer extends the remembered checkpoint.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(span_id = %id))]
+async fn span_proof(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<SeqParam>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let span = visible_span(&st, &caller, id, q).await?;
+    let seq = serde_json::from_str::<Value>(&span.envelope)
+        .ok()
+        .and_then(|e| e.get("seq").and_then(Value::as_i64))
+        .unwrap_or_default();
+    let doc = ledger::proof::span_inclusion(st.store.as_ref(), id, seq, &span).await?;
+    Ok(axum::Json(doc).into_response())
 }

@@ -64,6 +64,7 @@ static FILES: &[Asset] = &[
     asset!("render.js", JS),
     asset!("chat.js", JS),
     asset!("span.js", JS),
+    asset!("merkle.js", JS),
     asset!("timeline.js", JS),
     asset!("reviews.js", JS),
     asset!("evals.js", JS),

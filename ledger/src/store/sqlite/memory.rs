@@ -106,7 +106,10 @@ impl MemoryIndex for SqliteStore {
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let drafts: Vec<Draft> = items.iter().map(|(d, _)| d.clone()).collect();
-        let results = self.append_in(&mut tx, principal, &drafts).await?;
+        let mut heads = Vec::new();
+        let results = self
+            .append_in(&mut tx, principal, &drafts, &mut heads)
+            .await?;
         let mut out = Vec::with_capacity(items.len());
         for ((draft, item), appended) in items.into_iter().zip(results) {
             let appended = appended?;
@@ -137,6 +140,7 @@ impl MemoryIndex for SqliteStore {
             out.push(appended);
         }
         tx.commit().await?;
+        crate::checkpoint::record(self, &self.key, &heads).await;
         Ok(out)
     }
 

@@ -6,6 +6,7 @@
 
 mod bandit;
 mod chat;
+mod checkpoints;
 mod http;
 mod memory;
 mod ruler;
@@ -90,15 +91,20 @@ pub enum BenchCommand {
     Ruler(ruler::BenchRulerArgs),
     /// Memory recall latency and quality, and a turn's added server time with memory on.
     Memory(memory::BenchMemoryArgs),
+    /// Checkpointing overhead on ingest (tree off vs on) and proof latency at 1,000,000 spans.
+    Checkpoints(checkpoints::BenchCheckpointsArgs),
 }
 
 pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process::ExitCode> {
-    if let BenchCommand::Ruler(a) = what {
-        return ruler::run(settings, a).await;
-    }
-    if let BenchCommand::Memory(a) = what {
-        return memory::run(settings, a).await;
-    }
+    let what = match what {
+        BenchCommand::Ruler(a) => return ruler::run(settings, a).await,
+        BenchCommand::Memory(a) => return memory::run(settings, a).await,
+        BenchCommand::Checkpoints(a) => {
+            checkpoints::run(settings.store.database_url.as_deref(), a).await?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     let tmp = tempfile::tempdir()?;
     let mut stores: Vec<Arc<dyn Store>> =
         vec![store::open(None, tmp.path(), NodeKey::generate()).await?];
@@ -204,7 +210,7 @@ pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process
             }
         }
         // Returned above: they pick their own stores.
-        BenchCommand::Ruler(_) | BenchCommand::Memory(_) => {}
+        BenchCommand::Ruler(_) | BenchCommand::Memory(_) | BenchCommand::Checkpoints(_) => {}
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

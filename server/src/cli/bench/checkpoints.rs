@@ -1,0 +1,173 @@
+//! `logline bench checkpoints`: what the Merkle tree and signed checkpoints cost on ingest
+//! (the same ingest run with the tree off and on, best of two rounds each), and how fast
+//! inclusion and consistency proofs come out of a tree of a million spans (real spans appended
+//! through group commit, then random proofs timed one by one).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ledger::checkpoint::{self, CheckpointPolicy};
+use ledger::crypto::NodeKey;
+use ledger::merkle;
+use ledger::store::group::GroupCommit;
+use ledger::store::{self, Store};
+use ledger::{Principal, proof};
+use serde_json::{Value, json};
+
+use super::{drafts, ingest, pct, round};
+use crate::cli::progress;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchCheckpointsArgs {
+    /// Spans per ingest run.
+    #[arg(long, default_value_t = 20_000)]
+    spans: usize,
+    #[arg(long, default_value_t = 15.0)]
+    max_seconds: f64,
+    /// Spans in the tree the proofs are taken from (0 skips the proof bench).
+    #[arg(long, default_value_t = 1_000_000)]
+    proof_spans: usize,
+    /// Proofs of each kind to time.
+    #[arg(long, default_value_t = 2000)]
+    proofs: usize,
+}
+
+async fn open(url: Option<&str>, dir: &std::path::Path, tree: bool) -> Result<Arc<dyn Store>> {
+    let policy = CheckpointPolicy {
+        dir: tree.then(|| store::checkpoint_dir(dir)),
+        tree,
+        ..CheckpointPolicy::default()
+    };
+    let s = store::open_with(url, dir, NodeKey::generate(), policy).await?;
+    store::ensure_manifest(s.as_ref()).await?;
+    Ok(s)
+}
+
+pub async fn run(url: Option<&str>, a: BenchCheckpointsArgs) -> Result<()> {
+    let max = Duration::from_secs_f64(a.max_seconds);
+    let mut urls = vec![None];
+    if url.is_some() {
+        urls.push(url);
+    }
+    for u in urls {
+        let (d_off, d_on) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let off = open(u, d_off.path(), false).await?;
+        let on = open(u, d_on.path(), true).await?;
+        for (mode, writers, per_call) in [("single", 8usize, 1usize), ("batch", 1, 500)] {
+            let (mut best_off, mut best_on) = (0.0f64, 0.0f64);
+            // Alternate, so a noisy neighbour on a shared machine hits both sides alike.
+            for _ in 0..2 {
+                let r = ingest(off.clone(), writers, per_call, a.spans, max).await?;
+                best_off = best_off.max(r["spans_per_sec"].as_f64().unwrap_or(0.0));
+                let r = ingest(on.clone(), writers, per_call, a.spans, max).await?;
+                best_on = best_on.max(r["spans_per_sec"].as_f64().unwrap_or(0.0));
+            }
+            let overhead = if best_off > 0.0 {
+                (best_off - best_on) / best_off * 100.0
+            } else {
+                0.0
+            };
+            println!(
+                "{}",
+                json!({"bench": "checkpoint_overhead", "store": on.backend(), "mode": mode,
+                       "writers": writers, "spans_per_request": per_call,
+                       "spans_per_sec_without_checkpoints": round(best_off),
+                       "spans_per_sec_with_checkpoints": round(best_on),
+                       "overhead_pct": round(overhead), "target_pct": 5.0})
+            );
+        }
+    }
+    if a.proof_spans > 0 {
+        let dir = tempfile::tempdir()?;
+        let s = open(None, dir.path(), true).await?;
+        println!("{}", proofs(s, a.proof_spans, a.proofs).await?);
+    }
+    Ok(())
+}
+
+/// Appends `n` spans to a fresh tenant, then times `count` random inclusion proofs (the hashes
+/// alone, and the whole document the API serves: span read, latest checkpoint, proof) and
+/// `count` random consistency proofs.
+async fn proofs(s: Arc<dyn Store>, n: usize, count: usize) -> Result<Value> {
+    let tenant = format!("bench-{}", uuid::Uuid::now_v7());
+    let p = Principal::new("bench", &tenant);
+    let gc = GroupCommit::start(s.clone());
+    let bar = progress::bar(n as u64, &format!("seeding {} spans", n));
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(2000);
+        for r in gc.append(&p, drafts(&p, k)).await? {
+            ids.push(r?.id);
+        }
+        left -= k;
+        bar.inc(k as u64);
+    }
+    bar.finish_and_clear();
+    let seeded = start.elapsed().as_secs_f64();
+    let size = s
+        .tree_frontier(&tenant)
+        .await?
+        .context("the tree was not built")?
+        .size();
+    let root = s.tree_frontier(&tenant).await?.context("tree")?.root();
+
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |bound: u64| {
+        // xorshift: reproducible positions without another dependency.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let mut hashes_ms = Vec::with_capacity(count);
+    for _ in 0..count {
+        let i = next(size);
+        let t = Instant::now();
+        let proof = checkpoint::inclusion(s.as_ref(), &tenant, i, size).await?;
+        hashes_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if hashes_ms.len() == 1 {
+            let leaf = s.tree_nodes(&tenant, &[], &[i]).await?.1;
+            let leaf = leaf.get(&i).context("leaf")?;
+            merkle::verify_inclusion(leaf, i, size, &proof, &root)
+                .map_err(|e| anyhow::anyhow!("bench proof does not verify: {e}"))?;
+        }
+    }
+    let mut doc_ms = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = ids[next(ids.len() as u64) as usize];
+        let t = Instant::now();
+        let span = s.get(&p, id, None).await?.context("span")?;
+        let doc = proof::span_inclusion(s.as_ref(), id, 0, &span).await?;
+        doc_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if doc_ms.len() == 1 {
+            doc.verify(None)
+                .map_err(|e| anyhow::anyhow!("bench proof document does not verify: {e}"))?;
+        }
+    }
+    let mut cons_ms = Vec::with_capacity(count);
+    for _ in 0..count {
+        let old = next(size) + 1;
+        let t = Instant::now();
+        checkpoint::consistency(s.as_ref(), &tenant, old, size).await?;
+        cons_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    for v in [&mut hashes_ms, &mut doc_ms, &mut cons_ms] {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(
+        json!({"bench": "proofs", "store": s.backend(), "tree_size": size,
+              "seed_seconds": round(seeded), "proofs": count,
+              "inclusion_p50_ms": round3(pct(&hashes_ms, 0.5)), "inclusion_p99_ms": round3(pct(&hashes_ms, 0.99)),
+              "span_proof_document_p50_ms": round3(pct(&doc_ms, 0.5)),
+              "span_proof_document_p99_ms": round3(pct(&doc_ms, 0.99)),
+              "consistency_p50_ms": round3(pct(&cons_ms, 0.5)), "consistency_p99_ms": round3(pct(&cons_ms, 0.99)),
+              "target_p99_ms": 5.0}),
+    )
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
