@@ -215,7 +215,12 @@ async fn ask_all(base: &str, variant: &str, turn_timeout: Duration) -> Vec<Asked
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let seconds = started.elapsed().as_secs_f64();
         let answer = &body["answer"];
-        let text = answer["text"].as_str().unwrap_or_default().to_string();
+        // A refused turn keeps the problem's detail, so the table says why.
+        let text = answer["text"]
+            .as_str()
+            .or_else(|| body["detail"].as_str())
+            .unwrap_or_default()
+            .to_string();
         let citations = answer["citations"].as_array().map_or(0, Vec::len);
         let tools_ok = body["tool_results"]
             .as_array()
@@ -427,6 +432,15 @@ async fn a_real_local_model_answers_the_demo_questions_without_fabricating() {
         &format!("{model}, variant {variant}"),
         &asked,
         &first_tokens,
+    );
+    // Every turn had an active prompt to compile (prompt_eval's gate let the shipped ones in).
+    let refused: Vec<_> = asked
+        .iter()
+        .filter(|a| a.status == 503 && a.text.contains("is not active"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "turns refused for want of an active prompt: {refused:?}"
     );
     if let Some(max) = max_prompt {
         let worst = first_tokens.iter().max().copied().unwrap_or(0);

@@ -24,8 +24,11 @@ pub struct PromptEvalSettings {
     pub interval_ms: Setting<u64>,
     /// Suite names (see [`KNOWN_SUITES`]); a candidate must pass every one.
     pub suites: Setting<Vec<String>>,
-    /// `server`: the provider `serve` is configured with (what the chat will use);
-    /// `offline`: the embedded offline provider.
+    /// `offline` (the default): the embedded offline provider — the gate then checks that a
+    /// prompt compiles, fits and drives the agent through the suites, deterministically and in
+    /// seconds, whatever model the chat uses; `server`: the provider `serve` is configured with
+    /// (a real check of the model's answers, minutes per suite on a CPU model, and a chat that
+    /// waits for it).
     pub provider: Setting<String>,
     /// Pass rate every suite must reach; `null`: each suite's own `threshold`.
     pub threshold: Setting<Option<f64>>,
@@ -38,7 +41,7 @@ impl Default for PromptEvalSettings {
         Self {
             interval_ms: 5000.into(),
             suites: vec!["happy".to_string()].into(),
-            provider: "server".to_string().into(),
+            provider: "offline".to_string().into(),
             threshold: None.into(),
             concurrency: 4.into(),
         }
@@ -97,7 +100,7 @@ impl Default for PromptEvalConfig {
         PromptEvalKernel::validate(PromptEvalSettings::default()).unwrap_or(Self {
             interval: Duration::from_secs(5),
             suites: vec!["happy".into()],
-            provider: EvalProvider::Server,
+            provider: EvalProvider::Offline,
             threshold: None,
             concurrency: 4,
         })
@@ -187,11 +190,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_evaluates_the_happy_suite_on_the_servers_provider() {
+    fn the_default_evaluates_the_happy_suite_on_the_offline_provider() {
         let c = PromptEvalConfig::from_value(&super::super::default_config::<PromptEvalKernel>())
             .unwrap();
         assert_eq!(c.suites, vec!["happy"]);
-        assert_eq!(c.provider, EvalProvider::Server);
+        assert_eq!(c.provider, EvalProvider::Offline);
         assert_eq!(c.threshold, None);
         assert_eq!(c, PromptEvalConfig::default());
     }
