@@ -19,7 +19,6 @@
 //! are appended together when the turn ends — one commit instead of one per step — except
 //! proposals and the breaker's block, which must exist while the turn runs.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,9 +173,9 @@ struct Turn<'a> {
     run_id: Uuid,
     now: DateTime<Utc>,
     records: Vec<Draft>,
-    citable: HashSet<Uuid>,
-    /// The same ids in the order the tools returned them.
-    citable_order: Vec<Uuid>,
+    /// Span ids the turn's answer may cite (tool results, recalled memories), in the order
+    /// they were returned; a turn holds tens, so a list is the right set.
+    citable: Vec<Uuid>,
     proposals: Vec<Uuid>,
     tool_results: Vec<ToolTrace>,
     tool_calls: usize,
@@ -277,8 +276,7 @@ impl Agent {
             run_id,
             now: Utc::now(),
             records: Vec::new(),
-            citable: HashSet::new(),
-            citable_order: Vec::new(),
+            citable: Vec::new(),
             proposals: Vec::new(),
             tool_results: Vec::new(),
             tool_calls: 0,
@@ -317,11 +315,7 @@ impl Agent {
         )
         .await;
         t.recalled = recall.lines;
-        for id in recall.ids {
-            if t.citable.insert(id) {
-                t.citable_order.push(id);
-            }
-        }
+        t.allow_citing(recall.ids);
         history.push(ChatMessage::user(message));
 
         let mut settled = match t.run(&mut history).await {
@@ -677,11 +671,7 @@ impl Turn<'_> {
                         let t0 = Instant::now();
                         let out = tools::run(&ctx, call).await?;
                         let ms = t0.elapsed().as_millis();
-                        for id in &out.citable {
-                            if self.citable.insert(*id) {
-                                self.citable_order.push(*id);
-                            }
-                        }
+                        self.allow_citing(out.citable.iter().copied());
                         self.proposals.extend(out.proposal);
                         let status = if out.error.is_some() { "error" } else { "ok" };
                         // Evidence: a call that ran and answered, even with nothing found.
@@ -753,7 +743,7 @@ impl Turn<'_> {
                         });
                     }
                     repair = Some(Repair::Uncited);
-                    let ask = grounding::citation_repair(&self.citable_order);
+                    let ask = grounding::citation_repair(&self.citable);
                     self.emit(ChatEvent::Repair {
                         errors: vec![ask.clone()],
                     })
@@ -895,6 +885,15 @@ impl Turn<'_> {
         // The count is the server's, not the model's.
         answer["telemetry"]["tool_use_count"] = json!(self.tool_calls);
         Ok(answer)
+    }
+
+    /// Adds ids the answer may cite, each once, keeping their order.
+    fn allow_citing(&mut self, ids: impl IntoIterator<Item = Uuid>) {
+        for id in ids {
+            if !self.citable.contains(&id) {
+                self.citable.push(id);
+            }
+        }
     }
 
     fn record_tool(&mut self, call: &ToolCall, status: &str, result: &Value, ms: u128) {

@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::http::{self, Answer, CallBudget, Pace};
-use super::settings::{ProviderSettings, ToolMode};
+use super::settings::ProviderSettings;
 use super::tool_grammar;
 use super::types::{
-    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall, ToolChoice,
+    ChatMessage, Completion, CompletionRequest, Provider, ProviderError, Role, ToolCall,
 };
 
 /// Longest NDJSON line accepted from a stream (a runaway server cannot exhaust memory).
@@ -117,15 +117,7 @@ impl OllamaProvider {
         let mut request = ChatMessageRequest::new(self.model.clone(), messages).tools(tools);
         // Grammar mode: the reply is one JSON object, a call or the answer (Ollama has no
         // `tool_choice`, so a required call is the only choice the grammar leaves).
-        let reply_schema = if !req.tools.is_empty() && self.settings.tool_mode == ToolMode::Grammar
-        {
-            let answer = (req.tool_choice != ToolChoice::Required)
-                .then_some(req.answer_schema.as_ref())
-                .flatten();
-            Some(tool_grammar::reply_schema(&req.tools, answer))
-        } else {
-            req.response_schema.clone()
-        };
+        let reply_schema = tool_grammar::constraint(req, self.settings.tool_mode);
         if let Some(schema) = &reply_schema {
             let format: FormatType = serde_json::from_value(schema.clone()).map_err(|e| {
                 ProviderError::InvalidRequest(format!("response schema is not usable: {e}"))

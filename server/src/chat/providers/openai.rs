@@ -168,14 +168,7 @@ impl OpenAiProvider {
             );
         // Grammar mode: the reply is one JSON object, a call (the only choice when a call is
         // required) or the answer.
-        let reply_schema = if grammar {
-            let answer = (req.tool_choice != ToolChoice::Required)
-                .then_some(req.answer_schema.as_ref())
-                .flatten();
-            Some(tool_grammar::reply_schema(&req.tools, answer))
-        } else {
-            req.response_schema.clone()
-        };
+        let reply_schema = tool_grammar::constraint(req, self.settings.tool_mode);
         let mut request = CreateChatCompletionRequest {
             messages,
             model: self.model.clone(),

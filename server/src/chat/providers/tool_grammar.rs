@@ -12,7 +12,21 @@
 
 use serde_json::{Map, Value, json};
 
-use super::types::ToolSpec;
+use super::settings::ToolMode;
+use super::types::{CompletionRequest, ToolChoice, ToolSpec};
+
+/// The schema a provider constrains the reply of `req` to: in grammar mode, on a round that
+/// offers tools, a call or (unless a call is required) the answer; otherwise the request's own
+/// `response_schema` (an answer round), if any.
+pub fn constraint(req: &CompletionRequest, mode: ToolMode) -> Option<Value> {
+    if req.tools.is_empty() || mode != ToolMode::Grammar {
+        return req.response_schema.clone();
+    }
+    let answer = (req.tool_choice != ToolChoice::Required)
+        .then_some(req.answer_schema.as_ref())
+        .flatten();
+    Some(reply_schema(&req.tools, answer))
+}
 
 /// The schema of a reply in grammar mode: one of the offered tools' calls, or `answer` when it
 /// is given (a round where a call is required passes `None`).
