@@ -2711,13 +2711,25 @@ async fn a_failing_prompt_candidate_never_reaches_a_chat_and_a_passing_one_is_ac
     )?;
     let v = decided(&l, "variant", "broken", 0).await?;
     ensure!(v["state"] == "rejected", "{v}");
-    let p = s
-        .chat(
-            Some(&ana),
-            json!({"message": "why was D1 terminated?", "variant": "broken"}),
-        )
-        .await?
-        .problem(503);
+    // The decision is in the ledger; the server picks the new variant up on its next refresh.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resp = loop {
+        let r = s
+            .chat(
+                Some(&ana),
+                json!({"message": "why was D1 terminated?", "variant": "broken"}),
+            )
+            .await?;
+        if r.status.as_u16() == 400
+            && r.text.contains("no prompt variant named")
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        break r;
+    };
+    let p = resp.problem(503);
     ensure!(
         p["detail"]
             .as_str()
