@@ -96,6 +96,7 @@ pub async fn fresh_database() -> String {
         .await
         .unwrap();
     }
+    drop_stale_databases(&mut conn).await;
     sqlx::query("SELECT pg_advisory_unlock(727274)")
         .execute(&mut conn)
         .await
@@ -108,4 +109,37 @@ pub async fn fresh_database() -> String {
     .await
     .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
     with_db(&admin, &name)
+}
+
+/// Test databases are never dropped by the test that made one (a failing test would leave it
+/// anyway), so each new one sweeps those older than a few hours: a developer's server would
+/// otherwise fill the disk over a day of runs. The age is read from the UUIDv7 in the name.
+async fn drop_stale_databases(conn: &mut PgConnection) {
+    const MAX_AGE_MS: u64 = 3 * 3600 * 1000;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for name in names {
+        let created_ms = name
+            .strip_prefix("t_")
+            .and_then(|hex| uuid::Uuid::try_parse(hex).ok())
+            .and_then(|u| u.get_timestamp())
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                secs * 1000 + u64::from(nanos) / 1_000_000
+            });
+        if created_ms.is_some_and(|c| now_ms.saturating_sub(c) > MAX_AGE_MS) {
+            // Best effort: a database still in use by a long test is simply left for later.
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\""
+            )))
+            .execute(&mut *conn)
+            .await;
+        }
+    }
 }
