@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -406,15 +406,171 @@ pub struct Checkpointer {
     /// Used only when its size is the chain head's `next_pos` read under the chain's lock; any
     /// other size (another process appended, a transaction rolled back) reads the table.
     frontiers: Mutex<HashMap<String, Frontier>>,
+    files: Arc<Files>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The checkpoint files and the queue of heads waiting to be written to them.
+///
+/// Signing a note and replacing a file cost more than a single-span commit itself, so commits
+/// only queue their head and one thread per store writes the newest head of each tenant:
+/// a burst of commits becomes one write. The file trails the database by at most the write in
+/// progress and [`WRITE_INTERVAL`]; dropping the store (or [`Checkpointer::flush`]) waits for the
+/// queue to drain.
+struct Files {
+    dir: Option<PathBuf>,
+    /// The tree size each tenant's file holds, so an older head never replaces a newer one.
+    on_disk: Mutex<HashMap<String, u64>>,
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: HashMap<String, (u64, Hash)>,
+    busy: bool,
+    closed: bool,
+    /// Callers of [`Checkpointer::flush`] waiting now.
+    flushing: usize,
+}
+
+/// How often at most the writer thread rewrites the files: the window in which the newest
+/// commits are in the database but not yet in a checkpoint file.
+const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Files {
+    /// Signs the head and writes it, unless the file already holds one at least as large.
+    fn write(&self, key: &NodeKey, tenant: &str, size: u64, root: Hash) -> std::io::Result<String> {
+        let note = Checkpoint {
+            origin: origin(key.public_key(), tenant),
+            size,
+            root,
+        }
+        .sign(key);
+        let Some(dir) = &self.dir else {
+            return Ok(note);
+        };
+        let mut on_disk = self
+            .on_disk
+            .lock()
+            .map_err(|_| std::io::Error::other("checkpoint file lock poisoned"))?;
+        if on_disk.get(tenant).is_some_and(|s| *s >= size) {
+            return Ok(note);
+        }
+        write_atomic(dir, &file_for(dir, tenant), &note)?;
+        on_disk.insert(tenant.to_string(), size);
+        Ok(note)
+    }
+
+    /// The writer thread: takes everything queued, writes it, and sleeps until more comes or
+    /// the store closes.
+    fn run(&self, key: NodeKey) {
+        loop {
+            let batch = {
+                let Ok(mut q) = self.queue.lock() else { return };
+                while q.pending.is_empty() && !q.closed {
+                    q = match self.changed.wait(q) {
+                        Ok(q) => q,
+                        Err(_) => return,
+                    };
+                }
+                if q.pending.is_empty() {
+                    return;
+                }
+                q.busy = true;
+                std::mem::take(&mut q.pending)
+            };
+            for (tenant, (size, root)) in batch {
+                if let Err(e) = self.write(&key, &tenant, size, root) {
+                    tracing::error!(error = %e, tenant = %tenant, size, "checkpoint file not written");
+                }
+            }
+            let Ok(mut q) = self.queue.lock() else { return };
+            q.busy = false;
+            self.changed.notify_all();
+            // Heads arriving meanwhile wait and coalesce, unless someone waits for the file.
+            let _ = self
+                .changed
+                .wait_timeout_while(q, WRITE_INTERVAL, |q| !q.closed && q.flushing == 0);
+        }
+    }
 }
 
 impl Checkpointer {
     pub fn new(policy: CheckpointPolicy) -> Self {
+        let files = Arc::new(Files {
+            dir: policy.dir.clone(),
+            on_disk: Mutex::new(HashMap::new()),
+            queue: Mutex::new(Queue::default()),
+            changed: Condvar::new(),
+        });
         Self {
             policy,
             known: Mutex::new(HashMap::new()),
             frontiers: Mutex::new(HashMap::new()),
+            files,
+            writer: Mutex::new(None),
         }
+    }
+
+    /// Waits until every queued head is in its file.
+    pub fn flush(&self) {
+        let Ok(mut q) = self.files.queue.lock() else {
+            return;
+        };
+        q.flushing += 1;
+        self.files.changed.notify_all();
+        while !q.pending.is_empty() || q.busy {
+            q = match self.files.changed.wait(q) {
+                Ok(q) => q,
+                Err(_) => return,
+            };
+        }
+        q.flushing -= 1;
+    }
+
+    /// Records `size`/`root` as the tenant's newest head and queues its file write.
+    fn enqueue(&self, key: &NodeKey, tenant: &str, size: u64, root: Hash) -> Result<(), TreeError> {
+        self.remember(tenant, size, root)?;
+        if self.policy.dir.is_none() {
+            return Ok(());
+        }
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Config("checkpoint writer lock poisoned".into()))?;
+        if writer.is_none() {
+            let (files, key) = (self.files.clone(), key.clone());
+            *writer = Some(
+                std::thread::Builder::new()
+                    .name("checkpoint-files".into())
+                    .spawn(move || files.run(key))
+                    .map_err(StoreError::from)?,
+            );
+        }
+        let mut q = self
+            .files
+            .queue
+            .lock()
+            .map_err(|_| StoreError::Config("checkpoint queue lock poisoned".into()))?;
+        let slot = q.pending.entry(tenant.to_string()).or_insert((size, root));
+        if slot.0 < size {
+            *slot = (size, root);
+        }
+        drop(q);
+        self.files.changed.notify_all();
+        Ok(())
+    }
+
+    fn remember(&self, tenant: &str, size: u64, root: Hash) -> Result<(), TreeError> {
+        let mut known = self
+            .known
+            .lock()
+            .map_err(|_| StoreError::Config("checkpoint lock poisoned".into()))?;
+        if known.get(tenant).is_none_or(|(s, _)| *s < size) {
+            known.insert(tenant.to_string(), (size, root));
+        }
+        Ok(())
     }
 
     /// The cached frontier of `tenant`, if it describes a chain of exactly `size` spans.
@@ -439,7 +595,7 @@ impl Checkpointer {
         Ok(remembered(self, key, tenant)?.map(|c| (c.checkpoint.size, c.checkpoint.root)))
     }
 
-    /// Signs and writes a head, unless a larger one is on record already.
+    /// Signs a head and writes it now (the newest checkpoint asked for on a read path).
     fn write(
         &self,
         key: &NodeKey,
@@ -447,25 +603,23 @@ impl Checkpointer {
         size: u64,
         root: Hash,
     ) -> Result<String, TreeError> {
-        let note = Checkpoint {
-            origin: origin(key.public_key(), tenant),
-            size,
-            root,
+        self.remember(tenant, size, root)?;
+        Ok(self
+            .files
+            .write(key, tenant, size, root)
+            .map_err(StoreError::from)?)
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.files.queue.lock() {
+            q.closed = true;
         }
-        .sign(key);
-        let Some(dir) = &self.policy.dir else {
-            return Ok(note);
-        };
-        let mut known = self
-            .known
-            .lock()
-            .map_err(|_| StoreError::Config("checkpoint lock poisoned".into()))?;
-        if known.get(tenant).is_some_and(|(s, _)| *s >= size) {
-            return Ok(note);
+        self.files.changed.notify_all();
+        if let Some(t) = self.writer.get_mut().ok().and_then(Option::take) {
+            let _ = t.join();
         }
-        write_atomic(dir, &file_for(dir, tenant), &note).map_err(StoreError::from)?;
-        known.insert(tenant.to_string(), (size, root));
-        Ok(note)
     }
 }
 
@@ -515,8 +669,7 @@ async fn record_one(tree: &dyn Tree, key: &NodeKey, h: &TreeHead) -> Result<(), 
         Some((size, root)) => extends(tree, &h.tenant, size, root, h.size, h.root).await?,
         None => {}
     }
-    cp.write(key, &h.tenant, h.size, h.root)?;
-    Ok(())
+    cp.enqueue(key, &h.tenant, h.size, h.root)
 }
 
 /// Checks that the tenant's tree of `size` spans with `root` extends the one on record.

@@ -259,6 +259,8 @@ pub async fn verify_tenant(
     tenant: &str,
     trusted: &[String],
 ) -> Result<TenantReport, StoreError> {
+    // This process may still be writing its newest head to the file.
+    store.checkpointer().flush();
     let remembered = match store.checkpointer().policy.dir.as_deref() {
         Some(dir) => checkpoint::read_latest(dir, tenant)?,
         None => None,

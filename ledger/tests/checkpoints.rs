@@ -254,7 +254,9 @@ impl Ledger {
             .unwrap()
     }
 
+    /// The file as the node leaves it once its writer thread has caught up.
     fn remembered(&self) -> Checkpoint {
+        self.store.checkpointer().flush();
         let text = checkpoint::read_latest(&self.dir.path().join("checkpoints"), TENANT)
             .unwrap()
             .expect("a checkpoint file");
