@@ -17,7 +17,7 @@ use serde_json::json;
 use server::chat::agent::{Agent, MemoryMode, Outcome, TurnRequest};
 use server::chat::{ApiKey, OpenAiProvider, SpanWriter};
 use server::memory::embed::{Embedder, OllamaEmbedder, OpenAiEmbedder};
-use server::memory::{Consent, MemoryKind, RememberRequest};
+use server::memory::{Consent, ForgetTarget, MemoryKind, RememberRequest};
 use support::fast_settings;
 use testkit::fake_llm::{FakeLlm, Reply, ollama, openai};
 use testkit::{Backend, Fixture};
@@ -104,6 +104,122 @@ async fn a_recalled_memory_is_cited_by_the_answer_and_refused_when_memory_is_off
         !sent.contains("teal") && !sent.contains("\"remember\""),
         "{sent}"
     );
+}
+
+/// A fact remembered through the `remember` tool in one conversation and recalled into an
+/// answer in another: forgetting that one item leaves its text nowhere a reader (or the SQLite
+/// file) could find it — not in the turns' records, model outputs or tool calls — and the
+/// chain still verifies.
+#[tokio::test]
+async fn forgetting_an_item_also_redacts_the_turns_that_wrote_and_recalled_it() {
+    let Fixture { dir, store } = Fixture::new(Backend::Sqlite).await;
+    let fake = FakeLlm::start().await;
+    let provider = Arc::new(
+        OpenAiProvider::new(
+            &fake.openai_base(),
+            Some(ApiKey::new("sk-test-memory-0000").unwrap()),
+            "gpt-4o-mini",
+            fast_settings(),
+        )
+        .unwrap(),
+    );
+    let writer: Arc<dyn SpanWriter> = Arc::new(GroupCommit::start(store.clone()));
+    let agent = Agent::new(store.clone(), writer, provider, None)
+        .await
+        .unwrap();
+    let ana = Principal::new("ana", "demo");
+    let secret = "locker code 7391-QZ";
+    let ask = |message: &str| TurnRequest {
+        message: message.into(),
+        conversation_id: Some(uuid::Uuid::now_v7()),
+        variant: None,
+        memory: MemoryMode::On,
+    };
+
+    let args = json!({"text": format!("my {secret}"), "kind": "fact"}).to_string();
+    fake.push(Reply::json(openai::tool_calls(&[(
+        "c1", "remember", &args,
+    )])));
+    let noted = json!({"text": format!("Noted: your {secret}."), "confidence": 0.5,
+        "actions": [], "citations": [], "telemetry": {"tool_use_count": 1}})
+    .to_string();
+    fake.push(Reply::json(openai::answer(&noted)));
+    agent
+        .turn(
+            &ana,
+            &[],
+            ask(&format!("please remember that my {secret}")),
+            None,
+        )
+        .await
+        .unwrap();
+    let items = agent.memory.list(&ana, None, Utc::now(), 50).await.unwrap();
+    let item = items
+        .iter()
+        .find(|i| i.kind != MemoryKind::Turn && i.text.contains(secret))
+        .unwrap_or_else(|| panic!("the remember tool kept the fact: {items:?}"));
+    assert_eq!(fake.remaining(), 0, "turn 1 used every scripted reply");
+
+    let recalled = json!({"text": format!("Your {secret}."), "confidence": 0.9,
+        "actions": [], "citations": [item.id.to_string()], "telemetry": {"tool_use_count": 0}})
+    .to_string();
+    fake.push(Reply::json(openai::answer(&recalled)));
+    let r = agent
+        .turn(&ana, &[], ask("what is my locker code?"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.answer["citations"],
+        json!([item.id.to_string()]),
+        "{:?}",
+        r.answer
+    );
+
+    let visible = |store: Arc<dyn ledger::Store>| async move {
+        let page = store
+            .query(
+                &Principal::new("ana", "demo"),
+                &ledger::query::Filter {
+                    tenant_id: Some("demo".into()),
+                    limit: Some(1000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        page.rows
+            .iter()
+            .map(|r| r.span.to_view().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = visible(store.clone()).await;
+    let holding = before.iter().filter(|t| t.contains(secret)).count();
+    assert!(holding >= 4, "the turns hold the text before: {holding}");
+
+    let forgotten = agent
+        .memory
+        .forget(&ana, &ForgetTarget::Item { id: item.id }, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(forgotten, vec![item.id]);
+    for text in visible(store.clone()).await {
+        assert!(
+            !text.contains(secret),
+            "still readable after forget: {text}"
+        );
+    }
+    for file in ["ledger.sqlite3", "ledger.sqlite3-wal"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{file} still holds the text"
+        );
+    }
+    let trusted = ledger::store::trusted_keys(store.as_ref()).await.unwrap();
+    let report = ledger::verify::verify_tenant(store.as_ref(), "demo", &trusted)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
 }
 
 #[tokio::test]

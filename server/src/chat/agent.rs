@@ -198,6 +198,9 @@ struct Turn<'a> {
     blocks: Vec<Value>,
     /// Memory items recalled for this turn, as lines of the `turn` block.
     recalled: Vec<String>,
+    /// Memory items this turn recalled or wrote: the `prompt_run` relates to them, so
+    /// forgetting one also redacts the turns that hold its text.
+    memories: Vec<Uuid>,
 }
 
 impl Agent {
@@ -292,6 +295,7 @@ impl Agent {
             compiled_hash: String::new(),
             blocks: Vec::new(),
             recalled: Vec::new(),
+            memories: Vec::new(),
         };
         if let Some(selection) = &selection {
             let draft = selection_draft(
@@ -315,6 +319,7 @@ impl Agent {
         )
         .await;
         t.recalled = recall.lines;
+        t.memories.extend(&recall.ids);
         t.allow_citing(recall.ids);
         history.push(ChatMessage::user(message));
 
@@ -672,6 +677,12 @@ impl Turn<'_> {
                         let out = tools::run(&ctx, call).await?;
                         let ms = t0.elapsed().as_millis();
                         self.allow_citing(out.citable.iter().copied());
+                        if matches!(
+                            tools::ToolName::parse(&call.name),
+                            Some(tools::ToolName::Remember | tools::ToolName::RecallMemory)
+                        ) {
+                            self.memories.extend(out.citable.iter().copied());
+                        }
                         self.proposals.extend(out.proposal);
                         let status = if out.error.is_some() { "error" } else { "ok" };
                         // Evidence: a call that ran and answered, even with nothing found.
@@ -1048,6 +1059,7 @@ impl Turn<'_> {
             tool_use_count: self.tool_calls,
             breaker: self.breaker.as_ref().map(|(b, _)| b.id),
             proposals: &self.proposals,
+            memories: &self.memories,
         };
         Ok(prompt_run_draft(self.principal, &record)?)
     }

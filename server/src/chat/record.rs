@@ -277,18 +277,26 @@ pub struct TurnRecord<'a> {
     pub breaker: Option<Uuid>,
     /// Proposals the turn created.
     pub proposals: &'a [Uuid],
+    /// Memory items the turn recalled or wrote (their text may be in this turn's records).
+    pub memories: &'a [Uuid],
 }
 
 /// The `prompt_run` span of a turn, private to the `principal` who asked.
 pub fn prompt_run_draft(principal: &Principal, rec: &TurnRecord<'_>) -> Result<Draft, InputError> {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let p = rec.provider;
+    let mut related = rec.proposals.to_vec();
+    for m in rec.memories {
+        if !related.contains(m) {
+            related.push(*m);
+        }
+    }
     let span = json!({
         "id": rec.run_id,
         "entity_type": "prompt_run",
         "visibility": "private",
         "trace_id": rec.trace_id,
-        "related_to": rec.proposals,
+        "related_to": related,
         "when": ledger::span::format_time(rec.at),
         "who": principal.user_id,
         "did": "asked the agent",
@@ -324,6 +332,7 @@ pub fn prompt_run_draft(principal: &Principal, rec: &TurnRecord<'_>) -> Result<D
             "outcome": rec.outcome.as_str(),
             "memory": rec.memory,
             "proposals": rec.proposals,
+            "memories": &related[rec.proposals.len()..],
         },
     });
     Draft::from_value(span, principal, &[], rec.at)

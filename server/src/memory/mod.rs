@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use ledger::query::Filter;
 use ledger::store::memory::{MemoryLayer, MemoryRow, MemoryScope, NewMemory, Reach};
 use ledger::{Draft, Principal, Store, StoreError, Visibility};
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,17 @@ use self::keys::{KeyRing, Sealed, Secret32};
 pub const SESSION_TTL: TimeDelta = TimeDelta::hours(24);
 /// How long a temporary item lives unless promoted.
 pub const TEMPORARY_TTL: TimeDelta = TimeDelta::days(30);
+/// The spans a chat turn writes under its trace that may hold a memory's text: the turn's
+/// record, its model calls, its tool calls and the review it asked for (kept in step with
+/// `chat::record`, `chat::agent` and `chat::proposals`), besides its session-layer turn record (a `memory` with [`Consent::TurnRecord`];
+/// other items the turn remembered are the user's to forget, not collateral).
+pub const TURN_RECORDS: &[&str] = &[
+    "prompt_run",
+    "provider_execution",
+    "tool_call",
+    "escalation_request",
+];
+
 /// Longest remembered text.
 pub const MAX_TEXT_CHARS: usize = 2000;
 /// Items recalled into a turn.
@@ -599,6 +611,9 @@ impl Memory {
                 .collect(),
             ForgetTarget::All => all(None).await?.into_iter().map(|r| r.id).collect(),
         };
+        // The turns that wrote or recalled an item hold its text too (the message, the model's
+        // output, tool arguments and results): found before the items' bodies go.
+        let turns = self.turns_holding(principal, &ids).await?;
         let mut done = Vec::new();
         for id in ids {
             match self
@@ -610,6 +625,105 @@ impl Memory {
                 Err(e) => return Err(e.into()),
             }
         }
+        for id in turns {
+            match self
+                .store
+                .redact(
+                    principal,
+                    id,
+                    "held a memory forgotten at the user's request",
+                )
+                .await
+            {
+                Ok(_) | Err(StoreError::AlreadyRedacted(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(done)
     }
+
+    /// The caller's own turn records (see [`TURN_RECORDS`]) in the traces of the turns that
+    /// wrote one of `items` (the item's `trace_id`) or recalled it (a `prompt_run` related to
+    /// it), besides the items themselves.
+    async fn turns_holding(
+        &self,
+        principal: &Principal,
+        items: &[Uuid],
+    ) -> Result<Vec<Uuid>, MemoryError> {
+        let mut traces = std::collections::BTreeSet::new();
+        for id in items {
+            let mine = |f: Filter| Filter {
+                owner_id: Some(principal.user_id.clone()),
+                tenant_id: Some(principal.tenant_id.clone()),
+                limit: Some(ledger::query::MAX_LIMIT),
+                ..f
+            };
+            let wrote = self
+                .store
+                .query(
+                    principal,
+                    &mine(Filter {
+                        id: Some(*id),
+                        ..Filter::default()
+                    }),
+                )
+                .await?;
+            let recalled = self
+                .store
+                .query(
+                    principal,
+                    &mine(Filter {
+                        related_to: Some(*id),
+                        entity_type: Some("prompt_run".into()),
+                        ..Filter::default()
+                    }),
+                )
+                .await?;
+            for row in wrote.rows.iter().chain(&recalled.rows) {
+                if let Some(t) = field(row, "trace_id") {
+                    traces.insert(t);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for trace in traces {
+            let mut filter = Filter {
+                trace_id: Some(trace),
+                owner_id: Some(principal.user_id.clone()),
+                tenant_id: Some(principal.tenant_id.clone()),
+                limit: Some(ledger::query::MAX_LIMIT),
+                ..Filter::default()
+            };
+            loop {
+                let page = self.store.query(principal, &filter).await?;
+                for row in &page.rows {
+                    let kind = field(row, "entity_type").unwrap_or_default();
+                    let turn_record = kind == "memory"
+                        && field(row, "confirmed_by").as_deref() == Some(TURN_RECORD_CONSENT);
+                    let id = field(row, "id").and_then(|i| i.parse().ok());
+                    if let Some(id) = id
+                        && (TURN_RECORDS.contains(&kind.as_str()) || turn_record)
+                        && !items.contains(&id)
+                        && !out.contains(&id)
+                    {
+                        out.push(id);
+                    }
+                }
+                match page.next_cursor {
+                    Some(c) => filter.after = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a memory span's `confirmed_by` says of a turn record.
+const TURN_RECORD_CONSENT: &str = "consent: turn_record";
+
+/// A string field of a listed span (envelope or body), `None` when absent or not text.
+fn field(row: &ledger::query::Row, key: &str) -> Option<String> {
+    let view = row.span.to_view().ok()?;
+    view.get(key)?.as_str().map(str::to_string)
 }
