@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{chat, checkpoints, evals, spans, system, timeline};
+use crate::routes::{chat, checkpoints, evals, memory, spans, system, timeline};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -51,9 +51,20 @@ pub fn router() -> Router<AppState> {
         spans::span_proof,
         checkpoints::latest,
         checkpoints::consistency,
+        memory::list,
+        memory::remember,
+        memory::forget_one,
+        memory::forget,
+        memory::export,
     ),
     components(schemas(
         Problem,
+        memory::MemoryList,
+        memory::RememberBody,
+        memory::Forgotten,
+        crate::memory::MemoryItem,
+        crate::memory::MemoryKind,
+        crate::memory::ForgetTarget,
         spans::SpanDraft,
         spans::NdjsonSpans,
         spans::Visibility,
@@ -88,6 +99,7 @@ pub fn router() -> Router<AppState> {
         (name = "chat", description = "The conversational agent, amendment confirmation and escalation reviews."),
         (name = "system", description = "Health, metrics, the manifest, chain verification."),
         (name = "evals", description = "Evaluation runs, pass rates and prompt versions (the learning loop)."),
+        (name = "memory", description = "The caller's own remembered items: list, remember, forget for real, export."),
     ),
 )]
 struct ApiDoc;
@@ -183,6 +195,10 @@ mod tests {
             "/api/reviews",
             "/api/reviews/{id}",
             "/api/evals",
+            "/api/memory",
+            "/api/memory/{id}",
+            "/api/memory/forget",
+            "/api/memory/export",
             "/manifest/{name}",
             "/healthz",
             "/readyz",

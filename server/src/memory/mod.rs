@@ -29,6 +29,7 @@ use ledger::store::memory::{MemoryLayer, MemoryRow, MemoryScope, NewMemory, Reac
 use ledger::{Draft, Principal, Store, StoreError, Visibility};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use self::embed::{EmbedConfig, EmbedError, Embedder, LexicalHash, OllamaEmbedder, OpenAiEmbedder};
@@ -69,7 +70,7 @@ pub enum Consent {
 }
 
 /// What an item is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryKind {
     #[default]
@@ -93,20 +94,29 @@ pub struct RememberRequest {
 }
 
 /// A remembered item as its owner (or a reader in scope) sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct MemoryItem {
+    /// The `memory` span (cite it).
+    #[schema(value_type = String, format = "uuid")]
     pub id: Uuid,
     pub text: String,
     pub kind: MemoryKind,
+    /// `session`, `temporary` or `permanent`.
+    #[schema(value_type = String)]
     pub layer: MemoryLayer,
+    /// `private`, `tenant` or `public`.
+    #[schema(value_type = String)]
     pub visibility: Visibility,
     pub owner_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ttl_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
     pub supersedes: Option<Uuid>,
 }
 
@@ -119,7 +129,7 @@ pub struct Recalled {
 }
 
 /// What to forget.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "target")]
 pub enum ForgetTarget {
     /// The newest of the caller's items (in the session, when one is given).
@@ -133,6 +143,7 @@ pub enum ForgetTarget {
     /// Everything the caller remembered.
     All,
     Item {
+        #[schema(value_type = String, format = "uuid")]
         id: Uuid,
     },
 }

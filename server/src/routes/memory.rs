@@ -13,14 +13,14 @@ use axum::routing::{delete, get, post};
 use axum::{Json, http::StatusCode};
 use chrono::Utc;
 use ledger::store::memory::MemoryLayer;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::export::SignedExport;
-use crate::memory::{Consent, ForgetTarget, MemoryError, MemoryKind, RememberRequest};
+use crate::memory::{Consent, ForgetTarget, MemoryError, MemoryItem, MemoryKind, RememberRequest};
 use crate::state::AppState;
 
 /// Most items one listing returns.
@@ -61,13 +61,43 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this session's (conversation's) items.
     pub session_id: Option<String>,
+    /// Most items listed (1–1000, default 200), newest first.
     pub limit: Option<i64>,
 }
 
+/// The caller's live items.
+#[derive(Serialize, ToSchema)]
+pub struct MemoryList {
+    pub items: Vec<MemoryItem>,
+}
+
+/// The items a forget request redacted.
+#[derive(Serialize, ToSchema)]
+pub struct Forgotten {
+    #[schema(value_type = Vec<String>)]
+    pub forgotten: Vec<Uuid>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/memory",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's own live items (not expired, not forgotten), newest first.", body = MemoryList),
+        (status = 400, description = "A query parameter is malformed or unknown.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -84,10 +114,10 @@ async fn list(
             limit,
         )
         .await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(MemoryList { items }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RememberBody {
     pub text: String,
@@ -95,13 +125,33 @@ pub struct RememberBody {
     pub kind: Option<MemoryKind>,
     /// `session` (needs `session_id`) or `temporary` (default).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub layer: Option<MemoryLayer>,
     #[serde(default)]
     pub session_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = "uuid")]
     pub supersedes: Option<Uuid>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/memory",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    request_body(content = RememberBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Remembered: encrypted under the tenant's data key and appended as a private `memory` span.", body = MemoryItem),
+        (status = 400, description = "The body is not the JSON described.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Empty or too long text, the permanent layer (needs a reviewer), or a session item without `session_id`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The configured embedding provider is unreachable.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn remember(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,6 +175,21 @@ async fn remember(
     Ok((StatusCode::CREATED, Json(item)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/memory/{id}",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    params(("id" = String, Path, format = "uuid", description = "The `memory` span.")),
+    responses(
+        (status = 200, description = "Forgotten: a redaction destroyed the ciphertext, index row and embedding, and the caller's records of the turns that wrote or recalled it were redacted too.", body = Forgotten),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No item of the caller's has this id.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn forget_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -135,9 +200,26 @@ async fn forget_one(
         .memory
         .forget(&caller.principal, &ForgetTarget::Item { id }, Utc::now())
         .await?;
-    Ok(Json(json!({ "forgotten": forgotten })).into_response())
+    Ok(Json(Forgotten { forgotten }).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/memory/forget",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    request_body(content = ForgetTarget, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was forgotten (possibly nothing).", body = Forgotten),
+        (status = 400, description = "The body is not one of the targets described.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`item`: no item of the caller's has this id.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn forget(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,9 +231,21 @@ async fn forget(
         .memory
         .forget(&caller.principal, &target, Utc::now())
         .await?;
-    Ok(Json(json!({ "forgotten": forgotten })).into_response())
+    Ok(Json(Forgotten { forgotten }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/memory/export",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "The caller's live items, one JSON object per line, then a trailer signed by the node key over every line.", body = String, content_type = "application/x-ndjson"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let now = Utc::now();
     let items = state
