@@ -125,12 +125,15 @@ pub async fn run(
         chat,
     } = settings;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState::new(store.clone(), auth, &limits, &chat, stop_rx).await?;
+    let state = AppState::new(store.clone(), auth, &limits, &chat, stop_rx.clone()).await?;
     match trials {
         Some(runner) => start_prompt_eval(&state, runner).await,
         None => tracing::warn!(
             "no evaluation runner in this build: prompt candidates stay inactive (use the logline binary)"
         ),
+    }
+    if let Some(every) = chat.memory.sweep_every {
+        sweep_memory(state.chat.memory.clone(), every, stop_rx.clone());
     }
     let app = router(state, &limits);
     let listener = listen(addr)
@@ -149,6 +152,29 @@ pub async fn run(
         })
         .await?;
     Ok(())
+}
+
+/// Redacts expired memory items every `every` until shutdown (issue 13: a session item lives a
+/// day, then nothing recoverable remains of it).
+fn sweep_memory(
+    memory: Arc<crate::memory::Memory>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    const BATCH: i64 = 500;
+    tokio::spawn(async move {
+        loop {
+            match memory.sweep_expired(chrono::Utc::now(), BATCH).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(swept = n, "memory: expired items redacted"),
+                Err(e) => tracing::warn!(error = %e, "memory: the expiry sweep failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
 }
 
 /// How long `serve` waits for the first prompt_eval pass before it listens anyway.

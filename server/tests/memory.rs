@@ -404,8 +404,69 @@ async fn a_forgotten_item_leaves_nothing_recoverable_and_the_chain_verifies(env:
     env.verify("demo").await;
 }
 
+/// The sweeper redacts items past their `ttl_at` in every tenant, on each owner's behalf, and
+/// nothing else: the index rows go, the chains still verify, a second sweep finds nothing.
+async fn the_sweeper_redacts_expired_items_of_every_tenant_and_nothing_else(env: Env) {
+    let m = &env.memory;
+    let now = Utc::now();
+    let day_ago = now - TimeDelta::hours(25);
+    let old = m
+        .remember(
+            &ana(),
+            fact("old session note", MemoryLayer::Session, Some("s1")),
+            day_ago,
+        )
+        .await
+        .unwrap();
+    let other = m
+        .remember(
+            &carol(),
+            fact("other tenant note", MemoryLayer::Session, Some("s2")),
+            day_ago,
+        )
+        .await
+        .unwrap();
+    let fresh = m
+        .remember(
+            &ana(),
+            fact("fresh session note", MemoryLayer::Session, Some("s1")),
+            now,
+        )
+        .await
+        .unwrap();
+    let kept = m
+        .remember(
+            &bob(),
+            fact("a month-long note", MemoryLayer::Temporary, None),
+            day_ago,
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.index_rows(None).await, 4);
+
+    assert_eq!(m.sweep_expired(now, 100).await.unwrap(), 2);
+    for (who, id) in [(ana(), old.id), (carol(), other.id)] {
+        let view = env
+            .store
+            .get(&who, id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .to_view()
+            .unwrap();
+        assert_eq!(view["redacted"], true, "{view}");
+        assert_eq!(env.index_rows(Some(id)).await, 0);
+    }
+    assert_eq!(env.index_rows(Some(fresh.id)).await, 1);
+    assert_eq!(env.index_rows(Some(kept.id)).await, 1);
+    assert_eq!(m.sweep_expired(now, 100).await.unwrap(), 0);
+    env.verify("demo").await;
+    env.verify("other").await;
+}
+
 testkit::both_stores!(
     mod on_sqlite, on_postgres; open = super::open;
+    the_sweeper_redacts_expired_items_of_every_tenant_and_nothing_else,
     another_user_or_tenant_never_recalls_lists_or_forgets_an_item,
     session_only_reach_sees_only_this_sessions_items,
     expired_and_superseded_items_are_never_recalled,

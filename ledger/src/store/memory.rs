@@ -159,6 +159,19 @@ pub trait MemoryIndex: Send + Sync {
         scope: &MemoryScope,
         limit: i64,
     ) -> Result<Vec<MemoryRow>, StoreError>;
+
+    /// Items of every tenant whose `ttl_at` is at or before `now`, soonest expired first, for
+    /// the sweeper that redacts them on their owners' behalf. Reads no content.
+    async fn expired(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Expired>, StoreError>;
+}
+
+/// An item past its `ttl_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub owner_id: String,
+    pub ttl_at: DateTime<Utc>,
 }
 
 /// The scope predicate over the index row alias `m`, shared by both dialects. `time` binds an

@@ -133,13 +133,9 @@ pub struct Recalled {
 #[serde(rename_all = "snake_case", tag = "target")]
 pub enum ForgetTarget {
     /// The newest of the caller's items (in the session, when one is given).
-    Last {
-        session_id: Option<String>,
-    },
+    Last { session_id: Option<String> },
     /// Every item of one session.
-    Session {
-        session_id: String,
-    },
+    Session { session_id: String },
     /// Everything the caller remembered.
     All,
     Item {
@@ -177,22 +173,39 @@ pub struct MemorySettings {
     /// `LOGLINE_MEMORY_KEY` (64 hex digits), else the KEK is derived from the node key.
     pub kek_hex: Option<String>,
     pub embed: EmbedConfig,
+    /// How often `serve` redacts expired items (`LOGLINE_MEMORY_SWEEP_SECS`, default
+    /// [`SWEEP_EVERY`]; 0 turns it off).
+    pub sweep_every: Option<std::time::Duration>,
 }
+
+/// The default interval of the expiry sweeper.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+const SWEEP_ENV: &str = "LOGLINE_MEMORY_SWEEP_SECS";
 
 impl std::fmt::Debug for MemorySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemorySettings")
             .field("kek_hex", &self.kek_hex.as_ref().map(|_| "…"))
             .field("embed", &self.embed)
+            .field("sweep_every", &self.sweep_every)
             .finish()
     }
 }
 
 impl MemorySettings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let sweep_every = match lookup(SWEEP_ENV) {
+            None => Some(SWEEP_EVERY),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(0) => None,
+                Ok(secs) => Some(std::time::Duration::from_secs(secs)),
+                Err(_) => return Err(format!("{SWEEP_ENV}: `{v}` is not a number of seconds")),
+            },
+        };
         Ok(Self {
             kek_hex: lookup(keys::MEMORY_KEY_ENV),
             embed: EmbedConfig::from_lookup(&lookup)?,
+            sweep_every,
         })
     }
 }
@@ -651,6 +664,28 @@ impl Memory {
             }
         }
         Ok(done)
+    }
+
+    /// Redacts up to `limit` items of any tenant past their `ttl_at` (session items after a day,
+    /// temporary ones after a month), each on its owner's behalf: recall and listing already
+    /// ignore them, this destroys their ciphertext and index rows as forgetting does. Only the
+    /// item goes; the turns it came from stay. Returns how many were redacted.
+    pub async fn sweep_expired(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<usize, MemoryError> {
+        let mut swept = 0;
+        for e in self.store.memory().expired(now, limit).await? {
+            let owner = Principal::new(e.owner_id.clone(), e.tenant_id.clone());
+            let reason = format!("expired at {}", ledger::span::format_time(e.ttl_at));
+            match self.store.redact(&owner, e.id, &reason).await {
+                Ok(_) => swept += 1,
+                Err(StoreError::AlreadyRedacted(_) | StoreError::NotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(swept)
     }
 
     /// The caller's own turn records (see [`TURN_RECORDS`]) in the traces of the turns that

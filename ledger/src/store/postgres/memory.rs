@@ -14,7 +14,7 @@ use super::{PgStore, parse_visibility};
 use crate::error::StoreError;
 use crate::span::{Appended, Draft, Principal};
 use crate::store::memory::{
-    Candidates, MemoryIndex, MemoryLayer, MemoryRow, MemoryScope, NewMemory, WrappedKey,
+    Candidates, Expired, MemoryIndex, MemoryLayer, MemoryRow, MemoryScope, NewMemory, WrappedKey,
     check_item, push_scope, vector_literal,
 };
 
@@ -194,5 +194,28 @@ impl MemoryIndex for PgStore {
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
         rows.iter().map(memory_row).collect()
+    }
+
+    async fn expired(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Expired>, StoreError> {
+        let mut tx = self.begin_auditor().await?;
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, owner_id, ttl_at FROM ledger.memory_items \
+             WHERE ttl_at IS NOT NULL AND ttl_at <= $1 ORDER BY ttl_at, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Expired {
+                    id: r.try_get(0)?,
+                    tenant_id: r.try_get(1)?,
+                    owner_id: r.try_get(2)?,
+                    ttl_at: r.try_get(3)?,
+                })
+            })
+            .collect()
     }
 }

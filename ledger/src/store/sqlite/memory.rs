@@ -14,7 +14,7 @@ use super::{SqliteStore, parse_visibility};
 use crate::error::StoreError;
 use crate::span::{Appended, Draft, Principal, format_time};
 use crate::store::memory::{
-    Candidates, MemoryIndex, MemoryLayer, MemoryRow, MemoryScope, NewMemory, WrappedKey,
+    Candidates, Expired, MemoryIndex, MemoryLayer, MemoryRow, MemoryScope, NewMemory, WrappedKey,
     blob_vector, check_item, cosine, push_scope, vector_blob,
 };
 
@@ -220,5 +220,26 @@ impl MemoryIndex for SqliteStore {
             .push_bind(limit);
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(memory_row).collect()
+    }
+
+    async fn expired(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Expired>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, owner_id, ttl_at FROM memory_items \
+             WHERE ttl_at IS NOT NULL AND ttl_at <= ? ORDER BY ttl_at, id LIMIT ?",
+        )
+        .bind(format_time(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Expired {
+                    id: uuid(&r.try_get::<String, _>(0)?)?,
+                    tenant_id: r.try_get(1)?,
+                    owner_id: r.try_get(2)?,
+                    ttl_at: time(&r.try_get::<String, _>(3)?)?,
+                })
+            })
+            .collect()
     }
 }
