@@ -107,10 +107,12 @@ describe("memory in the web UI", () => {
     await shot(page, "memory-recalled");
 
     // Forget is a real button with a name, reached with Tab and pressed with Enter.
-    const forget = listed.getByRole("button", { name: /Forget/ });
+    // Its accessible name says which item it forgets (every row has one).
+    const forget = page.getByRole("button", { name: "Forget: my favourite bakery is Padaria Central", exact: true });
+    assert.equal(await forget.count(), 1);
     assert.equal(await forget.evaluate((b) => b.tagName), "BUTTON");
-    const name = await forget.evaluate((b) => (b.getAttribute("aria-label") || b.textContent).trim());
-    assert.match(name, /^Forget/);
+    assert.equal(await listed.getByRole("button").count(), 1, "the row's one button is its Forget");
+    assert.equal(await forget.innerText(), "Forget");
     await listed.locator(`a[href="/spans/${item.id}"]`).focus();
     await page.keyboard.press("Tab");
     assert.equal(await forget.evaluate((b) => b === document.activeElement), true, "Tab from the item's link reaches its Forget button");
@@ -118,7 +120,7 @@ describe("memory in the web UI", () => {
     const deleted = page.waitForResponse((r) => r.url().endsWith(`/api/memory/${item.id}`) && r.request().method() === "DELETE");
     await page.keyboard.press("Enter");
     assert.equal((await deleted).status(), 200);
-    await page.locator("#memory-status").getByText("Forgot 1 item(s).").waitFor();
+    await page.locator("#memory-status").getByText("Forgot 1 item.", { exact: true }).waitFor();
     await listed.waitFor({ state: "detached" });
     assert.ok(!(await remembered()).some((i) => i.id === item.id), "GET /api/memory no longer lists the forgotten item");
     await shot(page, "memory-forgotten");
@@ -165,11 +167,30 @@ describe("memory in the web UI", () => {
     assert.equal(body.session_id, fact.session_id, "the panel forgets the conversation it is showing");
     const forgotten = (await res.json()).forgotten;
     assert.ok(forgotten.includes(fact.id), "the fact is among the forgotten items");
-    await page.locator("#memory-status").getByText(`Forgot ${forgotten.length} item(s).`).waitFor();
+    assert.ok(forgotten.length >= 2, "the fact and the conversation's turn record are forgotten");
+    await page.locator("#memory-status").getByText(`Forgot ${forgotten.length} items.`, { exact: true }).waitFor();
     await listed.waitFor({ state: "detached" });
     const left = await remembered();
     assert.ok(!left.some((i) => i.session_id === fact.session_id), `nothing of the conversation is left: ${JSON.stringify(left)}`);
     await shot(page, "memory-forget-session");
+
+    // Forget everything asks first: dismissing keeps everything, accepting forgets it all.
+    await ask(page, "remember that the oven is serviced in March", 1);
+    await row(page, "the oven is serviced in March").waitFor();
+    const all = page.getByRole("button", { name: "Forget everything" });
+    page.once("dialog", (d) => d.dismiss());
+    await all.click();
+    assert.ok((await remembered()).some((i) => i.text === "the oven is serviced in March"), "a dismissed confirmation forgets nothing");
+    const everything = page.waitForResponse((r) => r.url().endsWith("/api/memory/forget") && r.request().method() === "POST");
+    page.once("dialog", (d) => {
+      assert.match(d.message(), /Forget everything remembered for you\?/);
+      d.accept();
+    });
+    await all.click();
+    assert.equal(JSON.parse((await everything).request().postData()).target, "all");
+    await page.locator("#memory-status").getByText(/^Forgot \d+ items?\. Nothing is remembered\.$/).waitFor();
+    assert.equal(await page.locator("#memory-items li.memory-item").count(), 0);
+    assert.deepEqual(await remembered(), [], "GET /api/memory lists nothing after Forget everything");
     page.checkClean();
     await context.close();
   });
@@ -192,7 +213,10 @@ describe("memory in the web UI", () => {
     assert.match(text, /remember tool, which is not available|memory is off/i, "the answer says it cannot remember");
     // The panel lists again after the turn; count its rows once that listing is shown.
     await relisted;
-    await page.locator("#memory-status").getByText(/Nothing is remembered|^$/).or(page.locator("#memory-items li.memory-item").first()).first().waitFor({ state: "attached" });
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => r())));
+    if (beforeItems.length === 0) {
+      await page.locator("#memory-status").getByText("Nothing is remembered.", { exact: true }).waitFor();
+    }
     assert.equal(await page.locator("#memory-items li.memory-item", { hasText: "Bolacha" }).count(), 0, "the panel shows nothing new");
     assert.equal(await page.locator("#memory-items li.memory-item").count(), rowsBefore);
     const after = await remembered();
