@@ -404,19 +404,24 @@ const memoryPanel = document.getElementById("memory-panel");
 const memoryItems = document.getElementById("memory-items");
 const memoryStatus = document.getElementById("memory-status");
 
-async function refreshMemoryPanel() {
-  if (!memoryPanel || !memoryPanel.open) return;
+/** Lists the items again; `note` (what a Forget just did) stays in the status line. */
+async function refreshMemoryPanel(note = "") {
+  if (!memoryPanel) return;
+  memoryStatus.textContent = note;
+  if (!memoryPanel.open) return;
   try {
     const r = await api("/api/memory");
     memoryItems.replaceChildren(...r.items.map(memoryRow));
-    memoryStatus.textContent = r.items.length ? "" : "Nothing is remembered.";
+    memoryStatus.textContent = r.items.length ? note : `${note} Nothing is remembered.`.trim();
   } catch (err) {
     memoryStatus.textContent = sentence(err);
   }
 }
 
 function memoryRow(item) {
-  const forget = el("button", { type: "button", class: "link-button" }, "Forget");
+  // Every row has a Forget button: the accessible name says which item it forgets.
+  const what = item.text.length > 80 ? `${item.text.slice(0, 79)}…` : item.text;
+  const forget = el("button", { type: "button", class: "link-button", "aria-label": `Forget: ${what}` }, "Forget");
   forget.addEventListener("click", () =>
     forgetMemory(() => api(`/api/memory/${encodeURIComponent(item.id)}`, { method: "DELETE" })));
   const layer = item.layer === "session" ? "this conversation" : item.layer;
@@ -427,16 +432,17 @@ function memoryRow(item) {
 }
 
 async function forgetMemory(call) {
+  let note;
   try {
-    const r = await call();
-    memoryStatus.textContent = `Forgot ${r.forgotten.length} item(s).`;
+    const n = (await call()).forgotten.length;
+    note = n === 1 ? "Forgot 1 item." : `Forgot ${n} items.`;
   } catch (err) {
-    memoryStatus.textContent = sentence(err);
+    note = sentence(err);
   }
-  await refreshMemoryPanel();
+  await refreshMemoryPanel(note);
 }
 
-memoryPanel?.addEventListener("toggle", refreshMemoryPanel);
+memoryPanel?.addEventListener("toggle", () => refreshMemoryPanel());
 document.getElementById("memory-forget-session")?.addEventListener("click", () => {
   if (!conversationId) {
     memoryStatus.textContent = "This conversation has not started yet.";
