@@ -280,7 +280,10 @@ mod tests {
         let e = at(Some(1_000 + LEEWAY_SECS + 1), 900).unwrap_err();
         assert!(e.contains("not valid yet") && e.contains("nbf"), "{e}");
         let e = at(None, 1_000 + LEEWAY_SECS + 1).unwrap_err();
-        assert!(e.contains("issued in the future") && e.contains("iat"), "{e}");
+        assert!(
+            e.contains("issued in the future") && e.contains("iat"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -133,7 +133,23 @@ struct HeadReader {
     /// Spaces seen on the request line: the target lies after the first and before the second.
     spaces: u8,
     target_len: usize,
+    /// The start of the current line, lowercased: enough to read the body's framing.
+    line: Vec<u8>,
+    /// The body that follows the head, as its headers frame it.
+    body: Body,
 }
+
+/// How much request body follows a head, so the next request's head is found after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    /// This many bytes (`Content-Length`, or none).
+    Left(u64),
+    /// Chunked or otherwise unknown: the rest of the connection is not inspected.
+    Unknown,
+}
+
+/// How much of a header line is kept to read `Content-Length` / `Transfer-Encoding`.
+const FRAMING_LINE: usize = 48;
 
 /// What one byte of a head means.
 enum Step {
@@ -151,6 +167,25 @@ impl HeadReader {
             line_len: 0,
             spaces: 0,
             target_len: 0,
+            line: Vec::new(),
+            body: Body::Left(0),
+        }
+    }
+
+    /// Reads the body's framing from a complete header line.
+    fn header_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let Some(colon) = line.iter().position(|&c| c == b':') else {
+            return;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let value = String::from_utf8_lossy(value);
+        match name.trim_ascii() {
+            b"content-length" if self.body != Body::Unknown => {
+                self.body = value.trim().parse().map_or(Body::Unknown, Body::Left);
+            }
+            b"transfer-encoding" => self.body = Body::Unknown,
+            _ => {}
         }
     }
 
@@ -171,18 +206,28 @@ impl HeadReader {
             }
             b'\n' if self.line_len == 0 => return Step::Done,
             b'\n' => {
+                if self.lines > 0 {
+                    self.header_line();
+                }
+                self.line.clear();
                 self.lines += 1;
                 self.line_len = 0;
                 if self.lines > limits.max_headers + 1 {
                     return Step::Refuse(
                         431,
-                        format!("the request has more than {} header fields", limits.max_headers),
+                        format!(
+                            "the request has more than {} header fields",
+                            limits.max_headers
+                        ),
                     );
                 }
             }
             b'\r' => {}
             _ => {
                 self.line_len += 1;
+                if self.lines > 0 && self.line.len() < FRAMING_LINE {
+                    self.line.push(b.to_ascii_lowercase());
+                }
                 if self.lines == 0 {
                     if b == b' ' {
                         self.spaces = self.spaces.saturating_add(1);
@@ -210,6 +255,8 @@ pub struct Guarded<S> {
     inner: S,
     limits: Arc<EdgeLimits>,
     phase: Phase,
+    /// Request body bytes still to come before another head can start.
+    body: Body,
     /// The last time a byte moved either way.
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
@@ -222,6 +269,7 @@ impl<S> Guarded<S> {
             inner,
             limits,
             phase: Phase::Idle,
+            body: Body::Left(0),
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now)),
         }
@@ -245,46 +293,71 @@ impl<S> Guarded<S> {
         self.timer.as_mut().poll(cx).is_ready()
     }
 
-    /// Feeds newly read bytes to the head reader; returns how many of them hyper may see
-    /// (all, unless the head is refused).
-    fn inspect(&mut self, bytes: &[u8]) -> usize {
+    /// Feeds newly read bytes to the head reader (past any request body they continue);
+    /// returns whether the head they belong to is refused.
+    fn inspect(&mut self, mut bytes: &[u8]) -> bool {
         if bytes.is_empty() {
-            return 0;
+            return false;
         }
         self.last_activity = Instant::now();
-        if matches!(self.phase, Phase::Idle) {
-            self.phase = Phase::Head(HeadReader::new());
-        }
-        let Phase::Head(head) = &mut self.phase else {
-            return bytes.len();
-        };
-        for &b in bytes {
-            match head.push(b, &self.limits) {
-                Step::More => {}
-                Step::Done => {
-                    self.phase = Phase::Busy;
-                    return bytes.len();
+        loop {
+            if !matches!(self.phase, Phase::Head(_)) {
+                // Body bytes of the request under way (or of one answered before it was read).
+                match &mut self.body {
+                    Body::Unknown => return false,
+                    Body::Left(left) => {
+                        let n = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
+                        *left -= n as u64;
+                        bytes = &bytes[n..];
+                    }
                 }
-                Step::Refuse(status, detail) => {
-                    tracing::info!(status, %detail, "request head refused");
-                    self.phase = Phase::Refusing {
-                        out: refusal(status, &detail),
-                        written: 0,
-                        until: Instant::now() + LINGER,
-                        discarded: 0,
-                    };
-                    return 0;
+                // Bytes beyond the body while a request is still served (pipelining) are left
+                // to hyper's own limits.
+                if bytes.is_empty() || !matches!(self.phase, Phase::Idle) {
+                    return false;
+                }
+                self.phase = Phase::Head(HeadReader::new());
+            }
+            let Phase::Head(head) = &mut self.phase else {
+                return false;
+            };
+            let mut end = None;
+            for (i, &b) in bytes.iter().enumerate() {
+                match head.push(b, &self.limits) {
+                    Step::More => {}
+                    Step::Done => {
+                        end = Some((i + 1, head.body));
+                        break;
+                    }
+                    Step::Refuse(status, detail) => {
+                        tracing::info!(status, %detail, "request head refused");
+                        self.phase = Phase::Refusing {
+                            out: refusal(status, &detail),
+                            written: 0,
+                            until: Instant::now() + LINGER,
+                            discarded: 0,
+                        };
+                        return true;
+                    }
                 }
             }
+            let Some((end, body)) = end else {
+                return false;
+            };
+            self.body = body;
+            self.phase = Phase::Busy;
+            bytes = &bytes[end..];
+            if bytes.is_empty() {
+                return false;
+            }
         }
-        bytes.len()
     }
 }
 
 /// A complete HTTP/1.1 response carrying a problem document; the connection closes after it.
 fn refusal(status: u16, detail: &str) -> Vec<u8> {
-    let code = axum::http::StatusCode::from_u16(status)
-        .unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    let code =
+        axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
     let title = code.canonical_reason().unwrap_or("Bad Request");
     let slug = match status {
         414 => "uri-too-long",
@@ -356,7 +429,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
                     Poll::Pending => {}
                 }
             }
-            if self.expired(until, cx) || matches!(&self.phase, Phase::Refusing { discarded, .. } if *discarded >= LINGER_BYTES)
+            if self.expired(until, cx)
+                || matches!(&self.phase, Phase::Refusing { discarded, .. } if *discarded >= LINGER_BYTES)
             {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
@@ -382,8 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = buf.filled()[before..].to_vec();
-                let keep = this.inspect(&new);
-                if keep < new.len() {
+                if this.inspect(&new) {
                     // Hyper must not answer the refused head itself: it sees none of it.
                     buf.set_filled(before);
                     return match this.poll_refuse(cx) {
@@ -398,12 +471,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => match this.read_deadline() {
-                Some(deadline) if this.expired(deadline, cx) => Poll::Ready(Err(timed_out(
-                    match this.phase {
+                Some(deadline) if this.expired(deadline, cx) => {
+                    Poll::Ready(Err(timed_out(match this.phase {
                         Phase::Head(_) => "request head not complete in time",
                         _ => "idle connection",
-                    },
-                ))),
+                    })))
+                }
                 _ => Poll::Pending,
             },
         }
@@ -425,6 +498,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
                     // under way): the connection is idle again unless the client sends more.
                     if matches!(this.phase, Phase::Busy) && !buf.starts_with(b"HTTP/1.1 100 ") {
                         this.phase = Phase::Idle;
+                        // hyper reads again only when woken: have it poll `poll_read` now, which
+                        // arms the idle timer.
+                        cx.waker().wake_by_ref();
                     }
                 }
                 Poll::Ready(Ok(n))
@@ -448,7 +524,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         // Through `poll_write`, so the phase sees the response start.
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
         self.poll_write(cx, first)
     }
 
@@ -489,16 +568,50 @@ mod tests {
             max_headers: 2,
             ..EdgeLimits::default()
         };
-        assert_eq!(feed(b"\r\nGET /0123456789 HTTP/1.1\r\nHost: x\r\n\r\n", &limits), None);
-        assert_eq!(feed(b"GET /0123456789 HTTP/1.1\nHost: x\n\n", &limits), None);
-        assert_eq!(feed(b"GET /0123456789a HTTP/1.1\r\n", &limits).unwrap().0, 414);
         assert_eq!(
-            feed(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n", &limits).unwrap().0,
+            feed(b"\r\nGET /012345678 HTTP/1.1\r\nHost: x\r\n\r\n", &limits),
+            None
+        );
+        assert_eq!(feed(b"GET /012345678 HTTP/1.1\nHost: x\n\n", &limits), None);
+        assert_eq!(
+            feed(b"GET /0123456789a HTTP/1.1\r\n", &limits).unwrap().0,
+            414
+        );
+        assert_eq!(
+            feed(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n", &limits)
+                .unwrap()
+                .0,
             431
         );
         let long = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "y".repeat(200));
         assert_eq!(feed(long.as_bytes(), &limits).unwrap().0, 431);
-        assert_eq!(feed(b"GET / HTTP/1.1\r\nHost: x\r\n", &limits).unwrap().0, 0);
+        assert_eq!(
+            feed(b"GET / HTTP/1.1\r\nHost: x\r\n", &limits).unwrap().0,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn the_next_head_is_looked_for_after_the_body_its_headers_announce() {
+        let limits = Arc::new(EdgeLimits {
+            max_head_bytes: 64,
+            ..EdgeLimits::default()
+        });
+        let mut g = Guarded::new((), limits);
+        // A head, 70 bytes of body (larger than a head may be), then the next head.
+        let body = "x".repeat(70);
+        let req = format!("POST / HTTP/1.1\r\nContent-Length: 70\r\n\r\n{body}GET / HTTP/1.1\r\n");
+        assert!(!g.inspect(req.as_bytes()));
+        assert!(matches!(g.phase, Phase::Busy), "{:?}", g.phase);
+        g.phase = Phase::Idle; // the response started
+        assert!(!g.inspect(b"GET / HTTP/1.1\r\n"));
+        assert!(matches!(g.phase, Phase::Head(_)));
+        // Chunked: the rest of the connection is not inspected.
+        let mut g = Guarded::new((), Arc::new(EdgeLimits::default()));
+        assert!(!g.inspect(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        g.phase = Phase::Idle;
+        assert!(!g.inspect(&[b'z'; 100_000]));
+        assert!(matches!(g.phase, Phase::Idle));
     }
 
     #[test]

@@ -58,6 +58,14 @@ async fn problem_everywhere(req: Request, next: Next) -> Response {
             out.headers_mut().insert(k, v.clone());
         }
     }
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read: the connection cannot carry another request,
+        // and a client must not find that out by reusing it.
+        out.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     out
 }
 

@@ -298,7 +298,8 @@ async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
             idle_timeout,
             tcp_keepalive,
         } => {
-            let edge = config::EdgeLimits::from_seconds(header_timeout, idle_timeout, tcp_keepalive)?;
+            let edge =
+                config::EdgeLimits::from_seconds(header_timeout, idle_timeout, tcp_keepalive)?;
             let store = s.store.open().await?;
             ::kernels::runner::boot_for_serve(store.clone()).await?;
             let limits = Limits {

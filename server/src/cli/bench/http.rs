@@ -17,7 +17,6 @@ use ledger::Store;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-
 use super::pct;
 use crate::auth::Auth;
 use crate::config::{self, ChatSettings, Limits};
