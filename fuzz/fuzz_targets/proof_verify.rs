@@ -97,7 +97,10 @@ fuzz_target!(|data: &[u8]| {
             _ => Vec::new(),
         };
         let proof = input.hashes(&correct);
-        let claimed = names.get(leaf as usize).cloned().unwrap_or_else(|| curr_hash(leaf));
+        let claimed = names
+            .get(leaf as usize)
+            .cloned()
+            .unwrap_or_else(|| curr_hash(leaf));
         let doc = ProofDoc::Inclusion {
             span_id: None,
             seq: None,
@@ -115,7 +118,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let leaf_hash = merkle::span_leaf(&claimed).unwrap_or([0; 32]);
         if merkle::verify_inclusion(&leaf_hash, index, size, &proof, &root).is_ok() {
-            assert_eq!((size, leaf, &proof), (n, index, &correct), "raw inclusion accepted");
+            assert_eq!(
+                (size, leaf, &proof),
+                (n, index, &correct),
+                "raw inclusion accepted"
+            );
         }
     } else {
         // Consistency: from which older size and root.

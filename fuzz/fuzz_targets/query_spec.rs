@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(args) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    let now = Utc.timestamp_opt(1_780_000_000, 0).single().unwrap_or_else(Utc::now);
+    let now = Utc
+        .timestamp_opt(1_780_000_000, 0)
+        .single()
+        .unwrap_or_else(Utc::now);
     let Ok(spec) = QuerySpec::from_json(&args, now) else {
         return;
     };

@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let principal = Principal::new("ana", "bakery");
-    let now = Utc.timestamp_opt(1_780_000_000, 0).single().unwrap_or_else(Utc::now);
+    let now = Utc
+        .timestamp_opt(1_780_000_000, 0)
+        .single()
+        .unwrap_or_else(Utc::now);
     let _ = ledger::Draft::parse_line(text, &principal, &[], now);
 
     let Ok(value) = serde_json::from_str::<Value>(text) else {
