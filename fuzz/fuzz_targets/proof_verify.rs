@@ -118,11 +118,13 @@ fuzz_target!(|data: &[u8]| {
         }
         let leaf_hash = merkle::span_leaf(&claimed).unwrap_or([0; 32]);
         if merkle::verify_inclusion(&leaf_hash, index, size, &proof, &root).is_ok() {
-            assert_eq!(
-                (size, leaf, &proof),
-                (n, index, &correct),
-                "raw inclusion accepted"
-            );
+            // The raw check binds leaf, index and root; the size is bound to the root only by
+            // a signed checkpoint (checked above): a leaf whose path has the same shape in a
+            // smaller or larger tree verifies under either size.
+            assert_eq!(leaf, index, "raw: accepted span {leaf} as leaf {index}");
+            if size == n {
+                assert_eq!(proof, correct, "raw: accepted a wrong inclusion proof");
+            }
         }
     } else {
         // Consistency: from which older size and root.
