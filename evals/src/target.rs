@@ -424,6 +424,7 @@ impl Remote {
                     roles: who.roles.clone(),
                     exp: now + 3600,
                     iat: now,
+                    nbf: None,
                 },
             )));
         }

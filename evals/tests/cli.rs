@@ -369,7 +369,6 @@ async fn variants_run_side_by_side_repeated_and_filtered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_running_server_cases_are_asked_as_their_users() {
-    use axum::serve::Listener;
     use server::config::{AuthSettings, ChatSettings, Limits};
     let ledger = Ledger::new(Backend::Sqlite).await;
     let dir = ledger.data_dir().to_path_buf();
@@ -411,7 +410,12 @@ async fn against_a_running_server_cases_are_asked_as_their_users() {
         .await
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(server::edge::serve(
+        listener,
+        app,
+        limits.edge,
+        std::future::pending(),
+    ));
     let suite = write(&dir, "variants.yaml", VARIANTS);
     let jsonl = dir.join("r.jsonl");
     let run = |with_secret: bool, token: Option<String>| {
@@ -478,6 +482,7 @@ async fn against_a_running_server_cases_are_asked_as_their_users() {
             roles: vec![],
             exp: now + 600,
             iat: now,
+            nbf: None,
         },
     );
     let out = tokio::task::spawn_blocking({

@@ -325,7 +325,7 @@ pub fn verify_inclusion(
 
 /// RFC 9162 §2.1.4.2: checks that the tree of `old` leaves with root `old_root` is a prefix of
 /// the tree of `new` leaves with root `new_root`. Equal sizes need an empty proof and equal
-/// roots; the empty tree is a prefix of every tree.
+/// roots; the empty tree (whose root must be [`empty_root`]) is a prefix of every tree.
 pub fn verify_consistency(
     old: u64,
     new: u64,
@@ -347,10 +347,13 @@ pub fn verify_consistency(
         };
     }
     if old == 0 {
-        return if proof.is_empty() {
-            Ok(())
-        } else {
+        // Found by the `proof_verify` fuzz target: any root was accepted as the empty tree's.
+        return if !proof.is_empty() {
             Err(ProofError::WrongLength)
+        } else if *old_root != empty_root() {
+            Err(ProofError::OldRootMismatch)
+        } else {
+            Ok(())
         };
     }
     if proof.is_empty() {
@@ -449,6 +452,22 @@ mod tests {
         assert_eq!(
             hex::encode(empty_root()),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    /// Regression (found by the `proof_verify` fuzz target): a consistency "proof" from size 0
+    /// accepted any old root; only the empty tree's root is the root of size 0.
+    #[test]
+    fn a_consistency_proof_from_the_empty_tree_needs_the_empty_root() {
+        let r = root(&leaves(5));
+        assert_eq!(verify_consistency(0, 5, &empty_root(), &r, &[]), Ok(()));
+        assert_eq!(
+            verify_consistency(0, 5, &[7; 32], &r, &[]),
+            Err(ProofError::OldRootMismatch)
+        );
+        assert_eq!(
+            verify_consistency(0, 0, &[7; 32], &empty_root(), &[]),
+            Err(ProofError::RootMismatch)
         );
     }
 

@@ -85,9 +85,17 @@ pub struct Claims {
     #[serde(default)]
     pub roles: Vec<String>,
     pub exp: i64,
+    /// Issued at (0: not stated). A token issued further in the future than [`LEEWAY_SECS`] is
+    /// refused: its clock, or its issuer, is not to be trusted.
     #[serde(default)]
     pub iat: i64,
+    /// Not before: refused until then (less [`LEEWAY_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
+
+/// Clock skew tolerated between the token's issuer and this server for `nbf` and `iat`.
+pub const LEEWAY_SECS: i64 = 60;
 
 #[derive(Deserialize)]
 struct Header {
@@ -159,6 +167,20 @@ pub fn verify(
     if claims.exp <= now {
         return Err(ApiError::Unauthorized("token expired".into()));
     }
+    if let Some(nbf) = claims.nbf
+        && nbf > now + LEEWAY_SECS
+    {
+        return Err(ApiError::Unauthorized(format!(
+            "token not valid yet: nbf is {} s from now (leeway {LEEWAY_SECS} s)",
+            nbf - now
+        )));
+    }
+    if claims.iat > now + LEEWAY_SECS {
+        return Err(ApiError::Unauthorized(format!(
+            "token issued in the future: iat is {} s from now (leeway {LEEWAY_SECS} s)",
+            claims.iat - now
+        )));
+    }
     if claims.sub.is_empty() || claims.tenant.is_empty() {
         return Err(bad("empty sub or tenant"));
     }
@@ -192,6 +214,7 @@ mod tests {
             roles: vec!["member".into()],
             exp,
             iat: 0,
+            nbf: None,
         }
     }
 
@@ -236,6 +259,31 @@ mod tests {
             B64.encode(serde_json::to_vec(&claims(2_000)).unwrap())
         );
         assert!(verify(&none, Some(&secret), None, 1_000).is_err());
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_or_issued_in_the_future_is_refused_beyond_the_leeway() {
+        let secret = Secret::new("s3cret");
+        let at = |nbf: Option<i64>, iat: i64| {
+            let t = issue(
+                &secret,
+                &Claims {
+                    nbf,
+                    iat,
+                    ..claims(5_000)
+                },
+            );
+            verify(&t, Some(&secret), None, 1_000).map_err(|e| e.to_string())
+        };
+        assert!(at(Some(1_000 + LEEWAY_SECS), 900).is_ok());
+        assert!(at(None, 1_000 + LEEWAY_SECS).is_ok());
+        let e = at(Some(1_000 + LEEWAY_SECS + 1), 900).unwrap_err();
+        assert!(e.contains("not valid yet") && e.contains("nbf"), "{e}");
+        let e = at(None, 1_000 + LEEWAY_SECS + 1).unwrap_err();
+        assert!(
+            e.contains("issued in the future") && e.contains("iat"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ledger::checkpoint::CheckpointPolicy;
 use ledger::crypto::NodeKey;
@@ -64,6 +65,8 @@ pub enum ConfigError {
     Memory(String),
     #[error("LOGLINE_CHECKPOINT_EVERY must be a number of spans (0 for none), not `{0}`")]
     CheckpointEvery(String),
+    #[error("{0} must be a positive number of seconds, not `{1}`")]
+    Timeout(&'static str, f64),
 }
 
 /// Where the ledger is: PostgreSQL when a URL is given, else the embedded SQLite file under
@@ -123,10 +126,12 @@ pub struct Settings {
 /// Tunables of a running server.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest request body, bytes.
+    /// Largest request body, bytes (after `Content-Encoding` is undone).
     pub body_bytes: usize,
     /// Requests per second each tenant may make (burst: twice that).
     pub tenant_rps: u32,
+    /// The connection edge: timeouts and request-head limits.
+    pub edge: EdgeLimits,
 }
 
 impl Default for Limits {
@@ -134,6 +139,66 @@ impl Default for Limits {
         Self {
             body_bytes: 16 * 1024 * 1024,
             tenant_rps: 2000,
+            edge: EdgeLimits::default(),
+        }
+    }
+}
+
+/// What one connection may cost before the server closes it (see `serve::edge`). Slow or
+/// silent clients hold a socket and a task each; these bound them without touching requests
+/// that are being served.
+#[derive(Clone, Debug)]
+pub struct EdgeLimits {
+    /// Time from a request's first byte to the end of its head (request line and headers):
+    /// a client sending headers byte by byte is closed after this.
+    pub head_timeout: Duration,
+    /// Time a connection may sit with no request under way and no byte moving (a new
+    /// connection that sends nothing, a keep-alive connection between requests, a client
+    /// that stops reading a response) before it is closed.
+    pub idle_timeout: Duration,
+    /// TCP keepalive probes start after this much silence, so a peer that vanished (half-open
+    /// socket) is detected even while its request is being served. `None`: off.
+    pub tcp_keepalive: Option<Duration>,
+    /// Longest request target (path and query), bytes: 414 beyond.
+    pub max_uri_bytes: usize,
+    /// Largest request head (request line and all headers), bytes: 431 beyond.
+    pub max_head_bytes: usize,
+    /// Most header fields in one request: 431 beyond.
+    pub max_headers: usize,
+}
+
+impl EdgeLimits {
+    /// The defaults with the three timeouts `serve` takes in seconds (`--header-timeout`,
+    /// `--idle-timeout`, `--tcp-keepalive`; a keepalive of 0 turns probes off).
+    pub fn from_seconds(header: f64, idle: f64, keepalive: f64) -> Result<Self, ConfigError> {
+        let secs = |name, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or(ConfigError::Timeout(name, v))
+        };
+        Ok(Self {
+            head_timeout: secs("LOGLINE_HEADER_TIMEOUT", header)?,
+            idle_timeout: secs("LOGLINE_IDLE_TIMEOUT", idle)?,
+            tcp_keepalive: if keepalive == 0.0 {
+                None
+            } else {
+                Some(secs("LOGLINE_TCP_KEEPALIVE", keepalive)?)
+            },
+            ..Self::default()
+        })
+    }
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            max_uri_bytes: 16 * 1024,
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
         }
     }
 }
@@ -281,6 +346,20 @@ mod tests {
             .auth(Principal::new("ana", "t"))
             .unwrap_err();
         assert!(e.to_string().starts_with("LOGLINE_JWT_PUBLIC_KEY: "));
+    }
+
+    #[test]
+    fn edge_timeouts_must_be_positive_seconds_and_a_zero_keepalive_turns_probes_off() {
+        let e = EdgeLimits::from_seconds(0.5, 30.0, 0.0).unwrap();
+        assert_eq!(e.head_timeout, Duration::from_millis(500));
+        assert_eq!(e.idle_timeout, Duration::from_secs(30));
+        assert_eq!(e.tcp_keepalive, None);
+        for (h, i, k) in [(0.0, 1.0, 1.0), (1.0, -1.0, 1.0), (1.0, 1.0, f64::NAN)] {
+            assert!(matches!(
+                EdgeLimits::from_seconds(h, i, k),
+                Err(ConfigError::Timeout(..))
+            ));
+        }
     }
 
     #[test]

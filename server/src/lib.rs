@@ -7,6 +7,7 @@ pub mod auth;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod export;
 pub mod hub;

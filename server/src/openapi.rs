@@ -26,7 +26,10 @@ pub fn router() -> Router<AppState> {
                        chain. Every error is an `application/problem+json` document (RFC 9457).\n\n\
                        With a JWT secret or public key configured, every `/api` route except this \
                        document needs `Authorization: Bearer <jwt>`; without one the server binds \
-                       only to loopback and every request acts as its local user.",
+                       only to loopback and every request acts as its local user. A token whose \
+                       `nbf` or `iat` is more than 60 s in the future is refused (401).\n\n\
+                       Request bodies may be gzip (`Content-Encoding: gzip`); the body limit \
+                       applies to the decoded size.",
     ),
     paths(
         spans::post_spans,
@@ -92,7 +95,7 @@ pub fn router() -> Router<AppState> {
         chat::Reviewed,
         evals::EvalsPage,
     )),
-    modifiers(&BearerJwt),
+    modifiers(&BearerJwt, &EdgeResponses),
     tags(
         (name = "spans", description = "Appending and reading spans."),
         (name = "timeline", description = "Querying and streaming the timeline."),
@@ -122,6 +125,54 @@ impl Modify for BearerJwt {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The refusals of the connection edge and the body decoder (`edge.rs`, `serve.rs`), which
+/// can answer any operation before its handler runs: added to every operation's responses
+/// (415 only where a request body is taken and the handler does not document it already).
+struct EdgeResponses;
+
+impl Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        crate::error::PROBLEM_JSON,
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("Problem")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let has_body = op.request_body.is_some();
+                let responses = &mut op.responses.responses;
+                responses.entry("414".into()).or_insert_with(|| {
+                    problem("The request target (path and query) is longer than 16 KiB.")
+                });
+                responses.entry("431".into()).or_insert_with(|| {
+                    problem("The request head is over 64 KiB or has more than 100 header fields.")
+                });
+                if has_body {
+                    responses.entry("415".into()).or_insert_with(|| {
+                        problem("A `Content-Encoding` other than gzip (or none).")
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -218,6 +269,18 @@ mod tests {
                     assert_eq!(op["security"], json!([{"bearer": []}, {}]), "{path}");
                     assert!(op["responses"].get("401").is_some(), "{path}: no 401");
                     assert!(op["responses"].get("429").is_some(), "{path}: no 429");
+                }
+                for edge in ["414", "431"] {
+                    assert!(
+                        op["responses"].get(edge).is_some(),
+                        "{method} {path}: no {edge}"
+                    );
+                }
+                if op.get("requestBody").is_some() {
+                    assert!(
+                        op["responses"].get("415").is_some(),
+                        "{method} {path}: no 415"
+                    );
                 }
                 for (status, resp) in op["responses"].as_object().unwrap() {
                     if status.starts_with('4') && !(path == "/api/verify" && status == "409") {

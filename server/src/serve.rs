@@ -1,6 +1,6 @@
 //! `logline serve`: the HTTP API over the ledger, the routers of `routes/` behind one stack of
-//! layers (request ids, tracing, metrics, body limit, problem documents), and its graceful
-//! shutdown. Every error is `application/problem+json`.
+//! layers (request ids, tracing, metrics, body limit, `Content-Encoding`, problem documents),
+//! served by [`crate::edge`] with graceful shutdown. Every error is `application/problem+json`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +10,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::serve::{Listener, ListenerExt, TapIo};
+use axum::response::{IntoResponse, Response};
 use ledger::Store;
 use tokio::sync::watch;
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -47,7 +47,9 @@ async fn problem_everywhere(req: Request, next: Next) -> Response {
         404 => "not-found",
         405 => "method-not-allowed",
         413 => "payload-too-large",
+        414 => "uri-too-long",
         415 => "unsupported-media-type",
+        431 => "header-fields-too-large",
         _ => "bad-request",
     };
     let mut out = problem(status, slug, &detail, None);
@@ -56,7 +58,34 @@ async fn problem_everywhere(req: Request, next: Next) -> Response {
             out.headers_mut().insert(k, v.clone());
         }
     }
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read: the connection cannot carry another request,
+        // and a client must not find that out by reusing it.
+        out.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     out
+}
+
+/// Refuses a body in a `Content-Encoding` other than gzip (undone by the decompression layer,
+/// within the body limit) with 415, so an encoded body is never taken for plain JSON.
+async fn content_encoding(req: Request, next: Next) -> Response {
+    let unsupported = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{fffd}").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .find(|c| !matches!(c.as_str(), "gzip" | "x-gzip" | "identity" | ""));
+    match unsupported {
+        Some(c) => ApiError::UnsupportedMediaType(format!(
+            "Content-Encoding `{c}` is not supported: send the body as gzip or unencoded"
+        ))
+        .into_response(),
+        None => next.run(req).await,
+    }
 }
 
 pub fn router(state: AppState, limits: &Limits) -> Router {
@@ -73,7 +102,10 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
+        // Extractors apply the limit to the decoded body: a gzip bomb stops at it (413).
         .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(middleware::from_fn(content_encoding))
         .layer(middleware::from_fn(problem_everywhere))
         .layer(middleware::from_fn_with_state(metrics, crate::metrics::track))
         .layer(
@@ -91,19 +123,10 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// Binds with TCP_NODELAY on every accepted connection: stream events and small responses are
-/// written at once instead of waiting behind Nagle's algorithm for the peer's delayed ACK.
-pub async fn listen(
-    addr: SocketAddr,
-) -> std::io::Result<TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>> {
-    fn no_delay(tcp: &mut tokio::net::TcpStream) {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    }
-    Ok(tokio::net::TcpListener::bind(addr)
-        .await?
-        .tap_io(no_delay as fn(&mut tokio::net::TcpStream)))
+/// Binds the API's socket; [`crate::edge::serve`] serves it (TCP_NODELAY, keepalive and the
+/// edge's limits on every accepted connection).
+pub async fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
 }
 
 /// Runs until Ctrl-C or SIGTERM, then stops accepting, lets in-flight requests finish and sends
@@ -136,21 +159,21 @@ pub async fn run(
         sweep_memory(state.chat.memory.clone(), every, stop_rx.clone());
     }
     let app = router(state, &limits);
+    let edge = limits.edge.clone();
     let listener = listen(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     // Tests and scripts read this line to find the port when binding port 0.
     println!("logline listening on http://{local}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_tx.send(true);
-            // Give streams a moment to flush their final event.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        })
-        .await?;
+    crate::edge::serve(listener, app, edge, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        // Give streams a moment to flush their final event.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await?;
     Ok(())
 }
 

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use axum::serve::Listener;
 use ledger::crypto::NodeKey;
 use ledger::query::Filter;
 use ledger::{Principal, Store};
@@ -71,7 +70,12 @@ async fn start(backend: Backend) -> Srv {
         .await
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(server::edge::serve(
+        listener,
+        app,
+        limits.edge,
+        std::future::pending(),
+    ));
     let _ = rustls::crypto::ring::default_provider().install_default();
     Srv {
         url,
@@ -90,6 +94,7 @@ fn token(user: &str, tenant: &str) -> String {
             roles: vec![],
             exp: chrono::Utc::now().timestamp() + 3600,
             iat: chrono::Utc::now().timestamp(),
+            nbf: None,
         },
     )
 }

@@ -513,3 +513,22 @@ pub(crate) fn redaction_draft(
         Utc::now(),
     )?)
 }
+
+/// The statement text each store would run for `spec` as `principal` (PostgreSQL, SQLite),
+/// without running it: the fuzz target `query_spec` checks that whatever
+/// [`QuerySpec::from_json`](crate::spec::QuerySpec::from_json) accepts compiles without
+/// panicking.
+#[doc(hidden)]
+pub fn spec_sql_text(spec: &crate::spec::QuerySpec, principal: &Principal) -> [String; 2] {
+    fn text<D: spec_sql::Dialect>(c: spec_sql::Compiled<D>) -> String {
+        match c {
+            spec_sql::Compiled::Rows(qb)
+            | spec_sql::Compiled::Count(qb)
+            | spec_sql::Compiled::Groups(qb) => qb.sql().as_str().to_string(),
+        }
+    }
+    [
+        text(spec_sql::compile::<sqlx::Postgres>(spec, principal)),
+        text(spec_sql::compile::<sqlx::Sqlite>(spec, principal)),
+    ]
+}

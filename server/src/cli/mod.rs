@@ -170,6 +170,16 @@ pub enum Command {
         /// Requests per second per tenant (429 with Retry-After beyond; bursts of twice that).
         #[arg(long, env = "LOGLINE_RATE_LIMIT", default_value_t = 2000)]
         rate_limit: u32,
+        /// Seconds a client may take from a request's first byte to the end of its headers.
+        #[arg(long, env = "LOGLINE_HEADER_TIMEOUT", default_value_t = 10.0)]
+        header_timeout: f64,
+        /// Seconds a connection may stay idle (no request under way, nothing sent) before it
+        /// is closed.
+        #[arg(long, env = "LOGLINE_IDLE_TIMEOUT", default_value_t = 60.0)]
+        idle_timeout: f64,
+        /// Seconds of silence before TCP keepalive probes detect a vanished peer (0: off).
+        #[arg(long, env = "LOGLINE_TCP_KEEPALIVE", default_value_t = 60.0)]
+        tcp_keepalive: f64,
     },
     /// Access tokens for the HTTP API (needs LOGLINE_JWT_SECRET).
     Token {
@@ -284,12 +294,18 @@ async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
             bind,
             body_limit,
             rate_limit,
+            header_timeout,
+            idle_timeout,
+            tcp_keepalive,
         } => {
+            let edge =
+                config::EdgeLimits::from_seconds(header_timeout, idle_timeout, tcp_keepalive)?;
             let store = s.store.open().await?;
             ::kernels::runner::boot_for_serve(store.clone()).await?;
             let limits = Limits {
                 body_bytes: body_limit,
                 tenant_rps: rate_limit,
+                edge,
             };
             let settings =
                 ServeSettings::from_lookup(bind, limits, s.principal.clone(), config::env)?;
@@ -314,6 +330,7 @@ async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
                 roles,
                 exp: now + ttl,
                 iat: now,
+                nbf: None,
             };
             eprintln!(
                 "token for {} in tenant {} (roles: {}), expires {}",

@@ -17,8 +17,6 @@ use ledger::Store;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use axum::serve::Listener;
-
 use super::pct;
 use crate::auth::Auth;
 use crate::config::{self, ChatSettings, Limits};
@@ -81,9 +79,12 @@ async fn start(store: Arc<dyn Store>) -> Result<SocketAddr> {
     let app = router(state, &limits);
     let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    tokio::spawn(crate::edge::serve(
+        listener,
+        app,
+        limits.edge,
+        std::future::pending(),
+    ));
     Ok(addr)
 }
 
