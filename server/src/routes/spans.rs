@@ -255,6 +255,11 @@ async fn post_spans(
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
     let trusted = st.trusted_keys().await?;
     let p = &caller.principal;
+    let by = ingest::Submitter {
+        principal: p,
+        trusted: &trusted,
+        allow_reserved: false,
+    };
     match mime.as_str() {
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
             let lines = ingest::ndjson_lines(text);
@@ -264,8 +269,8 @@ async fn post_spans(
                     line: None,
                 });
             }
-            let (drafts, slots) = ingest::parse_lines(&lines, p, &trusted, key.as_deref());
-            let results = st.writer.append(p, drafts).await?;
+            let (drafts, slots) = ingest::parse_lines(&lines, by, key.as_deref());
+            let results = ingest::append_each(drafts, |d| st.writer.append(p, d)).await?;
             st.hub.poke();
             let joined = ingest::join(slots, &results);
             let appended = joined
@@ -288,22 +293,7 @@ async fn post_spans(
             Ok(resp)
         }
         "application/json" | "" => {
-            let value = match &key {
-                Some(k) => ingest::with_key(text, k).map_err(|e| ApiError::from_input(e, None))?,
-                None => {
-                    if text.len() > ledger::span::MAX_SPAN_BYTES {
-                        return Err(ApiError::PayloadTooLarge(format!(
-                            "span is {} bytes, over the {}-byte limit",
-                            text.len(),
-                            ledger::span::MAX_SPAN_BYTES
-                        )));
-                    }
-                    serde_json::from_str::<Value>(text).map_err(|e| {
-                        ApiError::from_input(ledger::InputError::NotJson(e.to_string()), None)
-                    })?
-                }
-            };
-            let draft = ledger::Draft::from_value(value, p, &trusted, chrono::Utc::now())
+            let draft = ingest::parse_one(text, by, key.as_deref(), chrono::Utc::now())
                 .map_err(|e| ApiError::from_input(e, None))?;
             let result = st
                 .writer
