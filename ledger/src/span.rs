@@ -790,6 +790,23 @@ mod tests {
     }
 
     #[test]
+    fn indexed_fields_over_the_limit_are_refused_with_field_size_and_limit() {
+        for field in INDEXED_FIELDS {
+            let mut v = json!({"did": "x"});
+            v[field] = json!("a".repeat(MAX_INDEXED_BYTES + 1));
+            let e = Draft::from_value(v, &p(), NO_KEYS, Utc::now()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "field `{field}` is 1025 bytes, over the 1024-byte limit for indexed fields"
+                )
+            );
+        }
+        let ok = json!({"who": "é".repeat(MAX_INDEXED_BYTES / 2), "trace_id": "t".repeat(MAX_INDEXED_BYTES)});
+        assert!(Draft::from_value(ok, &p(), NO_KEYS, Utc::now()).is_ok());
+    }
+
+    #[test]
     fn oversized_spans_are_rejected_with_the_limit() {
         let big = "x".repeat(MAX_SPAN_BYTES);
         let e = Draft::from_value(json!({"content": big}), &p(), NO_KEYS, Utc::now()).unwrap_err();

@@ -204,3 +204,106 @@ pub fn ndjson_lines(input: &str) -> Vec<(usize, &str)> {
         .filter(|(_, l)| !l.is_empty())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use ledger::store;
+    use testkit::Fixture;
+
+    use super::*;
+
+    const LINES: [(usize, &str); 3] = [
+        (1, r#"{"did":"first"}"#),
+        (2, r#"{"did":"second"}"#),
+        (3, r#"{"did":"third"}"#),
+    ];
+
+    fn ana() -> Principal {
+        Principal::new("ana", "bakery")
+    }
+
+    /// A database error on one draft fails that draft only: the others are still stored.
+    async fn a_store_failure_on_one_draft_fails_only_that_draft(f: Fixture) {
+        let p = ana();
+        let by = Submitter {
+            principal: &p,
+            trusted: &[],
+            allow_reserved: false,
+        };
+        let (mut drafts, slots) = parse_lines(&LINES, by, None);
+        assert_eq!(drafts.len(), 3);
+        // Past validation (which refuses it): PostgreSQL cannot index a `who` this long, so its
+        // store fails the transaction holding it; SQLite stores it.
+        // (Random text: PostgreSQL compresses index entries, so a repeated letter would fit.)
+        let who: String = (0..100)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        drafts[1].body.insert("who".into(), json!(who));
+        let results = append_each(drafts, |d| store::append(f.store.as_ref(), &p, d))
+            .await
+            .unwrap();
+        let joined = join(slots, &results);
+        let oks: Vec<bool> = joined.iter().map(|(_, r)| r.is_ok()).collect();
+        match f.store.backend() {
+            "postgres" => {
+                assert_eq!(oks, [true, false, true], "{joined:?}");
+                let e = joined[1].1.as_ref().unwrap_err();
+                assert!(e.contains("the store failed this span"), "{e}");
+            }
+            _ => assert_eq!(oks, [true, true, true], "{joined:?}"),
+        }
+        for (_, r) in &joined {
+            if let Ok(a) = r {
+                assert!(f.store.get(&p, a.id, None).await.unwrap().is_some());
+            }
+        }
+    }
+
+    testkit::both_stores!(mod on_sqlite, on_postgres; open = testkit::Fixture::new;
+        a_store_failure_on_one_draft_fails_only_that_draft);
+
+    #[tokio::test]
+    async fn a_store_that_fails_every_draft_fails_the_call() {
+        let p = ana();
+        let by = Submitter {
+            principal: &p,
+            trusted: &[],
+            allow_reserved: false,
+        };
+        let (drafts, _) = parse_lines(&LINES, by, None);
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let r = append_each(drafts, |_| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { Err(StoreError::Config("down".into())) }
+        })
+        .await;
+        assert!(matches!(r, Err(StoreError::Config(_))));
+        assert_eq!(calls.into_inner(), 4, "the batch, then each draft alone");
+    }
+
+    #[test]
+    fn reserved_types_are_refused_with_their_writer_unless_allowed() {
+        let p = ana();
+        let mut by = Submitter {
+            principal: &p,
+            trusted: &[],
+            allow_reserved: false,
+        };
+        for (kind, _) in RESERVED {
+            let text = json!({"entity_type": kind}).to_string();
+            let e = parse_one(&text, by, None, Utc::now()).unwrap_err();
+            assert!(
+                matches!(&e, InputError::Reserved { entity_type, .. } if entity_type == kind),
+                "{e:?}"
+            );
+        }
+        let e = parse_one(r#"{"entity_type":"feedback"}"#, by, None, Utc::now()).unwrap_err();
+        assert!(e.to_string().contains("POST /api/chat/feedback"), "{e}");
+        for fine in ["prompt_block", "prompt_variant", "contract", "law", "note"] {
+            let text = json!({ "entity_type": fine }).to_string();
+            assert!(parse_one(&text, by, None, Utc::now()).is_ok(), "{fine}");
+        }
+        by.allow_reserved = true;
+        assert!(parse_one(r#"{"entity_type":"prompt_run"}"#, by, None, Utc::now()).is_ok());
+    }
+}
