@@ -52,7 +52,10 @@ pub const RESERVED: [(&str, &str); 14] = [
         "memory",
         "written by POST /api/memory and the chat's memory",
     ),
-    ("redaction", "written by `logline redact`"),
+    (
+        "redaction",
+        "written by `logline redact` and by forgetting memory",
+    ),
     (
         "manifest",
         "written by `logline init` and the governance commands",

@@ -187,7 +187,11 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 /// `201` with the append result, or `200` if an earlier span with the same idempotency key was
 /// returned instead. An NDJSON body answers `200` with one result per non-blank input line, in
 /// order: `{"line", "ok": true, "id", "seq", "chain_pos", "curr_hash", "status", "duplicate"}`
-/// or `{"line", "ok": false, "error"}`; lines that fail do not stop the others.
+/// or `{"line", "ok": false, "error"}`; lines that fail do not stop the others (not even a
+/// line the store itself fails: the batch is then retried a line at a time).
+///
+/// Input is strict and lossless: repeated keys, numbers that would not read back exactly,
+/// indexed fields over 1,024 bytes and entity types the node reserves are refused by name.
 #[utoipa::path(
     post,
     path = "/api/spans",
@@ -221,7 +225,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         (status = 409, description = "The span conflicts with the ledger (e.g. its id and seq are taken).", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The span is over 256 KiB, or the body over the server's limit.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor NDJSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The span is not a JSON object or has a field of the wrong type; or an NDJSON body has no spans.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The span is not a JSON object, has a field of the wrong type, repeats a key in one object (at any depth; the detail names the key and its JSON pointer), has a number the ledger cannot store exactly (e.g. `18446744073709551617`, `1e-400`; the detail names its JSON pointer), has an indexed field (`who`, `entity_type`, `trace_id`, `idempotency_key`, `tenant_id`, `owner_id`) over 1,024 bytes (the detail names the field, its size and the limit), or has an entity type the node reserves for itself (`prompt_run`, `feedback`, `eval_run`, ...; the detail names what writes it); or an NDJSON body has no spans. In an NDJSON body these are per-line results instead.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
