@@ -58,7 +58,7 @@ pub const RESERVED: [(&str, &str); 14] = [
     ),
     (
         "manifest",
-        "written by `logline init` and the governance commands",
+        "written by `logline init` and `logline kernels`",
     ),
 ];
 
