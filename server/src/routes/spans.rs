@@ -34,7 +34,8 @@ pub fn router() -> Router<AppState> {
 /// missing any of the nine LogLine fields (`who`, `did`, `this`, `when`, `confirmed_by`,
 /// `if_ok`, `if_doubt`, `if_not`, `status`) is kept as a ghost. Fields not listed here are kept
 /// too. Server fields (`chain_pos`, `prev_hash`, `curr_hash`, ...) may be sent back, e.g. when
-/// re-importing an export, but are recomputed.
+/// re-importing an export, but are recomputed. Keys may not repeat within an object, and
+/// numbers must be storable exactly as sent (an IEEE double printing the same decimal value).
 #[derive(ToSchema)]
 #[schema(example = json!({"who": "ana", "did": "confirmed delivery",
     "this": "delivery 312", "when": "2026-11-20T10:00:00Z", "confirmed_by": "joao",
@@ -46,8 +47,9 @@ pub struct SpanDraft {
     /// The version: 0 for a new span, the next number for an amendment (needs `id`).
     #[schema(minimum = 0)]
     pub seq: Option<i64>,
-    /// Default `logline`.
-    #[schema(min_length = 1)]
+    /// Default `logline`. Types the node writes for itself (`prompt_run`, `feedback`,
+    /// `eval_run`, `memory`, `redaction`, ...) are refused with 422.
+    #[schema(min_length = 1, max_length = 1024)]
     pub entity_type: Option<String>,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub parent_id: Option<Uuid>,
@@ -55,8 +57,10 @@ pub struct SpanDraft {
     #[schema(value_type = Option<Vec<String>>)]
     pub related_to: Option<Vec<Uuid>>,
     /// The caller's tenant (the default); any other is refused with 403.
+    #[schema(max_length = 1024)]
     pub tenant_id: Option<String>,
     /// The caller (the default); any other is refused with 403.
+    #[schema(max_length = 1024)]
     pub owner_id: Option<String>,
     /// Default `private`.
     pub visibility: Option<Visibility>,
@@ -65,6 +69,8 @@ pub struct SpanDraft {
     pub at: Option<String>,
     #[schema(format = DateTime)]
     pub when: Option<String>,
+    /// Indexed: at most 1,024 bytes, as `entity_type`, `trace_id` and `idempotency_key`.
+    #[schema(max_length = 1024)]
     pub who: Option<String>,
     pub did: Option<String>,
     pub this: Option<String>,
@@ -73,8 +79,10 @@ pub struct SpanDraft {
     pub if_doubt: Option<String>,
     pub if_not: Option<String>,
     pub status: Option<String>,
+    #[schema(max_length = 1024)]
     pub trace_id: Option<String>,
     /// Retrying with the same key returns the first span instead of appending another.
+    #[schema(max_length = 1024)]
     pub idempotency_key: Option<String>,
     #[schema(minimum = 0)]
     pub duration_ms: Option<u64>,
