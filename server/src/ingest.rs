@@ -17,8 +17,10 @@ pub type Slots = Vec<(usize, Result<usize, InputError>)>;
 
 /// Entity types the node writes for itself, and what writes them. A submitted span of one of
 /// these types could pass for the node's own record (a chat turn, a rating, an evaluation that
-/// promotes a prompt, a checkpoint, a redaction), so submissions are refused.
-pub const RESERVED: [(&str, &str); 14] = [
+/// promotes a prompt, a checkpoint, a redaction), so submissions are refused. (`eval_run` and
+/// `eval_case` are not among them: `logline eval --server` records a person's evaluation
+/// through `POST /api/spans`.)
+pub const RESERVED: [(&str, &str); 12] = [
     (
         "prompt_run",
         "recorded by POST /api/chat for each chat turn",
@@ -42,8 +44,6 @@ pub const RESERVED: [(&str, &str); 14] = [
         "prompt_activation",
         "decided by the prompt_eval kernel after a candidate's evaluation",
     ),
-    ("eval_run", "recorded by `logline eval`"),
-    ("eval_case", "recorded by `logline eval`"),
     (
         "checkpoint",
         "signed by the ledger itself; read them with GET /api/checkpoints/latest",
@@ -302,7 +302,16 @@ mod tests {
         }
         let e = parse_one(r#"{"entity_type":"feedback"}"#, by, None, Utc::now()).unwrap_err();
         assert!(e.to_string().contains("POST /api/chat/feedback"), "{e}");
-        for fine in ["prompt_block", "prompt_variant", "contract", "law", "note"] {
+        for fine in [
+            "prompt_block",
+            "prompt_variant",
+            "contract",
+            "law",
+            "contract_amendment",
+            "eval_run",
+            "eval_case",
+            "note",
+        ] {
             let text = json!({ "entity_type": fine }).to_string();
             assert!(parse_one(&text, by, None, Utc::now()).is_ok(), "{fine}");
         }
