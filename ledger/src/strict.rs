@@ -320,7 +320,49 @@ impl Decimal {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-z\\\\\"\\u{e000}-\\u{e0ff}\\x00-\\x1f]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z\"\\\\\\u{e000}]{0,4}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// What the ledger writes, it accepts back unchanged: canonical JSON has no repeated
+        /// key and every number in it reads back as the same value.
+        #[test]
+        fn canonical_json_always_passes_and_reads_back_the_same(v in arb_json()) {
+            let text = crypto::canonical(&v);
+            let back = parse(&text);
+            prop_assert!(back.is_ok(), "{text}: {back:?}");
+            prop_assert_eq!(crypto::canonical(&back.unwrap()), text);
+        }
+
+        /// Any text: no panic, and whatever passes is what serde_json parses.
+        #[test]
+        fn any_text_is_checked_without_panicking(text in "[-+.eE0-9\\[\\]{}:,\" a\\\\u]{0,40}") {
+            if let Ok(v) = parse(&text) {
+                prop_assert_eq!(Some(v), serde_json::from_str::<Value>(&text).ok());
+            }
+        }
+    }
 
     fn refused(text: &str) -> InputError {
         parse(text).expect_err(text)
