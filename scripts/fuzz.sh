@@ -14,7 +14,7 @@ case $secs in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS]" >&2; exit 2
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-targets=(law_parse span_parse query_spec proof_verify ndjson_ingest)
+targets=(law_parse span_parse span_strict query_spec proof_verify ndjson_ingest)
 
 # Seeds: the example laws, every JSON span and query_ledger call the docs and golden
 # transcripts show, and a few proof-shaped byte strings. Existing corpus files are kept.
@@ -54,6 +54,7 @@ for text in texts:
             break
 for s in spans:
     put("span_parse", s)
+    put("span_strict", s)
     put("ndjson_ingest", s + "\n")
 put("ndjson_ingest", "\n".join(spans) + "\n")
 put("ndjson_ingest", "\n".join(spans[:3]) + "\nnot json\n\n" + "\n".join(spans[3:6]) + "\n")

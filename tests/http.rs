@@ -677,6 +677,8 @@ testkit::both_stores!(
     readyz_metrics_manifest_and_verify_report_the_served_ledger,
     a_closed_stream_stops_counting_as_a_stream_client,
     checkpoints_and_proofs_are_served_per_tenant_and_check_offline,
+    strict_input_refuses_duplicate_keys_inexact_numbers_long_indexed_fields_and_reserved_types_per_line,
+    an_ndjson_batch_killed_mid_request_and_retried_with_its_key_is_stored_exactly_once,
 );
 
 // 1. ingest -------------------------------------------------------------------------------
@@ -816,6 +818,279 @@ async fn ingest_answers_201_for_a_span_per_line_results_for_ndjson_and_refuses_b
     let (after, _) = s.timeline(None, "tenant=local&limit=1000").await?;
     ensure!(after == all, "refused input was stored: {after:?}");
     Ok(())
+}
+
+async fn strict_input_refuses_duplicate_keys_inexact_numbers_long_indexed_fields_and_reserved_types_per_line(
+    backend: Backend,
+) -> Result<()> {
+    let l = Ledger::new(backend).await;
+    let s = l.serve(Opts::default()).await?;
+    let good = span(json!({"did": "kept"}));
+    // Incompressible, as PostgreSQL compresses index entries: 3,200 bytes.
+    let long: String = (0..100)
+        .map(|_| Uuid::new_v4().simple().to_string())
+        .collect();
+    // (body, words the 422 must contain)
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            r#"{"who":"ana","did":"x","who":"x"}"#.into(),
+            vec!["duplicate key `who`".into(), "`/who`".into()],
+        ),
+        (
+            r#"{"did":"x","content":{"items":[{"a":1,"a":2}]}}"#.into(),
+            vec!["duplicate key `a`".into(), "`/content/items/0/a`".into()],
+        ),
+        (
+            r#"{"did":"x","content":{"n":18446744073709551617}}"#.into(),
+            vec!["18446744073709551617".into(), "`/content/n`".into()],
+        ),
+        (
+            r#"{"did":"x","n":1e-400}"#.into(),
+            vec!["1e-400".into(), "`/n`".into()],
+        ),
+        (
+            r#"{"did":"x","n":3.141592653589793238}"#.into(),
+            vec!["`/n`".into()],
+        ),
+        (
+            r#"{"did":"x","n":1e400}"#.into(),
+            vec!["`/n`".into(), "out of range".into()],
+        ),
+        (
+            json!({"feedback": 1, "entity_type": "feedback"}).to_string(),
+            vec!["`feedback`".into(), "POST /api/chat/feedback".into()],
+        ),
+    ]
+    .into_iter()
+    .chain(
+        ["who", "entity_type", "trace_id", "idempotency_key"].map(|f| {
+            let mut v = json!({"did": "x"});
+            v[f] = json!(long);
+            (
+                v.to_string(),
+                vec![format!("`{f}`"), "3200 bytes".into(), "1024".into()],
+            )
+        }),
+    )
+    .collect();
+    for (body, words) in &cases {
+        let p = s
+            .post_raw(None, "application/json", body.clone())
+            .await?
+            .problem(422);
+        let detail = p["detail"].as_str().unwrap_or("");
+        for w in words {
+            ensure!(
+                detail.contains(w.as_str()),
+                "422 for {body:.80} lacks `{w}`: {p}"
+            );
+        }
+    }
+    // An Idempotency-Key over the limit is refused the same way (not a 500 on PostgreSQL).
+    let p = s
+        .request(Method::POST, "/api/spans", None)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Idempotency-Key", &long[..2000])
+        .body(good.to_string());
+    let p = read(p).await?.problem(422);
+    ensure!(
+        p["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("idempotency_key"),
+        "{p}"
+    );
+    // Numbers that read back exactly pass and read back as the same values.
+    let id = s
+        .create(
+            None,
+            &serde_json::from_str(r#"{"did":"numbers","content":{"a":1.0,"b":0.1,"c":1e3,"d":-0,"e":9007199254740992}}"#)?,
+        )
+        .await?;
+    let got = s.get(None, &format!("/api/spans/{id}")).await?.expect(200);
+    ensure!(
+        got["content"]
+            == json!({"a": 1, "b": 0.1, "c": 1000, "d": 0, "e": 9_007_199_254_740_992_u64}),
+        "{got}"
+    );
+
+    // NDJSON: every bad line gets its own error; the good lines around them are stored.
+    let mut body = format!("{good}\n");
+    for (bad, _) in &cases {
+        body.push_str(bad);
+        body.push('\n');
+    }
+    body.push_str(&format!("{}\n", span(json!({"did": "kept too"}))));
+    let r = s
+        .post_raw(None, "application/x-ndjson", body.clone())
+        .await?;
+    ensure!(r.status == StatusCode::OK, "{r:?}");
+    let results = r.ndjson();
+    ensure!(results.len() == cases.len() + 2, "{results:?}");
+    ensure!(
+        results[0]["ok"] == json!(true) && results[cases.len() + 1]["ok"] == json!(true),
+        "{results:?}"
+    );
+    for (res, (_, words)) in results[1..=cases.len()].iter().zip(&cases) {
+        let e = res["error"].as_str().unwrap_or("");
+        ensure!(
+            res["ok"] == json!(false) && e.contains(words[0].as_str()),
+            "{res}"
+        );
+    }
+
+    // `logline add --file`: the same per-line results, a failing exit status, good lines stored.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("in.ndjson");
+    std::fs::write(&file, &body)?;
+    let out = l
+        .command(&["add", "--format", "ndjson", "--file"])
+        .arg(&file)
+        .output()?;
+    ensure!(!out.status.success(), "add with bad lines exited 0");
+    let lines = testkit::ndjson(&String::from_utf8_lossy(&out.stdout));
+    ensure!(lines.len() == cases.len() + 2, "{lines:?}");
+    let oks: Vec<bool> = lines.iter().map(|x| x["ok"] == json!(true)).collect();
+    let expected: Vec<bool> = std::iter::once(true)
+        .chain(cases.iter().map(|_| false))
+        .chain(std::iter::once(true))
+        .collect();
+    ensure!(oks == expected, "{lines:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "{} of {} lines failed",
+            cases.len(),
+            cases.len() + 2
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The text format names the line and the problem.
+    let out = l.command(&["add", "--file"]).arg(&file).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("line 2: error: duplicate key `who`"),
+        "{text}"
+    );
+
+    // Stored: the numbers span, then the two good lines of NDJSON and of each `add`; nothing
+    // else.
+    let (all, _) = s.timeline(None, "tenant=local&limit=1000").await?;
+    ensure!(all.len() == 7, "only the good lines are stored: {all:?}");
+    Ok(())
+}
+
+/// SIGKILLs the server while it ingests an NDJSON batch sent with an `Idempotency-Key`, starts
+/// it again on the same store and retries the batch with the same key: every line must end up
+/// stored exactly once, whatever the kill interrupted (before, during or after the commit).
+async fn an_ndjson_batch_killed_mid_request_and_retried_with_its_key_is_stored_exactly_once(
+    backend: Backend,
+) -> Result<()> {
+    const LINES: usize = 3000;
+    let l = Ledger::new(backend).await;
+    let mut dropped = 0;
+    // Kill at different moments: while the body is being sent, while it is parsed and
+    // committed, and after the commit when the answer may not have reached the client.
+    for (trial, delay_ms) in [5u64, 150, 600, 1500].into_iter().enumerate() {
+        let kind = format!("kill_trial_{trial}");
+        let body: String = (0..LINES)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    span(json!({"entity_type": kind, "did": format!("line {i}")}))
+                )
+            })
+            .collect();
+        let key = format!("batch-{trial}");
+        let mut s = l.serve(Opts::default()).await?;
+        let request = s
+            .request(Method::POST, "/api/spans", None)
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .header("Idempotency-Key", &key)
+            .body(body.clone())
+            .timeout(Duration::from_secs(60))
+            .send();
+        let sent = tokio::spawn(request);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        s.proc.child.kill()?; // SIGKILL
+        s.proc.child.wait()?;
+        // The first attempt's answer (if any) is not trusted: a retry decides.
+        let answered = matches!(sent.await, Ok(Ok(ref r)) if r.status() == StatusCode::OK);
+        drop(s);
+
+        let s = l.serve(Opts::default()).await?;
+        let before = count_of(&s, &kind).await?;
+        eprintln!(
+            "trial {trial}: killed after {delay_ms} ms; first attempt answered: {answered}; \
+             stored before the retry: {before} of {LINES}"
+        );
+        dropped += usize::from(!answered);
+        let r = s
+            .request(Method::POST, "/api/spans", None)
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .header("Idempotency-Key", &key);
+        let r = read(r.body(body.clone())).await?;
+        ensure!(r.status == StatusCode::OK, "retry: {r:?}");
+        let results = r.ndjson();
+        ensure!(
+            results.len() == LINES,
+            "trial {trial}: {} results",
+            results.len()
+        );
+        let ids: BTreeSet<&str> = results
+            .iter()
+            .map(|x| x["id"].as_str().unwrap_or(""))
+            .collect();
+        ensure!(
+            results.iter().all(|x| x["ok"] == json!(true)) && ids.len() == LINES,
+            "trial {trial}: not every line stored once: {:?}",
+            results.iter().find(|x| x["ok"] != json!(true))
+        );
+        let stored = count_of(&s, &kind).await?;
+        ensure!(
+            stored == LINES,
+            "trial {trial} (kill after {delay_ms} ms): {stored} stored, {LINES} sent"
+        );
+        // A second retry stores nothing more.
+        let again = read(
+            s.request(Method::POST, "/api/spans", None)
+                .header(header::CONTENT_TYPE, "application/x-ndjson")
+                .header("Idempotency-Key", &key)
+                .body(body.clone()),
+        )
+        .await?;
+        ensure!(
+            again.ndjson().iter().all(|x| x["duplicate"] == json!(true)),
+            "trial {trial}: a second retry appended"
+        );
+    }
+    ensure!(
+        dropped > 0,
+        "no kill interrupted a request: the test proved nothing"
+    );
+    Ok(())
+}
+
+/// How many distinct spans of `entity_type` the timeline holds (every page).
+async fn count_of(s: &Server, entity_type: &str) -> Result<usize> {
+    let mut stored = BTreeSet::new();
+    let mut total = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = format!("entity_type={entity_type}&limit=1000");
+        if let Some(c) = &cursor {
+            q.push_str(&format!("&cursor={c}"));
+        }
+        let (page, next) = s.timeline(None, &q).await?;
+        total += page.len();
+        stored.extend(page);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    ensure!(total == stored.len(), "the timeline repeated a span");
+    Ok(total)
 }
 
 async fn the_same_idempotency_key_returns_the_original_span_with_200_and_duplicate_true(
@@ -2282,6 +2557,36 @@ async fn chat_answers_503_while_stage0_refuses_the_provider_exec_kernel(
     Ok(())
 }
 
+/// Appends one span with `logline add --allow-reserved` as `user` of `tenant` (the operator's
+/// way to write an entity type the node reserves); returns its id.
+fn add_as_operator(l: &Ledger, user: &str, tenant: &str, span: &Value) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("span.ndjson");
+    std::fs::write(&file, format!("{span}\n"))?;
+    let out = l
+        .command(&[
+            "--as",
+            user,
+            "--tenant",
+            tenant,
+            "add",
+            "--allow-reserved",
+            "--format",
+            "ndjson",
+            "--file",
+        ])
+        .arg(&file)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim())?;
+    Ok(result["id"].as_str().context("no id")?.to_string())
+}
+
 impl Server {
     async fn feedback(&self, token: Option<&str>, body: Value) -> Result<Resp> {
         self.post_json(token, "/api/chat/feedback", body).await
@@ -2404,13 +2709,19 @@ async fn feedback_rates_the_askers_own_run_and_refuses_other_runs_and_bad_scores
     ensure!(s.spans_of(Some(&rui), "feedback").await?.is_empty());
     // A run another user made visible to the tenant is still not Ana's to rate; a span that is
     // no run is no run.
-    let shared = s
-        .create(
-            Some(&rui),
-            &span(json!({"entity_type": "prompt_run", "visibility": "tenant",
-                         "content": {"variant": "default", "outcome": "answered"}})),
-        )
-        .await?;
+    // (A run is the node's own record: a user cannot post one, so the operator writes it.)
+    let forged = span(json!({"entity_type": "prompt_run", "visibility": "tenant",
+                             "content": {"variant": "default", "outcome": "answered"}}));
+    let p = s.post(Some(&rui), &forged).await?.problem(422);
+    ensure!(
+        p["detail"].as_str().unwrap_or("").contains("`prompt_run`")
+            && p["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("POST /api/chat"),
+        "{p}"
+    );
+    let shared = add_as_operator(&l, "rui@padaria-lisboa.pt", "demo", &forged)?;
     let p = s
         .feedback(Some(&ana), json!({"run_id": shared, "score": "up"}))
         .await?

@@ -19,8 +19,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let lines = ingest::ndjson_lines(body);
     let principal = Principal::new("ana", "bakery");
+    let by = ingest::Submitter {
+        principal: &principal,
+        trusted: &[],
+        allow_reserved: false,
+    };
     for prefix in [None, Some("req-1")] {
-        let (drafts, slots) = ingest::parse_lines(&lines, &principal, &[], prefix);
+        let (drafts, slots) = ingest::parse_lines(&lines, by, prefix);
         assert_eq!(slots.len(), lines.len());
         let numbers: Vec<usize> = slots.iter().map(|(n, _)| *n).collect();
         let expected: Vec<usize> = lines.iter().map(|(n, _)| *n).collect();

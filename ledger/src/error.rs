@@ -30,6 +30,33 @@ pub enum InputError {
     HalfSigned,
     #[error("text at `{0}` contains a NUL character (U+0000), which the ledger cannot store")]
     NulCharacter(String),
+    /// `at` is a JSON pointer (RFC 6901) to the repeated member.
+    #[error("duplicate key `{key}` at `{at}`: a key may appear only once per object")]
+    DuplicateKey { key: String, at: String },
+    /// A number an IEEE double cannot hold as sent (RFC 8785 canonical form): refused rather
+    /// than stored altered. `stored` is what it would read back as (`None`: out of range).
+    #[error("number {given} at `{at}` cannot be stored exactly ({}); send it as a string",
+        match stored { Some(s) => format!("it would read back as {s}"), None => "it is out of range".to_string() })]
+    InexactNumber {
+        at: String,
+        given: String,
+        stored: Option<String>,
+    },
+    /// An indexed field over the limit both stores can index.
+    #[error("field `{field}` is {size} bytes, over the {limit}-byte limit for indexed fields")]
+    FieldTooLong {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    /// An entity type only the node writes (its records would otherwise be forgeable).
+    #[error(
+        "entity_type `{entity_type}` is written by the node itself ({writer}); it cannot be submitted"
+    )]
+    Reserved {
+        entity_type: String,
+        writer: &'static str,
+    },
 }
 
 /// Why one well-formed span could not be appended (decided inside the writing transaction).

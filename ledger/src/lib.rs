@@ -13,6 +13,7 @@ pub mod query;
 pub mod span;
 pub mod spec;
 pub mod store;
+pub mod strict;
 pub mod verify;
 
 pub use error::{AppendError, InputError, StoreError};

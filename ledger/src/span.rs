@@ -17,6 +17,22 @@ use crate::error::InputError;
 /// by digest.
 pub const MAX_SPAN_BYTES: usize = 256 * 1024;
 
+/// Longest accepted value of a field the stores index (`who`, `entity_type`, `trace_id`,
+/// `idempotency_key`, `tenant_id`, `owner_id`), in bytes. PostgreSQL cannot index a B-tree
+/// entry over 2,704 bytes, so one limit well below that keeps both stores accepting the same
+/// spans (and answers 422, not a database error).
+pub const MAX_INDEXED_BYTES: usize = 1024;
+
+/// The indexed fields [`MAX_INDEXED_BYTES`] applies to.
+const INDEXED_FIELDS: [&str; 6] = [
+    "who",
+    "entity_type",
+    "trace_id",
+    "idempotency_key",
+    "tenant_id",
+    "owner_id",
+];
+
 /// The nine LogLine fields; a span missing any of them is kept as a ghost.
 pub const NINE_FIELDS: [&str; 9] = [
     "who",
@@ -243,22 +259,14 @@ fn find_nul_in(map: &Map<String, Value>, path: &mut String) -> Option<String> {
 }
 
 impl Draft {
-    /// Parses one line of input (JSON text), enforcing the size limit first.
+    /// Parses one line of input (JSON text) strictly (see [`crate::strict`]).
     pub fn parse_line(
         line: &str,
         principal: &Principal,
         trusted: &[String],
         now: DateTime<Utc>,
     ) -> Result<Self, InputError> {
-        if line.len() > MAX_SPAN_BYTES {
-            return Err(InputError::TooLarge {
-                size: line.len(),
-                limit: MAX_SPAN_BYTES,
-            });
-        }
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| InputError::NotJson(e.to_string()))?;
-        Self::from_value(value, principal, trusted, now)
+        Self::from_value(crate::strict::parse(line)?, principal, trusted, now)
     }
 
     /// Validates a submitted JSON value. Missing LogLine fields make a ghost, never an error;
@@ -275,6 +283,17 @@ impl Draft {
         };
         if let Some(at) = find_nul_in(&obj, &mut String::new()) {
             return Err(InputError::NulCharacter(at));
+        }
+        for field in INDEXED_FIELDS {
+            if let Some(Value::String(s)) = obj.get(field)
+                && s.len() > MAX_INDEXED_BYTES
+            {
+                return Err(InputError::FieldTooLong {
+                    field,
+                    size: s.len(),
+                    limit: MAX_INDEXED_BYTES,
+                });
+            }
         }
         let size = serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len());
         if size > MAX_SPAN_BYTES {
@@ -768,6 +787,23 @@ mod tests {
             Utc::now(),
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn indexed_fields_over_the_limit_are_refused_with_field_size_and_limit() {
+        for field in INDEXED_FIELDS {
+            let mut v = json!({"did": "x"});
+            v[field] = json!("a".repeat(MAX_INDEXED_BYTES + 1));
+            let e = Draft::from_value(v, &p(), NO_KEYS, Utc::now()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "field `{field}` is 1025 bytes, over the 1024-byte limit for indexed fields"
+                )
+            );
+        }
+        let ok = json!({"who": "é".repeat(MAX_INDEXED_BYTES / 2), "trace_id": "t".repeat(MAX_INDEXED_BYTES)});
+        assert!(Draft::from_value(ok, &p(), NO_KEYS, Utc::now()).is_ok());
     }
 
     #[test]

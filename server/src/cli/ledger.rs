@@ -109,7 +109,12 @@ fn redact_url(url: &str) -> String {
 /// Lines per append transaction when reading NDJSON.
 const ADD_BATCH: usize = 1000;
 
-pub async fn add(s: &Settings, file: Option<PathBuf>, format: AddFormat) -> Result<ExitCode> {
+pub async fn add(
+    s: &Settings,
+    file: Option<PathBuf>,
+    format: AddFormat,
+    allow_reserved: bool,
+) -> Result<ExitCode> {
     let mut input = String::new();
     match &file {
         Some(path) => {
@@ -125,14 +130,19 @@ pub async fn add(s: &Settings, file: Option<PathBuf>, format: AddFormat) -> Resu
     let store = s.store.open().await?;
     let trusted = store::trusted_keys(store.as_ref()).await?;
     let p = &s.principal;
+    let by = ingest::Submitter {
+        principal: p,
+        trusted: &trusted,
+        allow_reserved,
+    };
     let lines = split_input(&input);
     let total = lines.len();
     let bar = progress::bar(total as u64, "appending");
     let mut failed = 0usize;
     let mut out = std::io::stdout().lock();
     for chunk in lines.chunks(ADD_BATCH) {
-        let (drafts, slots) = ingest::parse_lines(chunk, p, &trusted, None);
-        let results = store::append(store.as_ref(), p, drafts).await?;
+        let (drafts, slots) = ingest::parse_lines(chunk, by, None);
+        let results = ingest::append_each(drafts, |d| store::append(store.as_ref(), p, d)).await?;
         for (line_no, result) in ingest::join(slots, &results) {
             if result.is_err() {
                 failed += 1;

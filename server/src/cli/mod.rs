@@ -95,6 +95,11 @@ pub enum Command {
         file: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = AddFormat::Text)]
         format: AddFormat,
+        /// Accept entity types the node writes for itself (prompt_run, feedback, eval_run, …),
+        /// e.g. to restore an export. The operator holds the node key anyway; HTTP callers
+        /// never may.
+        #[arg(long)]
+        allow_reserved: bool,
     },
     /// List spans the caller may see.
     Query(QueryArgs),
@@ -268,7 +273,11 @@ async fn run(cli: Cli, hooks: Hooks) -> Result<ExitCode> {
     let s = &cli.global.settings();
     match cli.command {
         Command::Init => ledger::init(s).await,
-        Command::Add { file, format } => ledger::add(s, file, format).await,
+        Command::Add {
+            file,
+            format,
+            allow_reserved,
+        } => ledger::add(s, file, format, allow_reserved).await,
         Command::Query(args) => ledger::query(s, args).await,
         Command::Get { id, seq, versions } => ledger::get(s, id, seq, versions).await,
         Command::Verify {

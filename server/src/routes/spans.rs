@@ -34,7 +34,8 @@ pub fn router() -> Router<AppState> {
 /// missing any of the nine LogLine fields (`who`, `did`, `this`, `when`, `confirmed_by`,
 /// `if_ok`, `if_doubt`, `if_not`, `status`) is kept as a ghost. Fields not listed here are kept
 /// too. Server fields (`chain_pos`, `prev_hash`, `curr_hash`, ...) may be sent back, e.g. when
-/// re-importing an export, but are recomputed.
+/// re-importing an export, but are recomputed. Keys may not repeat within an object, and
+/// numbers must be storable exactly as sent (an IEEE double printing the same decimal value).
 #[derive(ToSchema)]
 #[schema(example = json!({"who": "ana", "did": "confirmed delivery",
     "this": "delivery 312", "when": "2026-11-20T10:00:00Z", "confirmed_by": "joao",
@@ -46,8 +47,9 @@ pub struct SpanDraft {
     /// The version: 0 for a new span, the next number for an amendment (needs `id`).
     #[schema(minimum = 0)]
     pub seq: Option<i64>,
-    /// Default `logline`.
-    #[schema(min_length = 1)]
+    /// Default `logline`. Types the node writes for itself (`prompt_run`, `feedback`,
+    /// `eval_run`, `memory`, `redaction`, ...) are refused with 422.
+    #[schema(min_length = 1, max_length = 1024)]
     pub entity_type: Option<String>,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub parent_id: Option<Uuid>,
@@ -55,8 +57,10 @@ pub struct SpanDraft {
     #[schema(value_type = Option<Vec<String>>)]
     pub related_to: Option<Vec<Uuid>>,
     /// The caller's tenant (the default); any other is refused with 403.
+    #[schema(max_length = 1024)]
     pub tenant_id: Option<String>,
     /// The caller (the default); any other is refused with 403.
+    #[schema(max_length = 1024)]
     pub owner_id: Option<String>,
     /// Default `private`.
     pub visibility: Option<Visibility>,
@@ -65,6 +69,8 @@ pub struct SpanDraft {
     pub at: Option<String>,
     #[schema(format = DateTime)]
     pub when: Option<String>,
+    /// Indexed: at most 1,024 bytes, as `entity_type`, `trace_id` and `idempotency_key`.
+    #[schema(max_length = 1024)]
     pub who: Option<String>,
     pub did: Option<String>,
     pub this: Option<String>,
@@ -73,8 +79,10 @@ pub struct SpanDraft {
     pub if_doubt: Option<String>,
     pub if_not: Option<String>,
     pub status: Option<String>,
+    #[schema(max_length = 1024)]
     pub trace_id: Option<String>,
     /// Retrying with the same key returns the first span instead of appending another.
+    #[schema(max_length = 1024)]
     pub idempotency_key: Option<String>,
     #[schema(minimum = 0)]
     pub duration_ms: Option<u64>,
@@ -187,7 +195,11 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 /// `201` with the append result, or `200` if an earlier span with the same idempotency key was
 /// returned instead. An NDJSON body answers `200` with one result per non-blank input line, in
 /// order: `{"line", "ok": true, "id", "seq", "chain_pos", "curr_hash", "status", "duplicate"}`
-/// or `{"line", "ok": false, "error"}`; lines that fail do not stop the others.
+/// or `{"line", "ok": false, "error"}`; lines that fail do not stop the others (not even a
+/// line the store itself fails: the batch is then retried a line at a time).
+///
+/// Input is strict and lossless: repeated keys, numbers that would not read back exactly,
+/// indexed fields over 1,024 bytes and entity types the node reserves are refused by name.
 #[utoipa::path(
     post,
     path = "/api/spans",
@@ -221,7 +233,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         (status = 409, description = "The span conflicts with the ledger (e.g. its id and seq are taken).", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The span is over 256 KiB, or the body over the server's limit.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor NDJSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The span is not a JSON object or has a field of the wrong type; or an NDJSON body has no spans.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The span is not a JSON object, has a field of the wrong type, repeats a key in one object (at any depth; the detail names the key and its JSON pointer), has a number the ledger cannot store exactly (e.g. `18446744073709551617`, `1e-400`; the detail names its JSON pointer), has an indexed field (`who`, `entity_type`, `trace_id`, `idempotency_key`, `tenant_id`, `owner_id`) over 1,024 bytes (the detail names the field, its size and the limit), or has an entity type the node reserves for itself (`prompt_run`, `feedback`, `eval_run`, ...; the detail names what writes it); or an NDJSON body has no spans. In an NDJSON body these are per-line results instead.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
@@ -255,6 +267,11 @@ async fn post_spans(
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
     let trusted = st.trusted_keys().await?;
     let p = &caller.principal;
+    let by = ingest::Submitter {
+        principal: p,
+        trusted: &trusted,
+        allow_reserved: false,
+    };
     match mime.as_str() {
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
             let lines = ingest::ndjson_lines(text);
@@ -264,8 +281,8 @@ async fn post_spans(
                     line: None,
                 });
             }
-            let (drafts, slots) = ingest::parse_lines(&lines, p, &trusted, key.as_deref());
-            let results = st.writer.append(p, drafts).await?;
+            let (drafts, slots) = ingest::parse_lines(&lines, by, key.as_deref());
+            let results = ingest::append_each(drafts, |d| st.writer.append(p, d)).await?;
             st.hub.poke();
             let joined = ingest::join(slots, &results);
             let appended = joined
@@ -288,22 +305,7 @@ async fn post_spans(
             Ok(resp)
         }
         "application/json" | "" => {
-            let value = match &key {
-                Some(k) => ingest::with_key(text, k).map_err(|e| ApiError::from_input(e, None))?,
-                None => {
-                    if text.len() > ledger::span::MAX_SPAN_BYTES {
-                        return Err(ApiError::PayloadTooLarge(format!(
-                            "span is {} bytes, over the {}-byte limit",
-                            text.len(),
-                            ledger::span::MAX_SPAN_BYTES
-                        )));
-                    }
-                    serde_json::from_str::<Value>(text).map_err(|e| {
-                        ApiError::from_input(ledger::InputError::NotJson(e.to_string()), None)
-                    })?
-                }
-            };
-            let draft = ledger::Draft::from_value(value, p, &trusted, chrono::Utc::now())
+            let draft = ingest::parse_one(text, by, key.as_deref(), chrono::Utc::now())
                 .map_err(|e| ApiError::from_input(e, None))?;
             let result = st
                 .writer
