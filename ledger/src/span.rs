@@ -13,9 +13,7 @@ use uuid::Uuid;
 use crate::crypto::{self, NodeKey};
 use crate::error::InputError;
 
-/// Largest accepted span, as serialized JSON. Larger payloads belong in object storage, cited
-/// by digest.
-pub const MAX_SPAN_BYTES: usize = 256 * 1024;
+pub use crate::strict::MAX_SPAN_BYTES;
 
 /// Longest accepted value of a field the stores index (`who`, `entity_type`, `trace_id`,
 /// `idempotency_key`, `tenant_id`, `owner_id`), in bytes. PostgreSQL cannot index a B-tree

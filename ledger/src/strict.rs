@@ -12,7 +12,10 @@ use serde_json::Value;
 
 use crate::crypto;
 use crate::error::InputError;
-use crate::span::MAX_SPAN_BYTES;
+
+/// Largest accepted span, as serialized JSON. Larger payloads belong in object storage, cited
+/// by digest. (Defined here, where input is first read; `span` re-exports it.)
+pub const MAX_SPAN_BYTES: usize = 256 * 1024;
 
 /// Deeper documents are left to `serde_json`, which refuses them (its recursion limit is 128).
 const MAX_DEPTH: usize = 128;
