@@ -20,7 +20,7 @@ pub type Slots = Vec<(usize, Result<usize, InputError>)>;
 /// promotes a prompt, a checkpoint, a redaction), so submissions are refused. (`eval_run` and
 /// `eval_case` are not among them: `logline eval --server` records a person's evaluation
 /// through `POST /api/spans`.)
-pub const RESERVED: [(&str, &str); 12] = [
+pub const RESERVED: [(&str, &str); 13] = [
     (
         "prompt_run",
         "recorded by POST /api/chat for each chat turn",
@@ -51,6 +51,10 @@ pub const RESERVED: [(&str, &str); 12] = [
     (
         "memory",
         "written by POST /api/memory and the chat's memory",
+    ),
+    (
+        "memory_promotion",
+        "ask with POST /api/memory/{id}/promote; reviewers decide with POST /api/memory/promotions/{id}",
     ),
     (
         "redaction",

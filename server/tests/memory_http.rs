@@ -86,12 +86,16 @@ async fn start(backend: Backend) -> Srv {
 }
 
 fn token(user: &str, tenant: &str) -> String {
+    token_with(user, tenant, &[])
+}
+
+fn token_with(user: &str, tenant: &str, roles: &[&str]) -> String {
     server::auth::issue(
         &Secret::new(SECRET),
         &Claims {
             sub: user.into(),
             tenant: tenant.into(),
-            roles: vec![],
+            roles: roles.iter().map(|r| r.to_string()).collect(),
             exp: chrono::Utc::now().timestamp() + 3600,
             iat: chrono::Utc::now().timestamp(),
             nbf: None,
@@ -137,10 +141,22 @@ impl Srv {
         path: &str,
         body: Value,
     ) -> (u16, Value) {
+        self.send_as(who, &[], method, path, body).await
+    }
+
+    /// [`Srv::send`] with roles in the token.
+    async fn send_as(
+        &self,
+        who: (&str, &str),
+        roles: &[&str],
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let resp = self
             .http
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token(who.0, who.1))
+            .bearer_auth(token_with(who.0, who.1, roles))
             .json(&body)
             .send()
             .await
@@ -374,8 +390,140 @@ async fn forgetting_everything_leaves_a_verifiable_chain_and_an_empty_signed_exp
     assert_eq!(status, 400, "{body}");
 }
 
+/// The permanent layer is reached only through review: remembering straight into it is
+/// refused; the owner asks (again: the same request); the request is visible to the tenant but
+/// never holds the text; only reviewers list and decide, nobody approves their own item, and a
+/// reviewer of another tenant sees nothing. An approval appends a permanent copy — no expiry,
+/// superseding the temporary item, still the owner's and private — and a second decision is a
+/// conflict. The chain verifies.
+async fn the_permanent_layer_needs_another_reviewers_approval(s: Srv) {
+    use reqwest::Method;
+    const TEXT: &str = "my favourite contract is D3";
+    let (status, body) = s
+        .send(
+            ANA,
+            Method::POST,
+            "/api/memory",
+            json!({"text": TEXT, "layer": "permanent"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("reviewer"),
+        "{body}"
+    );
+    let (status, item) = s
+        .send(ANA, Method::POST, "/api/memory", json!({"text": TEXT}))
+        .await;
+    assert_eq!(status, 201, "{item}");
+    let id = item["id"].as_str().unwrap().to_string();
+    let promote = format!("/api/memory/{id}/promote");
+
+    let (status, body) = s.send(BOB, Method::POST, &promote, json!({})).await;
+    assert_eq!(status, 404, "nobody asks about another's item: {body}");
+    let (status, asked) = s.send(ANA, Method::POST, &promote, json!({})).await;
+    assert_eq!(status, 201, "{asked}");
+    assert_eq!(asked["status"], "open");
+    let (_, again) = s.send(ANA, Method::POST, &promote, json!({})).await;
+    assert_eq!(again["id"], asked["id"], "one open request per item");
+    let request = asked["id"].as_str().unwrap().to_string();
+    let spans = s
+        .store
+        .query(
+            &Principal::new(BOB.0, BOB.1),
+            &Filter {
+                entity_type: Some("memory_promotion".into()),
+                ..Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(spans.rows.len(), 1, "visible to the tenant, once");
+    let raw = serde_json::to_string(&spans.rows[0].span.to_view().unwrap()).unwrap();
+    assert!(
+        !raw.contains("favourite"),
+        "the request holds no text: {raw}"
+    );
+
+    let decide = format!("/api/memory/promotions/{request}");
+    let approve = json!({"decision": "approve", "note": "useful for everyone"});
+    let (status, _) = s.send(BOB, Method::POST, &decide, approve.clone()).await;
+    assert_eq!(status, 403, "not a reviewer");
+    let (status, _) = s.get(BOB, "/api/memory/promotions").await;
+    assert_eq!(status, 403);
+    let (status, body) = s
+        .send_as(ANA, &["reviewer"], Method::POST, &decide, approve.clone())
+        .await;
+    assert_eq!(status, 403, "nobody approves their own item: {body}");
+    let (status, body) = s
+        .send_as(
+            ANA_ELSEWHERE,
+            &["reviewer"],
+            Method::POST,
+            &decide,
+            approve.clone(),
+        )
+        .await;
+    assert_eq!(status, 404, "another tenant's reviewer: {body}");
+    let (status, open) = s
+        .send_as(
+            ANA_ELSEWHERE,
+            &["reviewer"],
+            Method::GET,
+            "/api/memory/promotions",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (status, open["promotions"].as_array().unwrap().len()),
+        (200, 0)
+    );
+    let (status, open) = s
+        .send_as(
+            BOB,
+            &["reviewer"],
+            Method::GET,
+            "/api/memory/promotions",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{open}");
+    assert_eq!(open["promotions"][0]["id"], asked["id"], "{open}");
+    assert_eq!(
+        open["promotions"][0]["text"], TEXT,
+        "reviewers read what would be kept"
+    );
+
+    let (status, decided) = s
+        .send_as(BOB, &["reviewer"], Method::POST, &decide, approve.clone())
+        .await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["status"], "approved");
+    assert_eq!(decided["decided_by"], "bob");
+    let permanent = decided["permanent_id"].as_str().unwrap();
+    let (status, body) = s
+        .send_as(BOB, &["reviewer"], Method::POST, &decide, approve)
+        .await;
+    assert_eq!(status, 409, "decided once: {body}");
+
+    let items = s.items(ANA).await;
+    let kept = items.iter().find(|i| i["id"] == permanent).unwrap();
+    assert_eq!(kept["layer"], "permanent", "{kept}");
+    assert_eq!(kept["text"], TEXT);
+    assert_eq!(kept["visibility"], "private");
+    assert_eq!(kept["supersedes"], id.as_str());
+    assert!(kept.get("ttl_at").is_none(), "kept until forgotten: {kept}");
+    assert!(s.items(BOB).await.is_empty(), "still ana's alone");
+    let (status, body) = s.send(ANA, Method::POST, &promote, json!({})).await;
+    assert_eq!(status, 422, "the temporary item was replaced: {body}");
+    let (status, report) = s.get(ANA, "/api/verify").await;
+    assert_eq!(status, 200, "{report}");
+    assert!(report.contains("\"ok\":true"), "{report}");
+}
+
 testkit::both_stores!(
     mod on_sqlite, on_postgres; open = super::start;
+    the_permanent_layer_needs_another_reviewers_approval,
     memory_off_writes_and_reads_nothing,
     a_fact_remembered_in_turn_one_is_cited_in_turn_two,
     nobody_else_reaches_a_users_memory_on_any_path,

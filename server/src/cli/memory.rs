@@ -1,5 +1,6 @@
-//! `logline memory remember|list|forget|export`: the caller's own memory items (issue 13), as the
-//! HTTP API shows them; forgetting is the same redaction.
+//! `logline memory remember|list|forget|export|promote|promotions|review`: the caller's own
+//! memory items (issue 13), as the HTTP API shows them; forgetting is the same redaction, and
+//! the permanent layer is reached through the same review.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -39,6 +40,24 @@ pub enum MemoryCommand {
         session: Option<String>,
         #[arg(long)]
         all: bool,
+    },
+    /// Ask the tenant's reviewers to keep item ID permanently.
+    Promote { id: Uuid },
+    /// Requests to keep items permanently in the tenant (reviewers), as JSON lines.
+    Promotions {
+        /// `open`, `approved`, `rejected` or `all`.
+        #[arg(long, default_value = "open")]
+        status: String,
+    },
+    /// Decide a request (REQUEST, the `memory_promotion` span): --approve or --reject.
+    Review {
+        request: Uuid,
+        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        approve: bool,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Every item as NDJSON with a signed trailer.
     Export {
@@ -101,6 +120,32 @@ pub async fn run(s: &Settings, what: MemoryCommand) -> Result<ExitCode> {
                 println!("{id}");
             }
             eprintln!("forgot {} item(s)", forgotten.len());
+        }
+        MemoryCommand::Promote { id } => {
+            let asked = memory.request_permanent(p, id, now).await?;
+            println!("{}", serde_json::to_string(&asked)?);
+            eprintln!("asked the reviewers of {} to keep it", p.tenant_id);
+        }
+        MemoryCommand::Promotions { status } => {
+            if !["open", "approved", "rejected", "all"].contains(&status.as_str()) {
+                bail!("--status must be open, approved, rejected or all");
+            }
+            let filter = (status != "all").then_some(status.as_str());
+            let mut out = std::io::stdout().lock();
+            for r in memory.promotions(p, filter, now).await? {
+                writeln!(out, "{}", serde_json::to_string(&r)?)?;
+            }
+        }
+        MemoryCommand::Review {
+            request,
+            approve,
+            reject: _,
+            note,
+        } => {
+            let decided = memory
+                .decide_promotion(p, request, approve, note, now)
+                .await?;
+            println!("{}", serde_json::to_string(&decided)?);
         }
         MemoryCommand::Export { out } => {
             let mut writer: Box<dyn Write> = if out == "-" {

@@ -11,6 +11,13 @@ pub enum MemoryError {
     BadRequest(String),
     #[error("memory item {0} not found")]
     NotFound(Uuid),
+    #[error("promotion request {0} not found")]
+    PromotionNotFound(Uuid),
+    /// A promotion request that was already decided.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("memory configuration: {0}")]
     Config(String),
     #[error("memory encryption: {0}")]

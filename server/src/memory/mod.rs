@@ -4,7 +4,9 @@
 //!   text is AES-256-GCM ciphertext under the tenant's data key ([`keys`]), bound to the span's
 //!   tenant and id; the ledger's hash and signature cover the ciphertext.
 //! - **Layers**: `session` (this conversation, expires after [`SESSION_TTL`]), `temporary`
-//!   ([`TEMPORARY_TTL`]), `permanent` (only through a reviewer; not reachable yet, see README).
+//!   ([`TEMPORARY_TTL`]), `permanent` (only through a reviewer: the owner asks with a
+//!   `memory_promotion` span, a reviewer of the tenant other than the owner approves, and the
+//!   approval appends a permanent copy that supersedes the temporary item).
 //!   A new item about the same subject as an older one (`my dog is …`) is appended with a
 //!   `supersedes` link; the older one stays in the ledger but is no longer recalled.
 //! - **Recall**: scope is SQL in the stores ([`ledger::store::memory`]); ranking here fuses the
@@ -67,6 +69,40 @@ pub enum Consent {
     Tool,
     /// The short record of a turn kept in the session layer.
     TurnRecord,
+    /// A reviewer approved the owner's request to keep the item permanently (the only way
+    /// into the permanent layer).
+    Approved,
+}
+
+/// The entity type of a request to keep an item permanently.
+pub const PROMOTION: &str = "memory_promotion";
+
+/// A request to keep an item permanently, as its owner and the tenant's reviewers see it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Promotion {
+    /// The `memory_promotion` span.
+    #[schema(value_type = String, format = "uuid")]
+    pub id: Uuid,
+    /// The item asked about.
+    #[schema(value_type = String, format = "uuid")]
+    pub memory_id: Uuid,
+    pub owner_id: String,
+    /// `open`, `approved` or `rejected`.
+    pub status: String,
+    /// The item's text while it can still be read (reviewing is reading what would be kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub requested_at: DateTime<Utc>,
+    /// The reviewer who decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The permanent item an approval appended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub permanent_id: Option<Uuid>,
 }
 
 /// What an item is.
@@ -301,7 +337,9 @@ impl Memory {
         req: RememberRequest,
         now: DateTime<Utc>,
     ) -> Result<MemoryItem, MemoryError> {
-        let (row, item) = self.prepare(principal, req, now, true).await?;
+        let (row, item) = self
+            .prepare(principal, req, Uuid::now_v7(), now, true)
+            .await?;
         self.store.memory().remember(principal, vec![row]).await?;
         Ok(item)
     }
@@ -317,7 +355,9 @@ impl Memory {
         let mut rows = Vec::with_capacity(reqs.len());
         let mut items = Vec::with_capacity(reqs.len());
         for req in reqs {
-            let (row, item) = self.prepare(principal, req, now, false).await?;
+            let (row, item) = self
+                .prepare(principal, req, Uuid::now_v7(), now, false)
+                .await?;
             rows.push(row);
             items.push(item);
         }
@@ -330,6 +370,7 @@ impl Memory {
         &self,
         principal: &Principal,
         req: RememberRequest,
+        id: Uuid,
         now: DateTime<Utc>,
         find_superseded: bool,
     ) -> Result<((Draft, NewMemory), MemoryItem), MemoryError> {
@@ -339,9 +380,10 @@ impl Memory {
                 "a memory is 1 to {MAX_TEXT_CHARS} characters of text"
             )));
         }
-        if req.layer == MemoryLayer::Permanent {
+        if req.layer == MemoryLayer::Permanent && req.consent != Consent::Approved {
             return Err(MemoryError::BadRequest(
-                "the permanent layer needs a reviewer's approval: remember it as `temporary`"
+                "the permanent layer needs a reviewer's approval: remember it as `temporary`, \
+                 then ask for it with POST /api/memory/{id}/promote"
                     .into(),
             ));
         }
@@ -364,7 +406,6 @@ impl Memory {
             MemoryLayer::Temporary => Some(now + TEMPORARY_TTL),
             MemoryLayer::Permanent => None,
         };
-        let id = Uuid::now_v7();
         let plain = serde_json::to_vec(&Plain {
             text: text.to_string(),
             kind: req.kind,
@@ -666,6 +707,287 @@ impl Memory {
         Ok(done)
     }
 
+    /// One of `owner`'s live items, decrypted.
+    async fn own_item(
+        &self,
+        owner: &Principal,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<MemoryItem>, MemoryError> {
+        let scope = MemoryScope {
+            reach: Reach::Own,
+            session_id: None,
+            now,
+        };
+        let rows = self.store.memory().list(owner, &scope, 100_000).await?;
+        let superseded = rows.iter().any(|r| r.supersedes == Some(id));
+        let Some(row) = rows.into_iter().find(|r| r.id == id) else {
+            return Ok(None);
+        };
+        if superseded {
+            return Err(MemoryError::BadRequest(format!(
+                "memory item {id} was replaced by a newer one; ask about that one"
+            )));
+        }
+        let key = self.key(owner).await?;
+        Ok(self.open_row(&key, row))
+    }
+
+    /// Asks the tenant's reviewers to keep one of the caller's items permanently: a
+    /// `memory_promotion` span, visible to the tenant, naming the item but never its text.
+    /// Asking again while a request is open returns that request.
+    pub async fn request_permanent(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Promotion, MemoryError> {
+        let item = self
+            .own_item(principal, id, now)
+            .await?
+            .ok_or(MemoryError::NotFound(id))?;
+        if item.layer == MemoryLayer::Permanent {
+            return Err(MemoryError::BadRequest(format!(
+                "memory item {id} is already permanent"
+            )));
+        }
+        if item.kind == MemoryKind::Turn {
+            return Err(MemoryError::BadRequest(
+                "a turn's record lives with its session; it is not kept permanently".into(),
+            ));
+        }
+        if let Some(open) = self
+            .promotions_in(principal, Some(id))
+            .await?
+            .into_iter()
+            .find(|p| p.status == "open" && p.owner_id == principal.user_id)
+        {
+            return Ok(Promotion {
+                text: Some(item.text),
+                ..open
+            });
+        }
+        let request = Uuid::now_v7();
+        let span = json!({
+            "id": request,
+            "entity_type": PROMOTION,
+            "visibility": "tenant",
+            "related_to": [id],
+            "when": ledger::span::format_time(now),
+            "who": principal.user_id,
+            "did": "asked to keep a memory permanently",
+            "this": "memory_promotion",
+            "if_ok": "a reviewer approves: the item is kept until it is forgotten",
+            "if_doubt": "it stays temporary",
+            "if_not": "rejected: it expires as before",
+            "status": "open",
+            "content": {"memory_id": id, "owner_id": principal.user_id},
+        });
+        self.append(principal, span, now).await?;
+        Ok(Promotion {
+            id: request,
+            memory_id: id,
+            owner_id: principal.user_id.clone(),
+            status: "open".into(),
+            text: Some(item.text),
+            requested_at: now,
+            decided_by: None,
+            note: None,
+            permanent_id: None,
+        })
+    }
+
+    /// Promotion requests of the reviewer's tenant, newest first, with the texts of the items
+    /// still live (`status` filters: `open`, `approved`, `rejected`). The caller must already
+    /// be known to be a reviewer.
+    pub async fn promotions(
+        &self,
+        reviewer: &Principal,
+        status: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Promotion>, MemoryError> {
+        let mut out = Vec::new();
+        for mut p in self.promotions_in(reviewer, None).await? {
+            if status.is_some_and(|s| s != p.status) {
+                continue;
+            }
+            if p.status == "open" {
+                let owner = Principal::new(p.owner_id.clone(), reviewer.tenant_id.clone());
+                p.text = self
+                    .own_item(&owner, p.memory_id, now)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|i| i.text);
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Decides an open request. Closing it comes first (its seq check lets one reviewer
+    /// decide); an approval then appends, on the owner's behalf, a permanent copy of the item
+    /// that supersedes it. Nobody approves their own item. The caller must already be known to
+    /// be a reviewer.
+    pub async fn decide_promotion(
+        &self,
+        reviewer: &Principal,
+        request: Uuid,
+        approve: bool,
+        note: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Promotion, MemoryError> {
+        let span = self
+            .store
+            .get(reviewer, request, None)
+            .await?
+            .ok_or(MemoryError::PromotionNotFound(request))?;
+        let view = span
+            .to_view()
+            .map_err(|e| MemoryError::Crypto(e.to_string()))?;
+        let Some(mut p) = promotion_of(&view) else {
+            return Err(MemoryError::PromotionNotFound(request));
+        };
+        if p.status != "open" {
+            return Err(MemoryError::Conflict(format!(
+                "promotion request {request} was already {}",
+                p.status
+            )));
+        }
+        if p.owner_id == reviewer.user_id && approve {
+            return Err(MemoryError::Forbidden(
+                "nobody approves keeping their own memory: another reviewer must".into(),
+            ));
+        }
+        if note.as_ref().is_some_and(|n| n.chars().count() > 2000) {
+            return Err(MemoryError::BadRequest(
+                "a note is at most 2000 characters".into(),
+            ));
+        }
+        let owner = Principal::new(p.owner_id.clone(), reviewer.tenant_id.clone());
+        let item = if approve {
+            Some(
+                self.own_item(&owner, p.memory_id, now)
+                    .await?
+                    .ok_or(MemoryError::NotFound(p.memory_id))?,
+            )
+        } else {
+            None
+        };
+        let status = if approve { "approved" } else { "rejected" };
+        let permanent_id = Uuid::now_v7();
+        let seq = view.get("seq").and_then(Value::as_i64).unwrap_or(0);
+        let mut closed = view.clone();
+        if let Some(o) = closed.as_object_mut() {
+            o.retain(|k, _| {
+                [
+                    "id",
+                    "entity_type",
+                    "visibility",
+                    "related_to",
+                    "this",
+                    "if_ok",
+                    "if_doubt",
+                    "if_not",
+                    "content",
+                ]
+                .contains(&k.as_str())
+            });
+            o.insert("seq".into(), json!(seq + 1));
+            o.insert("who".into(), json!(reviewer.user_id));
+            o.insert("when".into(), json!(ledger::span::format_time(now)));
+            o.insert("did".into(), json!(format!("memory promotion {status}")));
+            o.insert("status".into(), json!(status));
+            o.insert("confirmed_by".into(), json!(reviewer.user_id));
+            if let Some(c) = o.get_mut("content").and_then(Value::as_object_mut) {
+                c.insert("note".into(), json!(note));
+                if approve {
+                    c.insert("permanent_id".into(), json!(permanent_id));
+                }
+            }
+        }
+        self.append(reviewer, closed, now)
+            .await
+            .map_err(|e| match e {
+                MemoryError::Store(StoreError::Append(_)) => MemoryError::Conflict(format!(
+                    "promotion request {request} was decided concurrently"
+                )),
+                other => other,
+            })?;
+        if let Some(item) = item {
+            let req = RememberRequest {
+                text: item.text,
+                kind: item.kind,
+                layer: MemoryLayer::Permanent,
+                session_id: None,
+                supersedes: Some(item.id),
+                consent: Consent::Approved,
+                trace_id: None,
+            };
+            let (row, _) = self.prepare(&owner, req, permanent_id, now, false).await?;
+            self.store.memory().remember(&owner, vec![row]).await?;
+            p.permanent_id = Some(permanent_id);
+        }
+        p.status = status.into();
+        p.decided_by = Some(reviewer.user_id.clone());
+        p.note = note;
+        Ok(p)
+    }
+
+    /// The latest version of every promotion request in the caller's tenant (about one item,
+    /// when given), newest first.
+    async fn promotions_in(
+        &self,
+        principal: &Principal,
+        memory_id: Option<Uuid>,
+    ) -> Result<Vec<Promotion>, MemoryError> {
+        let mut filter = Filter {
+            entity_type: Some(PROMOTION.into()),
+            tenant_id: Some(principal.tenant_id.clone()),
+            related_to: memory_id,
+            limit: Some(ledger::query::MAX_LIMIT),
+            ..Filter::default()
+        };
+        let mut latest: HashMap<Uuid, (i64, Promotion)> = HashMap::new();
+        loop {
+            let page = self.store.query(principal, &filter).await?;
+            for row in &page.rows {
+                let Ok(view) = row.span.to_view() else {
+                    continue;
+                };
+                let Some(p) = promotion_of(&view) else {
+                    continue;
+                };
+                let seq = view.get("seq").and_then(Value::as_i64).unwrap_or(0);
+                if latest.get(&p.id).is_none_or(|(s, _)| *s < seq) {
+                    latest.insert(p.id, (seq, p));
+                }
+            }
+            match page.next_cursor {
+                Some(c) => filter.after = Some(c),
+                None => break,
+            }
+        }
+        let mut out: Vec<Promotion> = latest.into_values().map(|(_, p)| p).collect();
+        out.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(out)
+    }
+
+    /// Appends one span the memory service writes for itself.
+    async fn append(
+        &self,
+        principal: &Principal,
+        span: Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), MemoryError> {
+        let draft = Draft::from_value(span, principal, &[], now)
+            .map_err(|e| MemoryError::BadRequest(e.to_string()))?;
+        for r in ledger::store::append(self.store.as_ref(), principal, vec![draft]).await? {
+            r.map_err(StoreError::from)?;
+        }
+        Ok(())
+    }
+
     /// Redacts up to `limit` items of any tenant past their `ttl_at` (session items after a day,
     /// temporary ones after a month), each on its owner's behalf: recall and listing already
     /// ignore them, this destroys their ciphertext and index rows as forgetting does. Only the
@@ -763,6 +1085,45 @@ impl Memory {
         }
         Ok(out)
     }
+}
+
+/// A promotion request read from its span's view.
+fn promotion_of(view: &Value) -> Option<Promotion> {
+    if view.get("entity_type")?.as_str()? != PROMOTION {
+        return None;
+    }
+    let content = view.get("content")?;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let status = text(view.get("status"))?;
+    let decided = status != "open";
+    Some(Promotion {
+        id: view.get("id")?.as_str()?.parse().ok()?,
+        memory_id: content.get("memory_id")?.as_str()?.parse().ok()?,
+        owner_id: text(content.get("owner_id"))?,
+        status,
+        text: None,
+        requested_at: view
+            .get("id")?
+            .as_str()?
+            .parse::<Uuid>()
+            .ok()
+            .and_then(|u| u.get_timestamp())
+            .and_then(|t| {
+                let (s, n) = t.to_unix();
+                DateTime::from_timestamp(s as i64, n)
+            })
+            .unwrap_or_default(),
+        decided_by: if decided {
+            text(view.get("confirmed_by"))
+        } else {
+            None
+        },
+        note: text(content.get("note")),
+        permanent_id: content
+            .get("permanent_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok()),
+    })
 }
 
 /// What a memory span's `confirmed_by` says of a turn record.

@@ -369,12 +369,13 @@ fn contract_view(v: &contracts::ContractVersion) -> Value {
     })
 }
 
-fn require_reviewer(caller: &Caller) -> Result<(), ApiError> {
+/// Reviews (escalations, requests to keep a memory permanently) need a reviewer.
+pub(crate) fn require_reviewer(caller: &Caller) -> Result<(), ApiError> {
     if caller.roles.iter().any(|r| r == "reviewer" || r == "admin") {
         Ok(())
     } else {
         Err(ApiError::Forbidden(
-            "reviewing escalations needs the `reviewer` or `admin` role".into(),
+            "reviewing needs the `reviewer` or `admin` role".into(),
         ))
     }
 }

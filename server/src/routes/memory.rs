@@ -2,7 +2,9 @@
 //! (one session's with `?session_id=`), `POST /api/memory` remembers one explicitly,
 //! `DELETE /api/memory/{id}` and `POST /api/memory/forget` (`last`, `session`, `all`, `item`)
 //! forget for real (a redaction per item: ciphertext, index row and embedding are gone), and
-//! `GET /api/memory/export` gives everything as NDJSON with a signed trailer.
+//! `GET /api/memory/export` gives everything as NDJSON with a signed trailer. The permanent
+//! layer is reached through review: `POST /api/memory/{id}/promote` asks, a reviewer lists
+//! (`GET /api/memory/promotions`) and decides (`POST /api/memory/promotions/{id}`).
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -20,7 +22,10 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::export::SignedExport;
-use crate::memory::{Consent, ForgetTarget, MemoryError, MemoryItem, MemoryKind, RememberRequest};
+use crate::memory::{
+    Consent, ForgetTarget, MemoryError, MemoryItem, MemoryKind, Promotion, RememberRequest,
+};
+use crate::routes::chat::{ReviewDecision, require_reviewer};
 use crate::state::AppState;
 
 /// Most items one listing returns.
@@ -32,6 +37,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/memory/{id}", delete(forget_one))
         .route("/api/memory/forget", post(forget))
         .route("/api/memory/export", get(export))
+        .route("/api/memory/{id}/promote", post(promote))
+        .route("/api/memory/promotions", get(promotions))
+        .route("/api/memory/promotions/{id}", post(decide_promotion))
 }
 
 impl From<MemoryError> for ApiError {
@@ -41,7 +49,11 @@ impl From<MemoryError> for ApiError {
                 detail: m,
                 line: None,
             },
-            MemoryError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            MemoryError::NotFound(_) | MemoryError::PromotionNotFound(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            MemoryError::Conflict(m) => ApiError::Conflict(m),
+            MemoryError::Forbidden(m) => ApiError::Forbidden(m),
             MemoryError::Store(s) => ApiError::from(s),
             MemoryError::Embed(_) => ApiError::Unavailable(e.to_string()),
             MemoryError::Config(_) | MemoryError::Crypto(_) => {
@@ -267,4 +279,139 @@ async fn export(State(state): State<AppState>, caller: Caller) -> Result<Respons
     );
     out.push('\n');
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/memory/{id}/promote",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    params(("id" = String, Path, format = "uuid", description = "One of the caller's `memory` spans.")),
+    responses(
+        (status = 201, description = "Asked: a `memory_promotion` span (visible to the tenant, naming the item, never its text) waits for a reviewer. Asking again while it is open returns the same request.", body = Promotion),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No live item of the caller's has this id.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Already permanent, a turn's record, or replaced by a newer item.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+async fn promote(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let p = state
+        .chat
+        .memory
+        .request_permanent(&caller.principal, id, Utc::now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(p)).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PromotionsQuery {
+    /// `open` (default), `approved`, `rejected` or `all`.
+    pub status: Option<String>,
+}
+
+/// Requests to keep memories permanently, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct Promotions {
+    pub promotions: Vec<Promotion>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/memory/promotions",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    params(PromotionsQuery),
+    responses(
+        (status = 200, description = "The tenant's requests, with the text of each open request's item (reviewing is reading what would be kept).", body = Promotions),
+        (status = 400, description = "Unknown status filter.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller has neither the `reviewer` nor the `admin` role.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+async fn promotions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PromotionsQuery>,
+) -> Result<Response, ApiError> {
+    require_reviewer(&caller)?;
+    let want = q.status.as_deref().unwrap_or("open");
+    if !["open", "approved", "rejected", "all"].contains(&want) {
+        return Err(ApiError::BadRequest(
+            "`status` must be open, approved, rejected or all".into(),
+        ));
+    }
+    let promotions = state
+        .chat
+        .memory
+        .promotions(
+            &caller.principal,
+            (want != "all").then_some(want),
+            Utc::now(),
+        )
+        .await?;
+    Ok(Json(Promotions { promotions }).into_response())
+}
+
+/// A reviewer's decision on a request to keep a memory permanently.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionDecision {
+    pub decision: ReviewDecision,
+    /// Why, for the record (at most 2000 characters).
+    #[schema(max_length = 2000)]
+    pub note: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/memory/promotions/{id}",
+    tag = "memory",
+    security(("bearer" = []), ()),
+    params(("id" = String, Path, format = "uuid", description = "The `memory_promotion` span.")),
+    request_body(content = PromotionDecision, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided: the request is closed; an approval appended a permanent copy of the item (on its owner's behalf) that supersedes the temporary one.", body = Promotion),
+        (status = 400, description = "Malformed body or id.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired bearer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a reviewer, or approving one's own item.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such request in the caller's tenant, or its item was forgotten or expired.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already decided.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The note is too long, or the item was replaced by a newer one.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's rate limit is exceeded; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+async fn decide_promotion(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    b: Result<Json<PromotionDecision>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = body(b)?;
+    require_reviewer(&caller)?;
+    let p = state
+        .chat
+        .memory
+        .decide_promotion(
+            &caller.principal,
+            id,
+            b.decision == ReviewDecision::Approve,
+            b.note,
+            Utc::now(),
+        )
+        .await?;
+    Ok(Json(p).into_response())
 }
