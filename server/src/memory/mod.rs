@@ -777,6 +777,7 @@ impl Memory {
             "who": principal.user_id,
             "did": "asked to keep a memory permanently",
             "this": "memory_promotion",
+            "confirmed_by": format!("requested by its owner, {}", principal.user_id),
             "if_ok": "a reviewer approves: the item is kept until it is forgotten",
             "if_doubt": "it stays temporary",
             "if_not": "rejected: it expires as before",
