@@ -970,7 +970,7 @@ impl Memory {
             }
         }
         let mut out: Vec<Promotion> = latest.into_values().map(|(_, p)| p).collect();
-        out.sort_by(|a, b| b.id.cmp(&a.id));
+        out.sort_by_key(|p| std::cmp::Reverse(p.id));
         Ok(out)
     }
 
