@@ -2662,6 +2662,36 @@ async fn feedback_rates_the_askers_own_run_and_refuses_other_runs_and_bad_scores
         .await?
         .problem(404);
 
+    // Six first votes on a new run sent at once (two tabs, a double click) are one vote span
+    // with six versions, not six votes for the bandit to count.
+    let turn = s
+        .chat(Some(&ana), json!({"message": "what is the status of D2?"}))
+        .await?
+        .expect(200);
+    let run2 = turn["run_id"].as_str().context("run id")?.to_string();
+    let burst = (0..6).map(|i| {
+        s.feedback(
+            Some(&ana),
+            json!({"run_id": run2, "score": if i % 2 == 0 { "up" } else { "down" }}),
+        )
+    });
+    let mut seqs = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for r in futures::future::join_all(burst).await {
+        let v = r?.expect(200);
+        ids.insert(v["id"].as_str().context("id")?.to_string());
+        seqs.push(v["seq"].as_i64().context("seq")?);
+    }
+    seqs.sort_unstable();
+    ensure!(ids.len() == 1 && seqs == vec![0, 1, 2, 3, 4, 5], "{ids:?} {seqs:?}");
+    let votes: Vec<Value> = s
+        .spans_of(Some(&ana), "feedback")
+        .await?
+        .into_iter()
+        .filter(|v| v["related_to"] == json!([run2]))
+        .collect();
+    ensure!(votes.len() == 1, "one vote span on the run: {votes:?}");
+
     // Bad scores and bodies.
     for bad in [
         json!("sideways"),

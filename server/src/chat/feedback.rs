@@ -155,24 +155,48 @@ pub async fn record(
             "conversation_id": conversation,
         },
     });
-    let span = match earlier_vote(store, principal, f.run_id).await? {
-        Some(prev) => {
-            let mut next = next_seq(&prev, principal, json!({}));
-            for k in ["when", "status", "content", "did"] {
-                next[k] = fresh[k].clone();
+    // A run has one owner, so one vote span: its first version takes an id derived from the
+    // run, and two first votes sent at once collide on it instead of becoming two votes. The
+    // one that loses reads the winner and appends the next version.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let span = match earlier_vote(store, principal, f.run_id).await? {
+            Some(prev) => {
+                let mut next = next_seq(&prev, principal, json!({}));
+                for k in ["when", "status", "content", "did"] {
+                    next[k] = fresh[k].clone();
+                }
+                next["did"] = json!("changed a rating");
+                next
             }
-            next["did"] = json!("changed a rating");
-            next
+            None => {
+                let mut first = fresh.clone();
+                first["id"] = json!(vote_id(f.run_id));
+                first
+            }
+        };
+        let draft = Draft::from_value(span, principal, &[], now).map_err(StoreError::Input)?;
+        match append_one(writer, principal, draft).await {
+            Ok(a) => {
+                return Ok(Recorded {
+                    id: a.id,
+                    seq: a.seq,
+                    variant,
+                });
+            }
+            Err(StoreError::Append(_)) if attempts < 4 => continue,
+            Err(e) => return Err(e.into()),
         }
-        None => fresh,
-    };
-    let draft = Draft::from_value(span, principal, &[], now).map_err(StoreError::Input)?;
-    let a = append_one(writer, principal, draft).await?;
-    Ok(Recorded {
-        id: a.id,
-        seq: a.seq,
-        variant,
-    })
+    }
+}
+
+/// The id of the vote span on `run` (a UUIDv8 from BLAKE3 of the run id).
+pub fn vote_id(run: Uuid) -> Uuid {
+    let hash = blake3::hash(format!("logline feedback v1:{run}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash.as_bytes()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 /// The caller's latest vote on a run, if any.
