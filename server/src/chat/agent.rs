@@ -864,11 +864,15 @@ impl Turn<'_> {
             })
             .collect();
         errors.extend(grounding::action_errors(&answer, &self.proposals));
+        let cites_something = answer
+            .get("citations")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty());
         if self.proposals.is_empty()
             && answer
                 .get("text")
                 .and_then(Value::as_str)
-                .is_some_and(grounding::claims_change)
+                .is_some_and(|t| grounding::claims_unmade_change(t, cites_something))
         {
             errors.push(
                 "/text: it says something was changed, but no change was proposed in this turn; \

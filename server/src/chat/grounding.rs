@@ -201,6 +201,28 @@ pub fn claims_change(text: &str) -> bool {
     false
 }
 
+/// [`claims_change`], and for an answer that cites nothing also "was/were X": "The deadline of
+/// D1 was extended by 3 days." with no citation is a change the model made up (seen from
+/// Qwen2.5-1.5B asked to extend a deadline), while a cited one reports an amendment the ledger
+/// holds.
+pub fn claims_unmade_change(text: &str, cites_something: bool) -> bool {
+    if claims_change(text) {
+        return true;
+    }
+    if cites_something {
+        return false;
+    }
+    let ws = words(text);
+    ws.windows(2).any(|w| {
+        matches!(w[0].as_str(), "was" | "were" | "foi" | "foram")
+            && CHANGED.contains(&w[1].as_str())
+    }) || ws.windows(3).any(|w| {
+        matches!(w[0].as_str(), "was" | "were")
+            && matches!(w[1].as_str(), "just" | "successfully" | "now")
+            && CHANGED.contains(&w[2].as_str())
+    })
+}
+
 /// Errors of `actions[]`: each action must name a proposal this turn's tools created.
 pub fn action_errors(answer: &Value, proposals: &[Uuid]) -> Vec<String> {
     let made: HashSet<Uuid> = proposals.iter().copied().collect();
@@ -302,6 +324,23 @@ mod tests {
         ] {
             assert!(!claims_change(t), "{t}");
         }
+    }
+
+    #[test]
+    fn an_uncited_past_change_is_a_claim_and_a_cited_one_a_fact() {
+        for t in [
+            "The deadline of contract D1 was extended by 3 days.",
+            "D1 was successfully deleted.",
+            "The contracts were updated.",
+        ] {
+            assert!(claims_unmade_change(t, false), "{t}");
+            assert!(!claims_unmade_change(t, true), "{t}");
+        }
+        assert!(claims_unmade_change("The ledger has been updated.", true));
+        assert!(!claims_unmade_change(
+            "D1 was terminated at midnight by law midnight_deadline.",
+            false
+        ));
     }
 
     #[test]
