@@ -20,7 +20,7 @@ pub type Slots = Vec<(usize, Result<usize, InputError>)>;
 /// promotes a prompt, a checkpoint, a redaction), so submissions are refused. (`eval_run` and
 /// `eval_case` are not among them: `logline eval --server` records a person's evaluation
 /// through `POST /api/spans`.)
-pub const RESERVED: [(&str, &str); 13] = [
+pub const RESERVED: [(&str, &str); 15] = [
     (
         "prompt_run",
         "recorded by POST /api/chat for each chat turn",
@@ -52,6 +52,11 @@ pub const RESERVED: [(&str, &str); 13] = [
         "memory",
         "written by POST /api/memory and the chat's memory",
     ),
+    (
+        "escalation_request",
+        "recorded by POST /api/chat when an answer needs a reviewer",
+    ),
+    ("review_decision", "recorded by POST /api/reviews/{id}"),
     (
         "memory_promotion",
         "ask with POST /api/memory/{id}/promote; reviewers decide with POST /api/memory/promotions/{id}",
