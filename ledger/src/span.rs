@@ -707,6 +707,41 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// The next version of a span as a draft: the same id, `seq + 1`, its descriptive fields
+/// carried forward (integrity and signature fields are the ledger's to recompute), the caller
+/// as `who`, and `changes` merged over it.
+pub fn next_seq(view: &Value, principal: &Principal, changes: Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in [
+        "id",
+        "entity_type",
+        "name",
+        "visibility",
+        "trace_id",
+        "parent_id",
+        "related_to",
+        "this",
+        "confirmed_by",
+        "if_ok",
+        "if_doubt",
+        "if_not",
+        "status",
+        "content",
+        "did",
+    ] {
+        if let Some(v) = view.get(k).filter(|v| !v.is_null()) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    let seq = view.get("seq").and_then(Value::as_i64).unwrap_or(0);
+    out.insert("seq".into(), json!(seq + 1));
+    out.insert("who".into(), json!(principal.user_id));
+    if let Value::Object(c) = changes {
+        out.extend(c);
+    }
+    Value::Object(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

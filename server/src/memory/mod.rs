@@ -808,17 +808,29 @@ impl Memory {
         now: DateTime<Utc>,
     ) -> Result<Vec<Promotion>, MemoryError> {
         let mut out = Vec::new();
+        // Each owner's items are read once, however many requests they made.
+        let mut rows_of: HashMap<String, Vec<MemoryRow>> = HashMap::new();
+        let key = self.key(reviewer).await?;
         for mut p in self.promotions_in(reviewer, None).await? {
             if status.is_some_and(|s| s != p.status) {
                 continue;
             }
             if p.status == "open" {
-                let owner = Principal::new(p.owner_id.clone(), reviewer.tenant_id.clone());
-                p.text = self
-                    .own_item(&owner, p.memory_id, now)
-                    .await
-                    .ok()
-                    .flatten()
+                if !rows_of.contains_key(&p.owner_id) {
+                    let owner = Principal::new(p.owner_id.clone(), reviewer.tenant_id.clone());
+                    let scope = MemoryScope {
+                        reach: Reach::Own,
+                        session_id: None,
+                        now,
+                    };
+                    let rows = self.store.memory().list(&owner, &scope, 100_000).await?;
+                    rows_of.insert(p.owner_id.clone(), rows);
+                }
+                p.text = rows_of[&p.owner_id]
+                    .iter()
+                    .find(|r| r.id == p.memory_id)
+                    .cloned()
+                    .and_then(|r| self.open_row(&key, r))
                     .map(|i| i.text);
             }
             out.push(p);
@@ -877,36 +889,22 @@ impl Memory {
         };
         let status = if approve { "approved" } else { "rejected" };
         let permanent_id = Uuid::now_v7();
-        let seq = view.get("seq").and_then(Value::as_i64).unwrap_or(0);
-        let mut closed = view.clone();
-        if let Some(o) = closed.as_object_mut() {
-            o.retain(|k, _| {
-                [
-                    "id",
-                    "entity_type",
-                    "visibility",
-                    "related_to",
-                    "this",
-                    "if_ok",
-                    "if_doubt",
-                    "if_not",
-                    "content",
-                ]
-                .contains(&k.as_str())
-            });
-            o.insert("seq".into(), json!(seq + 1));
-            o.insert("who".into(), json!(reviewer.user_id));
-            o.insert("when".into(), json!(ledger::span::format_time(now)));
-            o.insert("did".into(), json!(format!("memory promotion {status}")));
-            o.insert("status".into(), json!(status));
-            o.insert("confirmed_by".into(), json!(reviewer.user_id));
-            if let Some(c) = o.get_mut("content").and_then(Value::as_object_mut) {
-                c.insert("note".into(), json!(note));
-                if approve {
-                    c.insert("permanent_id".into(), json!(permanent_id));
-                }
-            }
+        let mut content = view.get("content").cloned().unwrap_or_else(|| json!({}));
+        content["note"] = json!(note);
+        if approve {
+            content["permanent_id"] = json!(permanent_id);
         }
+        let closed = ledger::span::next_seq(
+            &view,
+            reviewer,
+            json!({
+                "when": ledger::span::format_time(now),
+                "did": format!("memory promotion {status}"),
+                "status": status,
+                "confirmed_by": reviewer.user_id,
+                "content": content,
+            }),
+        );
         self.append(reviewer, closed, now)
             .await
             .map_err(|e| match e {
