@@ -23,6 +23,8 @@ use uuid::Uuid;
 
 const TENANT: &str = "demo";
 const ANA: &str = "ana@padaria-lisboa.pt";
+/// The tools of a turn with memory off: every tool but `remember` and `recall_memory`.
+const LEDGER_TOOLS: usize = server::chat::tools::ToolName::ALL.len() - 2;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -179,7 +181,7 @@ async fn a_tool_loop_of_ten_engages_the_breaker_and_ends_in_insufficient_evidenc
     for (i, req) in got.iter().enumerate() {
         let (system, tools) = system_and_tools(&req.body);
         if i < 6 {
-            assert_eq!(tools.len(), 5, "request {i} offers the tools");
+            assert_eq!(tools.len(), LEDGER_TOOLS, "request {i} offers the tools");
             assert!(!system.contains(BREAKER_TEXT), "request {i}");
         } else {
             assert!(tools.is_empty(), "request {i} offers no tools");
@@ -471,6 +473,7 @@ async fn a_user_of_another_tenant_gets_nothing_of_the_demo_tenant() {
         "simulate_law",
         json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
     ));
+    s.fake.push(tool("c5", "list_contracts", json!({})));
     s.fake.push(answer("D1 was terminated.", 0.9, &[d1]));
     s.fake.push(answer("D1 was terminated.", 0.9, &[d1]));
     let r = ask(&s, &stranger, "why was D1 terminated?").await;
@@ -495,6 +498,69 @@ async fn a_user_of_another_tenant_gets_nothing_of_the_demo_tenant() {
         }
     }
     assert_eq!(r.tool_results[2].result["returned"], 0);
+    assert_eq!(r.tool_results[4].result["contracts"], json!([]));
+    assert_eq!(r.tool_results[4].result["by_state"], json!({}));
+}
+
+/// Small models asked "which contracts are on hold?" guessed a filter, matched nothing and
+/// answered that none were. `list_contracts` takes the state as an enum and counts every
+/// state, and an empty `query_ledger` result says it is not evidence of absence.
+#[tokio::test]
+async fn listing_contracts_by_state_counts_every_state_so_an_empty_list_is_not_none() {
+    let s = setup(vec![]).await;
+    let all = contracts::load_all(s.store.as_ref(), &ana()).await.unwrap();
+    let state_of = |c: &contracts::Contract| c.latest().unwrap().state().unwrap().as_str();
+    let mut held: Vec<String> = all
+        .iter()
+        .filter(|c| state_of(c) == "held")
+        .map(contracts::Contract::label)
+        .collect();
+    held.sort();
+    assert!(!held.is_empty(), "the demo holds a contract");
+    let d4 = contract_id(s.store.as_ref(), &held[0]).await;
+    s.fake
+        .push(tool("c1", "list_contracts", json!({"state": "held"})));
+    s.fake
+        .push(tool("c2", "list_contracts", json!({"state": "void"})));
+    s.fake
+        .push(tool("c3", "list_contracts", json!({"state": "on_hold"})));
+    s.fake.push(tool(
+        "c4",
+        "query_ledger",
+        json!({"entity_type": "contract", "status": "on_hold"}),
+    ));
+    s.fake
+        .push(answer(&format!("{} is on hold.", held[0]), 0.9, &[d4]));
+    let r = ask(&s, &ana(), "which contracts are on hold?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{:?}", r.answer);
+    let mut names: Vec<String> = (r.tool_results[0].result["contracts"].as_array().unwrap())
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, held);
+    let counts = |i: usize| r.tool_results[i].result["by_state"].clone();
+    let total: i64 = (counts(0).as_object().unwrap().values())
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    assert_eq!(total, i64::try_from(all.len()).unwrap(), "{}", counts(0));
+    assert_eq!(counts(0)["held"], json!(held.len()));
+    // Nothing void: an empty list, with the same counts beside it.
+    assert_eq!(r.tool_results[1].result["contracts"], json!([]));
+    assert_eq!(counts(1), counts(0));
+    // A state outside the enum is refused with the allowed values.
+    let e = r.tool_results[2].result["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(e.contains("on_hold") && e.contains("held"), "{e}");
+    // The guessed generic query matches nothing and says that proves nothing.
+    let q = &r.tool_results[3].result;
+    assert_eq!(q["returned"], 0);
+    let note = q["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("content.state") && note.contains("list_contracts"),
+        "{note}"
+    );
 }
 
 // ------------------------------------------------------------------ issue 12: grounding
@@ -554,7 +620,7 @@ async fn rounds_that_offer_tools_carry_no_answer_schema_and_the_first_must_call_
     assert_eq!(got.len(), 2);
     for (i, req) in got.iter().enumerate() {
         let (_, tools) = system_and_tools(&req.body);
-        assert_eq!(tools.len(), 5, "request {i} offers the tools");
+        assert_eq!(tools.len(), LEDGER_TOOLS, "request {i} offers the tools");
         assert!(
             req.body.get("response_format").is_none(),
             "request {i}: no answer grammar while tools are offered: {}",
@@ -644,7 +710,7 @@ async fn a_confident_answer_with_no_tool_call_is_asked_for_evidence_then_shown_a
         server::chat::agent::GROUNDING_REPAIR
     );
     let (_, tools) = system_and_tools(&got[1].body);
-    assert_eq!(tools.len(), 5, "the repair offers the tools");
+    assert_eq!(tools.len(), LEDGER_TOOLS, "the repair offers the tools");
     assert_eq!(got[1].body["tool_choice"], "required");
     assert!(got[1].body.get("response_format").is_none());
 

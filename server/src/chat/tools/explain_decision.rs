@@ -17,8 +17,8 @@ use super::{ToolContext, ToolOutput, cut, find_contract, id_of, non_empty};
 /// midnight).
 const MAX_DECISIONS: i64 = 10;
 
-pub(super) const DESCRIPTION: &str = "What the laws decided about a contract: its law.decision spans, the \
-    laws they cite, its versions.";
+pub(super) const DESCRIPTION: &str = "Everything about one contract: state, deadline, parties, approvals, \
+    versions, and the law decisions on it with the laws they cite.";
 
 pub(super) fn schema() -> Value {
     json!({
@@ -26,7 +26,7 @@ pub(super) fn schema() -> Value {
         "additionalProperties": false,
         "required": ["contract"],
         "properties": {
-            "contract": {"type": "string", "minLength": 1, "description": "Name (e.g. D1) or span id."}
+            "contract": {"type": "string", "description": "Name (e.g. D1) or span id."}
         }
     })
 }
@@ -58,6 +58,10 @@ pub struct Summary {
     pub title: Option<Value>,
     pub state: Option<String>,
     pub deadline_at: Option<Value>,
+    pub parties: Option<Value>,
+    pub approvals: Option<Value>,
+    pub quorum: Option<Value>,
+    pub accepted: Option<Value>,
 }
 
 /// One version of the contract.
@@ -124,6 +128,10 @@ fn summary(v: &ContractVersion) -> Summary {
         title: v.content.get("title").cloned(),
         state: v.state().map(|s| s.as_str().to_string()),
         deadline_at: v.content.get("deadline_at").cloned(),
+        parties: v.content.get("parties").cloned(),
+        approvals: v.content.get("approvals").cloned(),
+        quorum: v.content.get("quorum").cloned(),
+        accepted: v.content.get("accepted").cloned(),
     }
 }
 

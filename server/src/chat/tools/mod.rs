@@ -14,6 +14,7 @@
 
 pub mod explain_decision;
 pub mod get_span;
+pub mod list_contracts;
 pub mod propose_amendment;
 pub mod query_ledger;
 pub mod recall_memory;
@@ -43,6 +44,7 @@ const MAX_CONTENT_BYTES: usize = 4 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolName {
     QueryLedger,
+    ListContracts,
     GetSpan,
     ExplainDecision,
     ProposeAmendment,
@@ -53,8 +55,9 @@ pub enum ToolName {
 
 impl ToolName {
     /// Every tool, in the order models are shown them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::QueryLedger,
+        Self::ListContracts,
         Self::GetSpan,
         Self::ExplainDecision,
         Self::ProposeAmendment,
@@ -66,6 +69,7 @@ impl ToolName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::QueryLedger => "query_ledger",
+            Self::ListContracts => "list_contracts",
             Self::GetSpan => "get_span",
             Self::ExplainDecision => "explain_decision",
             Self::ProposeAmendment => "propose_amendment",
@@ -82,6 +86,7 @@ impl ToolName {
     fn spec(self) -> ToolSpec {
         let (description, parameters) = match self {
             Self::QueryLedger => (query_ledger::DESCRIPTION, query_ledger::schema()),
+            Self::ListContracts => (list_contracts::DESCRIPTION, list_contracts::schema()),
             Self::GetSpan => (get_span::DESCRIPTION, get_span::schema()),
             Self::ExplainDecision => (explain_decision::DESCRIPTION, explain_decision::schema()),
             Self::ProposeAmendment => (propose_amendment::DESCRIPTION, propose_amendment::schema()),
@@ -248,6 +253,10 @@ pub async fn run(ctx: &ToolContext<'_>, call: &ToolCall) -> Result<ToolOutput, S
     };
     match tool {
         ToolName::QueryLedger => query_ledger::run(ctx, args).await,
+        ToolName::ListContracts => match parse_args(tool, args) {
+            Ok(a) => list_contracts::run(ctx, a).await,
+            Err(e) => Ok(ToolOutput::error(e)),
+        },
         ToolName::GetSpan => match parse_args(tool, args) {
             Ok(a) => get_span::run(ctx, a).await,
             Err(e) => Ok(ToolOutput::error(e)),
@@ -450,6 +459,7 @@ mod tests {
     #[test]
     fn every_tool_schema_matches_its_argument_type() {
         schema_and_args_agree::<get_span::Args>(ToolName::GetSpan);
+        schema_and_args_agree::<list_contracts::Args>(ToolName::ListContracts);
         schema_and_args_agree::<explain_decision::Args>(ToolName::ExplainDecision);
         schema_and_args_agree::<propose_amendment::Args>(ToolName::ProposeAmendment);
         schema_and_args_agree::<simulate_law::Args>(ToolName::SimulateLaw);

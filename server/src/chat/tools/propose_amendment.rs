@@ -16,24 +16,28 @@ use crate::chat::record::append_one;
 pub(super) const DESCRIPTION: &str = "Propose a contract change; it applies only when an authorized user \
     confirms it.";
 
+/// Longest reason kept with a proposal. Limits are checked here, not only in the schema, whose
+/// bounds are left out to keep the prompt short.
+const MAX_REASON_BYTES: usize = 500;
+
 pub(super) fn schema() -> Value {
     json!({
         "type": "object",
         "additionalProperties": false,
         "required": ["contract", "changes", "reason"],
         "properties": {
-            "contract": {"type": "string", "minLength": 1, "description": "Name or span id."},
+            "contract": {"type": "string", "description": "Name or span id."},
             "changes": {
                 "type": "object",
                 "additionalProperties": false,
                 "minProperties": 1,
                 "properties": {
                     "deadline_at": {"type": "string", "description": "RFC 3339, a date, or +3d, -12h"},
-                    "title": {"type": "string", "minLength": 1, "maxLength": 200},
-                    "quorum": {"type": "integer", "minimum": 1, "maximum": 100}
+                    "title": {"type": "string"},
+                    "quorum": {"type": "integer"}
                 }
             },
-            "reason": {"type": "string", "minLength": 1, "maxLength": 500}
+            "reason": {"type": "string"}
         }
     })
 }
@@ -81,6 +85,12 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
         (Ok(c), Ok(r)) => (c, r),
         (Err(e), _) | (_, Err(e)) => return Ok(ToolOutput::error(e)),
     };
+    if reason.len() > MAX_REASON_BYTES {
+        return Ok(ToolOutput::error(format!(
+            "`reason` is {} bytes; at most {MAX_REASON_BYTES}",
+            reason.len()
+        )));
+    }
     let Some(contract) = find_contract(ctx, reference).await? else {
         return Ok(ToolOutput::error(format!(
             "no contract named or identified `{reference}` that you may see"

@@ -12,6 +12,11 @@ use super::{SpanBrief, ToolContext, ToolOutput};
 pub(super) const DESCRIPTION: &str =
     "Find, count or group the spans you may see (latest versions by default). Read-only.";
 
+/// What an empty result says about itself.
+const EMPTY: &str = "Nothing matched this filter. That does not show that none exist: check the \
+    filter (a contract's state is content.state: active, accepted, held, terminated or void; \
+    list_contracts lists them by state).";
+
 pub(super) fn schema() -> Value {
     QuerySpec::json_schema()
 }
@@ -27,6 +32,10 @@ pub enum Output {
         /// More matched than the limit.
         #[serde(default)]
         truncated: bool,
+        /// Set when nothing matched: small models read an empty result as "none exist"
+        /// when their filter was simply wrong.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     Count {
         count: i64,
@@ -73,6 +82,7 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutpu
                     spans: rows,
                     returned,
                     truncated,
+                    note: (returned == 0).then(|| EMPTY.to_string()),
                 },
                 ids,
             )

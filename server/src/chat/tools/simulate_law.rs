@@ -19,8 +19,8 @@ pub(super) fn schema() -> Value {
         "additionalProperties": false,
         "required": ["law", "set"],
         "properties": {
-            "law": {"type": "string", "minLength": 1, "description": "Law id, name or span id."},
-            "set": {"type": "object", "minProperties": 1, "maxProperties": 10, "description": "Variable → value, e.g. {\"quorum\": 3}."},
+            "law": {"type": "string", "description": "Law id, name or span id."},
+            "set": {"type": "object", "description": "Variable → value, e.g. {\"quorum\": 3}."},
             "at": {"type": "string", "description": "Date; next midnight by default."}
         }
     })

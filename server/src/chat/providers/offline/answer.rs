@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::Answer;
 use crate::chat::providers::ToolCall;
 use crate::chat::tools::{
-    ToolError, ToolName as T, Truncated, explain_decision as explain, get_span,
+    ToolError, ToolName as T, Truncated, explain_decision as explain, get_span, list_contracts,
     propose_amendment as amend, query_ledger as query, recall_memory, remember,
     simulate_law as simulate,
 };
@@ -89,6 +89,9 @@ fn read(call: &ToolCall, content: &str) -> Part {
     let part = match T::parse(&call.name) {
         Some(T::ExplainDecision) => explain::Output::deserialize(&v).map(explain_part),
         Some(T::QueryLedger) => query::Output::deserialize(&v).map(|o| query_part(o, args)),
+        Some(T::ListContracts) => {
+            list_contracts::Output::deserialize(&v).map(|o| list_part(o, args))
+        }
         Some(T::GetSpan) => get_span::Output::deserialize(&v).map(|o| get_span_part(o.span)),
         Some(T::ProposeAmendment) => amend::Output::deserialize(&v).map(amend_part),
         Some(T::SimulateLaw) => simulate::Output::deserialize(&v).map(simulate_part),
@@ -103,7 +106,8 @@ fn read(call: &ToolCall, content: &str) -> Part {
 }
 
 /// What each tool was asked to do, and the argument that names its object.
-const ATTEMPTS: [(T, &str, &str); 7] = [
+const ATTEMPTS: [(T, &str, &str); 8] = [
+    (T::ListContracts, "list the contracts", "state"),
     (T::Remember, "remember", "text"),
     (T::RecallMemory, "recall what I remember about", "query"),
     (T::ExplainDecision, "explain the decision on", "contract"),
@@ -337,6 +341,33 @@ fn query_part(out: query::Output, args: &Value) -> Part {
         opt("", truncated.then_some(MORE_MATCHED), ""),
     );
     part(text, Found, spans.iter().map(|s| s.id))
+}
+
+fn list_part(out: list_contracts::Output, args: &Value) -> Part {
+    let state = at(Some(args), "state");
+    let desc = opt(" in state `", state.as_ref(), "`");
+    if out.contracts.is_empty() {
+        let total = usize::try_from(out.by_state.values().sum::<i64>()).unwrap_or(0);
+        let text = format!(
+            "None of the {} you may see is{desc}.",
+            plural(total, "contract")
+        );
+        return part(text, Nothing, []);
+    }
+    let (lines, more) = lines(&out.contracts, 50, |c| {
+        format!(
+            "- {}{}{}",
+            q(text(c.name.as_ref())),
+            opt(" \"", text(c.title.as_ref()), "\""),
+            opt(" — state `", text(c.state.as_ref()), "`"),
+        )
+    });
+    let text = format!(
+        "{}{desc}:\n{lines}{more}{}",
+        plural(out.contracts.len(), "contract"),
+        opt("", out.truncated.then_some(MORE_MATCHED), ""),
+    );
+    part(text, Found, out.contracts.iter().map(|c| c.id))
 }
 
 fn get_span_part(s: crate::chat::tools::SpanBrief) -> Part {
