@@ -473,7 +473,8 @@ async fn a_user_of_another_tenant_gets_nothing_of_the_demo_tenant() {
         "simulate_law",
         json!({"law": "midnight_deadline", "set": {"quorum": 3}}),
     ));
-    s.fake.push(tool("c5", "list_contracts", json!({})));
+    s.fake
+        .push(tool("c5", "list", json!({"kind": "contracts"})));
     s.fake.push(answer("D1 was terminated.", 0.9, &[d1]));
     s.fake.push(answer("D1 was terminated.", 0.9, &[d1]));
     let r = ask(&s, &stranger, "why was D1 terminated?").await;
@@ -503,7 +504,7 @@ async fn a_user_of_another_tenant_gets_nothing_of_the_demo_tenant() {
 }
 
 /// Small models asked "which contracts are on hold?" guessed a filter, matched nothing and
-/// answered that none were. `list_contracts` takes the state as an enum and counts every
+/// answered that none were. `list` takes the state as an enum and counts every
 /// state, and an empty `query_ledger` result says it is not evidence of absence.
 #[tokio::test]
 async fn listing_contracts_by_state_counts_every_state_so_an_empty_list_is_not_none() {
@@ -518,12 +519,21 @@ async fn listing_contracts_by_state_counts_every_state_so_an_empty_list_is_not_n
     held.sort();
     assert!(!held.is_empty(), "the demo holds a contract");
     let d4 = contract_id(s.store.as_ref(), &held[0]).await;
-    s.fake
-        .push(tool("c1", "list_contracts", json!({"state": "held"})));
-    s.fake
-        .push(tool("c2", "list_contracts", json!({"state": "void"})));
-    s.fake
-        .push(tool("c3", "list_contracts", json!({"state": "on_hold"})));
+    s.fake.push(tool(
+        "c1",
+        "list",
+        json!({"kind": "contracts", "state": "held"}),
+    ));
+    s.fake.push(tool(
+        "c2",
+        "list",
+        json!({"kind": "contracts", "state": "void"}),
+    ));
+    s.fake.push(tool(
+        "c3",
+        "list",
+        json!({"kind": "contracts", "state": "on_hold"}),
+    ));
     s.fake.push(tool(
         "c4",
         "query_ledger",
@@ -558,9 +568,44 @@ async fn listing_contracts_by_state_counts_every_state_so_an_empty_list_is_not_n
     assert_eq!(q["returned"], 0);
     let note = q["note"].as_str().unwrap_or_default();
     assert!(
-        note.contains("content.state") && note.contains("list_contracts"),
+        note.contains("content.state") && note.contains("`list`"),
         "{note}"
     );
+    // Laws and the newest decisions, each citable.
+    s.fake.push(tool("c1", "list", json!({"kind": "laws"})));
+    s.fake
+        .push(tool("c2", "list", json!({"kind": "decisions"})));
+    s.fake
+        .push(tool("c3", "list", json!({"kind": "laws", "state": "held"})));
+    s.fake.push(answer("The laws are listed.", 0.5, &[]));
+    let r = ask(&s, &ana(), "list the laws and the last decisions").await;
+    let laws = r.tool_results[0].result["laws"].as_array().unwrap().clone();
+    assert!(
+        laws.iter().any(|l| l["name"] == "midnight_deadline"),
+        "{laws:?}"
+    );
+    let decisions = r.tool_results[1].result["decisions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.tool_results[1].result))
+        .clone();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["contract"] == "D1" && d["triage"] == "not"),
+        "{decisions:?}"
+    );
+    let ats: Vec<&str> = decisions
+        .iter()
+        .map(|d| d["at"].as_str().unwrap())
+        .collect();
+    assert!(
+        ats.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {ats:?}"
+    );
+    let e = r.tool_results[2].result["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(e.contains("contracts only"), "{e}");
 }
 
 // ------------------------------------------------------------------ issue 12: grounding
@@ -779,6 +824,51 @@ async fn a_grounding_repair_that_calls_a_tool_is_answered() {
     let run = prompt_run(&s, &r).await;
     assert_eq!(run["content"]["repair"], "ungrounded");
     assert_eq!(run["content"]["grounding"]["tool_evidence"], true);
+}
+
+/// Qwen2.5-1.5B asked "who approved D5?" queried with a filter that matched nothing and
+/// answered, confidently and citing nothing, that there were no contracts. A call that ran
+/// but returned nothing is not evidence: the model is asked for a tool call, and an answer
+/// that still rests on nothing is shown as unsupported.
+#[tokio::test]
+async fn an_empty_result_is_not_evidence_for_a_confident_answer() {
+    let s = setup(vec![]).await;
+    let empty = json!({"entity_type": "contract", "status": "approved"});
+    s.fake.push(tool("c1", "query_ledger", empty.clone()));
+    s.fake
+        .push(answer("There are no approved contracts.", 0.85, &[]));
+    let d5 = contract_id(s.store.as_ref(), "D5").await;
+    s.fake
+        .push(tool("c2", "explain_decision", json!({"contract": "D5"})));
+    s.fake
+        .push(answer("D5 was approved by its two parties.", 0.9, &[d5]));
+    let r = ask(&s, &ana(), "who approved D5?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    assert_eq!(r.answer["citations"], json!([d5]));
+    let run = prompt_run(&s, &r).await;
+    assert_eq!(run["content"]["repair"], "ungrounded");
+    // The repair round asked for a tool call and offered the tools.
+    let got = s.fake.received();
+    let (_, tools) = system_and_tools(&got[2].body);
+    assert_eq!(tools.len(), LEDGER_TOOLS);
+
+    // The same, with a repair that again rests on an empty result: unsupported.
+    let s = setup(vec![]).await;
+    s.fake.push(tool("c1", "query_ledger", empty.clone()));
+    s.fake
+        .push(answer("There are no approved contracts.", 0.85, &[]));
+    s.fake.push(tool("c2", "query_ledger", empty));
+    s.fake
+        .push(answer("There are no approved contracts.", 0.85, &[]));
+    let r = ask(&s, &ana(), "who approved D5?").await;
+    assert_eq!(r.outcome, Outcome::Unsupported, "{}", r.answer);
+    assert!(
+        r.answer["confidence"].as_f64().unwrap() < 0.6,
+        "{}",
+        r.answer
+    );
+    let run = prompt_run(&s, &r).await;
+    assert_eq!(run["content"]["grounding"]["tool_evidence"], false);
 }
 
 #[tokio::test]

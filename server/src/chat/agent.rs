@@ -190,7 +190,8 @@ struct Turn<'a> {
     ledger_question: bool,
     /// The variant's tool choice for the first round of a ledger question.
     tool_choice: ToolChoice,
-    /// A tool call ran without error in this turn: the answer has evidence to rest on.
+    /// A tool call in this turn returned evidence (spans, a proposal, a non-zero count; not an
+    /// error or an empty result): the answer has something to rest on.
     grounded: bool,
     /// The last compiled system prompt's hash and its blocks (`id`, `seq`, `name`), recorded
     /// even when the call made with it failed.
@@ -686,7 +687,7 @@ impl Turn<'_> {
                         self.proposals.extend(out.proposal);
                         let status = if out.error.is_some() { "error" } else { "ok" };
                         // Evidence: a call that ran and answered, even with nothing found.
-                        self.grounded |= out.error.is_none();
+                        self.grounded |= out.evidence;
                         self.record_tool(call, status, &out.result, ms);
                         out
                     };
@@ -1079,7 +1080,7 @@ impl Turn<'_> {
 }
 
 /// What the model is told when its answer to a ledger question rests on no tool result.
-pub const GROUNDING_REPAIR: &str = "Your answer states facts about the ledger, but no tool returned evidence in this turn. Call a tool now (query_ledger, get_span, explain_decision, simulate_law, or propose_amendment for a change) and answer from its result. If no tool can tell, answer with confidence below 0.6 and ask a follow_up_question instead.";
+pub const GROUNDING_REPAIR: &str = "Your answer states facts about the ledger, but no tool returned evidence in this turn. Call a tool now (list, explain_decision, query_ledger, get_span, simulate_law, or propose_amendment for a change) and answer from its result. If no tool can tell, answer with confidence below 0.6 and ask a follow_up_question instead.";
 
 /// What the model is told when its reply is not a valid answer. `gather`: no tool has given
 /// evidence yet, so the model is asked to call one before answering.

@@ -14,7 +14,7 @@
 
 pub mod explain_decision;
 pub mod get_span;
-pub mod list_contracts;
+pub mod list;
 pub mod propose_amendment;
 pub mod query_ledger;
 pub mod recall_memory;
@@ -44,7 +44,7 @@ const MAX_CONTENT_BYTES: usize = 4 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolName {
     QueryLedger,
-    ListContracts,
+    List,
     GetSpan,
     ExplainDecision,
     ProposeAmendment,
@@ -57,7 +57,7 @@ impl ToolName {
     /// Every tool, in the order models are shown them.
     pub const ALL: [Self; 8] = [
         Self::QueryLedger,
-        Self::ListContracts,
+        Self::List,
         Self::GetSpan,
         Self::ExplainDecision,
         Self::ProposeAmendment,
@@ -69,7 +69,7 @@ impl ToolName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::QueryLedger => "query_ledger",
-            Self::ListContracts => "list_contracts",
+            Self::List => "list",
             Self::GetSpan => "get_span",
             Self::ExplainDecision => "explain_decision",
             Self::ProposeAmendment => "propose_amendment",
@@ -86,7 +86,7 @@ impl ToolName {
     fn spec(self) -> ToolSpec {
         let (description, parameters) = match self {
             Self::QueryLedger => (query_ledger::DESCRIPTION, query_ledger::schema()),
-            Self::ListContracts => (list_contracts::DESCRIPTION, list_contracts::schema()),
+            Self::List => (list::DESCRIPTION, list::schema()),
             Self::GetSpan => (get_span::DESCRIPTION, get_span::schema()),
             Self::ExplainDecision => (explain_decision::DESCRIPTION, explain_decision::schema()),
             Self::ProposeAmendment => (propose_amendment::DESCRIPTION, propose_amendment::schema()),
@@ -143,6 +143,10 @@ pub struct ToolOutput {
     pub error: Option<String>,
     /// A proposal this call created.
     pub proposal: Option<Uuid>,
+    /// The result shows something an answer can rest on: spans, a proposal, a non-zero count.
+    /// A call that ran but matched nothing is not evidence (small models read an empty result
+    /// from a wrong filter as "there are none").
+    pub evidence: bool,
 }
 
 /// A refused or failed call, as the model sees it.
@@ -166,6 +170,7 @@ impl ToolOutput {
         match serde_json::to_value(result) {
             Ok(result) => Self {
                 result,
+                evidence: !citable.is_empty(),
                 citable,
                 error: None,
                 proposal: None,
@@ -181,7 +186,14 @@ impl ToolOutput {
             citable: Vec::new(),
             error: Some(msg),
             proposal: None,
+            evidence: false,
         }
+    }
+
+    /// Marks a result that is evidence although it lists no span (a count, counts per group).
+    fn evidence(mut self, evidence: bool) -> Self {
+        self.evidence |= evidence && self.error.is_none();
+        self
     }
 
     /// The result as the tool message's text, cut to [`MAX_RESULT_BYTES`].
@@ -253,8 +265,8 @@ pub async fn run(ctx: &ToolContext<'_>, call: &ToolCall) -> Result<ToolOutput, S
     };
     match tool {
         ToolName::QueryLedger => query_ledger::run(ctx, args).await,
-        ToolName::ListContracts => match parse_args(tool, args) {
-            Ok(a) => list_contracts::run(ctx, a).await,
+        ToolName::List => match parse_args(tool, args) {
+            Ok(a) => list::run(ctx, a).await,
             Err(e) => Ok(ToolOutput::error(e)),
         },
         ToolName::GetSpan => match parse_args(tool, args) {
@@ -459,7 +471,7 @@ mod tests {
     #[test]
     fn every_tool_schema_matches_its_argument_type() {
         schema_and_args_agree::<get_span::Args>(ToolName::GetSpan);
-        schema_and_args_agree::<list_contracts::Args>(ToolName::ListContracts);
+        schema_and_args_agree::<list::Args>(ToolName::List);
         schema_and_args_agree::<explain_decision::Args>(ToolName::ExplainDecision);
         schema_and_args_agree::<propose_amendment::Args>(ToolName::ProposeAmendment);
         schema_and_args_agree::<simulate_law::Args>(ToolName::SimulateLaw);

@@ -180,5 +180,6 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
         vec![contract.id, appended.id],
     );
     out.proposal = Some(appended.id);
+    out.evidence = true;
     Ok(out)
 }

@@ -15,7 +15,7 @@ pub(super) const DESCRIPTION: &str =
 /// What an empty result says about itself.
 const EMPTY: &str = "Nothing matched this filter. That does not show that none exist: check the \
     filter (a contract's state is content.state: active, accepted, held, terminated or void; \
-    list_contracts lists them by state).";
+    `list` lists them by state).";
 
 pub(super) fn schema() -> Value {
     QuerySpec::json_schema()
@@ -57,6 +57,10 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutpu
         Ok(s) => s,
         Err(e) => return Ok(ToolOutput::error(format!("invalid query: {e}"))),
     };
+    let by_name = args
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.trim().is_empty());
     let out = match ctx.store.query_spec(ctx.principal, &spec).await {
         Ok(r) => r,
         Err(StoreError::Input(e)) => return Ok(ToolOutput::error(format!("invalid query: {e}"))),
@@ -86,16 +90,25 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: &Value) -> Result<ToolOutpu
                 },
                 ids,
             )
+            // A lookup by exact name that finds nothing shows that the name is unknown ("what
+            // is D9?"); any other empty result may only show that the filter was wrong.
+            .evidence(by_name)
         }
-        SpecResult::Count(count) => ToolOutput::ok(&Output::Count { count }, Vec::new()),
-        SpecResult::Groups(groups) => ToolOutput::ok(
-            &Output::Groups {
-                groups: groups
-                    .into_iter()
-                    .map(|(key, count)| Group { key, count })
-                    .collect(),
-            },
-            Vec::new(),
-        ),
+        SpecResult::Count(count) => {
+            ToolOutput::ok(&Output::Count { count }, Vec::new()).evidence(count > 0)
+        }
+        SpecResult::Groups(groups) => {
+            let any = !groups.is_empty();
+            ToolOutput::ok(
+                &Output::Groups {
+                    groups: groups
+                        .into_iter()
+                        .map(|(key, count)| Group { key, count })
+                        .collect(),
+                },
+                Vec::new(),
+            )
+            .evidence(any)
+        }
     })
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::Answer;
 use crate::chat::providers::ToolCall;
 use crate::chat::tools::{
-    ToolError, ToolName as T, Truncated, explain_decision as explain, get_span, list_contracts,
+    ToolError, ToolName as T, Truncated, explain_decision as explain, get_span, list,
     propose_amendment as amend, query_ledger as query, recall_memory, remember,
     simulate_law as simulate,
 };
@@ -89,9 +89,7 @@ fn read(call: &ToolCall, content: &str) -> Part {
     let part = match T::parse(&call.name) {
         Some(T::ExplainDecision) => explain::Output::deserialize(&v).map(explain_part),
         Some(T::QueryLedger) => query::Output::deserialize(&v).map(|o| query_part(o, args)),
-        Some(T::ListContracts) => {
-            list_contracts::Output::deserialize(&v).map(|o| list_part(o, args))
-        }
+        Some(T::List) => list::Output::deserialize(&v).map(|o| list_part(o, args)),
         Some(T::GetSpan) => get_span::Output::deserialize(&v).map(|o| get_span_part(o.span)),
         Some(T::ProposeAmendment) => amend::Output::deserialize(&v).map(amend_part),
         Some(T::SimulateLaw) => simulate::Output::deserialize(&v).map(simulate_part),
@@ -107,7 +105,7 @@ fn read(call: &ToolCall, content: &str) -> Part {
 
 /// What each tool was asked to do, and the argument that names its object.
 const ATTEMPTS: [(T, &str, &str); 8] = [
-    (T::ListContracts, "list the contracts", "state"),
+    (T::List, "list", "kind"),
     (T::Remember, "remember", "text"),
     (T::RecallMemory, "recall what I remember about", "query"),
     (T::ExplainDecision, "explain the decision on", "contract"),
@@ -343,18 +341,52 @@ fn query_part(out: query::Output, args: &Value) -> Part {
     part(text, Found, spans.iter().map(|s| s.id))
 }
 
-fn list_part(out: list_contracts::Output, args: &Value) -> Part {
+fn list_part(out: list::Output, args: &Value) -> Part {
+    if let Some(laws) = out.laws {
+        let (lines, more) = lines(&laws, 50, |l| {
+            format!(
+                "- {}{}",
+                q(text(l.name.as_ref())),
+                opt(" — ", text(l.status.as_ref()), "")
+            )
+        });
+        let text = format!("{}:\n{lines}{more}", plural(laws.len(), "law"));
+        return part(
+            text,
+            if laws.is_empty() { Nothing } else { Found },
+            laws.iter().map(|l| l.id),
+        );
+    }
+    if let Some(decisions) = out.decisions {
+        let (lines, more) = lines(&decisions, 50, |d| {
+            format!(
+                "- {}: {} by {} — triage `{}`",
+                q(text(d.at.as_ref())),
+                q(text(d.contract.as_ref())),
+                q(text(d.law.as_ref())),
+                q(text(d.triage.as_ref())),
+            )
+        });
+        let text = format!(
+            "The newest {}:\n{lines}{more}",
+            plural(decisions.len(), "decision")
+        );
+        let evidence = if decisions.is_empty() { Nothing } else { Found };
+        return part(text, evidence, decisions.iter().map(|d| d.id));
+    }
+    let contracts = out.contracts.unwrap_or_default();
     let state = at(Some(args), "state");
     let desc = opt(" in state `", state.as_ref(), "`");
-    if out.contracts.is_empty() {
-        let total = usize::try_from(out.by_state.values().sum::<i64>()).unwrap_or(0);
+    if contracts.is_empty() {
+        let total = out.by_state.map_or(0, |b| b.values().sum::<i64>());
+        let total = usize::try_from(total).unwrap_or(0);
         let text = format!(
             "None of the {} you may see is{desc}.",
             plural(total, "contract")
         );
         return part(text, Nothing, []);
     }
-    let (lines, more) = lines(&out.contracts, 50, |c| {
+    let (lines, more) = lines(&contracts, 50, |c| {
         format!(
             "- {}{}{}",
             q(text(c.name.as_ref())),
@@ -364,10 +396,10 @@ fn list_part(out: list_contracts::Output, args: &Value) -> Part {
     });
     let text = format!(
         "{}{desc}:\n{lines}{more}{}",
-        plural(out.contracts.len(), "contract"),
+        plural(contracts.len(), "contract"),
         opt("", out.truncated.then_some(MORE_MATCHED), ""),
     );
-    part(text, Found, out.contracts.iter().map(|c| c.id))
+    part(text, Found, contracts.iter().map(|c| c.id))
 }
 
 fn get_span_part(s: crate::chat::tools::SpanBrief) -> Part {
