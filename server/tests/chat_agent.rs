@@ -425,18 +425,13 @@ async fn instructions_planted_in_a_span_cause_no_write() {
         .await
         .unwrap();
     assert!(amendments.rows.is_empty(), "nothing was applied");
-    let p = s
-        .store
-        .get(&ana(), r.proposals[0], None)
-        .await
-        .unwrap()
-        .unwrap()
-        .to_view()
-        .unwrap();
-    assert_eq!(
-        p["status"], "pending",
-        "only a proposal waiting for a person"
-    );
+    // The user asked a question: the proposal the planted text steered the model to is not
+    // even made.
+    assert!(r.proposals.is_empty(), "{:?}", r.proposals);
+    let e = r.tool_results[1].result["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(e.contains("not for a change"), "{e}");
 
     // The planted text reached the model only as a tool result, never as instructions.
     let got = s.fake.received();
@@ -959,6 +954,70 @@ async fn claiming_a_change_that_was_not_proposed_is_refused() {
     let repair = last_user_message(&s.fake.received()[1].body);
     assert!(repair.contains("no change was proposed"), "{repair}");
     assert_eq!(latest_seq(s.store.as_ref(), "D1").await, before);
+}
+
+/// Qwen2.5-1.5B, asked "what happened at the last midnight?", proposed a new title and quorum
+/// for D1; asked "delete D1", it proposed a deadline change. Whether a proposal may be made
+/// is read from the user's message: a question gets none, a deletion is declined with the
+/// contract to cite, and a change request is proposed as before.
+#[tokio::test]
+async fn proposals_follow_what_the_user_asked_not_what_the_model_chose() {
+    let s = setup(vec![]).await;
+    let d1 = contract_id(s.store.as_ref(), "D1").await;
+    let before = latest_seq(s.store.as_ref(), "D1").await;
+    let title = json!({"contract": "D1", "changes": {"title": "Updated"}, "reason": "asked"});
+    s.fake.push(tool("c1", "propose_amendment", title.clone()));
+    s.fake.push(answer("Nothing to propose.", 0.5, &[]));
+    let r = ask(&s, &ana(), "what happened at the last midnight?").await;
+    assert!(r.proposals.is_empty());
+    let e = r.tool_results[0].result["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(e.contains("not for a change"), "{e}");
+
+    let deadline = json!({"contract": "D1", "changes": {"deadline_at": "+3d"}, "reason": "delete"});
+    s.fake.push(tool("c1", "propose_amendment", deadline));
+    s.fake.push(answer(
+        "D1 cannot be deleted: the ledger is append-only.",
+        0.9,
+        &[d1],
+    ));
+    let r = ask(&s, &ana(), "delete D1").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    assert!(r.proposals.is_empty());
+    let out = &r.tool_results[0].result;
+    assert_eq!(out["status"], "refused", "{out}");
+    assert!(
+        out["refused"].as_str().unwrap().contains("append-only"),
+        "{out}"
+    );
+    assert_eq!(r.answer["citations"], json!([d1]));
+    assert_eq!(latest_seq(s.store.as_ref(), "D1").await, before);
+
+    s.fake.push(tool("c1", "propose_amendment", title));
+    s.fake
+        .push(answer("Proposed; it awaits confirmation.", 0.5, &[]));
+    let r = ask(&s, &ana(), "change D1's title to Updated").await;
+    assert_eq!(r.proposals.len(), 1, "{:?}", r.tool_results);
+}
+
+/// A call of a tool the round did not offer is refused, not run: here `remember` with memory
+/// off, written by the model as text.
+#[tokio::test]
+async fn a_tool_that_was_not_offered_is_not_run() {
+    let s = setup(vec![tool(
+        "c1",
+        "remember",
+        json!({"text": "ana likes D1", "kind": "fact"}),
+    )])
+    .await;
+    s.fake.push(answer("Noted.", 0.5, &[]));
+    let r = ask(&s, &ana(), "hello").await;
+    let e = r.tool_results[0].result["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(e.contains("not offered"), "{e}");
+    assert!(e.contains("query_ledger"), "{e}");
 }
 
 #[tokio::test]

@@ -529,6 +529,9 @@ impl Turn<'_> {
             } else {
                 Vec::new()
             };
+            // A call of a tool this round did not offer (written in the text, or memory tools
+            // with memory off) is refused, not run.
+            let offered: Vec<String> = tools.iter().map(|t| t.name.clone()).collect();
             let extra: Vec<(PromptBlock, i64)> = self.breaker.iter().cloned().collect();
             let prompts = self.agent.prompts.current();
             let built = build_prompt(
@@ -656,6 +659,19 @@ impl Turn<'_> {
                         ));
                         self.record_tool(call, "refused", &out.result, 0);
                         out
+                    } else if !offered.contains(&call.name) {
+                        self.tool_calls += 1;
+                        let out = ToolOutput::error(if offered.is_empty() {
+                            format!("`{}` is not offered now: no tool is; answer now", call.name)
+                        } else {
+                            format!(
+                                "`{}` is not offered now; call one of: {}",
+                                call.name,
+                                offered.join(", ")
+                            )
+                        });
+                        self.record_tool(call, "refused", &out.result, 0);
+                        out
                     } else {
                         self.tool_calls += 1;
                         let ctx = ToolContext {
@@ -665,6 +681,7 @@ impl Turn<'_> {
                             roles: self.roles,
                             now: self.now,
                             trace_id: &self.trace_id,
+                            request: self.message,
                             memory: memory_turn::reach(self.memory).map(|reach| {
                                 tools::MemoryAccess {
                                     memory: &self.agent.memory,

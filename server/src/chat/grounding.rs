@@ -223,6 +223,51 @@ pub fn claims_unmade_change(text: &str, cites_something: bool) -> bool {
     })
 }
 
+/// Stems of a request to delete or erase something, which an append-only ledger never does.
+#[rustfmt::skip]
+const DELETE_STEMS: &[&str] = &[
+    "delet", "remov", "eras", "destroy", "purg", "wipe", "apag", "exclu", "elimin", "remova",
+];
+
+/// Stems of a request to change a contract (what `propose_amendment` is for).
+#[rustfmt::skip]
+const CHANGE_STEMS: &[&str] = &[
+    "extend", "extens", "postpon", "delay", "amend", "chang", "modif", "updat", "renam", "rais",
+    "lower", "increas", "decreas", "move", "push", "shorten", "reduc", "propos",
+    "prorrog", "alter", "mud", "adi", "atualiz", "aument", "diminu", "reduz", "propo",
+];
+
+/// Words that open a question about how things are, not a request to change them.
+#[rustfmt::skip]
+const QUESTION_WORDS: &[&str] = &[
+    "what", "which", "who", "whom", "whose", "when", "why", "where", "how", "is", "are", "was",
+    "were", "did", "does", "do", "list", "show",
+    "que", "qual", "quais", "quem", "quando", "porque", "porquê", "onde", "como", "o",
+];
+
+/// Does the message ask to delete or erase something ("delete D1", "apaga o D1")?
+pub fn asks_to_delete(message: &str) -> bool {
+    words(message)
+        .iter()
+        .any(|w| DELETE_STEMS.iter().any(|s| w.starts_with(s)))
+}
+
+/// Is the message a question about how things are, with no word of a change in it ("what
+/// happened at the last midnight?")? A proposal made in answer to one is a model's invention:
+/// Qwen2.5-1.5B proposed a new title and quorum for D1 when asked what happened. A short reply
+/// in a conversation ("yes, do it") is not such a question.
+pub fn asks_no_change(message: &str) -> bool {
+    let ws = words(message);
+    let question = message.trim_end().ends_with('?')
+        || ws
+            .first()
+            .is_some_and(|w| QUESTION_WORDS.contains(&w.as_str()));
+    question
+        && !ws
+            .iter()
+            .any(|w| CHANGE_STEMS.iter().any(|s| w.starts_with(s)) || w == "set")
+}
+
 /// Errors of `actions[]`: each action must name a proposal this turn's tools created.
 pub fn action_errors(answer: &Value, proposals: &[Uuid]) -> Vec<String> {
     let made: HashSet<Uuid> = proposals.iter().copied().collect();
@@ -271,6 +316,31 @@ pub fn unsupported_answer(draft: &Value, tool_use_count: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_with_no_change_in_it_is_not_a_change_request() {
+        for m in [
+            "what happened at the last midnight?",
+            "who approved D5?",
+            "which contracts would be held?",
+            "Porque é que o D1 foi terminado?",
+        ] {
+            assert!(asks_no_change(m), "{m}");
+        }
+        for m in [
+            "extend D1's deadline by 3 days",
+            "can you extend D1 by 3 days?",
+            "what if we postpone D3?",
+            "set the quorum of D5 to 3",
+            "yes, do it",
+            "prorroga o prazo do D1 por 3 dias",
+        ] {
+            assert!(!asks_no_change(m), "{m}");
+        }
+        assert!(asks_to_delete("delete D1"));
+        assert!(asks_to_delete("apaga o contrato D1"));
+        assert!(!asks_to_delete("why was D1 terminated?"));
+    }
 
     #[test]
     fn ledger_questions_are_told_from_meta_messages() {

@@ -22,8 +22,8 @@ const MAX_LISTED: i64 = 50;
 /// Newest decisions listed: enough for the last few midnights of a small tenant.
 const MAX_DECISIONS: i64 = 20;
 
-pub(super) const DESCRIPTION: &str = "List contracts (optionally one state; held = on hold), laws, or \
-     the newest law decisions (what each midnight decided), newest first.";
+pub(super) const DESCRIPTION: &str =
+    "List contracts (optionally by state; held = on hold), laws, or the newest midnight decisions.";
 
 const STATES: [State; 5] = [
     State::Active,

@@ -117,6 +117,9 @@ pub struct ToolContext<'a> {
     pub now: DateTime<Utc>,
     /// The turn's trace id: proposals hang in it.
     pub trace_id: &'a str,
+    /// The user's message of this turn: whether a proposal may be made is read from it, not
+    /// from the model's arguments.
+    pub request: &'a str,
     /// Memory as the turn's `X-LogLine-Memory` mode allows it; `None` when it is `off`.
     pub memory: Option<MemoryAccess<'a>>,
 }

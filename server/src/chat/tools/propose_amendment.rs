@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{ToolContext, ToolOutput, find_contract, non_empty};
+use crate::chat::grounding;
 use crate::chat::proposals::{PROPOSAL, amended_content, may_amend, pick, summarize};
 use crate::chat::record::append_one;
 
@@ -67,6 +68,9 @@ pub struct Output {
     pub after: Value,
     pub summary: Option<String>,
     pub requires: Option<String>,
+    /// Why nothing was proposed, when the request cannot be one (a deletion).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -91,6 +95,15 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
             reason.len()
         )));
     }
+    // The user's message decides whether a proposal may be made at all; the model's reading
+    // of it does not (grounding.rs).
+    let deletion = grounding::asks_to_delete(ctx.request);
+    if !deletion && grounding::asks_no_change(ctx.request) {
+        return Ok(ToolOutput::error(
+            "not proposed: the user asked a question, not for a change. Answer the question \
+             from the ledger (list, explain_decision) instead.",
+        ));
+    }
     let Some(contract) = find_contract(ctx, reference).await? else {
         return Ok(ToolOutput::error(format!(
             "no contract named or identified `{reference}` that you may see"
@@ -101,6 +114,24 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
             "contract {reference} has no versions"
         )));
     };
+    if deletion {
+        // Shown with the contract it is about, so the answer can cite what it declines on.
+        let out = Output {
+            status: Some("refused".into()),
+            contract: Some(ContractRef {
+                id: Some(contract.id),
+                name: Some(latest.label()),
+                seq: Some(latest.seq),
+            }),
+            refused: Some(format!(
+                "{} cannot be deleted: the ledger is append-only and keeps every version. Tell \
+                 the user so; its deadline, title or quorum can be amended instead.",
+                latest.label()
+            )),
+            ..Output::default()
+        };
+        return Ok(ToolOutput::ok(&out, vec![contract.id]));
+    }
     if !may_amend(ctx.principal, ctx.roles, latest) {
         return Ok(ToolOutput::error(format!(
             "permission denied: {} is not a party to contract {} and has no admin role",
@@ -176,6 +207,7 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
             after,
             summary: Some(summary),
             requires: Some("confirmation by a party to the contract or an administrator".into()),
+            refused: None,
         },
         vec![contract.id, appended.id],
     );

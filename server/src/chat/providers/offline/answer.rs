@@ -429,6 +429,9 @@ fn get_span_part(s: crate::chat::tools::SpanBrief) -> Part {
 
 fn amend_part(out: amend::Output) -> Part {
     let contract = out.contract.unwrap_or_default();
+    if let Some(refused) = out.refused {
+        return part(refused, Found, [contract.id]);
+    }
     let name = contract.name.unwrap_or_else(|| "the contract".into());
     let diffs: Vec<String> = (out.after.as_object().into_iter().flatten())
         .map(|(k, a)| match out.before.get(k) {
