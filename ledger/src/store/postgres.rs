@@ -18,10 +18,10 @@ use super::{
     AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
     honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
-use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
+use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead, TreeRead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
-use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
+use crate::merkle::{Frontier, NodeKey as TreeKey};
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
@@ -915,71 +915,56 @@ impl Tree for PgStore {
     }
 
     async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError> {
-        let mut tx = self.begin_auditor().await?;
-        let row = sqlx::query("SELECT size, peaks FROM ledger.merkle_heads WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        row.map(|r| {
-            Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
-                .map_err(StoreError::Corrupt)
-        })
-        .transpose()
+        Ok(self.tree_read(tenant, &[], &[]).await?.frontier)
     }
 
-    async fn tree_nodes(
+    /// One statement: `ledger.tree_read` (migration 0016) reads as the auditor, without a
+    /// transaction of our own around it.
+    async fn tree_read(
         &self,
         tenant: &str,
         stored: &[TreeKey],
         leaves: &[u64],
-    ) -> Result<(HashMap<TreeKey, Hash>, HashMap<u64, Hash>), StoreError> {
-        let mut tx = self.begin_auditor().await?;
-        let mut nodes = HashMap::new();
-        if !stored.is_empty() {
-            let rows = sqlx::query(
-                "SELECT n.level, n.idx, n.hash FROM ledger.merkle_nodes n \
-                 JOIN UNNEST($2::smallint[], $3::bigint[]) AS k(level, idx) \
-                 ON n.level = k.level AND n.idx = k.idx WHERE n.tenant_id = $1",
-            )
-            .bind(tenant)
-            .bind(
-                stored
-                    .iter()
-                    .map(|(l, _)| i16::from(*l))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(stored.iter().map(|(_, i)| *i as i64).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                let level: i16 = r.get(0);
-                let idx: i64 = r.get(1);
-                nodes.insert(
-                    (level as u8, idx as u64),
-                    super::stored_hash(r.get::<&[u8], _>(2))?,
-                );
+    ) -> Result<TreeRead, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, level, idx, bytes, curr_hash FROM ledger.tree_read($1, $2, $3, $4)",
+        )
+        .bind(tenant)
+        .bind(
+            stored
+                .iter()
+                .map(|(l, _)| i16::from(*l))
+                .collect::<Vec<_>>(),
+        )
+        .bind(stored.iter().map(|(_, i)| *i as i64).collect::<Vec<_>>())
+        .bind(leaves.iter().map(|p| *p as i64).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut read = TreeRead::default();
+        for r in rows {
+            let idx: i64 = r.get(2);
+            match r.get::<i16, _>(0) {
+                0 => {
+                    read.frontier = Some(
+                        Frontier::from_parts(idx.max(0) as u64, r.get(3))
+                            .map_err(StoreError::Corrupt)?,
+                    );
+                }
+                1 => {
+                    let level: i16 = r.get(1);
+                    read.nodes.insert(
+                        (level as u8, idx as u64),
+                        super::stored_hash(r.get::<&[u8], _>(3))?,
+                    );
+                }
+                _ => {
+                    let leaf = crate::merkle::span_leaf(r.get::<&str, _>(4))
+                        .map_err(StoreError::Corrupt)?;
+                    read.leaves.insert(idx as u64, leaf);
+                }
             }
         }
-        let mut out = HashMap::new();
-        if !leaves.is_empty() {
-            let rows = sqlx::query(
-                "SELECT chain_pos, curr_hash FROM ledger.spans WHERE tenant_id = $1 \
-                 AND chain_pos = ANY($2)",
-            )
-            .bind(tenant)
-            .bind(leaves.iter().map(|p| *p as i64).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                let pos: i64 = r.get(0);
-                let leaf =
-                    crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
-                out.insert(pos as u64, leaf);
-            }
-        }
-        tx.commit().await?;
-        Ok((nodes, out))
+        Ok(read)
     }
 }
 
