@@ -17,7 +17,8 @@
 //! already handed out, so truncation, rollback and forks show as a checkpoint the chain no
 //! longer matches. This module also reads the stored trees ([`Tree`]) for inclusion and
 //! consistency proofs: O(log n) subtree hashes, each read from `merkle_nodes` (16 leaves and
-//! up) or hashed from at most 16 spans' `curr_hash`, in one round trip per table.
+//! up) or hashed from at most 16 spans' `curr_hash`, read with the tree's size in one
+//! [`Tree::tree_read`] (one statement on PostgreSQL).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -288,33 +289,38 @@ pub enum TreeError {
     },
 }
 
-/// The hashes of `ranges` in tenant's tree, in order.
+/// The hashes of `ranges` in the tenant's tree, in order, read together with the tree's size
+/// (one round trip on PostgreSQL), which must be at least `size`.
 async fn range_hashes(
     tree: &dyn Tree,
     tenant: &str,
+    size: u64,
     ranges: &[Range],
-) -> Result<Vec<Hash>, StoreError> {
+) -> Result<Vec<Hash>, TreeError> {
     let keys: Vec<MerkleKey> = ranges.iter().flat_map(|r| range_subtrees(*r)).collect();
     let (stored, leaves) = fetch_plan(&keys);
-    let (mut nodes, leaf_hashes) = tree.tree_nodes(tenant, &stored, &leaves).await?;
+    let read = tree.tree_read(tenant, &stored, &leaves).await?;
+    within(tenant, size, read.frontier.map_or(0, |f| f.size()))?;
+    let mut nodes = read.nodes;
     if let Some(missing) = stored.iter().find(|k| !nodes.contains_key(k)) {
         return Err(StoreError::Corrupt(format!(
             "tenant `{tenant}`: Merkle node (level {}, index {}) is missing",
             missing.0, missing.1
-        )));
+        ))
+        .into());
     }
-    fill_small(&keys, &leaf_hashes, &mut nodes).map_err(|p| {
+    fill_small(&keys, &read.leaves, &mut nodes).map_err(|p| {
         StoreError::Corrupt(format!(
             "tenant `{tenant}`: the span at chain_pos {p} is missing"
         ))
     })?;
-    ranges
+    Ok(ranges
         .iter()
         .map(|r| {
             range_hash(*r, &nodes)
                 .ok_or_else(|| StoreError::Corrupt(format!("tenant `{tenant}`: subtree {r:?}")))
         })
-        .collect()
+        .collect::<Result<_, _>>()?)
 }
 
 /// The tenant's stored tree size.
@@ -335,11 +341,11 @@ fn within(tenant: &str, size: u64, available: u64) -> Result<(), TreeError> {
 
 /// The root of the tenant's tree when it had `size` spans.
 pub async fn root_at(tree: &dyn Tree, tenant: &str, size: u64) -> Result<Hash, TreeError> {
-    within(tenant, size, tree_size(tree, tenant).await?)?;
     if size == 0 {
+        within(tenant, size, tree_size(tree, tenant).await?)?;
         return Ok(merkle::empty_root());
     }
-    Ok(range_hashes(tree, tenant, &[(0, size)]).await?[0])
+    Ok(range_hashes(tree, tenant, size, &[(0, size)]).await?[0])
 }
 
 /// The audit path of leaf `index` in the tenant's tree of `size` spans.
@@ -349,9 +355,8 @@ pub async fn inclusion(
     index: u64,
     size: u64,
 ) -> Result<Vec<Hash>, TreeError> {
-    within(tenant, size, tree_size(tree, tenant).await?)?;
     within(tenant, index + 1, size)?;
-    Ok(range_hashes(tree, tenant, &inclusion_ranges(index, size)).await?)
+    range_hashes(tree, tenant, size, &inclusion_ranges(index, size)).await
 }
 
 /// The consistency proof between the tenant's trees of `old` and `new` spans.
@@ -361,9 +366,8 @@ pub async fn consistency(
     old: u64,
     new: u64,
 ) -> Result<Vec<Hash>, TreeError> {
-    within(tenant, new, tree_size(tree, tenant).await?)?;
     within(tenant, old, new)?;
-    Ok(range_hashes(tree, tenant, &consistency_ranges(old, new)).await?)
+    range_hashes(tree, tenant, new, &consistency_ranges(old, new)).await
 }
 
 /// A tree head a commit left behind, before it is signed, with the tree it grew from.
@@ -633,15 +637,27 @@ pub trait Tree: Send + Sync {
     /// The tenant's Merkle tree as stored (its compact range), if it has one (administrative).
     async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError>;
 
-    /// Stored subtree hashes (level >= [`crate::merkle::STORED_LEVEL`]) and the `curr_hash`
-    /// of the spans at `leaves`, as leaf hashes (administrative: proofs reveal hashes only).
-    /// Absent rows are simply missing from the maps.
-    async fn tree_nodes(
+    /// The tenant's stored frontier, the stored subtree hashes at `stored` (level >=
+    /// [`crate::merkle::STORED_LEVEL`]) and the `curr_hash` of the spans at `leaves` as leaf
+    /// hashes, in one read: a proof is one round trip (administrative: proofs reveal hashes
+    /// only). Absent rows are simply missing from the maps.
+    async fn tree_read(
         &self,
         tenant: &str,
         stored: &[MerkleKey],
         leaves: &[u64],
-    ) -> Result<(HashMap<MerkleKey, Hash>, HashMap<u64, Hash>), StoreError>;
+    ) -> Result<TreeRead, StoreError>;
+}
+
+/// One read of a tenant's tree ([`Tree::tree_read`]).
+#[derive(Debug, Default)]
+pub struct TreeRead {
+    /// The stored compact range; `None` when the tenant has no tree.
+    pub frontier: Option<Frontier>,
+    /// Stored subtree hashes by key.
+    pub nodes: HashMap<MerkleKey, Hash>,
+    /// Leaf hashes by chain position.
+    pub leaves: HashMap<u64, Hash>,
 }
 
 /// Records the heads a commit left (called by the stores after commit): each is signed and
@@ -688,17 +704,26 @@ async fn extends(
             stored: size,
         });
     }
+    let fork = |stored: String| TreeError::Fork {
+        tenant: tenant.to_string(),
+        size: known_size,
+        remembered: B64.encode(known_root),
+        stored,
+    };
+    // The same size needs no proof (and no read): the roots must be equal.
+    if known_size == size {
+        return if known_root == root {
+            Ok(())
+        } else {
+            Err(fork(b64(&root)))
+        };
+    }
     let proof = consistency(tree, tenant, known_size, size).await?;
     if merkle::verify_consistency(known_size, size, &known_root, &root, &proof).is_err() {
         let stored = root_at(tree, tenant, known_size)
             .await
             .map_or_else(|e| format!("unreadable ({e})"), |r| b64(&r));
-        return Err(TreeError::Fork {
-            tenant: tenant.to_string(),
-            size: known_size,
-            remembered: B64.encode(known_root),
-            stored,
-        });
+        return Err(fork(stored));
     }
     Ok(())
 }

@@ -114,6 +114,27 @@ async fn raw_sql_as_another_tenant_sees_only_public_rows() {
 }
 
 #[tokio::test]
+async fn the_application_role_cannot_read_another_tenants_tree_through_tree_read() {
+    let s = open(&pg::fresh_database().await).await;
+    add(&s, &ana(), json!({"who": "ana", "this": "private"})).await;
+    let call = "SELECT count(*) FROM ledger.tree_read('bakery', '{}', '{}', '{0}')";
+    // The owner role the store connects as reads through it (as the auditor)...
+    let n: i64 = sqlx::query_scalar(call).fetch_one(s.pool()).await.unwrap();
+    assert_eq!(n, 2, "the frontier and the span at chain_pos 0");
+    // ...the role every request acts as may not call it at all.
+    let mut tx = s.pool().begin().await.unwrap();
+    sqlx::query("SELECT set_config('role', 'logline_app', true), set_config('app.user_id', 'mallory', true), set_config('app.tenant_id', 'rival', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query_scalar::<_, i64>(call)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+#[tokio::test]
 async fn the_database_refuses_writes_into_another_tenant() {
     let s = open(&pg::fresh_database().await).await;
     let mut tx = s.pool().begin().await.unwrap();

@@ -13,15 +13,15 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
 use super::spec_sql::{self, Compiled, Dialect, List};
-use super::tree::{self, Growth};
+use super::tree::{self, Growth, Pending, Trees};
 use super::{
     AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
     honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
-use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
+use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeRead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
-use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
+use crate::merkle::{Frontier, NodeKey as TreeKey};
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
@@ -38,6 +38,9 @@ pub struct PgStore {
 }
 
 type Tx = Transaction<'static, Postgres>;
+
+/// How long a pooled connection may sit idle before it is pinged when handed out again.
+const PING_IF_IDLE: Duration = Duration::from_secs(10);
 
 const TAIL_SELECT: &str = concat!(
     "SELECT s.ingest_id, s.envelope, b.body, s.curr_hash, s.signature, s.tenant_id, s.owner_id, \
@@ -76,6 +79,18 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
+            // sqlx pings every connection it hands out: a round trip per transaction (a proof
+            // document is three of them). Only a connection idle for a while can have been
+            // closed under us (a server restart, a proxy's idle timeout), so only it is pinged.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
@@ -149,84 +164,82 @@ impl PgStore {
         Ok(growth)
     }
 
-    /// Grows the tenant's tree by the plan's spans, appends a `checkpoint` span when one is
-    /// due (as the node, then acting as `principal` again), and notes the new tree head.
+    /// Grows the tenant's pending tree by the plan's spans (loading it at the tenant's first
+    /// batch of the transaction); [`PgStore::save_tree`] writes it after the last.
     async fn grow(
         &self,
         tx: &mut Tx,
         principal: &Principal,
         old_next: i64,
         plan: &Plan,
-        heads: &mut Vec<TreeHead>,
+        trees: &mut Trees,
     ) -> Result<(), StoreError> {
         if plan.sealed.is_empty() || !self.checkpoints.policy.tree {
             return Ok(());
         }
         let tenant = principal.tenant_id.as_str();
-        let mut growth = self.load_tree(tx, principal, old_next).await?;
-        let old = growth.size();
-        let old_root = growth.frontier.root();
-        growth.push_sealed(&plan.sealed)?;
-        if tree::checkpoint_due(old, growth.size(), self.checkpoints.policy.every) {
+        if let Some(p) = trees.pending_for(tenant) {
+            p.growth.push_sealed(&plan.sealed)?;
+            p.head = plan.head.clone();
+            return Ok(());
+        }
+        let growth = self.load_tree(tx, principal, old_next).await?;
+        let mut pending = Pending::new(tenant, growth, plan.head.clone());
+        pending.growth.push_sealed(&plan.sealed)?;
+        trees.pending = Some(pending);
+        Ok(())
+    }
+
+    /// Writes the pending tree, after a `checkpoint` span when one is due (appended as the
+    /// node), and notes its head. Runs while the transaction still acts for that tenant (row
+    /// level security checks the tree rows' tenant); leaves it acting as the node when a
+    /// checkpoint was appended.
+    async fn save_tree(&self, tx: &mut Tx, trees: &mut Trees) -> Result<(), StoreError> {
+        let Some(mut p) = trees.pending.take() else {
+            return Ok(());
+        };
+        let tenant = p.tenant.as_str();
+        if p.checkpoint_due(self.checkpoints.policy.every) {
             let cp = tree::checkpoint_plan(
                 tenant,
                 &self.key,
-                plan.head.clone(),
-                growth.size(),
-                growth.frontier.root(),
+                p.head.clone(),
+                p.growth.size(),
+                p.growth.frontier.root(),
             )?;
             act_as(tx, &tree::node_principal(tenant)).await?;
             persist(tx, tenant, &cp).await?;
-            act_as(tx, principal).await?;
-            growth.push_sealed(&cp.sealed)?;
+            p.growth.push_sealed(&cp.sealed)?;
         }
+        let nodes = &p.growth.nodes;
+        // One statement for the head and the new nodes: a round trip per commit is what the
+        // tree costs a single-span commit.
         sqlx::query(
-            "INSERT INTO ledger.merkle_heads (tenant_id, size, peaks) VALUES ($1, $2, $3) \
+            "WITH nodes AS (INSERT INTO ledger.merkle_nodes (tenant_id, level, idx, hash) \
+             SELECT $1, * FROM UNNEST($4::smallint[], $5::bigint[], $6::bytea[])) \
+             INSERT INTO ledger.merkle_heads (tenant_id, size, peaks) VALUES ($1, $2, $3) \
              ON CONFLICT (tenant_id) DO UPDATE SET size = EXCLUDED.size, peaks = EXCLUDED.peaks",
         )
         .bind(tenant)
-        .bind(growth.size() as i64)
-        .bind(growth.frontier.peak_bytes())
+        .bind(p.growth.size() as i64)
+        .bind(p.growth.frontier.peak_bytes())
+        .bind(
+            nodes
+                .iter()
+                .map(|((l, _), _)| i16::from(*l))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nodes
+                .iter()
+                .map(|((_, i), _)| *i as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(nodes.iter().map(|(_, h)| h.to_vec()).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
-        if !growth.nodes.is_empty() {
-            sqlx::query(
-                "INSERT INTO ledger.merkle_nodes (tenant_id, level, idx, hash) \
-                 SELECT $1, * FROM UNNEST($2::smallint[], $3::bigint[], $4::bytea[])",
-            )
-            .bind(tenant)
-            .bind(
-                growth
-                    .nodes
-                    .iter()
-                    .map(|((l, _), _)| i16::from(*l))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                growth
-                    .nodes
-                    .iter()
-                    .map(|((_, i), _)| *i as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                growth
-                    .nodes
-                    .iter()
-                    .map(|(_, h)| h.to_vec())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut **tx)
-            .await?;
-        }
-        self.checkpoints.cache_frontier(tenant, &growth.frontier);
-        heads.push(TreeHead {
-            tenant: tenant.to_string(),
-            size: growth.size(),
-            root: growth.frontier.root(),
-            old_size: old,
-            old_root,
-        });
+        self.checkpoints.cache_frontier(tenant, &p.growth.frontier);
+        trees.heads.push(p.head());
         Ok(())
     }
 
@@ -256,8 +269,12 @@ impl PgStore {
         tx: &mut Tx,
         principal: &Principal,
         drafts: &[Draft],
-        heads: &mut Vec<TreeHead>,
+        trees: &mut Trees,
     ) -> Result<AppendResults, StoreError> {
+        // Another tenant's tree is written while the transaction still acts for that tenant.
+        if trees.other_than(&principal.tenant_id) {
+            self.save_tree(tx, trees).await?;
+        }
         act_as(tx, principal).await?;
         let tenant = principal.tenant_id.as_str();
         // Creating-or-touching the head row locks it until commit: the tenant's chain is ours.
@@ -364,7 +381,7 @@ impl PgStore {
             Utc::now(),
         );
         persist(tx, tenant, &plan).await?;
-        self.grow(tx, principal, old_next, &plan, heads).await?;
+        self.grow(tx, principal, old_next, &plan, trees).await?;
         Ok(plan.results)
     }
 }
@@ -544,15 +561,16 @@ impl Store for PgStore {
         order.sort_by(|a, b| batches[*a].0.tenant_id.cmp(&batches[*b].0.tenant_id));
         let mut tx = self.pool.begin().await?;
         let mut out: Vec<AppendResults> = vec![Vec::new(); batches.len()];
-        let mut heads = Vec::new();
+        let mut trees = Trees::default();
         for i in order {
             let (principal, drafts) = &batches[i];
             out[i] = self
-                .append_in(&mut tx, principal, drafts, &mut heads)
+                .append_in(&mut tx, principal, drafts, &mut trees)
                 .await?;
         }
+        self.save_tree(&mut tx, &mut trees).await?;
         tx.commit().await?;
-        checkpoint::record(self, &self.key, &heads).await;
+        checkpoint::record(self, &self.key, &trees.heads).await;
         Ok(out)
     }
 
@@ -698,9 +716,9 @@ impl Store for PgStore {
             return Err(StoreError::NotOwner(id));
         }
         let draft = redaction_draft(principal, id, visibility, reason)?;
-        let mut heads = Vec::new();
+        let mut trees = Trees::default();
         let appended = self
-            .append_in(&mut tx, principal, &[draft], &mut heads)
+            .append_in(&mut tx, principal, &[draft], &mut trees)
             .await?
             .pop()
             .ok_or_else(|| StoreError::Corrupt("redaction produced no result".into()))??;
@@ -717,8 +735,9 @@ impl Store for PgStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        self.save_tree(&mut tx, &mut trees).await?;
         tx.commit().await?;
-        checkpoint::record(self, &self.key, &heads).await;
+        checkpoint::record(self, &self.key, &trees.heads).await;
         Ok(appended)
     }
 
@@ -915,71 +934,56 @@ impl Tree for PgStore {
     }
 
     async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError> {
-        let mut tx = self.begin_auditor().await?;
-        let row = sqlx::query("SELECT size, peaks FROM ledger.merkle_heads WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        row.map(|r| {
-            Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
-                .map_err(StoreError::Corrupt)
-        })
-        .transpose()
+        Ok(self.tree_read(tenant, &[], &[]).await?.frontier)
     }
 
-    async fn tree_nodes(
+    /// One statement: `ledger.tree_read` (migration 0016) reads as the auditor, without a
+    /// transaction of our own around it.
+    async fn tree_read(
         &self,
         tenant: &str,
         stored: &[TreeKey],
         leaves: &[u64],
-    ) -> Result<(HashMap<TreeKey, Hash>, HashMap<u64, Hash>), StoreError> {
-        let mut tx = self.begin_auditor().await?;
-        let mut nodes = HashMap::new();
-        if !stored.is_empty() {
-            let rows = sqlx::query(
-                "SELECT n.level, n.idx, n.hash FROM ledger.merkle_nodes n \
-                 JOIN UNNEST($2::smallint[], $3::bigint[]) AS k(level, idx) \
-                 ON n.level = k.level AND n.idx = k.idx WHERE n.tenant_id = $1",
-            )
-            .bind(tenant)
-            .bind(
-                stored
-                    .iter()
-                    .map(|(l, _)| i16::from(*l))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(stored.iter().map(|(_, i)| *i as i64).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                let level: i16 = r.get(0);
-                let idx: i64 = r.get(1);
-                nodes.insert(
-                    (level as u8, idx as u64),
-                    super::stored_hash(r.get::<&[u8], _>(2))?,
-                );
+    ) -> Result<TreeRead, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, level, idx, bytes, curr_hash FROM ledger.tree_read($1, $2, $3, $4)",
+        )
+        .bind(tenant)
+        .bind(
+            stored
+                .iter()
+                .map(|(l, _)| i16::from(*l))
+                .collect::<Vec<_>>(),
+        )
+        .bind(stored.iter().map(|(_, i)| *i as i64).collect::<Vec<_>>())
+        .bind(leaves.iter().map(|p| *p as i64).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut read = TreeRead::default();
+        for r in rows {
+            let idx: i64 = r.get(2);
+            match r.get::<i16, _>(0) {
+                0 => {
+                    read.frontier = Some(
+                        Frontier::from_parts(idx.max(0) as u64, r.get(3))
+                            .map_err(StoreError::Corrupt)?,
+                    );
+                }
+                1 => {
+                    let level: i16 = r.get(1);
+                    read.nodes.insert(
+                        (level as u8, idx as u64),
+                        super::stored_hash(r.get::<&[u8], _>(3))?,
+                    );
+                }
+                _ => {
+                    let leaf = crate::merkle::span_leaf(r.get::<&str, _>(4))
+                        .map_err(StoreError::Corrupt)?;
+                    read.leaves.insert(idx as u64, leaf);
+                }
             }
         }
-        let mut out = HashMap::new();
-        if !leaves.is_empty() {
-            let rows = sqlx::query(
-                "SELECT chain_pos, curr_hash FROM ledger.spans WHERE tenant_id = $1 \
-                 AND chain_pos = ANY($2)",
-            )
-            .bind(tenant)
-            .bind(leaves.iter().map(|p| *p as i64).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                let pos: i64 = r.get(0);
-                let leaf =
-                    crate::merkle::span_leaf(r.get::<&str, _>(1)).map_err(StoreError::Corrupt)?;
-                out.insert(pos as u64, leaf);
-            }
-        }
-        tx.commit().await?;
-        Ok((nodes, out))
+        Ok(read)
     }
 }
 

@@ -21,10 +21,10 @@ use super::{
     AppendResults, AuditHead, AuditRow, BodyColumns, IdempotencyAudit, RedactionRow, Store,
     honoured_redaction, idempotency_audit, redaction_columns, redaction_draft, redaction_join,
 };
-use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead};
+use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Tree, TreeHead, TreeRead};
 use crate::crypto::{GENESIS_HASH, NodeKey};
 use crate::error::StoreError;
-use crate::merkle::{Frontier, Hash, NodeKey as TreeKey};
+use crate::merkle::{Frontier, NodeKey as TreeKey};
 use crate::plan::{self, ChainHead, IdHead, Known, Plan};
 use crate::query::{Filter, Order, Page, Row as PageRow, TailRow};
 use crate::span::{Appended, Draft, Principal, StoredSpan, Visibility, format_time};
@@ -870,24 +870,18 @@ impl Tree for SqliteStore {
     }
 
     async fn tree_frontier(&self, tenant: &str) -> Result<Option<Frontier>, StoreError> {
-        let row = sqlx::query("SELECT size, peaks FROM merkle_heads WHERE tenant_id = ?")
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
-                .map_err(StoreError::Corrupt)
-        })
-        .transpose()
+        let mut conn = self.pool.acquire().await?;
+        frontier(&mut conn, tenant).await
     }
 
-    async fn tree_nodes(
+    async fn tree_read(
         &self,
         tenant: &str,
         stored: &[TreeKey],
         leaves: &[u64],
-    ) -> Result<(HashMap<TreeKey, Hash>, HashMap<u64, Hash>), StoreError> {
+    ) -> Result<TreeRead, StoreError> {
         let mut conn = self.pool.acquire().await?;
+        let frontier = frontier(&mut conn, tenant).await?;
         let mut nodes = HashMap::new();
         for chunk in stored.chunks(INSERT_CHUNK / 3) {
             // Every OR term names the whole primary key, so SQLite looks each node up by the
@@ -935,8 +929,28 @@ impl Tree for SqliteStore {
                 out.insert(pos as u64, leaf);
             }
         }
-        Ok((nodes, out))
+        Ok(TreeRead {
+            frontier,
+            nodes,
+            leaves: out,
+        })
     }
+}
+
+/// The tenant's stored frontier.
+async fn frontier(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: &str,
+) -> Result<Option<Frontier>, StoreError> {
+    let row = sqlx::query("SELECT size, peaks FROM merkle_heads WHERE tenant_id = ?")
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| {
+        Frontier::from_parts(r.get::<i64, _>(0).max(0) as u64, r.get(1))
+            .map_err(StoreError::Corrupt)
+    })
+    .transpose()
 }
 
 // ---- the model's `query_ledger` specs ------------------------------------------------------

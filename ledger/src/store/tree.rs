@@ -5,7 +5,7 @@
 use chrono::Utc;
 use serde_json::json;
 
-use crate::checkpoint::{Checkpoint, origin};
+use crate::checkpoint::{Checkpoint, TreeHead, origin};
 use crate::crypto::NodeKey;
 use crate::error::StoreError;
 use crate::merkle::{Frontier, Hash, NodeKey as TreeKey, STORED_LEVEL, span_leaf};
@@ -50,6 +50,67 @@ impl Growth {
 
     pub fn size(&self) -> u64 {
         self.frontier.size()
+    }
+}
+
+/// The tree of the tenant a transaction is appending to, grown by each of the tenant's batches
+/// and written once after the last: a group commit of eight writers' single spans is eight
+/// batches of one tenant, and one `merkle_heads` write per commit instead of eight is most of
+/// what the tree costs on ingest.
+pub(crate) struct Pending {
+    pub tenant: String,
+    pub growth: Growth,
+    /// The tree before this transaction, for the head recorded after commit.
+    pub old_size: u64,
+    pub old_root: Hash,
+    /// The chain head after the tenant's last batch: where a due `checkpoint` span goes.
+    pub head: ChainHead,
+}
+
+impl Pending {
+    pub fn new(tenant: &str, growth: Growth, head: ChainHead) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            old_size: growth.size(),
+            old_root: growth.frontier.root(),
+            growth,
+            head,
+        }
+    }
+
+    /// Whether the transaction's spans crossed a multiple of `every`.
+    pub fn checkpoint_due(&self, every: u64) -> bool {
+        checkpoint_due(self.old_size, self.growth.size(), every)
+    }
+
+    /// The head to record (sign into the checkpoint file) after commit.
+    pub fn head(&self) -> TreeHead {
+        TreeHead {
+            tenant: self.tenant.clone(),
+            size: self.growth.size(),
+            root: self.growth.frontier.root(),
+            old_size: self.old_size,
+            old_root: self.old_root,
+        }
+    }
+}
+
+/// The trees one transaction grows: the tenant being appended to, and the heads of those done.
+#[derive(Default)]
+pub(crate) struct Trees {
+    pub pending: Option<Pending>,
+    pub heads: Vec<TreeHead>,
+}
+
+impl Trees {
+    /// The pending tree, when it is `tenant`'s.
+    pub fn pending_for(&mut self, tenant: &str) -> Option<&mut Pending> {
+        self.pending.as_mut().filter(|p| p.tenant == tenant)
+    }
+
+    /// Whether another tenant's tree is pending (and must be written before `tenant`'s batch).
+    pub fn other_than(&self, tenant: &str) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.tenant != tenant)
     }
 }
 

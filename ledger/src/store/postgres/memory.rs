@@ -91,9 +91,9 @@ impl MemoryIndex for PgStore {
         }
         let mut tx = self.begin_as(principal).await?;
         let drafts: Vec<Draft> = items.iter().map(|(d, _)| d.clone()).collect();
-        let mut heads = Vec::new();
+        let mut trees = super::Trees::default();
         let results = self
-            .append_in(&mut tx, principal, &drafts, &mut heads)
+            .append_in(&mut tx, principal, &drafts, &mut trees)
             .await?;
         let mut out = Vec::with_capacity(items.len());
         for ((draft, item), appended) in items.into_iter().zip(results) {
@@ -121,8 +121,9 @@ impl MemoryIndex for PgStore {
             }
             out.push(appended);
         }
+        self.save_tree(&mut tx, &mut trees).await?;
         tx.commit().await?;
-        crate::checkpoint::record(self, &self.key, &heads).await;
+        crate::checkpoint::record(self, &self.key, &trees.heads).await;
         Ok(out)
     }
 

@@ -3,6 +3,7 @@
 //! inclusion and consistency proofs come out of a tree of a million spans (real spans appended
 //! through group commit, then random proofs timed one by one).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use ledger::store::group::GroupCommit;
 use ledger::store::{self, Store};
 use ledger::{Principal, proof};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::{drafts, ingest, pct, round};
 use crate::cli::progress;
@@ -35,15 +37,29 @@ pub struct BenchCheckpointsArgs {
     /// overhead bench).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Keep the proof tree (node key, SQLite file, checkpoint files, span ids; PostgreSQL's
+    /// spans stay in its database) under this directory and reuse it while it holds at least
+    /// `--proof-spans` spans: seeding a million spans takes minutes, timing proofs seconds.
+    #[arg(long)]
+    reuse_dir: Option<std::path::PathBuf>,
 }
 
-async fn open(url: Option<&str>, dir: &std::path::Path, tree: bool) -> Result<Arc<dyn Store>> {
+async fn open(url: Option<&str>, dir: &Path, tree: bool) -> Result<Arc<dyn Store>> {
+    open_keyed(url, dir, tree, NodeKey::generate()).await
+}
+
+async fn open_keyed(
+    url: Option<&str>,
+    dir: &Path,
+    tree: bool,
+    key: NodeKey,
+) -> Result<Arc<dyn Store>> {
     let policy = CheckpointPolicy {
         dir: tree.then(|| store::checkpoint_dir(dir)),
         tree,
         ..CheckpointPolicy::default()
     };
-    let s = store::open_with(url, dir, NodeKey::generate(), policy).await?;
+    let s = store::open_with(url, dir, key, policy).await?;
     store::ensure_manifest(s.as_ref()).await?;
     Ok(s)
 }
@@ -89,9 +105,19 @@ pub async fn run(url: Option<&str>, a: BenchCheckpointsArgs) -> Result<()> {
         }
     }
     for &u in urls.iter().filter(|_| a.proof_spans > 0) {
-        let dir = tempfile::tempdir()?;
-        let s = open(u, dir.path(), true).await?;
-        println!("{}", proofs(s, a.proof_spans, a.proofs).await?);
+        let tmp = tempfile::tempdir()?;
+        let (s, reuse) = match &a.reuse_dir {
+            Some(d) => {
+                let d = d.join(if u.is_some() { "postgres" } else { "sqlite" });
+                let (key, _) = NodeKey::load_or_create(&d.join("node.key"))?;
+                (open_keyed(u, &d, true, key).await?, Some(d))
+            }
+            None => (open(u, tmp.path(), true).await?, None),
+        };
+        println!(
+            "{}",
+            proofs(s, a.proof_spans, a.proofs, reuse.as_deref()).await?
+        );
     }
     Ok(())
 }
@@ -99,24 +125,25 @@ pub async fn run(url: Option<&str>, a: BenchCheckpointsArgs) -> Result<()> {
 /// Appends `n` spans to a fresh tenant, then times `count` random inclusion proofs (the hashes
 /// alone, and the whole document the API serves: span read, latest checkpoint, proof) and
 /// `count` random consistency proofs.
-async fn proofs(s: Arc<dyn Store>, n: usize, count: usize) -> Result<Value> {
-    let tenant = format!("bench-{}", uuid::Uuid::now_v7());
-    let p = Principal::new("bench", &tenant);
-    let gc = GroupCommit::start(s.clone());
-    let bar = progress::bar(n as u64, &format!("seeding {} spans", n));
-    let start = Instant::now();
-    let mut ids = Vec::with_capacity(n);
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(2000);
-        for r in gc.append(&p, drafts(&p, k)).await? {
-            ids.push(r?.id);
+async fn proofs(s: Arc<dyn Store>, n: usize, count: usize, reuse: Option<&Path>) -> Result<Value> {
+    let reused = match reuse {
+        Some(dir) => reused(s.as_ref(), dir, n).await?,
+        None => None,
+    };
+    let (tenant, ids, seeded) = match reused {
+        Some((tenant, ids)) => (tenant, ids, 0.0),
+        None => {
+            let tenant = format!("bench-{}", Uuid::now_v7());
+            let (ids, seeded) = seed(&s, &tenant, n).await?;
+            if let Some(dir) = reuse {
+                let bytes: Vec<u8> = ids.iter().flat_map(|i| i.into_bytes()).collect();
+                std::fs::write(dir.join("ids"), bytes)?;
+                std::fs::write(dir.join("tenant"), &tenant)?;
+            }
+            (tenant, ids, seeded)
         }
-        left -= k;
-        bar.inc(k as u64);
-    }
-    bar.finish_and_clear();
-    let seeded = start.elapsed().as_secs_f64();
+    };
+    let p = Principal::new("bench", &tenant);
     let size = s
         .tree_frontier(&tenant)
         .await?
@@ -139,7 +166,7 @@ async fn proofs(s: Arc<dyn Store>, n: usize, count: usize) -> Result<Value> {
         let proof = checkpoint::inclusion(s.as_ref(), &tenant, i, size).await?;
         hashes_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         if hashes_ms.len() == 1 {
-            let leaf = s.tree_nodes(&tenant, &[], &[i]).await?.1;
+            let leaf = s.tree_read(&tenant, &[], &[i]).await?.leaves;
             let leaf = leaf.get(&i).context("leaf")?;
             merkle::verify_inclusion(leaf, i, size, &proof, &root)
                 .map_err(|e| anyhow::anyhow!("bench proof does not verify: {e}"))?;
@@ -176,6 +203,43 @@ async fn proofs(s: Arc<dyn Store>, n: usize, count: usize) -> Result<Value> {
               "consistency_p50_ms": round3(pct(&cons_ms, 0.5)), "consistency_p99_ms": round3(pct(&cons_ms, 0.99)),
               "target_p99_ms": 5.0}),
     )
+}
+
+/// Appends `n` spans to `tenant` through group commit; their ids and the seconds it took.
+async fn seed(s: &Arc<dyn Store>, tenant: &str, n: usize) -> Result<(Vec<Uuid>, f64)> {
+    let p = Principal::new("bench", tenant);
+    let gc = GroupCommit::start(s.clone());
+    let bar = progress::bar(n as u64, &format!("seeding {} spans", n));
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(2000);
+        for r in gc.append(&p, drafts(&p, k)).await? {
+            ids.push(r?.id);
+        }
+        left -= k;
+        bar.inc(k as u64);
+    }
+    bar.finish_and_clear();
+    Ok((ids, start.elapsed().as_secs_f64()))
+}
+
+/// The tenant and span ids an earlier run seeded under `dir`, if it seeded at least `n` spans
+/// and this store still holds them.
+async fn reused(s: &dyn Store, dir: &Path, n: usize) -> Result<Option<(String, Vec<Uuid>)>> {
+    let (Ok(tenant), Ok(bytes)) = (
+        std::fs::read_to_string(dir.join("tenant")),
+        std::fs::read(dir.join("ids")),
+    ) else {
+        return Ok(None);
+    };
+    let ids: Vec<Uuid> = bytes
+        .chunks_exact(16)
+        .filter_map(|c| Uuid::from_slice(c).ok())
+        .collect();
+    let size = s.tree_frontier(&tenant).await?.map_or(0, |f| f.size());
+    Ok((ids.len() >= n && size >= ids.len() as u64).then_some((tenant, ids)))
 }
 
 fn round3(x: f64) -> f64 {
