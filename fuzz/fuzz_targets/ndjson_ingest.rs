@@ -5,7 +5,7 @@
 
 // The server's own parsing code, compiled here: depending on the `server` crate would build
 // its whole tree (providers, QuickJS, TLS) with fuzzing instrumentation. `ingest.rs` uses only
-// `ledger`, `chrono` and `serde_json`.
+// `ledger`, `chrono`, `serde_json` and `tracing`.
 #[allow(dead_code)]
 #[path = "../../server/src/ingest.rs"]
 mod ingest;
