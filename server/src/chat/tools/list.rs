@@ -60,7 +60,7 @@ pub(super) fn schema() -> Value {
 pub struct Args {
     #[serde(default)]
     pub kind: Kind,
-    /// Contracts only: those whose latest version is in this state.
+    /// Contracts only (ignored otherwise): those whose latest version is in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<State>,
 }
@@ -145,9 +145,8 @@ async fn rows(
 }
 
 pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput, StoreError> {
-    if args.state.is_some() && args.kind != Kind::Contracts {
-        return Ok(ToolOutput::error("`state` applies to contracts only"));
-    }
+    // `state` means a contract state; with laws or decisions it is ignored rather than refused
+    // (Qwen2.5-1.5B sent `{"kind": "laws", "state": "active"}` and gave up on the error).
     match args.kind {
         Kind::Contracts => contracts_list(ctx, args.state).await,
         Kind::Laws => laws_list(ctx).await,
