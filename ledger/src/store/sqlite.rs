@@ -41,6 +41,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     key: NodeKey,
     checkpoints: Checkpointer,
+    /// Memory embeddings kept in memory for recall (see [`memory::VectorCache`]).
+    vectors: memory::VectorCache,
 }
 
 const TAIL_SELECT: &str = concat!(
@@ -107,6 +109,7 @@ impl SqliteStore {
             pool,
             key,
             checkpoints: Checkpointer::new(CheckpointPolicy::default()),
+            vectors: memory::VectorCache::default(),
         })
     }
 
@@ -706,6 +709,8 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // A forgotten memory's vector leaves this process's memory now, not at the next recall.
+        self.vectors.evict(id);
         checkpoint::record(self, &self.key, &heads).await;
         // The write-ahead log still holds the old pages: fold it into the (zeroed) database
         // file and truncate it, so the erased content leaves the disk now. Readers holding old
