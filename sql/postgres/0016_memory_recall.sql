@@ -43,3 +43,9 @@ ALTER TABLE ledger.memory_terms FORCE ROW LEVEL SECURITY;
 CREATE POLICY memory_terms_tenant ON ledger.memory_terms FOR ALL TO logline_app
     USING (tenant_id = ledger.current_tenant()) WITH CHECK (tenant_id = ledger.current_tenant());
 GRANT SELECT, INSERT, UPDATE, DELETE ON ledger.memory_terms TO logline_app;
+
+-- Recall's scope is three arms (public items, the tenant's shared ones, the caller's own); with
+-- an index for each, a user with few items in a large tenant is found by index, not by a scan
+-- of every item (the owner arm uses memory_items_owner).
+CREATE INDEX memory_items_shared ON ledger.memory_items (tenant_id) WHERE visibility = 'tenant';
+CREATE INDEX memory_items_public ON ledger.memory_items (id) WHERE visibility = 'public';

@@ -18,10 +18,8 @@ use crate::store::memory::{
     check_item, pick_terms, push_scope, vector_literal,
 };
 
-const ROW_COLUMNS: &str = "SELECT m.id, m.tenant_id, m.owner_id, m.visibility, m.session_id, \
-     m.layer, m.created_at, m.ttl_at, m.supersedes, b.body FROM ledger.memory_items m \
-     LEFT JOIN ledger.span_bodies b ON b.id = m.id AND b.seq = 0 WHERE ";
-/// The index row without its body (the ranking queries; bodies are read for the winners).
+/// The index row without its body: bodies are read by id afterwards ([`attach_bodies`]), since
+/// joining them made the planner scan every span body of every tenant.
 const RANK_COLUMNS: &str = "SELECT m.id, m.tenant_id, m.owner_id, m.visibility, m.session_id, \
      m.layer, m.created_at, m.ttl_at, m.supersedes, NULL::text FROM ledger.memory_items m WHERE ";
 
@@ -37,6 +35,29 @@ struct NewRows {
     supersedes: Vec<Option<Uuid>>,
     terms: Vec<String>,
     embedding: Vec<String>,
+}
+
+/// Fills in the span bodies (ciphertext) of `rows`, one query for all.
+async fn attach_bodies<'r>(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    rows: impl Iterator<Item = &'r mut MemoryRow>,
+) -> Result<(), StoreError> {
+    let mut by_id: HashMap<Uuid, &'r mut MemoryRow> = rows.map(|r| (r.id, r)).collect();
+    if by_id.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = by_id.keys().copied().collect();
+    let bodies =
+        sqlx::query("SELECT id, body FROM ledger.span_bodies WHERE id = ANY($1) AND seq = 0")
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    for b in bodies {
+        if let Some(row) = by_id.get_mut(&b.try_get::<Uuid, _>(0)?) {
+            row.body = b.try_get(1)?;
+        }
+    }
+    Ok(())
 }
 
 fn memory_row(r: &PgRow) -> Result<MemoryRow, StoreError> {
@@ -243,21 +264,7 @@ impl MemoryIndex for PgStore {
 
         // Bodies only for the candidates (joining them into the ranking queries made the planner
         // scan every span body).
-        let ids: Vec<Uuid> = rows.keys().copied().collect();
-        if !ids.is_empty() {
-            let bodies = sqlx::query(
-                "SELECT id, body FROM ledger.span_bodies WHERE id = ANY($1) AND seq = 0",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-            for b in bodies {
-                let id: Uuid = b.try_get(0)?;
-                if let Some(row) = rows.get_mut(&id) {
-                    row.body = b.try_get(1)?;
-                }
-            }
-        }
+        attach_bodies(&mut tx, rows.values_mut()).await?;
         tx.commit().await?;
         out.rows = rows;
         Ok(out)
@@ -270,13 +277,20 @@ impl MemoryIndex for PgStore {
         limit: i64,
     ) -> Result<Vec<MemoryRow>, StoreError> {
         let mut tx = self.begin_as(principal).await?;
-        let mut qb = QueryBuilder::<Postgres>::new(ROW_COLUMNS);
+        let mut qb = QueryBuilder::<Postgres>::new(RANK_COLUMNS);
         push_scope(&mut qb, principal, scope, scope.now, false);
         qb.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
             .push_bind(limit);
-        let rows = qb.build().fetch_all(&mut *tx).await?;
+        let mut rows = qb
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(memory_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        attach_bodies(&mut tx, rows.iter_mut()).await?;
         tx.commit().await?;
-        rows.iter().map(memory_row).collect()
+        Ok(rows)
     }
 
     async fn expired(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Expired>, StoreError> {

@@ -29,23 +29,17 @@ const CACHE_MAX: usize = 200_000;
 /// Row ids per statement when loading vectors.
 const LOAD_CHUNK: usize = 500;
 
-/// An in-scope item: what ranking needs besides its vector.
-struct Eligible {
-    rowid: i64,
-    id: Uuid,
-    /// As stored (RFC 3339 in UTC, so text order is time order); breaks full-text ties.
-    created_at: String,
-}
-
-/// The embedded store's memory vectors, unit-normalized, by item id. Reading and decoding every
-/// in-scope BLOB per query was most of a recall's time; with this, a recall reads the in-scope
-/// ids from SQL and scores vectors already in memory.
+/// The embedded store's memory vectors, unit-normalized, by `memory_items` rowid. Reading and
+/// decoding every in-scope BLOB per query was most of a recall's time; with this, a recall asks
+/// SQL for the in-scope rowids (one row: a `group_concat`, since fetching ten thousand rows
+/// costs more than finding them) and scores vectors already in memory.
 ///
 /// It never decides scope: SQL does, on every recall, so a cached vector of an item that is out
-/// of scope, expired or forgotten is never ranked. Vectors never change (ids are not reused),
-/// so the only staleness is a forgotten item's vector lingering in memory: the store evicts it
-/// when it redacts ([`VectorCache::evict`]), and every recall first evicts the targets of
-/// redactions appended since it last looked, whichever process appended them.
+/// of scope, expired or forgotten is never ranked. An item's vector never changes; a rowid can
+/// be reused only after its item's row is deleted, which only a redaction does. So the store
+/// evicts an item when it redacts it ([`VectorCache::evict`]), and every recall first evicts,
+/// in the snapshot it then reads the scope from, the targets of redactions appended since it
+/// last looked, whichever process appended them.
 #[derive(Debug, Default)]
 pub(crate) struct VectorCache {
     state: RwLock<CacheState>,
@@ -53,14 +47,28 @@ pub(crate) struct VectorCache {
 
 #[derive(Debug, Default)]
 struct CacheState {
-    vectors: HashMap<Uuid, Box<[f32]>>,
+    vectors: HashMap<i64, Box<[f32]>>,
+    rowids: HashMap<Uuid, i64>,
     /// The highest `redactions` rowid whose target is known to be out of the cache.
     redactions_seen: Option<i64>,
 }
 
+impl CacheState {
+    fn remove(&mut self, id: Uuid) {
+        if let Some(rowid) = self.rowids.remove(&id) {
+            self.vectors.remove(&rowid);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.vectors.clear();
+        self.rowids.clear();
+    }
+}
+
 impl VectorCache {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CacheState> {
-        // A panic while holding the lock leaves a map that is still consistent.
+        // A panic while holding the lock leaves maps that are still consistent.
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -70,19 +78,20 @@ impl VectorCache {
 
     /// Drops one item's vector (it was forgotten).
     pub(crate) fn evict(&self, id: Uuid) {
-        self.write().vectors.remove(&id);
+        self.write().remove(id);
     }
 
     /// Evicts the targets of redactions appended since the last look.
     async fn catch_up(&self, tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
         let seen = self.read().redactions_seen;
         let Some(seen) = seen else {
-            // An empty cache has nothing to evict: start from the newest redaction.
+            // Nothing was cached before this: start from the newest redaction.
             let max: i64 = sqlx::query_scalar("SELECT coalesce(max(rowid), 0) FROM redactions")
                 .fetch_one(&mut **tx)
                 .await?;
             let mut st = self.write();
-            if st.redactions_seen.is_none() && st.vectors.is_empty() {
+            if st.redactions_seen.is_none() {
+                st.clear();
                 st.redactions_seen = Some(max);
             }
             return Ok(());
@@ -98,7 +107,7 @@ impl VectorCache {
         let mut st = self.write();
         for r in &rows {
             if let Ok(id) = Uuid::parse_str(&r.try_get::<String, _>(1)?) {
-                st.vectors.remove(&id);
+                st.remove(id);
             }
             let rowid: i64 = r.try_get(0)?;
             st.redactions_seen = Some(st.redactions_seen.unwrap_or(0).max(rowid));
@@ -111,22 +120,22 @@ impl VectorCache {
     async fn load_missing(
         &self,
         tx: &mut Transaction<'static, Sqlite>,
-        eligible: &[Eligible],
-    ) -> Result<HashMap<Uuid, Box<[f32]>>, StoreError> {
+        eligible: &[i64],
+    ) -> Result<HashMap<i64, Box<[f32]>>, StoreError> {
         let oversized = eligible.len() > CACHE_MAX;
         let missing: Vec<i64> = {
             let mut st = self.write();
             if oversized {
-                eligible.iter().map(|e| e.rowid).collect()
+                eligible.to_vec()
             } else {
                 let mut missing: Vec<i64> = eligible
                     .iter()
-                    .filter(|e| !st.vectors.contains_key(&e.id))
-                    .map(|e| e.rowid)
+                    .filter(|r| !st.vectors.contains_key(r))
+                    .copied()
                     .collect();
                 if st.vectors.len() + missing.len() > CACHE_MAX {
-                    st.vectors.clear();
-                    missing = eligible.iter().map(|e| e.rowid).collect();
+                    st.clear();
+                    missing = eligible.to_vec();
                 }
                 missing
             }
@@ -134,7 +143,7 @@ impl VectorCache {
         let mut uncached = HashMap::new();
         for chunk in missing.chunks(LOAD_CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT id, embedding FROM memory_items WHERE rowid IN (",
+                "SELECT rowid, id, embedding FROM memory_items WHERE rowid IN (",
             );
             let mut sep = qb.separated(", ");
             for rowid in chunk {
@@ -143,17 +152,22 @@ impl VectorCache {
             qb.push(")");
             let mut loaded = Vec::with_capacity(chunk.len());
             for r in qb.build().fetch_all(&mut **tx).await? {
-                let mut v = blob_vector(&r.try_get::<Vec<u8>, _>(1)?);
+                let mut v = blob_vector(&r.try_get::<Vec<u8>, _>(2)?);
                 let norm = dot(&v, &v).sqrt();
                 if norm > 0.0 {
                     v.iter_mut().for_each(|x| *x /= norm);
                 }
-                loaded.push((uuid(&r.try_get::<String, _>(0)?)?, v.into_boxed_slice()));
+                let id = uuid(&r.try_get::<String, _>(1)?)?;
+                loaded.push((r.try_get::<i64, _>(0)?, id, v.into_boxed_slice()));
             }
             if oversized {
-                uncached.extend(loaded);
+                uncached.extend(loaded.into_iter().map(|(rowid, _, v)| (rowid, v)));
             } else {
-                self.write().vectors.extend(loaded);
+                let mut st = self.write();
+                for (rowid, id, v) in loaded {
+                    st.rowids.insert(id, rowid);
+                    st.vectors.insert(rowid, v);
+                }
             }
         }
         Ok(uncached)
@@ -162,25 +176,25 @@ impl VectorCache {
     /// Cosine similarity of each in-scope item that has a vector to `query`, unordered.
     fn score(
         &self,
-        eligible: &[Eligible],
-        uncached: &HashMap<Uuid, Box<[f32]>>,
+        eligible: &[i64],
+        uncached: &HashMap<i64, Box<[f32]>>,
         query: &[f32],
-    ) -> Vec<(f32, Uuid)> {
+    ) -> Vec<(f32, i64)> {
         let norm = dot(query, query).sqrt();
         let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
         let st = self.read();
         eligible
             .iter()
-            .filter_map(|e| {
-                let v = st.vectors.get(&e.id).or_else(|| uncached.get(&e.id))?;
-                Some((dot(v, query) * scale, e.id))
+            .filter_map(|r| {
+                let v = st.vectors.get(r).or_else(|| uncached.get(r))?;
+                Some((dot(v, query) * scale, *r))
             })
             .collect()
     }
 
     #[cfg(test)]
     fn holds(&self, id: Uuid) -> bool {
-        self.read().vectors.contains_key(&id)
+        self.read().rowids.contains_key(&id)
     }
 }
 
@@ -194,26 +208,27 @@ fn uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("memory id `{s}`: {e}")))
 }
 
-fn memory_row(r: &SqliteRow) -> Result<MemoryRow, StoreError> {
-    let layer: String = r.try_get(5)?;
+/// An index row read from `ROW_COLUMNS` starting at column `at`.
+fn memory_row(r: &SqliteRow, at: usize) -> Result<MemoryRow, StoreError> {
+    let layer: String = r.try_get(at + 5)?;
     Ok(MemoryRow {
-        id: uuid(&r.try_get::<String, _>(0)?)?,
-        tenant_id: r.try_get(1)?,
-        owner_id: r.try_get(2)?,
-        visibility: parse_visibility(&r.try_get::<String, _>(3)?)?,
-        session_id: r.try_get(4)?,
+        id: uuid(&r.try_get::<String, _>(at)?)?,
+        tenant_id: r.try_get(at + 1)?,
+        owner_id: r.try_get(at + 2)?,
+        visibility: parse_visibility(&r.try_get::<String, _>(at + 3)?)?,
+        session_id: r.try_get(at + 4)?,
         layer: MemoryLayer::parse(&layer)
             .ok_or_else(|| StoreError::Corrupt(format!("memory layer `{layer}`")))?,
-        created_at: time(&r.try_get::<String, _>(6)?)?,
+        created_at: time(&r.try_get::<String, _>(at + 6)?)?,
         ttl_at: r
-            .try_get::<Option<String>, _>(7)?
+            .try_get::<Option<String>, _>(at + 7)?
             .map(|s| time(&s))
             .transpose()?,
         supersedes: r
-            .try_get::<Option<String>, _>(8)?
+            .try_get::<Option<String>, _>(at + 8)?
             .map(|s| uuid(&s))
             .transpose()?,
-        body: r.try_get(9)?,
+        body: r.try_get(at + 9)?,
     })
 }
 
@@ -314,24 +329,26 @@ impl MemoryIndex for SqliteStore {
         k: usize,
     ) -> Result<Candidates, StoreError> {
         let now = format_time(scope.now);
-        // One read transaction: the scope, the vectors and the full-text matches come from
-        // one snapshot, so a row id cannot change hands between two of these reads.
+        let limit = i64::try_from(k).unwrap_or(i64::MAX);
+        // One read transaction: evictions, scope, vectors and matches come from one snapshot.
         let mut tx = self.pool.begin().await?;
         self.vectors.catch_up(&mut tx).await?;
 
         // Scope first, in SQL (from the covering index `memory_items_scope`).
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT m.rowid, m.id, m.created_at FROM memory_items m WHERE ",
-        );
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("SELECT group_concat(m.rowid) FROM memory_items m WHERE ");
         push_scope(&mut qb, principal, scope, now.clone(), true);
-        let mut eligible: Vec<Eligible> = Vec::new();
-        for r in qb.build().fetch_all(&mut *tx).await? {
-            eligible.push(Eligible {
-                rowid: r.try_get(0)?,
-                id: uuid(&r.try_get::<String, _>(1)?)?,
-                created_at: r.try_get(2)?,
-            });
-        }
+        let listed: Option<String> = qb.build_query_scalar().fetch_one(&mut *tx).await?;
+        let eligible = listed
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<i64>()
+                    .map_err(|e| StoreError::Corrupt(format!("memory rowid `{s}`: {e}")))
+            })
+            .collect::<Result<Vec<i64>, _>>()?;
         let uncached = self.vectors.load_missing(&mut tx, &eligible).await?;
 
         // Semantic: every in-scope item scored against its cached vector.
@@ -342,10 +359,9 @@ impl MemoryIndex for SqliteStore {
         }
         scored.truncate(top);
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-        let semantic: Vec<Uuid> = scored.into_iter().map(|(_, id)| id).collect();
+        let best: Vec<i64> = scored.into_iter().map(|(_, rowid)| rowid).collect();
 
-        // Full-text: bm25 over the rarer query terms, kept to the in-scope items.
-        let mut lexical: Vec<Uuid> = Vec::new();
+        // Full-text: bm25 over the rarer query terms (few matches), scope in SQL again.
         let picked = if terms.is_empty() {
             Vec::new()
         } else {
@@ -366,44 +382,50 @@ impl MemoryIndex for SqliteStore {
                 .collect::<Result<Vec<_>, StoreError>>()?;
             pick_terms(counted)
         };
+        let mut lexical: Vec<Uuid> = Vec::new();
         if !picked.is_empty() {
-            let in_scope: HashMap<i64, &Eligible> = eligible.iter().map(|e| (e.rowid, e)).collect();
-            let mut hits: Vec<(f64, &Eligible)> = Vec::new();
-            let rows = sqlx::query(
-                "SELECT rowid, bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH ?",
-            )
-            .bind(picked.join(" OR "))
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                if let Some(e) = in_scope.get(&r.try_get::<i64, _>(0)?) {
-                    hits.push((r.try_get(1)?, e));
-                }
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT m.id FROM memory_fts f JOIN memory_items m ON m.rowid = f.rowid \
+                 WHERE memory_fts MATCH ",
+            );
+            qb.push_bind(picked.join(" OR ")).push(" AND ");
+            push_scope(&mut qb, principal, scope, now.clone(), true);
+            qb.push(" ORDER BY bm25(memory_fts), m.created_at DESC LIMIT ")
+                .push_bind(limit);
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                lexical.push(uuid(&r.try_get::<String, _>(0)?)?);
             }
-            hits.sort_by(|a, b| {
-                a.0.total_cmp(&b.0)
-                    .then_with(|| b.1.created_at.cmp(&a.1.created_at))
-            });
-            lexical = hits.into_iter().take(k).map(|(_, e)| e.id).collect();
         }
 
+        // The rows (with bodies) of both lists, scope applied once more.
         let mut rows: HashMap<Uuid, MemoryRow> = HashMap::new();
-        let wanted: Vec<&Uuid> = semantic.iter().chain(lexical.iter()).collect();
-        if !wanted.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS}{FROM}"));
+        let mut by_rowid: HashMap<i64, Uuid> = HashMap::new();
+        if !best.is_empty() || !lexical.is_empty() {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new(format!("SELECT m.rowid, {ROW_COLUMNS}{FROM}"));
             push_scope(&mut qb, principal, scope, now, true);
-            qb.push(" AND m.id IN (");
+            qb.push(" AND (m.rowid IN (");
             let mut sep = qb.separated(", ");
-            for id in &wanted {
+            for rowid in &best {
+                sep.push_bind(*rowid);
+            }
+            qb.push(") OR m.id IN (");
+            let mut sep = qb.separated(", ");
+            for id in &lexical {
                 sep.push_bind(id.to_string());
             }
-            qb.push(")");
+            qb.push("))");
             for r in qb.build().fetch_all(&mut *tx).await? {
-                let row = memory_row(&r)?;
+                let row = memory_row(&r, 1)?;
+                by_rowid.insert(r.try_get(0)?, row.id);
                 rows.insert(row.id, row);
             }
         }
         tx.commit().await?;
+        let semantic = best
+            .iter()
+            .filter_map(|r| by_rowid.get(r).copied())
+            .collect();
         Ok(Candidates {
             semantic,
             lexical,
@@ -422,7 +444,7 @@ impl MemoryIndex for SqliteStore {
         qb.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
             .push_bind(limit);
         let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(memory_row).collect()
+        rows.iter().map(|r| memory_row(r, 0)).collect()
     }
 
     async fn expired(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Expired>, StoreError> {
