@@ -49,3 +49,19 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ledger.memory_terms TO logline_app;
 -- of every item (the owner arm uses memory_items_owner).
 CREATE INDEX memory_items_shared ON ledger.memory_items (tenant_id) WHERE visibility = 'tenant';
 CREATE INDEX memory_items_public ON ledger.memory_items (id) WHERE visibility = 'public';
+
+-- The full-text match of recall. Under row level security PostgreSQL will not evaluate `@@`
+-- (not leakproof) inside an index scan ahead of the policy, so the GIN index was never used and
+-- every recall scanned the tenant. This function runs as its owner, applies the very policy
+-- expression (`ledger.visible`) after the GIN lookup, and returns only ids; the caller's query
+-- then reads those rows under row level security and its scope as before.
+CREATE FUNCTION ledger.memory_term_hits(q tsquery) RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, ledger
+    -- Materialized, so that the planner looks up the terms in GIN instead of walking the
+    -- policy's index arms (which hold every item of a large owner).
+    AS $$ WITH h AS MATERIALIZED (
+              SELECT m.id, m.tenant_id, m.owner_id, m.visibility FROM ledger.memory_items m
+              WHERE m.terms @@ q)
+          SELECT h.id FROM h WHERE ledger.visible(h.tenant_id, h.owner_id, h.visibility) $$;
+REVOKE ALL ON FUNCTION ledger.memory_term_hits(tsquery) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger.memory_term_hits(tsquery) TO logline_app;

@@ -222,11 +222,13 @@ impl MemoryIndex for PgStore {
         };
         if !picked.is_empty() {
             let query = picked.join(" | ");
+            // The GIN lookup goes through `ledger.memory_term_hits` (see its migration: under
+            // row level security the planner would not use the index and scanned the tenant).
             let mut qb = QueryBuilder::<Postgres>::new(RANK_COLUMNS);
             push_scope(&mut qb, principal, scope, scope.now, true);
-            qb.push(" AND m.terms @@ to_tsquery('simple', ")
+            qb.push(" AND m.id IN (SELECT ledger.memory_term_hits(to_tsquery('simple', ")
                 .push_bind(query.clone())
-                .push(") ORDER BY ts_rank(m.terms, to_tsquery('simple', ")
+                .push("))) ORDER BY ts_rank(m.terms, to_tsquery('simple', ")
                 .push_bind(query)
                 .push(")) DESC, m.created_at DESC LIMIT ")
                 .push_bind(limit);
