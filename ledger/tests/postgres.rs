@@ -51,8 +51,8 @@ async fn the_application_role_cannot_bypass_row_level_security() {
     .await
     .unwrap();
     // spans, span_bodies, redactions, chain_heads, id_heads, idempotency, memory_keys, memory_items,
-    // merkle_heads, merkle_nodes.
-    assert_eq!(tables.len(), 10);
+    // memory_terms, merkle_heads, merkle_nodes.
+    assert_eq!(tables.len(), 11);
     for t in tables {
         let name: String = t.get(0);
         assert!(

@@ -84,6 +84,37 @@ impl Env {
         }
     }
 
+    /// Keyed terms the store counts for recall (all tenants), read as the database owner.
+    async fn term_rows(&self) -> i64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&format!(
+                    "sqlite:{}",
+                    self.dir.path().join("ledger.sqlite3").display()
+                ))
+                .await
+                .unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM memory_fts_vocab")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                n
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(self.pg_url.as_deref().unwrap())
+                    .await
+                    .unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger.memory_terms")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                n
+            }
+        }
+    }
+
     async fn verify(&self, tenant: &str) {
         let trusted = ledger::store::trusted_keys(self.store.as_ref())
             .await
@@ -464,8 +495,75 @@ async fn the_sweeper_redacts_expired_items_of_every_tenant_and_nothing_else(env:
     env.verify("other").await;
 }
 
+/// Recall keeps per-process state (the embedded store's vector cache, the term counts): a new
+/// item is recalled by the very next query, a forgotten one never again, another user's never,
+/// and forgetting the last item holding a term leaves no count of it behind.
+async fn recall_follows_new_and_forgotten_items_at_once(env: Env) {
+    let now = Utc::now();
+    let m = &env.memory;
+    let recall = |p: Principal, q: &'static str| async move {
+        m.recall(&p, Reach::All, Some("s1"), q, 5, now)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.item.id)
+            .collect::<Vec<_>>()
+    };
+    let bobs = m
+        .remember(
+            &bob(),
+            fact(
+                "the boiler room key is in the safe",
+                MemoryLayer::Temporary,
+                None,
+            ),
+            now,
+        )
+        .await
+        .unwrap();
+    let anas = m
+        .remember(
+            &ana(),
+            fact(
+                "the boiler room key hangs by the door",
+                MemoryLayer::Temporary,
+                None,
+            ),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recall(bob(), "boiler room key").await, [bobs.id]);
+    assert_eq!(recall(ana(), "boiler room key").await, [anas.id]);
+    let newer = m
+        .remember(
+            &ana(),
+            fact(
+                "boiler pressure stays near 1.5 bar",
+                MemoryLayer::Temporary,
+                None,
+            ),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recall(ana(), "boiler pressure").await[0], newer.id);
+    m.forget(&ana(), &ForgetTarget::Item { id: newer.id }, now)
+        .await
+        .unwrap();
+    assert_eq!(recall(ana(), "boiler pressure").await, [anas.id]);
+    m.forget(&ana(), &ForgetTarget::All, now).await.unwrap();
+    assert!(recall(ana(), "boiler room key").await.is_empty());
+    assert_eq!(recall(bob(), "boiler room key").await, [bobs.id]);
+    assert!(env.term_rows().await > 0);
+    m.forget(&bob(), &ForgetTarget::All, now).await.unwrap();
+    assert_eq!(env.term_rows().await, 0);
+    env.verify("demo").await;
+}
+
 testkit::both_stores!(
     mod on_sqlite, on_postgres; open = super::open;
+    recall_follows_new_and_forgotten_items_at_once,
     the_sweeper_redacts_expired_items_of_every_tenant_and_nothing_else,
     another_user_or_tenant_never_recalls_lists_or_forgets_an_item,
     session_only_reach_sees_only_this_sessions_items,

@@ -41,6 +41,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     key: NodeKey,
     checkpoints: Checkpointer,
+    /// Memory embeddings kept in memory for recall (see [`memory::VectorCache`]).
+    vectors: memory::VectorCache,
 }
 
 const TAIL_SELECT: &str = concat!(
@@ -97,7 +99,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             // Deleted content (redacted bodies) is overwritten with zeros, not left in free pages.
-            .pragma("secure_delete", "ON");
+            .pragma("secure_delete", "ON")
+            // 16 MiB of page cache per connection (the default 2 MiB made every memory recall
+            // re-read its scope index from the OS, page by page).
+            .pragma("cache_size", "-16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
@@ -107,6 +112,7 @@ impl SqliteStore {
             pool,
             key,
             checkpoints: Checkpointer::new(CheckpointPolicy::default()),
+            vectors: memory::VectorCache::default(),
         })
     }
 
@@ -706,6 +712,8 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // A forgotten memory's vector leaves this process's memory now, not at the next recall.
+        self.vectors.evict(id);
         checkpoint::record(self, &self.key, &heads).await;
         // The write-ahead log still holds the old pages: fold it into the (zeroed) database
         // file and truncate it, so the erased content leaves the disk now. Readers holding old

@@ -15,12 +15,50 @@ use crate::error::StoreError;
 use crate::span::{Appended, Draft, Principal};
 use crate::store::memory::{
     Candidates, Expired, MemoryIndex, MemoryLayer, MemoryRow, MemoryScope, NewMemory, WrappedKey,
-    check_item, push_scope, vector_literal,
+    check_item, pick_terms, push_scope, vector_literal,
 };
 
-const ROW_COLUMNS: &str = "SELECT m.id, m.tenant_id, m.owner_id, m.visibility, m.session_id, \
-     m.layer, m.created_at, m.ttl_at, m.supersedes, b.body FROM ledger.memory_items m \
-     LEFT JOIN ledger.span_bodies b ON b.id = m.id AND b.seq = 0 WHERE ";
+/// The index row without its body: bodies are read by id afterwards ([`attach_bodies`]), since
+/// joining them made the planner scan every span body of every tenant.
+const RANK_COLUMNS: &str = "SELECT m.id, m.tenant_id, m.owner_id, m.visibility, m.session_id, \
+     m.layer, m.created_at, m.ttl_at, m.supersedes, NULL::text FROM ledger.memory_items m WHERE ";
+
+/// The index rows of one `remember`, column by column (bound as arrays).
+#[derive(Default)]
+struct NewRows {
+    id: Vec<Uuid>,
+    visibility: Vec<&'static str>,
+    session_id: Vec<Option<String>>,
+    layer: Vec<&'static str>,
+    created_at: Vec<DateTime<Utc>>,
+    ttl_at: Vec<Option<DateTime<Utc>>>,
+    supersedes: Vec<Option<Uuid>>,
+    terms: Vec<String>,
+    embedding: Vec<String>,
+}
+
+/// Fills in the span bodies (ciphertext) of `rows`, one query for all.
+async fn attach_bodies<'r>(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    rows: impl Iterator<Item = &'r mut MemoryRow>,
+) -> Result<(), StoreError> {
+    let mut by_id: HashMap<Uuid, &'r mut MemoryRow> = rows.map(|r| (r.id, r)).collect();
+    if by_id.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = by_id.keys().copied().collect();
+    let bodies =
+        sqlx::query("SELECT id, body FROM ledger.span_bodies WHERE id = ANY($1) AND seq = 0")
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    for b in bodies {
+        if let Some(row) = by_id.get_mut(&b.try_get::<Uuid, _>(0)?) {
+            row.body = b.try_get(1)?;
+        }
+    }
+    Ok(())
+}
 
 fn memory_row(r: &PgRow) -> Result<MemoryRow, StoreError> {
     let layer: String = r.try_get(5)?;
@@ -95,31 +133,48 @@ impl MemoryIndex for PgStore {
         let results = self
             .append_in(&mut tx, principal, &drafts, &mut trees)
             .await?;
+        // One statement for the whole batch (a round trip per item made seeding slow).
+        let mut new = NewRows::default();
         let mut out = Vec::with_capacity(items.len());
         for ((draft, item), appended) in items.into_iter().zip(results) {
             let appended = appended?;
             if !appended.duplicate {
-                sqlx::query(
-                    "INSERT INTO ledger.memory_items (id, tenant_id, owner_id, visibility, \
-                     session_id, layer, created_at, ttl_at, supersedes, terms, embedding) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, to_tsvector('simple', $10), \
-                     $11::vector)",
-                )
-                .bind(appended.id)
-                .bind(&principal.tenant_id)
-                .bind(&principal.user_id)
-                .bind(draft.visibility.as_str())
-                .bind(&item.session_id)
-                .bind(item.layer.as_str())
-                .bind(draft.at)
-                .bind(item.ttl_at)
-                .bind(item.supersedes)
-                .bind(&item.terms)
-                .bind(vector_literal(&item.embedding))
-                .execute(&mut *tx)
-                .await?;
+                new.id.push(appended.id);
+                new.visibility.push(draft.visibility.as_str());
+                new.session_id.push(item.session_id);
+                new.layer.push(item.layer.as_str());
+                new.created_at.push(draft.at);
+                new.ttl_at.push(item.ttl_at);
+                new.supersedes.push(item.supersedes);
+                new.terms.push(item.terms);
+                new.embedding.push(vector_literal(&item.embedding));
             }
             out.push(appended);
+        }
+        if !new.id.is_empty() {
+            sqlx::query(
+                "INSERT INTO ledger.memory_items (id, tenant_id, owner_id, visibility, \
+                 session_id, layer, created_at, ttl_at, supersedes, terms, embedding) \
+                 SELECT u.id, $1, $2, u.visibility, u.session_id, u.layer, u.created_at, u.ttl_at, \
+                 u.supersedes, to_tsvector('simple', u.terms), u.embedding::vector \
+                 FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], \
+                 $8::timestamptz[], $9::uuid[], $10::text[], $11::text[]) \
+                 AS u(id, visibility, session_id, layer, created_at, ttl_at, supersedes, terms, \
+                 embedding)",
+            )
+            .bind(&principal.tenant_id)
+            .bind(&principal.user_id)
+            .bind(&new.id)
+            .bind(&new.visibility)
+            .bind(&new.session_id)
+            .bind(&new.layer)
+            .bind(&new.created_at)
+            .bind(&new.ttl_at)
+            .bind(&new.supersedes)
+            .bind(&new.terms)
+            .bind(&new.embedding)
+            .execute(&mut *tx)
+            .await?;
         }
         self.save_tree(&mut tx, &mut trees).await?;
         tx.commit().await?;
@@ -135,10 +190,11 @@ impl MemoryIndex for PgStore {
         embedding: &[f32],
         k: usize,
     ) -> Result<Candidates, StoreError> {
-        let k = i64::try_from(k).unwrap_or(i64::MAX);
+        let limit = i64::try_from(k).unwrap_or(i64::MAX);
         let mut tx = self.begin_as(principal).await?;
         // With a selective scope an HNSW scan may find too few rows among its first
-        // candidates; iterative scans keep going until the LIMIT is met.
+        // candidates; iterative scans keep going until the LIMIT is met (or
+        // `hnsw.max_scan_tuples` is reached: then the exact order below is used).
         sqlx::query(
             "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), \
              set_config('hnsw.ef_search', '64', true)",
@@ -148,34 +204,70 @@ impl MemoryIndex for PgStore {
         let mut out = Candidates::default();
         let mut rows: HashMap<Uuid, MemoryRow> = HashMap::new();
 
-        let mut qb = QueryBuilder::<Postgres>::new(ROW_COLUMNS);
-        push_scope(&mut qb, principal, scope, scope.now, true);
-        qb.push(" ORDER BY m.embedding <=> ")
-            .push_bind(vector_literal(embedding))
-            .push("::vector LIMIT ")
-            .push_bind(k);
-        for r in qb.build().fetch_all(&mut *tx).await? {
-            let row = memory_row(&r)?;
-            out.semantic.push(row.id);
-            rows.insert(row.id, row);
-        }
-
-        if !terms.is_empty() {
-            let query = terms.join(" | ");
-            let mut qb = QueryBuilder::<Postgres>::new(ROW_COLUMNS);
+        // Full-text: only the rarer terms (see `pick_terms`), so that GIN finds few rows.
+        let picked = if terms.is_empty() {
+            Vec::new()
+        } else {
+            let counted = sqlx::query(
+                "SELECT term, items FROM ledger.memory_terms WHERE tenant_id = $1 \
+                 AND term = ANY($2)",
+            )
+            .bind(&principal.tenant_id)
+            .bind(terms)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            pick_terms(counted)
+        };
+        if !picked.is_empty() {
+            let query = picked.join(" | ");
+            // The GIN lookup goes through `ledger.memory_term_hits` (see its migration: under
+            // row level security the planner would not use the index and scanned the tenant).
+            let mut qb = QueryBuilder::<Postgres>::new(RANK_COLUMNS);
             push_scope(&mut qb, principal, scope, scope.now, true);
-            qb.push(" AND m.terms @@ to_tsquery('simple', ")
+            qb.push(" AND m.id IN (SELECT ledger.memory_term_hits(to_tsquery('simple', ")
                 .push_bind(query.clone())
-                .push(") ORDER BY ts_rank(m.terms, to_tsquery('simple', ")
+                .push("))) ORDER BY ts_rank(m.terms, to_tsquery('simple', ")
                 .push_bind(query)
                 .push(")) DESC, m.created_at DESC LIMIT ")
-                .push_bind(k);
+                .push_bind(limit);
             for r in qb.build().fetch_all(&mut *tx).await? {
                 let row = memory_row(&r)?;
                 out.lexical.push(row.id);
                 rows.insert(row.id, row);
             }
         }
+
+        // Semantic: the HNSW index, filtered by scope as it walks.
+        let vector = vector_literal(embedding);
+        let semantic = |exact: bool| {
+            let mut qb = QueryBuilder::<Postgres>::new(RANK_COLUMNS);
+            push_scope(&mut qb, principal, scope, scope.now, true);
+            // `+ 0` hides the distance from the index: an exact order over the scope.
+            qb.push(" ORDER BY (m.embedding <=> ")
+                .push_bind(vector.clone())
+                .push(if exact { "::vector) + 0" } else { "::vector)" })
+                .push(" LIMIT ")
+                .push_bind(limit);
+            qb
+        };
+        let mut found = semantic(false).build().fetch_all(&mut *tx).await?;
+        if found.len() < k {
+            // Too few from the index: either the scope holds fewer items (the exact order is
+            // then cheap) or the walk stopped early.
+            found = semantic(true).build().fetch_all(&mut *tx).await?;
+        }
+        for r in &found {
+            let row = memory_row(r)?;
+            out.semantic.push(row.id);
+            rows.insert(row.id, row);
+        }
+
+        // Bodies only for the candidates (joining them into the ranking queries made the planner
+        // scan every span body).
+        attach_bodies(&mut tx, rows.values_mut()).await?;
         tx.commit().await?;
         out.rows = rows;
         Ok(out)
@@ -188,13 +280,20 @@ impl MemoryIndex for PgStore {
         limit: i64,
     ) -> Result<Vec<MemoryRow>, StoreError> {
         let mut tx = self.begin_as(principal).await?;
-        let mut qb = QueryBuilder::<Postgres>::new(ROW_COLUMNS);
+        let mut qb = QueryBuilder::<Postgres>::new(RANK_COLUMNS);
         push_scope(&mut qb, principal, scope, scope.now, false);
         qb.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
             .push_bind(limit);
-        let rows = qb.build().fetch_all(&mut *tx).await?;
+        let mut rows = qb
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(memory_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        attach_bodies(&mut tx, rows.iter_mut()).await?;
         tx.commit().await?;
-        rows.iter().map(memory_row).collect()
+        Ok(rows)
     }
 
     async fn expired(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Expired>, StoreError> {

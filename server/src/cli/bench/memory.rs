@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::pct;
 use crate::chat::agent::{Agent, MemoryMode, Outcome, TurnRequest};
+use crate::chat::memory_turn;
 use crate::chat::providers::offline::OfflineProvider;
 use crate::config::{self, Settings};
 use crate::memory::{Consent, Memory, MemoryKind, MemorySettings, RememberRequest};
@@ -37,6 +38,9 @@ pub struct BenchMemoryArgs {
     /// Chat turns timed per mode.
     #[arg(long, default_value_t = 200)]
     turns: usize,
+    /// Memories written per transaction while seeding.
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
 }
 
 /// The question set: a fact to remember and a question whose answer needs it.
@@ -120,10 +124,10 @@ fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-async fn fill(memory: &Memory, p: &Principal, from: usize, to: usize) -> Result<()> {
+async fn fill(memory: &Memory, p: &Principal, from: usize, to: usize, batch: usize) -> Result<()> {
     let mut i = from;
     while i < to {
-        let end = (i + 500).min(to);
+        let end = (i + batch.max(1)).min(to);
         let reqs = (i..end).map(|k| req(noise(k))).collect();
         memory.remember_many(p, reqs, Utc::now()).await?;
         i = end;
@@ -146,7 +150,10 @@ async fn one_store(store: Arc<dyn Store>, args: &BenchMemoryArgs, max: usize) ->
         .await?;
     let mut have = QUALITY.len();
     for &size in args.sizes.iter().filter(|s| **s <= max) {
-        fill(&memory, &p, have, size).await?;
+        let seeding = Instant::now();
+        fill(&memory, &p, have, size, args.batch).await?;
+        let seeded = size.saturating_sub(have);
+        let seed_s = seeding.elapsed().as_secs_f64();
         have = size.max(have);
         let mut ms = Vec::with_capacity(args.queries);
         let mut embed_ms = Vec::with_capacity(args.queries);
@@ -186,19 +193,24 @@ async fn one_store(store: Arc<dyn Store>, args: &BenchMemoryArgs, max: usize) ->
                 "recall_ms": {"p50": round(pct(&ms, 0.5)), "p99": round(pct(&ms, 0.99))},
                 "embed_ms": {"p50": round(pct(&embed_ms, 0.5)), "p99": round(pct(&embed_ms, 0.99))},
                 "quality_top5": round(hits as f64 / QUALITY.len() as f64),
+                "seeded": seeded,
+                "seed_s": round(seed_s),
                 "questions": QUALITY.len(),
                 "targets": {"recall_p99_ms": if store.backend() == "postgres" { 10.0 } else { 20.0 }},
             })
         );
     }
-    println!("{}", turn_overhead(store, memory, &p, args.turns).await?);
+    println!(
+        "{}",
+        turn_overhead(store, Arc::new(memory), &p, args.turns).await?
+    );
     Ok(())
 }
 
 /// Median and p99 server time of a turn (offline provider) with memory off and on.
 async fn turn_overhead(
     store: Arc<dyn Store>,
-    memory: Memory,
+    memory: Arc<Memory>,
     p: &Principal,
     turns: usize,
 ) -> Result<Value> {
@@ -210,7 +222,7 @@ async fn turn_overhead(
         None,
     )
     .await?
-    .with_memory(Arc::new(memory));
+    .with_memory(memory.clone());
     let mut out = serde_json::Map::new();
     for mode in [
         MemoryMode::Off,
@@ -248,6 +260,36 @@ async fn turn_overhead(
             json!({"p50": round(pct(&ms, 0.5)), "p99": round(pct(&ms, 0.99))}),
         );
     }
+    // Where memory's share goes: the recall and the turn's record, timed on their own.
+    let (mut recall_ms, mut record_ms) = (Vec::with_capacity(turns), Vec::with_capacity(turns));
+    for _ in 0..turns {
+        let conversation = Uuid::now_v7();
+        let t = Instant::now();
+        memory_turn::recall(
+            &memory,
+            p,
+            MemoryMode::On,
+            conversation,
+            "why was D1 terminated?",
+            Utc::now(),
+        )
+        .await;
+        recall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        memory_turn::record(
+            &memory,
+            p,
+            MemoryMode::On,
+            conversation,
+            "why was D1 terminated?",
+            &conversation.to_string(),
+            Utc::now(),
+        )
+        .await;
+        record_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    recall_ms.sort_by(f64::total_cmp);
+    record_ms.sort_by(f64::total_cmp);
     let get = |m: &str| out.get(m).and_then(|v| v["p50"].as_f64()).unwrap_or(0.0);
     Ok(json!({
         "bench": "memory_turn",
@@ -256,6 +298,10 @@ async fn turn_overhead(
         "turns_per_mode": turns,
         "overhead_ms": out,
         "added_p50_ms": round(get("on") - get("off")),
+        "parts_ms": {
+            "recall": {"p50": round(pct(&recall_ms, 0.5)), "p99": round(pct(&recall_ms, 0.99))},
+            "record": {"p50": round(pct(&record_ms, 0.5)), "p99": round(pct(&record_ms, 0.99))},
+        },
         "target_added_ms": 3.0,
     }))
 }
