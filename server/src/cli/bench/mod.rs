@@ -85,6 +85,17 @@ pub enum BenchCommand {
     Verify {
         #[arg(long, default_value_t = 100_000)]
         spans: usize,
+        /// Only this store (by default: the embedded store, and PostgreSQL when a database URL
+        /// is given).
+        #[arg(long, value_enum)]
+        store: Option<BenchStore>,
+        /// Verify the seeded chain this many times (timings vary on a shared machine).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Keep the embedded store (and its node key) in this directory and reuse a chain seeded
+        /// there by an earlier run, so that two builds can be compared on the same file.
+        #[arg(long)]
+        keep: Option<std::path::PathBuf>,
     },
     /// The Midnight Ruler over this many contracts (PostgreSQL with --database-url, else the
     /// embedded store).
@@ -95,8 +106,24 @@ pub enum BenchCommand {
     Checkpoints(checkpoints::BenchCheckpointsArgs),
 }
 
+/// A store the verify bench can be limited to.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchStore {
+    Sqlite,
+    Postgres,
+}
+
 pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process::ExitCode> {
     let what = match what {
+        BenchCommand::Verify {
+            spans,
+            store,
+            runs,
+            keep,
+        } => {
+            verify(settings, spans, store, runs, keep.as_deref()).await?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
         BenchCommand::Ruler(a) => return ruler::run(settings, a).await,
         BenchCommand::Memory(a) => return memory::run(settings, a).await,
         BenchCommand::Checkpoints(a) => {
@@ -184,35 +211,79 @@ pub async fn run(settings: &Settings, what: BenchCommand) -> Result<std::process
                 }
             }
         }
-        BenchCommand::Verify { spans } => {
-            for s in &stores {
-                let tenant = format!("bench-{}", uuid::Uuid::now_v7());
-                let p = Principal::new("bench", &tenant);
-                let gc = GroupCommit::start(s.clone());
-                let bar = progress::bar(spans as u64, &format!("seeding {}", s.backend()));
-                let mut left = spans;
-                while left > 0 {
-                    let n = left.min(1000);
-                    gc.append(&p, drafts(&p, n)).await?;
-                    left -= n;
-                    bar.inc(n as u64);
-                }
-                bar.finish_and_clear();
-                let trusted = store::trusted_keys(s.as_ref()).await?;
-                let start = Instant::now();
-                let report = verify_tenant(s.as_ref(), &tenant, &trusted).await?;
-                let secs = start.elapsed().as_secs_f64();
-                println!(
-                    "{}",
-                    json!({"bench": "verify", "store": s.backend(), "spans": report.spans, "ok": report.ok,
-                           "seconds": round(secs), "spans_per_sec": round(report.spans as f64 / secs)})
-                );
-            }
-        }
         // Returned above: they pick their own stores.
-        BenchCommand::Ruler(_) | BenchCommand::Memory(_) | BenchCommand::Checkpoints(_) => {}
+        BenchCommand::Ruler(_)
+        | BenchCommand::Memory(_)
+        | BenchCommand::Checkpoints(_)
+        | BenchCommand::Verify { .. } => {}
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Seeds a chain of `spans` spans in each store asked for and times `runs` verifications of it.
+async fn verify(
+    settings: &Settings,
+    spans: usize,
+    only: Option<BenchStore>,
+    runs: usize,
+    keep: Option<&std::path::Path>,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    if only != Some(BenchStore::Postgres) {
+        let stores_dir = keep.unwrap_or(tmp.path());
+        let key = match keep {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                NodeKey::load_or_create(&dir.join("node.key"))?.0
+            }
+            None => NodeKey::generate(),
+        };
+        stores.push(store::open(None, stores_dir, key).await?);
+    }
+    if only != Some(BenchStore::Sqlite) {
+        match &settings.store.database_url {
+            Some(url) => {
+                stores.push(store::open(Some(url), tmp.path(), NodeKey::generate()).await?)
+            }
+            None if only == Some(BenchStore::Postgres) => {
+                anyhow::bail!("--store postgres needs --database-url")
+            }
+            None => {}
+        }
+    }
+    for s in &stores {
+        store::ensure_manifest(s.as_ref()).await?;
+        // A kept store reuses its chain; elsewhere each run seeds a fresh tenant.
+        let tenant = match keep {
+            Some(_) if s.backend() == "sqlite" => format!("bench-verify-{spans}"),
+            _ => format!("bench-{}", uuid::Uuid::now_v7()),
+        };
+        let p = Principal::new("bench", &tenant);
+        let seeded = s.audit_head(&tenant).await?.next_pos.unwrap_or(0) as usize;
+        let gc = GroupCommit::start(s.clone());
+        let bar = progress::bar(spans as u64, &format!("seeding {}", s.backend()));
+        let mut left = spans.saturating_sub(seeded);
+        while left > 0 {
+            let n = left.min(1000);
+            gc.append(&p, drafts(&p, n)).await?;
+            left -= n;
+            bar.inc(n as u64);
+        }
+        bar.finish_and_clear();
+        let trusted = store::trusted_keys(s.as_ref()).await?;
+        for _ in 0..runs.max(1) {
+            let start = Instant::now();
+            let report = verify_tenant(s.as_ref(), &tenant, &trusted).await?;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                json!({"bench": "verify", "store": s.backend(), "spans": report.spans, "ok": report.ok,
+                       "seconds": round(secs), "spans_per_sec": round(report.spans as f64 / secs)})
+            );
+        }
+    }
+    Ok(())
 }
 
 fn merge(mut a: serde_json::Map<String, Value>, b: Value) -> Value {
