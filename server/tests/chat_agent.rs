@@ -1180,4 +1180,11 @@ async fn an_answer_with_nothing_to_cite_is_not_asked_to_cite() {
     let r = ask(&s, &ana(), "what is contract D9?").await;
     assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
     assert_eq!(s.fake.requests(), 2);
+    // The same through explain_decision, whose not-found is an error that is still evidence.
+    s.fake
+        .push(tool("c1", "explain_decision", json!({"contract": "D9"})));
+    s.fake.push(answer("There is no contract D9.", 0.9, &[]));
+    let r = ask(&s, &ana(), "what is contract D9?").await;
+    assert_eq!(r.outcome, Outcome::Answered, "{}", r.answer);
+    assert_eq!(s.fake.requests(), 4, "no grounding repair");
 }

@@ -471,7 +471,6 @@ impl MemoryIndex for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
 
     use serde_json::json;
 

@@ -141,9 +141,13 @@ pub(super) async fn run(ctx: &ToolContext<'_>, args: Args) -> Result<ToolOutput,
         Err(e) => return Ok(ToolOutput::error(e)),
     };
     let Some(contract) = find_contract(ctx, reference).await? else {
-        return Ok(ToolOutput::error(format!(
+        // A lookup by exact name that finds nothing shows the name is unknown ("what is D9?"):
+        // evidence for saying so, as for `query_ledger` by name.
+        let mut out = ToolOutput::error(format!(
             "no contract named or identified `{reference}` that you may see"
-        )));
+        ));
+        out.evidence = true;
+        return Ok(out);
     };
     let Some(latest) = contract.latest() else {
         return Ok(ToolOutput::error(format!(
